@@ -1,0 +1,103 @@
+# wsgate build. `make` builds build/wsgate; `make test` installs what the tests
+# need, builds, and runs every test (unit, sanitizers, integration, fuzz smoke).
+# Variants: `make SAN=1` builds into build/san with ASan+UBSan.
+
+CC ?= cc
+SAN ?= 0
+ifeq ($(SAN),1)
+B := build/san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all
+OPT := -O1
+else
+B := build
+SANFLAGS :=
+OPT := -O2
+endif
+
+PKGS := openssl zlib jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
+        -Wformat=2 -Wundef -Wimplicit-fallthrough -Wvla -Wno-missing-field-initializers
+CFLAGS := -std=c17 -D_GNU_SOURCE -g $(OPT) -fno-omit-frame-pointer $(WARN) $(SANFLAGS) -Isrc $(PKG_CFLAGS) \
+          -DGW_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
+LDLIBS := $(PKG_LIBS) -lpthread -lm
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+SRCS := $(shell find src -name '*.c' | sort)
+OBJS := $(SRCS:%.c=$(B)/obj/%.o)
+LIB_OBJS := $(filter-out $(B)/obj/src/main.o,$(OBJS))
+UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
+FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
+
+.PHONY: all wsgate deps unit unit-san integration fuzz-smoke fuzz test demo clean bench-echo format tools
+
+all: $(B)/wsgate
+
+wsgate: $(B)/wsgate
+
+$(B)/wsgate: $(OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/tests/%: tests/unit/%.c $(LIB_OBJS) tests/unit/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(LIB_OBJS) $(LDLIBS)
+
+-include $(OBJS:.o=.d)
+
+deps:
+	@scripts/install-deps.sh
+
+# Unit tests: one binary per module, each prints TAP lines and a closing
+# "N passed, N failed" line; the runner sums them.
+unit: $(UNIT_BINS)
+	@scripts/run-unit.sh $(UNIT_BINS)
+
+unit-san:
+	@$(MAKE) --no-print-directory SAN=1 unit
+
+integration: $(B)/wsgate
+	@WSGATE_BIN=$(abspath $(B)/wsgate) scripts/run-integration.sh
+
+integration-san:
+	@$(MAKE) --no-print-directory SAN=1 integration
+
+# libFuzzer targets (clang). fuzz-smoke runs each briefly; `make fuzz` longer.
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -DGW_VERSION='"fuzz"'
+FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
+FUZZ_LIB_SRCS := $(filter-out src/main.c,$(SRCS))
+build/fuzz/%: fuzz/%.c $(FUZZ_LIB_SRCS)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIB_SRCS) $(LDLIBS)
+
+FUZZ_SECONDS ?= 300
+fuzz-smoke: $(FUZZ_BINS)
+	@scripts/run-fuzz.sh 15 $(FUZZ_BINS)
+fuzz: $(FUZZ_BINS)
+	@scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory unit-san
+	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory integration-san
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+demo: deps all
+	@scripts/demo.sh
+
+bench-echo: deps all
+	@$(MAKE) --no-print-directory -C bench echo
+
+format:
+	clang-format -i $(SRCS) $(shell find src -name '*.h')
+
+clean:
+	rm -rf build

@@ -1,0 +1,82 @@
+/* config.h: the gateway's configuration, from the environment (twelve-factor;
+ * DESIGN.md section 2). One immutable struct, validated at load: startup fails
+ * fast with one clear line naming the variable. */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log/log.h"
+
+/* A listen or upstream address: "HOST:PORT", ":PORT" (all interfaces),
+ * "[v6]:PORT", or "unix:/path". */
+typedef struct gw_addr {
+    int set;             /* 0 when the variable was empty (listener off) */
+    int is_unix;
+    char host[256];      /* "" for all interfaces; no brackets for IPv6 */
+    uint16_t port;
+    char path[108];      /* unix socket path */
+} gw_addr;
+
+typedef struct gw_config {
+    gw_addr public_addr;         /* GATEWAY_PUBLIC_HTTP_ADDR, default ":8080" */
+    gw_addr admin_addr;          /* GATEWAY_ADMIN_HTTP_ADDR, default off */
+    gw_addr grpc_addr;           /* GATEWAY_AUTHENTICATED_GRPC_ADDR, default ":9090" (parsed; unused until gRPC) */
+    char admin_token[256];       /* GATEWAY_ADMIN_TOKEN */
+    char tls_cert_path[4096];    /* GATEWAY_TLS_CERT_PATH */
+    char tls_key_path[4096];     /* GATEWAY_TLS_KEY_PATH */
+    char routes_file[4096];      /* GATEWAY_ROUTES_FILE */
+    char redis_master_addr[256]; /* GATEWAY_REDIS_MASTER_ADDR */
+    char redis_password[256];    /* GATEWAY_REDIS_PASSWORD */
+    int redis_db;                /* GATEWAY_REDIS_DB, default 0 */
+    char redis_key_prefix[128];  /* GATEWAY_REDIS_KEY_PREFIX, default "wsgate:" */
+    char redis_replica_addrs[1024]; /* GATEWAY_REDIS_REPLICA_ADDRS, reserved */
+    char session_events_stream[256]; /* GATEWAY_SESSION_EVENTS_REDIS_STREAM, default "wsgate:session-events" */
+    char client_events_stream[256];  /* GATEWAY_CLIENT_EVENTS_REDIS_STREAM, default "wsgate:client-events" */
+    char signer_key_path[4096];  /* GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH */
+    uint64_t shutdown_timeout_ms; /* GATEWAY_SHUTDOWN_TIMEOUT, default 30s */
+    uint64_t ws_ping_interval_ms; /* GATEWAY_WS_PING_INTERVAL, default 25s; 0 disables */
+    uint64_t ws_pong_timeout_ms;  /* GATEWAY_WS_PONG_TIMEOUT, default 50s */
+    uint64_t ws_max_message_bytes; /* GATEWAY_WS_MAX_MESSAGE_BYTES, default 1MiB */
+    uint64_t push_queue_limit;    /* GATEWAY_PUSH_QUEUE_LIMIT, default 1024 */
+    uint64_t push_history_window_ms; /* GATEWAY_PUSH_HISTORY_WINDOW, default 5m */
+    gw_log_format log_format;     /* GATEWAY_LOG_FORMAT, default json */
+    gw_log_level log_level;       /* GATEWAY_LOG_LEVEL, default info */
+    char public_ws_base_url[1024]; /* GATEWAY_PUBLIC_WS_BASE_URL */
+    char agent_secret[256];       /* GATEWAY_AGENT_SECRET */
+    /* Core engine knobs (documented in README; defaults suit a public edge). */
+    int workers;                  /* GATEWAY_WORKERS, default: online CPUs */
+    uint64_t max_connections;     /* GATEWAY_MAX_CONNECTIONS, default 100000 (per process) */
+    uint64_t handshake_timeout_ms; /* GATEWAY_HANDSHAKE_TIMEOUT, default 10s: request head must arrive by then */
+    uint64_t http_idle_timeout_ms; /* GATEWAY_HTTP_IDLE_TIMEOUT, default 60s: keep-alive idle */
+    uint64_t echo_idle_timeout_ms; /* GATEWAY_ECHO_IDLE_TIMEOUT, default 90s: /probe/ws idle limit */
+    uint64_t max_header_bytes;    /* GATEWAY_MAX_HEADER_BYTES, default 16KiB -> 431 */
+    uint64_t max_request_line;    /* GATEWAY_MAX_REQUEST_LINE_BYTES, default 8KiB -> 414 */
+    int ws_deflate;               /* GATEWAY_WS_DEFLATE, default on ("on"/"off", "true"/"false", "1"/"0") */
+} gw_config;
+
+/* Fills *c with defaults, then overrides from the environment through
+ * getenv_fn (getenv in production, a table in tests). Returns GW_OK, or GW_ERR
+ * with a one-line message naming the variable and the bad value in err
+ * (e.g. "GATEWAY_WS_PING_INTERVAL: cannot parse \"abc\" as a duration").
+ * Removed variables GATEWAY_REDIS_TLS_ENABLED and GATEWAY_REDIS_USERNAME are
+ * refused when set (even to empty? no: when set to a non-empty value). Also
+ * refused: only one of the TLS cert/key pair set, pong timeout < ping
+ * interval, workers < 1 or > 256, max message bytes < 125 or > 1 GiB. */
+int gw_config_load(gw_config *c, const char *(*getenv_fn)(const char *name), char *err, size_t errcap);
+
+/* Parsers shared with subcommands. All return GW_OK or GW_ERR. */
+/* "250ms", "25s", "5m", "1h", "1h30m", or a bare integer meaning seconds. */
+int gw_parse_duration_ms(const char *s, uint64_t *out);
+/* "1048576", "64KiB", "1MiB", "1GiB", "10KB" (=10000), "1MB". */
+int gw_parse_size(const char *s, uint64_t *out);
+int gw_parse_addr(const char *s, gw_addr *out);
+int gw_parse_bool(const char *s, int *out);
+/* Formats an address for logs ("127.0.0.1:8080", "[::1]:8080", "unix:/p", ":8080"). */
+void gw_addr_format(const gw_addr *a, char *out, size_t cap);
+
+/* The help text listing every variable with its default, for --help. */
+extern const char gw_config_help[];
+
+#endif
