@@ -2,6 +2,8 @@
 #ifndef GW_LIST_H
 #define GW_LIST_H
 
+#include <stddef.h>
+
 typedef struct gw_list {
     struct gw_list *prev, *next;
 } gw_list;

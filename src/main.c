@@ -1,0 +1,81 @@
+/* main.c: the wsgate command line. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "core/common.h"
+#include "log/log.h"
+#include "server/server.h"
+
+static const char usage[] =
+    "wsgate " GW_VERSION ": a WebSocket gateway\n"
+    "\n"
+    "Usage: wsgate [COMMAND] [--help]\n"
+    "\n"
+    "Commands:\n"
+    "  serve      run the gateway (the default): public listener with /healthz, /readyz,\n"
+    "             /health, the echo route /probe/ws (and /probe/healthz); admin listener\n"
+    "             with /metrics when GATEWAY_ADMIN_HTTP_ADDR is set. SIGTERM/SIGINT drain\n"
+    "             and exit 0 within GATEWAY_SHUTDOWN_TIMEOUT.\n"
+    "  version    print the version\n"
+    "  help       print this text\n"
+    "\n"
+    "Configuration comes from the environment:\n";
+
+static void print_help(FILE *f)
+{
+    fputs(usage, f);
+    fputs(gw_config_help, f);
+}
+
+static const char *env_get(const char *name) { return getenv(name); }
+
+static int cmd_serve(void)
+{
+    gw_config cfg;
+    char err[512];
+    if (gw_config_load(&cfg, env_get, err, sizeof err) != GW_OK) {
+        gw_log_init(GW_LOG_FORMAT_JSON, GW_LOG_INFO, "wsgate", 2);
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
+        if (l) {
+            gw_log_str(l, "error", err, 0);
+            gw_log_end(l);
+        }
+        return 2;
+    }
+    gw_log_init(cfg.log_format, cfg.log_level, "wsgate", 2);
+    if (gw_server_start(&cfg, err, sizeof err) != GW_OK) {
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "startup failed", NULL);
+        if (l) {
+            gw_log_str(l, "error", err, 0);
+            gw_log_end(l);
+        }
+        return 1;
+    }
+    return gw_server_run();
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "serve";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_help(stdout);
+            return 0;
+        }
+    }
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve();
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("wsgate %s\n", GW_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0) {
+        print_help(stdout);
+        return 0;
+    }
+    fprintf(stderr, "wsgate: unknown command \"%s\"\n\n", cmd);
+    print_help(stderr);
+    return 2;
+}

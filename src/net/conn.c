@@ -1,0 +1,444 @@
+/* conn.c: transports (plain and TLS) and buffered writes. */
+#include "net/conn.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/common.h"
+
+/* ============================== plain transport ============================= */
+
+static ssize_t plain_read(gw_conn *c, uint8_t *p, size_t n)
+{
+    for (;;) {
+        ssize_t r = recv(c->io.fd, p, n, 0);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return GW_AGAIN;
+        c->err = errno;
+        return GW_ERR;
+    }
+}
+
+static ssize_t plain_writev(gw_conn *c, const struct iovec *iov, int n)
+{
+    struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
+    for (;;) {
+        ssize_t r = sendmsg(c->io.fd, &mh, MSG_NOSIGNAL);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return GW_AGAIN;
+        c->err = errno;
+        return GW_ERR;
+    }
+}
+
+static ssize_t plain_write(gw_conn *c, const uint8_t *p, size_t n)
+{
+    for (;;) {
+        ssize_t r = send(c->io.fd, p, n, MSG_NOSIGNAL);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return GW_AGAIN;
+        c->err = errno;
+        return GW_ERR;
+    }
+}
+
+static int plain_handshake(gw_conn *c)
+{
+    GW_UNUSED(c);
+    return GW_OK;
+}
+
+static size_t plain_pending(gw_conn *c)
+{
+    GW_UNUSED(c);
+    return 0;
+}
+
+static void plain_free(gw_conn *c) { GW_UNUSED(c); }
+
+const gw_transport gw_transport_plain = {plain_read, plain_write, plain_writev, plain_handshake, plain_pending,
+                                         plain_free};
+
+/* =============================== TLS transport ============================== */
+
+static ssize_t tls_map(gw_conn *c, int r, int writing)
+{
+    int e = SSL_get_error(c->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        if (writing)
+            c->flags |= GW_CONN_F_TLS_WR;
+        return GW_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        if (!writing)
+            c->flags |= GW_CONN_F_TLS_RW;
+        return GW_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        c->err = errno ? errno : EPIPE;
+        ERR_clear_error();
+        return errno == 0 && !writing ? 0 : GW_ERR;
+    default:
+        c->err = EPROTO;
+        ERR_clear_error();
+        return GW_ERR;
+    }
+}
+
+static ssize_t tls_read(gw_conn *c, uint8_t *p, size_t n)
+{
+    c->flags &= ~GW_CONN_F_TLS_RW;
+    int r = SSL_read(c->ssl, p, (int)GW_MIN(n, (size_t)INT32_MAX));
+    if (r > 0)
+        return r;
+    return tls_map(c, r, 0);
+}
+
+static ssize_t tls_write(gw_conn *c, const uint8_t *p, size_t n)
+{
+    c->flags &= ~GW_CONN_F_TLS_WR;
+    if (n == 0)
+        return 0;
+    int r = SSL_write(c->ssl, p, (int)GW_MIN(n, (size_t)INT32_MAX));
+    if (r > 0)
+        return r;
+    return tls_map(c, r, 1);
+}
+
+static ssize_t tls_writev(gw_conn *c, const struct iovec *iov, int n)
+{
+    ssize_t total = 0;
+    for (int i = 0; i < n; i++) {
+        ssize_t r = tls_write(c, iov[i].iov_base, iov[i].iov_len);
+        if (r < 0)
+            return total ? total : r;
+        total += r;
+        if ((size_t)r < iov[i].iov_len)
+            break;
+    }
+    return total;
+}
+
+static int tls_handshake(gw_conn *c)
+{
+    c->flags &= ~(GW_CONN_F_TLS_RW | GW_CONN_F_TLS_WR);
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->flags &= ~GW_CONN_F_HANDSHAKE;
+        return GW_OK;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ)
+        return GW_AGAIN;
+    if (e == SSL_ERROR_WANT_WRITE) {
+        c->flags |= GW_CONN_F_TLS_RW;
+        return GW_AGAIN;
+    }
+    c->err = EPROTO;
+    ERR_clear_error();
+    return GW_ERR;
+}
+
+static size_t tls_pending(gw_conn *c) { return (size_t)SSL_pending(c->ssl); }
+
+static void tls_free(gw_conn *c)
+{
+    if (c->ssl) {
+        /* A quiet shutdown: we are closing the socket anyway and must not
+         * block on the peer's close_notify. */
+        SSL_set_quiet_shutdown(c->ssl, 1);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+}
+
+static const gw_transport tls_transport = {tls_read, tls_write, tls_writev, tls_handshake, tls_pending, tls_free};
+
+void *gw_tls_server_ctx(const char *cert, const char *key, char *err, size_t errcap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, errcap, "TLS: cannot create context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        snprintf(err, errcap, "GATEWAY_TLS_CERT_PATH: cannot load certificate chain from %s", cert);
+        SSL_CTX_free(ctx);
+        ERR_clear_error();
+        return NULL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errcap, "GATEWAY_TLS_KEY_PATH: cannot load a private key matching the certificate from %s",
+                 key);
+        SSL_CTX_free(ctx);
+        ERR_clear_error();
+        return NULL;
+    }
+    return ctx;
+}
+
+void *gw_tls_client_ctx(int verify, char *err, size_t errcap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errcap, "TLS: cannot create client context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    if (verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_default_verify_paths(ctx);
+    }
+    return ctx;
+}
+
+void gw_tls_ctx_free(void *ctx) { SSL_CTX_free(ctx); }
+
+int gw_conn_tls(gw_conn *c, void *ctx, int is_server, const char *sni)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return GW_ERR;
+    SSL_set_fd(ssl, c->io.fd);
+    if (is_server) {
+        SSL_set_accept_state(ssl);
+    } else {
+        SSL_set_connect_state(ssl);
+        if (sni && sni[0]) {
+            SSL_set_tlsext_host_name(ssl, sni);
+            SSL_set1_host(ssl, sni);
+        }
+    }
+    c->ssl = ssl;
+    c->tp = &tls_transport;
+    c->flags |= GW_CONN_F_HANDSHAKE;
+    return GW_OK;
+}
+
+int gw_conn_handshake(gw_conn *c)
+{
+    if (!(c->flags & GW_CONN_F_HANDSHAKE))
+        return GW_OK;
+    int r = c->tp->handshake(c);
+    gw_conn_update(c);
+    return r;
+}
+
+/* ================================ generic =================================== */
+
+void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb)
+{
+    memset(c, 0, sizeof *c);
+    c->io.fd = fd;
+    c->io.cb = cb;
+    c->loop = l;
+    c->tp = &gw_transport_plain;
+}
+
+ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
+{
+    ssize_t r = c->tp->read(c, p, n);
+    if (c->flags & GW_CONN_F_TLS_RW)
+        gw_conn_update(c);
+    return r;
+}
+
+size_t gw_conn_pending(gw_conn *c) { return c->tp->pending(c); }
+
+void gw_conn_update(gw_conn *c)
+{
+    uint32_t ev = 0;
+    if (c->io.fd < 0)
+        return;
+    if (c->flags & GW_CONN_F_HANDSHAKE) {
+        ev = (c->flags & GW_CONN_F_TLS_RW) ? GW_EV_WRITE : GW_EV_READ;
+    } else {
+        if ((c->flags & GW_CONN_F_READING) && !(c->flags & GW_CONN_F_PAUSED))
+            ev |= GW_EV_READ;
+        if (c->flags & GW_CONN_F_TLS_RW)
+            ev |= GW_EV_WRITE;
+        if (c->out.len && !(c->flags & GW_CONN_F_ERROR))
+            ev |= (c->flags & GW_CONN_F_TLS_WR) ? GW_EV_READ : GW_EV_WRITE;
+    }
+    gw_io_update(c->loop, &c->io, ev);
+}
+
+void gw_conn_want_read(gw_conn *c, int on)
+{
+    if (on)
+        c->flags |= GW_CONN_F_READING;
+    else
+        c->flags &= ~GW_CONN_F_READING;
+    gw_conn_update(c);
+}
+
+void gw_conn_pause(gw_conn *c, int paused)
+{
+    if (paused)
+        c->flags |= GW_CONN_F_PAUSED;
+    else
+        c->flags &= ~GW_CONN_F_PAUSED;
+    gw_conn_update(c);
+}
+
+/* The staging buffer corked writes gather in: one per thread, kept between
+ * batches, so a batch costs no allocation. */
+static _Thread_local gw_buf stage;
+static _Thread_local gw_conn *stage_owner;
+
+static int queue_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
+{
+    for (int i = 0; i < n; i++) {
+        size_t len = iov[i].iov_len;
+        const uint8_t *p = iov[i].iov_base;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        if (gw_buf_append(b, p + skip, len - skip, GW_CONN_OUT_MAX) != GW_OK)
+            return GW_ERR;
+        skip = 0;
+    }
+    return GW_OK;
+}
+
+int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
+{
+    if (c->flags & GW_CONN_F_ERROR)
+        return GW_ERR;
+    if ((c->flags & GW_CONN_F_CORKED) && stage_owner == c)
+        return queue_iov(&stage, iov, n, 0);
+    if (c->out.len || (c->flags & GW_CONN_F_HANDSHAKE)) {
+        if (queue_iov(&c->out, iov, n, 0) != GW_OK) {
+            c->flags |= GW_CONN_F_ERROR;
+            return GW_ERR;
+        }
+        return GW_OK;
+    }
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    ssize_t r = c->tp->writev(c, iov, n);
+    if (r == GW_ERR) {
+        c->flags |= GW_CONN_F_ERROR;
+        return GW_ERR;
+    }
+    if (r == GW_AGAIN)
+        r = 0;
+    if ((size_t)r < total) {
+        if (queue_iov(&c->out, iov, n, (size_t)r) != GW_OK) {
+            c->flags |= GW_CONN_F_ERROR;
+            return GW_ERR;
+        }
+        gw_conn_update(c);
+    }
+    return GW_OK;
+}
+
+int gw_conn_write(gw_conn *c, const void *p, size_t n)
+{
+    struct iovec iov = {(void *)p, n};
+    return gw_conn_writev(c, &iov, 1);
+}
+
+int gw_conn_flush(gw_conn *c)
+{
+    if (c->flags & GW_CONN_F_ERROR)
+        return GW_ERR;
+    while (c->out.len) {
+        if (c->flags & GW_CONN_F_HANDSHAKE)
+            return GW_AGAIN;
+        ssize_t r = c->tp->write(c, gw_buf_head(&c->out), c->out.len);
+        if (r == GW_AGAIN)
+            break;
+        if (r < 0) {
+            c->flags |= GW_CONN_F_ERROR;
+            gw_conn_update(c);
+            return GW_ERR;
+        }
+        gw_buf_consume(&c->out, (size_t)r);
+    }
+    gw_conn_update(c);
+    return c->out.len ? GW_AGAIN : GW_OK;
+}
+
+void gw_conn_cork(gw_conn *c)
+{
+    /* Only one connection per thread is corked at a time (the one whose read
+     * batch is being processed); with output already queued, writes append
+     * to the queue in order instead. */
+    if (stage_owner || c->out.len || (c->flags & GW_CONN_F_HANDSHAKE))
+        return;
+    stage_owner = c;
+    stage.head = stage.len = 0;
+    c->flags |= GW_CONN_F_CORKED;
+}
+
+int gw_conn_uncork(gw_conn *c)
+{
+    if (!(c->flags & GW_CONN_F_CORKED) || stage_owner != c)
+        return (c->flags & GW_CONN_F_ERROR) ? GW_ERR : GW_OK;
+    c->flags &= ~GW_CONN_F_CORKED;
+    stage_owner = NULL;
+    if (!stage.len)
+        return GW_OK;
+    struct iovec iov = {gw_buf_head(&stage), stage.len};
+    stage.len = 0;
+    int rc = gw_conn_writev(c, &iov, 1);
+    stage.head = 0;
+    /* Keep the staging storage unless a burst made it large. */
+    if (stage.cap > 256u * 1024)
+        gw_buf_release(&stage);
+    return rc;
+}
+
+void gw_conn_shutdown(gw_conn *c)
+{
+    if (c->flags & GW_CONN_F_WSHUT || c->io.fd < 0)
+        return;
+    c->flags |= GW_CONN_F_WSHUT;
+    if (c->ssl)
+        SSL_shutdown(c->ssl);
+    shutdown(c->io.fd, SHUT_WR);
+}
+
+void gw_conn_close(gw_conn *c)
+{
+    if (stage_owner == c)
+        stage_owner = NULL;
+    if (c->io.fd >= 0) {
+        gw_io_stop(c->loop, &c->io);
+        c->tp->free(c);
+        close(c->io.fd);
+        c->io.fd = -1;
+    }
+    c->tp = &gw_transport_plain;
+    gw_buf_release(&c->in);
+    gw_buf_release(&c->out);
+}

@@ -1,0 +1,98 @@
+/* conn.h: a byte-stream connection (TCP or unix socket, plain or TLS) on a
+ * loop. Protocol code reads and writes through it and never knows which
+ * transport it has (redis ConnectionType / nginx c->recv shape).
+ *
+ * Writes: gw_conn_write() tries the socket at once when nothing is queued and
+ * queues only what the kernel did not take. Between gw_conn_cork() and
+ * gw_conn_uncork() writes are gathered in a per-thread staging buffer and go
+ * out in one system call at uncork (a read batch that produces several
+ * frames costs one write). The out buffer is allocated only while bytes wait,
+ * so an idle connection holds no buffer. */
+#ifndef GW_CONN_H
+#define GW_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "core/buf.h"
+#include "loop/loop.h"
+
+typedef struct gw_conn gw_conn;
+
+typedef struct gw_transport {
+    /* > 0 bytes read, 0 at EOF, GW_AGAIN, GW_ERR (c->err set) */
+    ssize_t (*read)(gw_conn *c, uint8_t *p, size_t n);
+    /* >= 0 bytes written, GW_AGAIN, GW_ERR */
+    ssize_t (*write)(gw_conn *c, const uint8_t *p, size_t n);
+    ssize_t (*writev)(gw_conn *c, const struct iovec *iov, int n);
+    /* TLS handshake step: GW_OK done, GW_AGAIN, GW_ERR */
+    int (*handshake)(gw_conn *c);
+    /* bytes already decrypted and waiting inside the transport */
+    size_t (*pending)(gw_conn *c);
+    void (*free)(gw_conn *c);
+} gw_transport;
+
+/* flags */
+#define GW_CONN_F_READING 0x01u    /* owner wants read events */
+#define GW_CONN_F_PAUSED 0x02u     /* reads paused for backpressure */
+#define GW_CONN_F_TLS_RW 0x04u     /* TLS read needs the socket writable */
+#define GW_CONN_F_TLS_WR 0x08u     /* TLS write needs the socket readable */
+#define GW_CONN_F_HANDSHAKE 0x10u  /* TLS handshake not finished */
+#define GW_CONN_F_CORKED 0x20u     /* writes go to the staging buffer */
+#define GW_CONN_F_WSHUT 0x40u      /* write side shut down */
+#define GW_CONN_F_ERROR 0x80u      /* a write failed: the connection is dead */
+
+#define GW_CONN_OUT_MAX (64u * 1024 * 1024) /* hard cap on queued output */
+
+struct gw_conn {
+    gw_io io;
+    gw_loop *loop;
+    const gw_transport *tp;
+    void *ssl;      /* SSL * when TLS */
+    gw_buf in;      /* unprocessed input (partial frames / heads) */
+    gw_buf out;     /* output the kernel has not taken yet */
+    uint32_t flags; /* GW_CONN_F_* */
+    int err;        /* errno (or -1 for TLS errors) of the last failure */
+};
+
+extern const gw_transport gw_transport_plain;
+
+/* Initialises c around a connected nonblocking fd; cb gets its events. The
+ * caller starts reading with gw_conn_want_read(c, 1). */
+void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb);
+/* Wraps c in TLS (server side when is_server). ctx is an SSL_CTX *. Returns
+ * GW_OK or GW_ERR. The handshake runs through gw_conn_handshake(). */
+int gw_conn_tls(gw_conn *c, void *ctx, int is_server, const char *sni);
+int gw_conn_handshake(gw_conn *c);
+
+ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n);
+size_t gw_conn_pending(gw_conn *c);
+
+/* Writes (or queues) all of iov. GW_OK, or GW_ERR when the connection is
+ * dead or its queue would pass GW_CONN_OUT_MAX. */
+int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n);
+int gw_conn_write(gw_conn *c, const void *p, size_t n);
+/* Writes queued bytes: GW_OK when all left, GW_AGAIN when some wait (write
+ * interest is then on), GW_ERR. */
+int gw_conn_flush(gw_conn *c);
+void gw_conn_cork(gw_conn *c);
+int gw_conn_uncork(gw_conn *c);
+static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }
+
+void gw_conn_want_read(gw_conn *c, int on);
+void gw_conn_pause(gw_conn *c, int paused);
+/* Recomputes and applies the event interest from the flags and queue. */
+void gw_conn_update(gw_conn *c);
+/* Shuts the write side down (after a final flush attempt). */
+void gw_conn_shutdown(gw_conn *c);
+/* Stops watching, frees transport state and buffers, closes the fd. */
+void gw_conn_close(gw_conn *c);
+
+/* TLS context for a server from PEM files; NULL with err set on failure. */
+void *gw_tls_server_ctx(const char *cert, const char *key, char *err, size_t errcap);
+void *gw_tls_client_ctx(int verify, char *err, size_t errcap);
+void gw_tls_ctx_free(void *ctx);
+
+#endif

@@ -1,0 +1,154 @@
+#include "net/sock.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "core/common.h"
+
+static int fail(char *err, size_t cap, const char *what, const gw_addr *a)
+{
+    char addr[512];
+    gw_addr_format(a, addr, sizeof addr);
+    snprintf(err, cap, "%s %s: %s", what, addr, strerror(errno));
+    return GW_ERR;
+}
+
+static int resolve(const gw_addr *a, int passive, struct sockaddr_storage *ss, socklen_t *len, char *err,
+                   size_t cap)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    char port[8];
+    snprintf(port, sizeof port, "%u", a->port);
+    if (passive)
+        hints.ai_flags = AI_PASSIVE;
+    const char *host = a->host[0] ? a->host : NULL;
+    if (!host && !passive)
+        host = "127.0.0.1";
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(err, cap, "resolve %s: %s", a->host, gai_strerror(rc));
+        return GW_ERR;
+    }
+    /* For ":port" prefer IPv6 any (dual stack) when the machine has it; else
+     * the first answer. */
+    struct addrinfo *pick = res;
+    if (!a->host[0]) {
+        for (struct addrinfo *r = res; r; r = r->ai_next)
+            if (r->ai_family == AF_INET6) {
+                pick = r;
+                break;
+            }
+    }
+    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
+    *len = pick->ai_addrlen;
+    freeaddrinfo(res);
+    return GW_OK;
+}
+
+int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap)
+{
+    int fd, one = 1;
+    if (a->is_unix) {
+        struct sockaddr_un un = {.sun_family = AF_UNIX};
+        snprintf(un.sun_path, sizeof un.sun_path, "%s", a->path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return fail(err, errcap, "socket", a);
+        unlink(a->path);
+        if (bind(fd, (struct sockaddr *)&un, sizeof un) < 0 || listen(fd, backlog) < 0) {
+            fail(err, errcap, "listen", a);
+            close(fd);
+            return GW_ERR;
+        }
+        return fd;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (resolve(a, 1, &ss, &len, err, errcap) != GW_OK)
+        return GW_ERR;
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(err, errcap, "socket", a);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (ss.ss_family == AF_INET6) {
+        int off = 0;
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    }
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, backlog) < 0) {
+        fail(err, errcap, "listen", a);
+        close(fd);
+        return GW_ERR;
+    }
+    return fd;
+}
+
+uint16_t gw_sock_local_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
+int gw_sock_connect(const gw_addr *a, char *err, size_t errcap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int fd;
+    if (a->is_unix) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+        memset(un, 0, sizeof *un);
+        un->sun_family = AF_UNIX;
+        snprintf(un->sun_path, sizeof un->sun_path, "%s", a->path);
+        len = sizeof *un;
+    } else if (resolve(a, 0, &ss, &len, err, errcap) != GW_OK) {
+        return GW_ERR;
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(err, errcap, "socket", a);
+    if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS) {
+        fail(err, errcap, "connect", a);
+        close(fd);
+        return GW_ERR;
+    }
+    if (!a->is_unix)
+        gw_sock_nodelay(fd);
+    return fd;
+}
+
+void gw_sock_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+void gw_sock_ntop(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+    if (ss->ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, (socklen_t)cap);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], out, (socklen_t)cap);
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, out, (socklen_t)cap);
+    } else {
+        snprintf(out, cap, "unix");
+    }
+}

@@ -1,0 +1,26 @@
+/* sock.h: nonblocking socket helpers. Errors come back as GW_ERR with a
+ * readable message in err (anet's shape). */
+#ifndef GW_SOCK_H
+#define GW_SOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "config/config.h"
+
+/* Creates a nonblocking, close-on-exec listening socket on a. reuseport sets
+ * SO_REUSEPORT (TCP only) so each worker can own one. Returns the fd or
+ * GW_ERR. */
+int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap);
+/* The port a TCP listening socket is bound to (for ":0"), or 0. */
+uint16_t gw_sock_local_port(int fd);
+/* Starts a nonblocking connect to a (TCP or unix). Returns the fd (connect in
+ * progress or done) or GW_ERR. */
+int gw_sock_connect(const gw_addr *a, char *err, size_t errcap);
+/* Sets TCP_NODELAY (ignored for unix sockets). */
+void gw_sock_nodelay(int fd);
+/* Formats the peer address ip (no port) into out; "unix" for unix sockets. */
+void gw_sock_ntop(const struct sockaddr_storage *ss, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,384 @@
+/* server.c: process start-up, workers and listeners, accept, routes,
+ * metrics families, and the SIGTERM drain. */
+#include "server/server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/common.h"
+#include "log/log.h"
+#include "net/sock.h"
+
+gw_server gw_srv;
+
+/* ================================== routes ================================== */
+
+static const char *const echo_protocols[] = {"wsgate.echo.v1", NULL};
+
+static gw_route default_routes[] = {
+    {.path = "/probe/ws", .kind = GW_ROUTE_ECHO, .label = "/probe/ws", .protocols = echo_protocols,
+     .idle_ms = 90000},
+};
+
+const gw_route *gw_route_match(const char *path, size_t n)
+{
+    const gw_route *best = NULL;
+    size_t best_len = 0;
+    for (size_t i = 0; i < gw_srv.nroutes; i++) {
+        const gw_route *r = &gw_srv.routes[i];
+        size_t rl = strlen(r->path);
+        int match = r->path[rl - 1] == '/' ? (n >= rl && memcmp(path, r->path, rl) == 0)
+                                           : (n == rl && memcmp(path, r->path, rl) == 0);
+        if (match && rl > best_len) {
+            best = r;
+            best_len = rl;
+        }
+    }
+    return best;
+}
+
+/* ================================= metrics ================================== */
+
+static gw_metric *route_metric(const char *name, gw_metric_type type, const char *help, const gw_route *r,
+                               const char *key, const char *val)
+{
+    char route[256], labels[512];
+    gw_metrics_label_escape(r ? r->label : "", route, sizeof route);
+    if (key)
+        snprintf(labels, sizeof labels, "route=\"%s\",%s=\"%s\"", route, key, val);
+    else
+        snprintf(labels, sizeof labels, "route=\"%s\"", route);
+    return gw_metric_get(name, type, help, labels);
+}
+
+gw_metric *gw_metric_handshake(const gw_route *r, const char *result)
+{
+    return route_metric("wsgate_ws_handshakes_total", GW_METRIC_COUNTER,
+                        "WebSocket upgrade attempts by route and result.", r, "result", result);
+}
+
+gw_metric *gw_metric_close(const gw_route *r, const char *cause)
+{
+    return route_metric("wsgate_ws_closes_total", GW_METRIC_COUNTER,
+                        "WebSocket sessions ended, by route and cause.", r, "cause", cause);
+}
+
+gw_metric *gw_metric_http(int admin, int status)
+{
+    /* Few distinct statuses exist; the registry lookup is cheap enough for
+     * HTTP (WebSocket messages never come here). */
+    char labels[64];
+    snprintf(labels, sizeof labels, "listener=\"%s\",code=\"%d\"", admin ? "admin" : "public", status);
+    return gw_metric_get("wsgate_http_responses_total", GW_METRIC_COUNTER,
+                         "HTTP responses sent by the gateway itself, by listener and status.", labels);
+}
+
+static void register_metrics(void)
+{
+    static const double dur_buckets[] = {0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400};
+    char labels[128];
+    snprintf(labels, sizeof labels, "version=\"%s\"", GW_VERSION);
+    gw_gauge_set(gw_metric_get("wsgate_build_info", GW_METRIC_GAUGE, "Build information.", labels), 1);
+    gw_srv.m_ws_connections = gw_metric_get("ws_connections", GW_METRIC_GAUGE, "Open WebSocket connections.", NULL);
+    const char *ch = "Open client TCP connections by listener.";
+    gw_srv.m_conns_public = gw_metric_get("wsgate_connections", GW_METRIC_GAUGE, ch, "listener=\"public\"");
+    gw_srv.m_conns_admin = gw_metric_get("wsgate_connections", GW_METRIC_GAUGE, ch, "listener=\"admin\"");
+    const char *ah = "Client TCP connections accepted by listener.";
+    gw_srv.m_accepted_public = gw_metric_get("wsgate_connections_accepted_total", GW_METRIC_COUNTER, ah,
+                                             "listener=\"public\"");
+    gw_srv.m_accepted_admin = gw_metric_get("wsgate_connections_accepted_total", GW_METRIC_COUNTER, ah,
+                                            "listener=\"admin\"");
+    gw_srv.m_rejected = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER,
+                                      "Connections refused at accept, by reason.", "reason=\"max_connections\"");
+    gw_srv.m_tls_fail = gw_metric_get("wsgate_tls_handshake_failures_total", GW_METRIC_COUNTER,
+                                      "TLS handshakes that failed on the public listener.", NULL);
+    gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,
+                                      "1 while the gateway drains after SIGTERM.", NULL);
+    for (size_t i = 0; i < GW_ARRAY_LEN(default_routes); i++) {
+        gw_route *r = &default_routes[i];
+        r->ws_open = route_metric("wsgate_ws_connections", GW_METRIC_GAUGE, "Open WebSocket connections by route.",
+                                  r, NULL, NULL);
+        const char *mh = "WebSocket messages through the gateway, by route and direction.";
+        const char *bh = "WebSocket payload bytes through the gateway, by route and direction.";
+        r->msgs_in = route_metric("wsgate_ws_messages_total", GW_METRIC_COUNTER, mh, r, "direction", "in");
+        r->msgs_out = route_metric("wsgate_ws_messages_total", GW_METRIC_COUNTER, mh, r, "direction", "out");
+        r->bytes_in = route_metric("wsgate_ws_bytes_total", GW_METRIC_COUNTER, bh, r, "direction", "in");
+        r->bytes_out = route_metric("wsgate_ws_bytes_total", GW_METRIC_COUNTER, bh, r, "direction", "out");
+        char rl[300], esc[256];
+        gw_metrics_label_escape(r->label, esc, sizeof esc);
+        snprintf(rl, sizeof rl, "route=\"%s\"", esc);
+        r->duration = gw_histogram_get("wsgate_ws_session_duration_seconds",
+                                       "WebSocket session durations by route.", rl, dur_buckets,
+                                       GW_ARRAY_LEN(dur_buckets));
+        /* Pre-create the common series so dashboards see zeros. */
+        gw_metric_handshake(r, "ok");
+        static const char *const causes[] = {"downstream_closed", "graceful", "heartbeat_timeout", "shutdown",
+                                             "protocol_error", "too_large", "idle_timeout"};
+        for (size_t k = 0; k < GW_ARRAY_LEN(causes); k++)
+            gw_metric_close(r, causes[k]);
+    }
+    gw_srv.routes = default_routes;
+    gw_srv.nroutes = GW_ARRAY_LEN(default_routes);
+}
+
+/* ============================== accept / workers ============================ */
+
+static void accept_resume(gw_timer *t)
+{
+    gw_worker *w = gw_container_of(t, gw_worker, accept_timer);
+    if (w->pub_lis.fd >= 0 && !w->draining)
+        gw_io_update(w->loop, &w->pub_lis, GW_EV_READ);
+    if (w->admin_lis.fd >= 0)
+        gw_io_update(w->loop, &w->admin_lis, GW_EV_READ);
+}
+
+static void accept_loop(gw_worker *w, gw_io *io, int admin)
+{
+    /* Bounded work per wakeup: other connections get their turn. */
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting for a moment instead of
+                 * spinning on a listener that stays readable. */
+                gw_log_msg(GW_LOG_WARN, NULL, "accept paused: %s", strerror(errno));
+                gw_io_update(w->loop, io, 0);
+                gw_timer_start(w->loop, &w->accept_timer, 100);
+            }
+            return;
+        }
+        if (!admin && atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) >= gw_srv.cfg.max_connections) {
+            gw_counter_inc(gw_srv.m_rejected);
+            close(fd);
+            continue;
+        }
+        gw_client_accept(w, fd, &ss, admin);
+    }
+}
+
+static void on_accept_public(gw_io *io, uint32_t events)
+{
+    GW_UNUSED(events);
+    accept_loop(gw_container_of(io, gw_worker, pub_lis), io, 0);
+}
+
+static void on_accept_admin(gw_io *io, uint32_t events)
+{
+    GW_UNUSED(events);
+    accept_loop(gw_container_of(io, gw_worker, admin_lis), io, 1);
+}
+
+static void stats_tick(gw_timer *t)
+{
+    gw_worker *w = gw_container_of(t, gw_worker, stats_timer);
+    for (gw_list *n = w->clients.next; n != &w->clients; n = n->next) {
+        gw_client *c = gw_container_of(n, gw_client, node);
+        if (c->wsc)
+            gw_ws_serve_flush_stats(c);
+    }
+    gw_timer_start(w->loop, t, 1000);
+}
+
+static void worker_drain(void *arg)
+{
+    gw_worker *w = arg;
+    w->draining = 1;
+    if (w->pub_lis.fd >= 0) {
+        gw_io_stop(w->loop, &w->pub_lis);
+        close(w->pub_lis.fd);
+        w->pub_lis.fd = -1;
+    }
+    gw_list *n = w->clients.next;
+    while (n != &w->clients) {
+        gw_list *next = n->next;
+        gw_client_drain(gw_container_of(n, gw_client, node));
+        n = next;
+    }
+    if (w->nclients == 0)
+        gw_loop_stop(w->loop);
+}
+
+static void worker_stop(void *arg)
+{
+    gw_worker *w = arg;
+    while (!gw_list_empty(&w->clients)) {
+        gw_client *c = gw_container_of(w->clients.next, gw_client, node);
+        if (c->wsc)
+            gw_ws_abort(&c->wsc->ws, gw_cause_shutdown);
+        gw_client_close(c);
+    }
+    gw_loop_stop(w->loop);
+}
+
+static void *worker_main(void *arg)
+{
+    gw_worker *w = arg;
+    gw_loop_run(w->loop);
+    return NULL;
+}
+
+static int open_listeners(char *err, size_t errcap)
+{
+    const gw_config *cfg = &gw_srv.cfg;
+    gw_addr pub = cfg->public_addr;
+    int shared = -1;
+    for (int i = 0; i < gw_srv.nworkers; i++) {
+        gw_worker *w = &gw_srv.workers[i];
+        int fd;
+        uint32_t ev = GW_EV_READ;
+        if (pub.is_unix) {
+            if (shared < 0 && (shared = gw_sock_listen(&pub, 0, 4096, err, errcap)) < 0)
+                return GW_ERR;
+            fd = i == 0 ? shared : dup(shared);
+            ev |= GW_EV_EXCLUSIVE;
+        } else {
+            fd = gw_sock_listen(&pub, 1, 4096, err, errcap);
+            if (fd < 0)
+                return GW_ERR;
+            if (pub.port == 0)
+                pub.port = gw_sock_local_port(fd); /* the others join the port the first got */
+        }
+        w->pub_lis.fd = fd;
+        w->pub_lis.cb = on_accept_public;
+        if (gw_io_start(w->loop, &w->pub_lis, ev) != GW_OK) {
+            snprintf(err, errcap, "cannot watch the public listener: %s", strerror(errno));
+            return GW_ERR;
+        }
+    }
+    if (cfg->admin_addr.set) {
+        gw_worker *w = &gw_srv.workers[0];
+        int fd = gw_sock_listen(&cfg->admin_addr, 0, 512, err, errcap);
+        if (fd < 0)
+            return GW_ERR;
+        w->admin_lis.fd = fd;
+        w->admin_lis.cb = on_accept_admin;
+        gw_io_start(w->loop, &w->admin_lis, GW_EV_READ);
+    }
+    return GW_OK;
+}
+
+int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
+{
+    gw_srv.cfg = *cfg;
+    gw_srv.start_wall_ms = gw_wall_ms();
+    gw_srv.start_mono_ms = gw_mono_ms();
+    gw_srv.limits.max_request_line = cfg->max_request_line;
+    gw_srv.limits.max_head = cfg->max_header_bytes;
+    gw_srv.limits.max_headers = 128;
+    if (cfg->tls_cert_path[0]) {
+        gw_srv.tls_ctx = gw_tls_server_ctx(cfg->tls_cert_path, cfg->tls_key_path, err, errcap);
+        if (!gw_srv.tls_ctx)
+            return GW_ERR;
+    }
+    register_metrics();
+    gw_srv.nworkers = cfg->workers;
+    gw_srv.workers = gw_calloc((size_t)cfg->workers, sizeof(gw_worker));
+    for (int i = 0; i < gw_srv.nworkers; i++) {
+        gw_worker *w = &gw_srv.workers[i];
+        w->id = i;
+        w->loop = gw_loop_new();
+        if (!w->loop) {
+            snprintf(err, errcap, "cannot create an event loop: %s", strerror(errno));
+            return GW_ERR;
+        }
+        w->pub_lis.fd = w->admin_lis.fd = -1;
+        w->accept_timer.cb = accept_resume;
+        w->stats_timer.cb = stats_tick;
+        gw_list_init(&w->clients);
+        w->rbuf = gw_malloc(GW_READ_CHUNK);
+        gw_timer_start(w->loop, &w->stats_timer, 1000);
+    }
+    if (open_listeners(err, errcap) != GW_OK)
+        return GW_ERR;
+    return GW_OK;
+}
+
+static int join_until(pthread_t t, uint64_t deadline_wall_ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(deadline_wall_ms / 1000),
+                          .tv_nsec = (long)(deadline_wall_ms % 1000) * 1000000L};
+    return pthread_timedjoin_np(t, NULL, &ts);
+}
+
+int gw_server_run(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* workers inherit the mask */
+    signal(SIGPIPE, SIG_IGN);
+
+    for (int i = 0; i < gw_srv.nworkers; i++)
+        pthread_create(&gw_srv.workers[i].thread, NULL, worker_main, &gw_srv.workers[i]);
+
+    char pub[300], adm[300] = "off";
+    gw_addr_format(&gw_srv.cfg.public_addr, pub, sizeof pub);
+    if (gw_srv.cfg.admin_addr.set)
+        gw_addr_format(&gw_srv.cfg.admin_addr, adm, sizeof adm);
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "gateway started", NULL);
+    if (l) {
+        gw_log_str(l, "public", pub, 0);
+        gw_log_str(l, "admin", adm, 0);
+        gw_log_bool(l, "tls", gw_srv.tls_ctx != NULL, 0);
+        gw_log_int(l, "workers", gw_srv.nworkers, 0);
+        gw_log_str(l, "version", GW_VERSION, 0);
+        gw_log_str(l, "backend", "embedded", 0);
+        gw_log_end(l);
+    }
+
+    int sig;
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            gw_log_msg(GW_LOG_INFO, NULL, "SIGHUP: nothing to reload (no routes file)");
+            continue;
+        }
+        break;
+    }
+    uint64_t t0 = gw_mono_ms();
+    atomic_store(&gw_srv.draining, 1);
+    gw_gauge_set(gw_srv.m_draining, 1);
+    l = gw_log_begin(GW_LOG_INFO, "draining", NULL);
+    if (l) {
+        gw_log_str(l, "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
+        gw_log_int(l, "timeout_ms", (int64_t)gw_srv.cfg.shutdown_timeout_ms, 0);
+        gw_log_int(l, "connections", (int64_t)atomic_load(&gw_srv.nconns), 0);
+        gw_log_end(l);
+    }
+    for (int i = 0; i < gw_srv.nworkers; i++)
+        gw_loop_post(gw_srv.workers[i].loop, worker_drain, &gw_srv.workers[i]);
+    /* Keep a margin of the budget for the forced close and exit. */
+    uint64_t budget = gw_srv.cfg.shutdown_timeout_ms;
+    uint64_t margin = GW_MIN(budget / 10, (uint64_t)1000);
+    uint64_t deadline = gw_wall_ms() + budget - margin;
+    int forced = 0;
+    for (int i = 0; i < gw_srv.nworkers; i++) {
+        gw_worker *w = &gw_srv.workers[i];
+        if (join_until(w->thread, deadline) != 0) {
+            forced = 1;
+            gw_loop_post(w->loop, worker_stop, w);
+            pthread_join(w->thread, NULL);
+        }
+    }
+    l = gw_log_begin(GW_LOG_INFO, "stopped", NULL);
+    if (l) {
+        gw_log_int(l, "drain_ms", (int64_t)(gw_mono_ms() - t0), 0);
+        gw_log_bool(l, "forced", forced, 0);
+        gw_log_end(l);
+    }
+    return 0;
+}

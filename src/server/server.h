@@ -1,0 +1,149 @@
+/* server.h: the gateway process: workers, listeners, client connections,
+ * routes, and the process-wide state they share. */
+#ifndef GW_SERVER_H
+#define GW_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "core/list.h"
+#include "http/h1_parse.h"
+#include "loop/loop.h"
+#include "metrics/metrics.h"
+#include "net/conn.h"
+#include "ws/ws_session.h"
+
+#define GW_READ_CHUNK (64u * 1024)
+#define GW_OUT_HIGH (1024u * 1024)      /* stop reading a peer whose output queue passes this */
+#define GW_CLOSE_WAIT_MS 5000           /* wait for the peer's Close after ours */
+#define GW_LINGER_MS 2000               /* read and discard after our last byte before closing */
+
+enum gw_route_kind { GW_ROUTE_ECHO = 1 };
+
+typedef struct gw_route {
+    const char *path;                 /* exact path or prefix ending in '/' */
+    int kind;                         /* enum gw_route_kind */
+    const char *label;                /* route label in logs and metrics */
+    const char *const *protocols;     /* subprotocols we may select, NULL-terminated */
+    uint64_t idle_ms;                 /* close after this long without a message (0: never) */
+    gw_metric *ws_open;               /* wsgate_ws_connections{route} */
+    gw_metric *msgs_in, *msgs_out;    /* wsgate_ws_messages_total{route,direction} */
+    gw_metric *bytes_in, *bytes_out;  /* wsgate_ws_bytes_total{route,direction} */
+    gw_metric *duration;              /* wsgate_ws_session_duration_seconds{route} */
+} gw_route;
+
+typedef struct gw_worker gw_worker;
+
+enum gw_client_phase {
+    GW_PHASE_TLS = 0, /* TLS handshake in progress */
+    GW_PHASE_HTTP,    /* reading HTTP requests */
+    GW_PHASE_WS,      /* WebSocket session */
+    GW_PHASE_FINISH,  /* flushing our last bytes, then lingering for the peer's FIN */
+    GW_PHASE_CLOSED,  /* socket closed, freed after the batch */
+};
+
+/* Per-connection WebSocket state, allocated at upgrade. */
+typedef struct gw_wsconn {
+    gw_ws ws;
+    const gw_route *route;
+    uint64_t opened_ms;    /* monotonic, at the 101 */
+    uint64_t last_seen_ms; /* last bytes from the peer */
+    uint64_t last_msg_ms;  /* last data message or ping from the peer (idle limit) */
+    uint64_t last_ping_ms; /* last ping we sent */
+    uint64_t close_deadline_ms; /* after our Close: give up waiting at this time */
+    uint64_t flushed_in, flushed_out, flushed_bin, flushed_bout; /* counts already added to metrics */
+    char corr[72];         /* correlation id of the upgrade request */
+    char user[64];         /* authenticated user, "-" when anonymous */
+} gw_wsconn;
+
+typedef struct gw_client {
+    gw_conn conn;
+    gw_worker *w;
+    gw_list node;          /* in w->clients */
+    gw_task task;          /* deferred free, or re-processing of buffered input */
+    gw_timer timer;        /* the one timer: deadlines of the current phase */
+    uint8_t phase;         /* enum gw_client_phase */
+    uint8_t admin;         /* accepted on the admin listener */
+    uint8_t close_after;   /* close once the current response is out */
+    uint8_t freeing;       /* task is queued for the deferred free */
+    uint64_t phase_ms;     /* monotonic time the phase (or pending request) started */
+    gw_wsconn *wsc;        /* set in GW_PHASE_WS */
+    char ip[46];           /* peer address, for logs */
+} gw_client;
+
+typedef struct gw_worker_stats {
+    uint64_t http_requests;
+} gw_worker_stats;
+
+struct gw_worker {
+    int id;
+    gw_loop *loop;
+    pthread_t thread;
+    gw_io pub_lis;     /* public listener (own SO_REUSEPORT socket, or shared) */
+    gw_io admin_lis;   /* admin listener (worker 0 only) */
+    gw_timer accept_timer; /* re-enables accepting after EMFILE */
+    gw_timer stats_timer;  /* flushes per-connection counters to metrics */
+    gw_list clients;
+    uint32_t nclients;     /* public clients (admin ones are not counted for drain) */
+    int draining;
+    uint8_t *rbuf;         /* GW_READ_CHUNK bytes: reads land here first */
+};
+
+typedef struct gw_server {
+    gw_config cfg;
+    void *tls_ctx;                /* SSL_CTX * for the public listener, or NULL */
+    int nworkers;
+    gw_worker *workers;
+    atomic_int draining;          /* set at SIGTERM: /readyz answers 503 */
+    atomic_uint_fast64_t nconns;  /* open client connections, all workers */
+    uint64_t start_wall_ms;
+    uint64_t start_mono_ms;
+    gw_h1_limits limits;
+    const gw_route *routes;
+    size_t nroutes;
+    /* metrics */
+    gw_metric *m_ws_connections;  /* ws_connections (kept name) */
+    gw_metric *m_conns_public, *m_conns_admin;
+    gw_metric *m_accepted_public, *m_accepted_admin;
+    gw_metric *m_rejected;
+    gw_metric *m_tls_fail;
+    gw_metric *m_draining;
+} gw_server;
+
+extern gw_server gw_srv;
+
+/* server.c */
+int gw_server_start(const gw_config *cfg, char *err, size_t errcap);
+/* Blocks until SIGTERM/SIGINT, drains, and returns the exit status. */
+int gw_server_run(void);
+const gw_route *gw_route_match(const char *path, size_t n);
+gw_metric *gw_metric_handshake(const gw_route *r, const char *result);
+gw_metric *gw_metric_close(const gw_route *r, const char *cause);
+gw_metric *gw_metric_http(int admin, int status);
+
+/* client.c */
+void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, int admin);
+void gw_client_close(gw_client *c);
+void gw_client_finish(gw_client *c);
+void gw_client_drain(gw_client *c);
+void gw_client_arm(gw_client *c);
+
+/* http_serve.c */
+/* Handles one complete request head; returns GW_OK to go on reading,
+ * GW_DONE when the connection switched phase or is finishing. */
+int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len);
+void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
+                   const char *extra_headers);
+
+/* ws_serve.c */
+int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, const char *corr, const char *trace);
+size_t gw_ws_serve_feed(gw_client *c, uint8_t *p, size_t n);
+void gw_ws_serve_timer(gw_client *c);
+void gw_ws_serve_closed(gw_client *c);
+void gw_ws_serve_flush_stats(gw_client *c);
+uint64_t gw_ws_serve_deadline(gw_client *c);
+
+#endif

@@ -1,0 +1,100 @@
+/* ws_session.h: the RFC 6455 message engine for one connection, server or
+ * client role, over a gw_conn.
+ *
+ * The owner feeds it the bytes it read (gw_ws_feed); it decodes frames,
+ * unmasks payloads in place (no copy for a message that arrives in one
+ * frame), enforces the protocol (masking, reserved bits, opcodes,
+ * fragmentation with control frames interleaved, fail-fast UTF-8, close
+ * codes, message size limit, permessage-deflate), answers pings and close
+ * frames itself, and hands complete messages to the owner's handler. Frames
+ * it sends go to the conn (corked by the owner during a read batch).
+ *
+ * After each feed the owner checks ws->state: GW_WS_CLOSED means the close
+ * handshake is complete or the connection failed; the owner then flushes and
+ * closes the socket, logging ws->cause. */
+#ifndef GW_WS_SESSION_H
+#define GW_WS_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/buf.h"
+#include "net/conn.h"
+#include "ws/pmd.h"
+#include "ws/utf8.h"
+#include "ws/ws_frame.h"
+
+typedef struct gw_ws gw_ws;
+
+typedef struct gw_ws_handler {
+    /* A complete data message: text is valid UTF-8, compression undone. p is
+     * writable and valid only during the call. May call gw_ws_send/close. */
+    void (*on_message)(gw_ws *ws, int opcode, uint8_t *p, size_t n);
+    /* A pong arrived (optional). */
+    void (*on_pong)(gw_ws *ws, const uint8_t *p, size_t n);
+} gw_ws_handler;
+
+enum gw_ws_state {
+    GW_WS_OPEN = 0,   /* messages flow both ways */
+    GW_WS_CLOSE_SENT, /* we sent Close and wait for the peer's */
+    GW_WS_CLOSED,     /* handshake complete or connection failed: close the socket */
+};
+
+/* Close causes (DESIGN.md section 8); static strings, compared by pointer. */
+extern const char gw_cause_downstream_closed[];
+extern const char gw_cause_upstream_closed[];
+extern const char gw_cause_graceful[];
+extern const char gw_cause_heartbeat_timeout[];
+extern const char gw_cause_shutdown[];
+extern const char gw_cause_protocol_error[];
+extern const char gw_cause_too_large[];
+extern const char gw_cause_idle_timeout[];
+extern const char gw_cause_overflow[];
+extern const char gw_cause_revoked[];
+
+struct gw_ws {
+    gw_conn *conn;
+    const gw_ws_handler *h;
+    void *data;              /* the owner's */
+    gw_pmd *pmd;             /* NULL unless permessage-deflate was negotiated */
+    gw_buf msg;              /* fragments of the message being assembled */
+    uint64_t max_msg;        /* larger messages close with 1009 */
+    uint64_t cur_done;       /* payload bytes of a partial frame already unmasked */
+    gw_utf8 utf8;            /* validator state of the text message in progress */
+    uint8_t is_server;       /* role: server expects masked frames, client sends them */
+    uint8_t state;           /* enum gw_ws_state */
+    uint8_t msg_opcode;      /* opcode of the fragmented message in progress, 0 = none */
+    uint8_t msg_compressed;  /* the message in progress has RSV1 */
+    uint16_t close_sent;     /* code we sent (0: none yet) */
+    uint16_t close_rcvd;     /* code the peer sent (0: none; 1005: Close without a code) */
+    const char *cause;       /* why the session ended (gw_cause_*), NULL while open */
+    const char *error;       /* error code text sent as close reason when we failed it */
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+};
+
+/* Initialises ws on conn. max_msg bounds a message (after inflation). */
+void gw_ws_init(gw_ws *ws, gw_conn *conn, int is_server, const gw_ws_handler *h, void *data, uint64_t max_msg);
+/* Enables permessage-deflate with negotiated parameters. */
+void gw_ws_enable_pmd(gw_ws *ws, const gw_pmd_params *p);
+void gw_ws_free(gw_ws *ws);
+
+/* Processes p[0..n). Returns the number of bytes consumed: the caller keeps
+ * the rest (a partial frame) and passes it again, with more bytes after it,
+ * on the next call. Bytes of a partial frame are already unmasked and
+ * validated (ws->cur_done) so the work is not repeated. */
+size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n);
+
+/* Sends a whole message (text/binary; compressed when negotiated and worth
+ * it). GW_OK or GW_ERR (connection dead or over its output cap). */
+int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n);
+/* Sends one raw frame (for relays and fragmented sends); no compression. */
+int gw_ws_send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n);
+int gw_ws_ping(gw_ws *ws, const uint8_t *p, size_t n);
+/* Starts the close handshake with code and reason, recording cause. A
+ * session already closing keeps its first cause. */
+int gw_ws_close(gw_ws *ws, unsigned code, const char *reason, const char *cause);
+/* Marks the session failed without a handshake (peer gone). */
+void gw_ws_abort(gw_ws *ws, const char *cause);
+
+#endif
