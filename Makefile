@@ -14,6 +14,7 @@ SANFLAGS :=
 OPT := -O2
 endif
 
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS := openssl zlib jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson)
@@ -23,7 +24,6 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmis
 CFLAGS := -std=c17 -D_GNU_SOURCE -g $(OPT) -fno-omit-frame-pointer $(WARN) $(SANFLAGS) -Isrc $(PKG_CFLAGS) \
           -DGW_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
 LDLIBS := $(PKG_LIBS) -lpthread -lm
-VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 SRCS := $(shell find src -name '*.c' | sort)
 OBJS := $(SRCS:%.c=$(B)/obj/%.o)

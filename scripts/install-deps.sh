@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# install-deps.sh: installs what building and testing wsgate needs, on Debian
+# 12, and only what is missing (so a second run costs a second, not a minute).
+# Debian packages via apt-get; npm packages from the lock files in tests/node
+# and bench/.
+set -eu
+cd "$(dirname "$0")/.."
+
+PKGS="build-essential pkg-config libssl-dev zlib1g-dev libjansson-dev clang libclang-rt-14-dev
+      python3 python3-pytest python3-websockets nodejs npm openssl curl procps util-linux"
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "install-deps: apt-get install$missing"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+for dir in tests/node bench; do
+    if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+        echo "install-deps: npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+done

@@ -1,0 +1,146 @@
+/* Unit tests for loop/: timers (order, re-arm, stop), fd watchers, pending
+ * and deferred tasks, cross-thread posts. */
+#include <pthread.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/common.h"
+#include "loop/loop.h"
+#include "test.h"
+
+static gw_loop *L;
+static int order[16], norder;
+
+typedef struct tmr {
+    gw_timer t;
+    int id;
+} tmr;
+
+static void on_tmr(gw_timer *t)
+{
+    tmr *x = gw_container_of(t, tmr, t);
+    order[norder++] = x->id;
+    if (x->id == 99)
+        gw_loop_stop(L);
+}
+
+static void test_timers(void)
+{
+    L = gw_loop_new();
+    tmr a = {.t.cb = on_tmr, .id = 3}, b = {.t.cb = on_tmr, .id = 1}, c = {.t.cb = on_tmr, .id = 2},
+        d = {.t.cb = on_tmr, .id = 7}, stop = {.t.cb = on_tmr, .id = 99};
+    norder = 0;
+    gw_timer_start(L, &a.t, 30);
+    gw_timer_start(L, &b.t, 10);
+    gw_timer_start(L, &c.t, 20);
+    gw_timer_start(L, &d.t, 15);
+    gw_timer_stop(L, &d.t);
+    ok(!gw_timer_active(&d.t), "stopped timer is inactive");
+    gw_timer_start(L, &c.t, 5); /* re-arm earlier */
+    gw_timer_start(L, &stop.t, 60);
+    uint64_t t0 = gw_mono_ms();
+    gw_loop_run(L);
+    uint64_t el = gw_mono_ms() - t0;
+    is_int(norder, 4, "four timers fired (stopped one did not)");
+    is_int(order[0], 2, "re-armed timer first");
+    is_int(order[1], 1, "then 10 ms");
+    is_int(order[2], 3, "then 30 ms");
+    is_int(order[3], 99, "stop last");
+    ok(el >= 55 && el < 1000, "loop slept until the last timer (%llu ms)", (unsigned long long)el);
+    gw_loop_free(L);
+}
+
+static gw_io rd;
+static char got[64];
+static size_t ngot;
+
+static void on_read(gw_io *io, uint32_t ev)
+{
+    ok(ev & GW_EV_READ, "read event reported");
+    ssize_t r = read(io->fd, got + ngot, sizeof got - ngot);
+    if (r > 0)
+        ngot += (size_t)r;
+    gw_io_stop(L, io);
+    gw_loop_stop(L);
+}
+
+static void test_io(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    L = gw_loop_new();
+    rd.fd = sv[0];
+    rd.cb = on_read;
+    is_int(gw_io_start(L, &rd, GW_EV_READ), GW_OK, "watch fd");
+    is_int(write(sv[1], "ping", 4), 4, "write to peer");
+    ngot = 0;
+    gw_loop_run(L);
+    is_mem(got, ngot, "ping", 4, "callback read the bytes");
+    is_int(rd.events, 0, "stopped watcher has no interest");
+    gw_loop_free(L);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static gw_task t1, t2;
+static void task_fn(gw_task *t)
+{
+    order[norder++] = t == &t1 ? 1 : 2;
+    if (norder == 2)
+        gw_loop_stop(L);
+}
+
+static void test_tasks(void)
+{
+    L = gw_loop_new();
+    norder = 0;
+    t1.fn = t2.fn = task_fn;
+    gw_loop_pending(L, &t1);
+    gw_loop_pending(L, &t1); /* queued once however often */
+    gw_loop_defer(L, &t2);
+    gw_timer keep = {.cb = NULL};
+    GW_UNUSED(keep);
+    gw_loop_run(L);
+    is_int(norder, 2, "each task ran once");
+    is_int(order[0], 2, "deferred runs right after the event batch");
+    is_int(order[1], 1, "pending runs before sleeping");
+    gw_loop_free(L);
+}
+
+static int posted_on_loop;
+static pthread_t loop_thread;
+static void posted(void *arg)
+{
+    posted_on_loop = pthread_equal(pthread_self(), loop_thread) ? *(int *)arg : -1;
+    gw_loop_stop(L);
+}
+
+static void *poster(void *arg)
+{
+    usleep(20000);
+    gw_loop_post(L, posted, arg);
+    return NULL;
+}
+
+static void test_post(void)
+{
+    L = gw_loop_new();
+    loop_thread = pthread_self();
+    int v = 42;
+    pthread_t th;
+    pthread_create(&th, NULL, poster, &v);
+    gw_loop_run(L);
+    pthread_join(th, NULL);
+    is_int(posted_on_loop, 42, "posted function ran on the loop's thread");
+    gw_loop_free(L);
+}
+
+int main(void)
+{
+    TEST_RUN(test_timers);
+    TEST_RUN(test_io);
+    TEST_RUN(test_tasks);
+    TEST_RUN(test_post);
+    return test_done();
+}

@@ -1,0 +1,306 @@
+/* Unit tests for ws/ws_session: the message engine fed by hand-built frames,
+ * at every split point, with its output read back from a socketpair. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/common.h"
+#include "loop/loop.h"
+#include "net/conn.h"
+#include "ws/ws_session.h"
+#include "test.h"
+
+static gw_loop *L;
+static int peer;
+static gw_conn conn;
+static gw_ws ws;
+
+static uint8_t msgs[8][4096];
+static size_t msg_len[8];
+static int msg_op[8], nmsgs;
+
+static void on_msg(gw_ws *w, int opcode, uint8_t *p, size_t n)
+{
+    if (nmsgs < 8 && n <= sizeof msgs[0]) {
+        memcpy(msgs[nmsgs], p, n);
+        msg_len[nmsgs] = n;
+        msg_op[nmsgs] = opcode;
+    }
+    nmsgs++;
+    gw_ws_send(w, opcode, p, n); /* echo */
+}
+
+static const gw_ws_handler handler = {on_msg, NULL};
+
+static void dummy_io(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(io);
+    GW_UNUSED(ev);
+}
+
+static void setup(int is_server, uint64_t max)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+    if (!L)
+        L = gw_loop_new();
+    gw_conn_init(&conn, L, sv[0], dummy_io);
+    peer = sv[1];
+    gw_ws_init(&ws, &conn, is_server, &handler, NULL, max);
+    nmsgs = 0;
+}
+
+static void teardown(void)
+{
+    gw_ws_free(&ws);
+    gw_conn_close(&conn);
+    close(peer);
+}
+
+/* Appends a client frame (masked unless mask == 0) to b. */
+static void frame(gw_buf *b, int fin, int rsv, int op, const void *p, size_t n, int mask)
+{
+    uint8_t hdr[14], key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, op, n, mask ? key : NULL);
+    gw_buf_append(b, hdr, hl, 1 << 24);
+    size_t at = b->len;
+    gw_buf_append(b, p, n, 1 << 24);
+    if (mask && n)
+        gw_ws_mask(gw_buf_head(b) + at, n, key, 0);
+}
+
+/* Feeds all of in, split at split (0 = whole), keeping unconsumed bytes as
+ * the server's client loop does. Returns bytes left unconsumed. */
+static size_t feed_split(const gw_buf *in, size_t split)
+{
+    gw_buf pend = {0};
+    size_t pos = 0, total = in->len;
+    while (pos < total && ws.state != GW_WS_CLOSED) {
+        size_t take = split ? GW_MIN(split, total - pos) : total - pos;
+        gw_buf_append(&pend, gw_buf_head(in) + pos, take, 1 << 24);
+        pos += take;
+        size_t used = gw_ws_feed(&ws, gw_buf_head(&pend), pend.len);
+        gw_buf_consume(&pend, used);
+    }
+    size_t left = pend.len;
+    gw_buf_release(&pend);
+    return left;
+}
+
+/* Reads everything the engine wrote. */
+static size_t drain_peer(uint8_t *out, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = read(peer, out + n, cap - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    return n;
+}
+
+static void test_single_and_splits(void)
+{
+    gw_buf in = {0};
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "Hello", 5, 1);
+    frame(&in, 0, 0, GW_WS_OP_BINARY, "ab", 2, 1);
+    frame(&in, 1, 0, GW_WS_OP_PING, "pp", 2, 1);  /* interleaved control */
+    frame(&in, 1, 0, GW_WS_OP_CONT, "cd", 2, 1);
+    uint8_t out[1024];
+    for (size_t split = 0; split <= in.len; split++) {
+        setup(1, 1 << 20);
+        gw_buf copy = {0};
+        gw_buf_append(&copy, gw_buf_head(&in), in.len, 1 << 20);
+        size_t left = feed_split(&copy, split);
+        gw_buf_release(&copy);
+        size_t n = drain_peer(out, sizeof out);
+        int good = left == 0 && nmsgs == 2 && msg_op[0] == GW_WS_OP_TEXT && msg_len[0] == 5 &&
+                   memcmp(msgs[0], "Hello", 5) == 0 && msg_op[1] == GW_WS_OP_BINARY && msg_len[1] == 4 &&
+                   memcmp(msgs[1], "abcd", 4) == 0;
+        /* Output: echo Hello, pong pp, echo abcd (unmasked server frames). */
+        static const uint8_t want[] = {0x81, 5, 'H', 'e', 'l', 'l', 'o', 0x8a, 2, 'p', 'p', 0x82, 4, 'a', 'b', 'c', 'd'};
+        good = good && n == sizeof want && memcmp(out, want, n) == 0;
+        ok(good, "split %zu: messages, pong and echoes exact", split);
+        teardown();
+    }
+    gw_buf_release(&in);
+}
+
+static void expect_close(const char *what, gw_buf *in, size_t split, unsigned code, const char *cause)
+{
+    uint8_t out[512];
+    feed_split(in, split);
+    size_t n = drain_peer(out, sizeof out);
+    /* The last frame written must be a Close with code. */
+    int found = 0;
+    for (size_t i = 0; i + 3 < n; i++) {
+        if (out[i] != 0x88)
+            continue;
+        if (out[i + 1] & 0x80) { /* masked (client role): unmask the code */
+            if (i + 7 < n && (out[i + 1] & 0x7f) >= 2 &&
+                (unsigned)((out[i + 6] ^ out[i + 2]) << 8 | (out[i + 7] ^ out[i + 3])) == code)
+                found = 1;
+        } else if (out[i + 1] >= 2 && (unsigned)(out[i + 2] << 8 | out[i + 3]) == code) {
+            found = 1;
+        }
+    }
+    ok(ws.state == GW_WS_CLOSED, "%s: session closed", what);
+    ok(found, "%s: Close %u sent", what, code);
+    is_str(ws.cause, cause, "%s: cause", what);
+}
+
+static void test_violations(void)
+{
+    struct {
+        const char *what;
+        int fin, rsv, op, mask;
+        const char *payload;
+        size_t n;
+        unsigned code;
+        const char *cause;
+    } cases[] = {
+        {"unmasked", 1, 0, GW_WS_OP_TEXT, 0, "hi", 2, 1002, "protocol_error"},
+        {"rsv1 without deflate", 1, 4, GW_WS_OP_TEXT, 1, "hi", 2, 1002, "protocol_error"},
+        {"rsv2", 1, 2, GW_WS_OP_BINARY, 1, "hi", 2, 1002, "protocol_error"},
+        {"opcode 3", 1, 0, 3, 1, "", 0, 1002, "protocol_error"},
+        {"opcode 0xB", 1, 0, 0xB, 1, "", 0, 1002, "protocol_error"},
+        {"fragmented ping", 0, 0, GW_WS_OP_PING, 1, "x", 1, 1002, "protocol_error"},
+        {"continuation first", 1, 0, GW_WS_OP_CONT, 1, "x", 1, 1002, "protocol_error"},
+        {"bad utf8", 1, 0, GW_WS_OP_TEXT, 1, "a\xff", 2, 1007, "protocol_error"},
+        {"truncated utf8", 1, 0, GW_WS_OP_TEXT, 1, "a\xc3", 2, 1007, "protocol_error"},
+        {"close 1 byte", 1, 0, GW_WS_OP_CLOSE, 1, "\x03", 1, 1002, "protocol_error"},
+        {"close code 1005", 1, 0, GW_WS_OP_CLOSE, 1, "\x03\xed", 2, 1002, "protocol_error"},
+        {"close bad reason", 1, 0, GW_WS_OP_CLOSE, 1, "\x03\xe8\xff", 3, 1007, "protocol_error"},
+        {"clean close 3000", 1, 0, GW_WS_OP_CLOSE, 1, "\x0b\xb8ok", 4, 3000, "graceful"},
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
+        for (size_t split = 0; split <= 3; split++) {
+            setup(1, 1 << 20);
+            gw_buf in = {0};
+            frame(&in, cases[i].fin, cases[i].rsv, cases[i].op, cases[i].payload, cases[i].n, cases[i].mask);
+            char what[128];
+            snprintf(what, sizeof what, "%s (split %zu)", cases[i].what, split);
+            expect_close(what, &in, split, cases[i].code, cases[i].cause);
+            gw_buf_release(&in);
+            teardown();
+        }
+    }
+}
+
+static void test_new_message_inside_fragmented(void)
+{
+    setup(1, 1 << 20);
+    gw_buf in = {0};
+    frame(&in, 0, 0, GW_WS_OP_TEXT, "ab", 2, 1);
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "cd", 2, 1);
+    expect_close("text inside fragmented text", &in, 0, 1002, "protocol_error");
+    gw_buf_release(&in);
+    teardown();
+}
+
+static void test_fail_fast_utf8(void)
+{
+    /* A 1000-byte text frame whose 3rd byte is invalid: the close must come
+     * after only 20 payload bytes arrived, not after the whole frame. */
+    setup(1, 1 << 20);
+    char payload[1000];
+    memset(payload, 'a', sizeof payload);
+    payload[2] = (char)0xc0;
+    gw_buf in = {0};
+    frame(&in, 1, 0, GW_WS_OP_TEXT, payload, sizeof payload, 1);
+    size_t used = gw_ws_feed(&ws, gw_buf_head(&in), 4 + 4 + 20); /* hdr(2+2) + mask(4) + 20 */
+    ok(used == 0 && ws.state == GW_WS_CLOSED, "invalid UTF-8 detected mid-frame");
+    uint8_t out[64];
+    size_t n = drain_peer(out, sizeof out);
+    ok(n >= 4 && out[0] == 0x88 && (out[2] << 8 | out[3]) == 1007, "Close 1007 sent");
+    gw_buf_release(&in);
+    teardown();
+}
+
+static void test_too_big(void)
+{
+    setup(1, 100);
+    gw_buf in = {0};
+    char big[101] = {0};
+    frame(&in, 1, 0, GW_WS_OP_BINARY, big, 101, 1);
+    /* Only the header is fed: the limit applies before the payload arrives. */
+    gw_ws_feed(&ws, gw_buf_head(&in), 8);
+    ok(ws.state == GW_WS_CLOSED && ws.cause == gw_cause_too_large, "frame over the limit fails at its header");
+    gw_buf_release(&in);
+    teardown();
+
+    setup(1, 100);
+    frame(&in, 0, 0, GW_WS_OP_BINARY, big, 60, 1);
+    frame(&in, 1, 0, GW_WS_OP_CONT, big, 60, 1);
+    expect_close("fragments summing over the limit", &in, 0, 1009, "too_large");
+    gw_buf_release(&in);
+    teardown();
+}
+
+static void test_client_role_masks(void)
+{
+    setup(0, 1 << 20);
+    is_int(gw_ws_send(&ws, GW_WS_OP_TEXT, (const uint8_t *)"masked!", 7), GW_OK, "client send");
+    uint8_t out[64];
+    size_t n = drain_peer(out, sizeof out);
+    ok(n == 2 + 4 + 7 && out[0] == 0x81 && (out[1] & 0x80) && (out[1] & 0x7f) == 7, "client frame has MASK bit");
+    gw_ws_mask(out + 6, 7, out + 2, 0);
+    is_mem(out + 6, 7, "masked!", 7, "unmasks to the payload");
+    /* A masked frame from a server is a violation for a client. */
+    gw_buf in = {0};
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "x", 1, 1);
+    expect_close("masked frame to client", &in, 0, 1002, "protocol_error");
+    gw_buf_release(&in);
+    teardown();
+}
+
+static void test_deflate_roundtrip(void)
+{
+    gw_pmd_params p = {.enabled = 1, .server_max_window_bits = 15, .client_max_window_bits = 15};
+    setup(1, 1 << 20);
+    gw_ws_enable_pmd(&ws, &p);
+    gw_pmd *client = gw_pmd_new(&p, 0);
+    char text[300];
+    for (size_t i = 0; i < sizeof text; i++)
+        text[i] = "wsgate "[i % 7];
+    gw_buf z = {0}, in = {0};
+    gw_pmd_deflate(client, (const uint8_t *)text, sizeof text, &z, 1 << 20);
+    frame(&in, 1, GW_WS_RSV1, GW_WS_OP_TEXT, gw_buf_head(&z), z.len, 1);
+    feed_split(&in, 7);
+    ok(nmsgs == 1 && msg_len[0] == sizeof text && memcmp(msgs[0], text, sizeof text) == 0,
+       "compressed text inflated and delivered");
+    uint8_t out[1024];
+    size_t n = drain_peer(out, sizeof out);
+    ok(n > 2 && (out[0] & 0x40) && (out[0] & 0x0f) == GW_WS_OP_TEXT, "echo is compressed (RSV1)");
+    gw_buf plain = {0};
+    uint16_t code = 0;
+    size_t plen = out[1] & 0x7f, off = 2;
+    if (plen == 126) {
+        plen = (size_t)out[2] << 8 | out[3];
+        off = 4;
+    }
+    is_int(gw_pmd_inflate(client, out + off, plen, &plain, 1 << 20, &code), GW_OK, "client inflates the echo");
+    is_mem(gw_buf_head(&plain), plain.len, text, sizeof text, "echo equals the message");
+    gw_buf_release(&z);
+    gw_buf_release(&in);
+    gw_buf_release(&plain);
+    gw_pmd_free(client);
+    teardown();
+}
+
+int main(void)
+{
+    TEST_RUN(test_single_and_splits);
+    TEST_RUN(test_violations);
+    TEST_RUN(test_new_message_inside_fragmented);
+    TEST_RUN(test_fail_fast_utf8);
+    TEST_RUN(test_too_big);
+    TEST_RUN(test_client_role_masks);
+    TEST_RUN(test_deflate_roundtrip);
+    gw_loop_free(L);
+    return test_done();
+}
