@@ -418,6 +418,12 @@ int gw_conn_uncork(gw_conn *c)
     return rc;
 }
 
+void gw_conn_thread_exit(void)
+{
+    gw_buf_release(&stage);
+    stage_owner = NULL;
+}
+
 void gw_conn_shutdown(gw_conn *c)
 {
     if (c->flags & GW_CONN_F_WSHUT || c->io.fd < 0)

@@ -90,6 +90,9 @@ void gw_conn_shutdown(gw_conn *c);
 /* Stops watching, frees transport state and buffers, closes the fd. */
 void gw_conn_close(gw_conn *c);
 
+/* Frees this thread's staging buffer (call as a worker thread ends). */
+void gw_conn_thread_exit(void);
+
 /* TLS context for a server from PEM files; NULL with err set on failure. */
 void *gw_tls_server_ctx(const char *cert, const char *key, char *err, size_t errcap);
 void *gw_tls_client_ctx(int verify, char *err, size_t errcap);

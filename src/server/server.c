@@ -225,6 +225,8 @@ static void *worker_main(void *arg)
 {
     gw_worker *w = arg;
     gw_loop_run(w->loop);
+    gw_conn_thread_exit();
+    gw_ws_thread_exit();
     return NULL;
 }
 
@@ -304,6 +306,38 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
     return GW_OK;
 }
 
+/* Frees what the workers left (admin connections, loops, buffers) once
+ * their threads have ended, so leak checkers see a clean exit. */
+static void server_free(void)
+{
+    for (int i = 0; i < gw_srv.nworkers; i++) {
+        gw_worker *w = &gw_srv.workers[i];
+        while (!gw_list_empty(&w->clients)) {
+            gw_client *c = gw_container_of(w->clients.next, gw_client, node);
+            gw_list_remove(&c->node);
+            if (c->wsc) {
+                gw_ws_free(&c->wsc->ws);
+                gw_free(c->wsc);
+            }
+            gw_conn_close(&c->conn);
+            gw_task_cancel(&c->task);
+            gw_free(c);
+        }
+        if (w->pub_lis.fd >= 0)
+            close(w->pub_lis.fd);
+        if (w->admin_lis.fd >= 0)
+            close(w->admin_lis.fd);
+        gw_loop_free(w->loop);
+        gw_free(w->rbuf);
+    }
+    gw_free(gw_srv.workers);
+    gw_srv.workers = NULL;
+    if (gw_srv.tls_ctx)
+        gw_tls_ctx_free(gw_srv.tls_ctx);
+    gw_srv.tls_ctx = NULL;
+    gw_metrics_reset();
+}
+
 static int join_until(pthread_t t, uint64_t deadline_wall_ms)
 {
     struct timespec ts = {.tv_sec = (time_t)(deadline_wall_ms / 1000),
@@ -380,5 +414,6 @@ int gw_server_run(void)
         gw_log_bool(l, "forced", forced, 0);
         gw_log_end(l);
     }
+    server_free();
     return 0;
 }

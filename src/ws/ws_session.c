@@ -45,6 +45,12 @@ void gw_ws_enable_pmd(gw_ws *ws, const gw_pmd_params *p)
         ws->pmd = gw_pmd_new(p, ws->is_server);
 }
 
+void gw_ws_thread_exit(void)
+{
+    gw_buf_release(&scratch_in);
+    gw_buf_release(&scratch_out);
+}
+
 void gw_ws_free(gw_ws *ws)
 {
     gw_buf_release(&ws->msg);

@@ -94,6 +94,9 @@ int gw_ws_ping(gw_ws *ws, const uint8_t *p, size_t n);
 /* Starts the close handshake with code and reason, recording cause. A
  * session already closing keeps its first cause. */
 int gw_ws_close(gw_ws *ws, unsigned code, const char *reason, const char *cause);
+/* Frees this thread's scratch buffers (call as a worker thread ends). */
+void gw_ws_thread_exit(void);
+
 /* Marks the session failed without a handshake (peer gone). */
 void gw_ws_abort(gw_ws *ws, const char *cause);
 
