@@ -328,22 +328,9 @@ static int queue_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
     return GW_OK;
 }
 
-int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
+/* Writes iov now, queueing what the kernel does not take. */
+static int write_direct(gw_conn *c, const struct iovec *iov, int n, size_t total)
 {
-    if (c->flags & GW_CONN_F_ERROR)
-        return GW_ERR;
-    if ((c->flags & GW_CONN_F_CORKED) && stage_owner == c)
-        return queue_iov(&stage, iov, n, 0);
-    if (c->out.len || (c->flags & GW_CONN_F_HANDSHAKE)) {
-        if (queue_iov(&c->out, iov, n, 0) != GW_OK) {
-            c->flags |= GW_CONN_F_ERROR;
-            return GW_ERR;
-        }
-        return GW_OK;
-    }
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
     ssize_t r = c->tp->writev(c, iov, n);
     if (r == GW_ERR) {
         c->flags |= GW_CONN_F_ERROR;
@@ -359,6 +346,48 @@ int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
         gw_conn_update(c);
     }
     return GW_OK;
+}
+
+/* Writes above this size skip the stage: copying them would cost more than
+ * the system call the stage saves. */
+#define STAGE_COPY_MAX (1024u * 1024)
+
+int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
+{
+    if (c->flags & GW_CONN_F_ERROR)
+        return GW_ERR;
+    if (c->out.len || (c->flags & GW_CONN_F_HANDSHAKE)) {
+        /* Bytes already wait: append behind them to keep the order. */
+        if (queue_iov(&c->out, iov, n, 0) != GW_OK) {
+            c->flags |= GW_CONN_F_ERROR;
+            return GW_ERR;
+        }
+        return GW_OK;
+    }
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if ((c->flags & GW_CONN_F_CORKED) && stage_owner == c) {
+        if (total <= STAGE_COPY_MAX)
+            return queue_iov(&stage, iov, n, 0);
+        if (stage.len && n < 15) {
+            /* A large write while corked: send the staged bytes and it
+             * together, in one call, without copying the large part. */
+            struct iovec all[16];
+            all[0].iov_base = gw_buf_head(&stage);
+            all[0].iov_len = stage.len;
+            memcpy(all + 1, iov, (size_t)n * sizeof *iov);
+            size_t staged = stage.len;
+            stage.head = stage.len = 0;
+            return write_direct(c, all, n + 1, total + staged);
+        }
+        if (stage.len) {
+            if (queue_iov(&stage, iov, n, 0) != GW_OK)
+                return GW_ERR;
+            return GW_OK;
+        }
+    }
+    return write_direct(c, iov, n, total);
 }
 
 int gw_conn_write(gw_conn *c, const void *p, size_t n)
@@ -413,7 +442,7 @@ int gw_conn_uncork(gw_conn *c)
     int rc = gw_conn_writev(c, &iov, 1);
     stage.head = 0;
     /* Keep the staging storage unless a burst made it large. */
-    if (stage.cap > 256u * 1024)
+    if (stage.cap > 2u * 1024 * 1024)
         gw_buf_release(&stage);
     return rc;
 }

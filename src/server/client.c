@@ -213,6 +213,21 @@ static size_t max_input(const gw_client *c)
     return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK;
 }
 
+/* Bytes still missing from the frame at the front of conn.in, so one read
+ * can complete it (0 when unknown). */
+static size_t pending_need(const gw_client *c)
+{
+    if (c->phase != GW_PHASE_WS || c->conn.in.len < 2)
+        return 0;
+    gw_ws_frame_hdr h;
+    uint16_t code;
+    int hl = gw_ws_frame_parse_header(gw_buf_head(&c->conn.in), c->conn.in.len, &h, &code);
+    if (hl <= 0 || h.len > gw_srv.cfg.ws_max_message_bytes)
+        return 0;
+    uint64_t total = (uint64_t)hl + h.len;
+    return total > c->conn.in.len ? (size_t)(total - c->conn.in.len) : 0;
+}
+
 static void client_read(gw_client *c)
 {
     gw_worker *w = c->w;
@@ -221,7 +236,11 @@ static void client_read(gw_client *c)
         uint8_t *p;
         size_t cap;
         if (own) {
-            if (gw_buf_reserve(&c->conn.in, GW_READ_CHUNK / 4, max_input(c)) != GW_OK) {
+            /* Room for the rest of what is pending (a frame split across
+             * reads) and a read's worth more, within the input cap. */
+            size_t want = GW_MAX((size_t)GW_READ_CHUNK / 4, pending_need(c));
+            want = GW_MIN(want, max_input(c) - c->conn.in.len);
+            if (want == 0 || gw_buf_reserve(&c->conn.in, want, max_input(c)) != GW_OK) {
                 /* Cannot happen while the parsers enforce their limits
                  * (they fail before input passes them); be safe anyway. */
                 on_peer_gone(c, 0);

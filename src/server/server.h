@@ -16,7 +16,7 @@
 #include "net/conn.h"
 #include "ws/ws_session.h"
 
-#define GW_READ_CHUNK (64u * 1024)
+#define GW_READ_CHUNK (256u * 1024) /* one read per wakeup lands in the worker buffer */
 #define GW_OUT_HIGH (1024u * 1024)      /* stop reading a peer whose output queue passes this */
 #define GW_CLOSE_WAIT_MS 5000           /* wait for the peer's Close after ours */
 #define GW_LINGER_MS 2000               /* read and discard after our last byte before closing */
