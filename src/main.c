@@ -6,6 +6,7 @@
 #include "config/config.h"
 #include "core/common.h"
 #include "log/log.h"
+#include "probe/probe.h"
 #include "server/server.h"
 
 static const char usage[] =
@@ -18,6 +19,10 @@ static const char usage[] =
     "             /health, the echo route /probe/ws (and /probe/healthz); admin listener\n"
     "             with /metrics when GATEWAY_ADMIN_HTTP_ADDR is set. SIGTERM/SIGINT drain\n"
     "             and exit 0 within GATEWAY_SHUTDOWN_TIMEOUT.\n"
+    "  probe      synthetic monitor: permanent WebSocket legs pinged every interval,\n"
+    "             drops counted by reason, Prometheus metrics on :9108 (see\n"
+    "             `wsgate probe --help`; PROBE_LEGS, PROBE_LISTEN, PROBE_INTERVAL,\n"
+    "             PROBE_TIMEOUT, PROBE_BACKOFF, PROBE_CA_FILE, PROBE_INSECURE)\n"
     "  version    print the version\n"
     "  help       print this text\n"
     "\n"
@@ -59,6 +64,8 @@ static int cmd_serve(void)
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "serve";
+    if (strcmp(cmd, "probe") == 0)
+        return gw_probe_main(argc - 1, argv + 1); /* it has its own --help */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_help(stdout);

@@ -33,6 +33,8 @@ struct gw_loop {
     gw_io wake;
 };
 
+static void run_list(gw_list *list);
+
 uint64_t gw_mono_ms(void)
 {
     struct timespec ts;
@@ -128,6 +130,7 @@ void gw_loop_free(gw_loop *l)
         close(l->wake.fd);
     }
     run_posted(l);
+    run_list(&l->deferred); /* frees queued by the last callbacks */
     gw_backend_free(l->be);
     gw_free(l->heap);
     pthread_mutex_destroy(&l->mu);

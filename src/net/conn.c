@@ -1,9 +1,11 @@
 /* conn.c: transports (plain and TLS) and buffered writes. */
 #include "net/conn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -231,8 +233,16 @@ int gw_conn_tls(gw_conn *c, void *ctx, int is_server, const char *sni)
     } else {
         SSL_set_connect_state(ssl);
         if (sni && sni[0]) {
-            SSL_set_tlsext_host_name(ssl, sni);
-            SSL_set1_host(ssl, sni);
+            /* An IP literal is not a server name (RFC 6066 section 3): send
+             * no SNI and check the certificate's IP addresses instead. */
+            struct in6_addr a6;
+            struct in_addr a4;
+            if (inet_pton(AF_INET, sni, &a4) == 1 || inet_pton(AF_INET6, sni, &a6) == 1) {
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), sni);
+            } else {
+                SSL_set_tlsext_host_name(ssl, sni);
+                SSL_set1_host(ssl, sni);
+            }
         }
     }
     c->ssl = ssl;

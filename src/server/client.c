@@ -60,6 +60,8 @@ void gw_client_close(gw_client *c)
         return;
     if (c->wsc)
         gw_ws_serve_closed(c);
+    if (c->pending)
+        gw_relay_pending_abort(c);
     c->phase = GW_PHASE_CLOSED;
     gw_timer_stop(c->w->loop, &c->timer);
     gw_conn_close(&c->conn);
@@ -72,7 +74,7 @@ void gw_client_close(gw_client *c)
     gw_task_cancel(&c->task);
     c->task.fn = client_free_task;
     gw_loop_defer(w->loop, &c->task);
-    if (w->draining && w->nclients == 0)
+    if (w->draining && w->nclients == 0 && w->norphans == 0)
         gw_loop_stop(w->loop);
 }
 
@@ -117,6 +119,10 @@ void gw_client_arm(gw_client *c)
     case GW_PHASE_WS:
         at = gw_ws_serve_deadline(c);
         break;
+    case GW_PHASE_UPSTREAM:
+        /* The upstream client has its own timeout; this is a backstop. */
+        at = c->phase_ms + 120000;
+        break;
     case GW_PHASE_FINISH:
         at = c->phase_ms + GW_LINGER_MS;
         break;
@@ -159,6 +165,8 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
     while (off < n) {
         if (c->phase == GW_PHASE_WS)
             return off + gw_ws_serve_feed(c, p + off, n - off);
+        if (c->phase == GW_PHASE_UPSTREAM)
+            return off; /* kept until the upstream answers */
         if (c->phase != GW_PHASE_HTTP)
             return n; /* finishing: discard */
         gw_http_header hdrs[128];
@@ -271,7 +279,8 @@ static void client_read(gw_client *c)
                 gw_buf_consume(&c->conn.in, used);
         } else {
             size_t used = process(c, p, (size_t)r);
-            if (used < (size_t)r && (c->phase == GW_PHASE_HTTP || c->phase == GW_PHASE_WS) &&
+            if (used < (size_t)r &&
+                (c->phase == GW_PHASE_HTTP || c->phase == GW_PHASE_WS || c->phase == GW_PHASE_UPSTREAM) &&
                 gw_buf_append(&c->conn.in, p + used, (size_t)r - used, max_input(c)) != GW_OK) {
                 gw_conn_uncork(&c->conn);
                 on_peer_gone(c, 0);
@@ -341,7 +350,10 @@ static void client_io(gw_io *io, uint32_t events)
         if (rc == GW_OK) {
             if (c->phase == GW_PHASE_FINISH)
                 gw_conn_shutdown(&c->conn);
-            if (c->conn.flags & GW_CONN_F_PAUSED) {
+            if (c->wsc && c->wsc->up)
+                gw_relay_client_drained(c);
+            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_UPSTREAM &&
+                !(c->wsc && c->wsc->up && gw_wsc_queued(c->wsc->up) > GW_OUT_HIGH)) {
                 gw_conn_pause(&c->conn, 0);
                 /* Input may be waiting in our buffer: process it again. */
                 if (c->conn.in.len)
@@ -349,6 +361,9 @@ static void client_io(gw_io *io, uint32_t events)
             }
         }
     }
+    /* A TLS read that needed the socket writable is retried now. */
+    if ((events & GW_EV_WRITE) && (c->conn.flags & GW_CONN_F_TLS_RW))
+        events |= GW_EV_READ;
     if ((events & (GW_EV_READ | GW_EV_ERROR)) && c->phase != GW_PHASE_CLOSED &&
         !(c->conn.flags & GW_CONN_F_PAUSED))
         client_read(c);
@@ -368,6 +383,7 @@ void gw_client_drain(gw_client *c)
             c->close_after = 1;
         break;
     case GW_PHASE_TLS:
+    case GW_PHASE_UPSTREAM:
         gw_client_close(c);
         break;
     default:

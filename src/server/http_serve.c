@@ -201,6 +201,37 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
     return 1;
 }
 
+static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                       const req_ids *ids_in);
+
+/* Per-user upstreams: the user is the user_header's value up to '@'. An
+ * absent header or a user without an upstream (and no default) gets 403. */
+static int resolve_user(gw_client *c, const gw_http_req *req, const gw_route *r, char *user, size_t cap,
+                        const req_ids *ids)
+{
+    const gw_http_header *h = gw_h1_find_header(req->headers, req->num_headers, r->user_header);
+    size_t n = 0;
+    if (h) {
+        while (n < h->value.n && h->value.p[n] != '@')
+            n++;
+    }
+    if (!h || n == 0 || n >= cap) {
+        if (r->upstream)
+            return GW_OK; /* no user: the default upstream serves */
+        gw_counter_inc(gw_metric_handshake(r, "unknown_user"));
+        error_with_ids(c, 403, "unknown_user", "no upstream for this user", req, NULL, ids);
+        return GW_ERR;
+    }
+    memcpy(user, h->value.p, n);
+    user[n] = '\0';
+    if (!gw_route_upstream(r, user, n) && !(r->upstream && !r->nusers)) {
+        gw_counter_inc(gw_metric_handshake(r, "unknown_user"));
+        error_with_ids(c, 403, "unknown_user", "no upstream for this user", req, NULL, ids);
+        return GW_ERR;
+    }
+    return GW_OK;
+}
+
 int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len)
 {
     GW_UNUSED(head_len);
@@ -229,26 +260,51 @@ int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len)
         error_with_ids(c, 404, "not_found", "no such admin endpoint", req, NULL, &ids);
         goto done;
     }
-    const gw_route *r = gw_route_match(req->path.p, req->path.n);
+    gw_route_table *table = gw_server_routes();
+    const gw_route *r = gw_routes_match(table, req->path.p, req->path.n);
+    int rc = serve_route(c, req, r, table, &ids);
+    gw_routes_unref(table);
+    if (rc == GW_DONE)
+        return GW_DONE;
+    goto done;
+
+done:
+    if (c->close_after) {
+        gw_client_finish(c);
+        return GW_DONE;
+    }
+    return GW_OK;
+}
+
+/* Serves a request that matched route r (NULL: none). Returns GW_DONE when
+ * the connection changed phase, else GW_OK (a response was written). */
+static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                       const req_ids *ids_in)
+{
+    const req_ids ids = *ids_in;
+    gw_h1_body body;
+    int status = 400;
+    const char *why = "bad_request";
+    gw_h1_request_body(req, &body, &status, &why);
     if (!r) {
         error_with_ids(c, 404, "not_found", "no route matches this path", req, NULL, &ids);
-        goto done;
+        return GW_OK;
     }
     if (!gw_ws_is_upgrade(req)) {
         gw_counter_inc(gw_metric_handshake(r, "upgrade_required"));
         error_with_ids(c, 426, "websocket_upgrade_required", "this route only speaks WebSocket", req,
                        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n", &ids);
-        goto done;
+        return GW_OK;
     }
     if (atomic_load_explicit(&gw_srv.draining, memory_order_relaxed)) {
         gw_counter_inc(gw_metric_handshake(r, "shutting_down"));
         error_with_ids(c, 503, "shutting_down", "the gateway is shutting down", req, NULL, &ids);
-        goto done;
+        return GW_OK;
     }
     if (body.chunked || body.content_length) {
         gw_counter_inc(gw_metric_handshake(r, "bad_request"));
         error_with_ids(c, 400, "invalid_upgrade_request", "an upgrade request has no body", req, NULL, &ids);
-        goto done;
+        return GW_OK;
     }
     gw_ws_upgrade up;
     const char *code = "invalid_upgrade_request";
@@ -264,16 +320,20 @@ int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len)
                                                                                                        : "bad_request"));
         error_with_ids(c, status, code, status == 426 ? "WebSocket version 13 is required" : "invalid WebSocket upgrade",
                        req, extra, &ids);
-        goto done;
+        return GW_OK;
     }
-    if (gw_ws_serve_upgrade(c, req, r, ids.corr, ids.trace) == GW_OK)
-        return GW_DONE;
-    goto done;
-
-done:
-    if (c->close_after) {
-        gw_client_finish(c);
-        return GW_DONE;
+    if (r->kind == GW_ROUTE_PROXY) {
+        char user[64] = "";
+        if (r->user_header && resolve_user(c, req, r, user, sizeof user, &ids) != GW_OK)
+            return GW_OK;
+        if (gw_relay_ws_start(c, req, r, table, ids.corr, ids.trace, NULL, user[0] ? user : NULL) == GW_OK)
+            return GW_DONE;
+        gw_counter_inc(gw_metric_handshake(r, "upstream_unavailable"));
+        error_with_ids(c, 502, "upstream_unavailable", "the upstream could not be reached", req, NULL, &ids);
+        return GW_OK;
     }
+    if (gw_ws_serve_upgrade(c, req, r, table, ids.corr, ids.trace) == GW_OK)
+        return GW_DONE;
     return GW_OK;
 }
+

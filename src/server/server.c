@@ -20,28 +20,40 @@ gw_server gw_srv;
 
 /* ================================== routes ================================== */
 
-static const char *const echo_protocols[] = {"wsgate.echo.v1", NULL};
-
-static gw_route default_routes[] = {
-    {.path = "/probe/ws", .kind = GW_ROUTE_ECHO, .label = "/probe/ws", .protocols = echo_protocols,
-     .idle_ms = 90000},
-};
-
-const gw_route *gw_route_match(const char *path, size_t n)
+gw_route_table *gw_server_routes(void)
 {
-    const gw_route *best = NULL;
-    size_t best_len = 0;
-    for (size_t i = 0; i < gw_srv.nroutes; i++) {
-        const gw_route *r = &gw_srv.routes[i];
-        size_t rl = strlen(r->path);
-        int match = r->path[rl - 1] == '/' ? (n >= rl && memcmp(path, r->path, rl) == 0)
-                                           : (n == rl && memcmp(path, r->path, rl) == 0);
-        if (match && rl > best_len) {
-            best = r;
-            best_len = rl;
-        }
+    pthread_mutex_lock(&gw_srv.routes_mu);
+    gw_route_table *t = gw_srv.routes;
+    gw_routes_ref(t);
+    pthread_mutex_unlock(&gw_srv.routes_mu);
+    return t;
+}
+
+static void precreate_route_series(const gw_route_table *t)
+{
+    static const char *const causes[] = {"downstream_closed", "upstream_closed", "graceful", "heartbeat_timeout",
+                                         "shutdown", "protocol_error", "too_large", "idle_timeout"};
+    for (size_t i = 0; i < t->n; i++) {
+        gw_metric_handshake(&t->routes[i], "ok");
+        for (size_t k = 0; k < GW_ARRAY_LEN(causes); k++)
+            if (t->routes[i].kind != GW_ROUTE_ECHO || strcmp(causes[k], "upstream_closed") != 0)
+                gw_metric_close(&t->routes[i], causes[k]);
     }
-    return best;
+}
+
+int gw_server_reload_routes(char *err, size_t errcap)
+{
+    gw_route_table *t = gw_routes_load(gw_srv.cfg.routes_file, &gw_srv.cfg, err, errcap);
+    if (!t)
+        return GW_ERR;
+    precreate_route_series(t);
+    pthread_mutex_lock(&gw_srv.routes_mu);
+    gw_route_table *old = gw_srv.routes;
+    gw_srv.routes = t;
+    pthread_mutex_unlock(&gw_srv.routes_mu);
+    if (old)
+        gw_routes_unref(old);
+    return GW_OK;
 }
 
 /* ================================= metrics ================================== */
@@ -82,7 +94,6 @@ gw_metric *gw_metric_http(int admin, int status)
 
 static void register_metrics(void)
 {
-    static const double dur_buckets[] = {0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400};
     char labels[128];
     snprintf(labels, sizeof labels, "version=\"%s\"", GW_VERSION);
     gw_gauge_set(gw_metric_get("wsgate_build_info", GW_METRIC_GAUGE, "Build information.", labels), 1);
@@ -101,31 +112,6 @@ static void register_metrics(void)
                                       "TLS handshakes that failed on the public listener.", NULL);
     gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,
                                       "1 while the gateway drains after SIGTERM.", NULL);
-    for (size_t i = 0; i < GW_ARRAY_LEN(default_routes); i++) {
-        gw_route *r = &default_routes[i];
-        r->ws_open = route_metric("wsgate_ws_connections", GW_METRIC_GAUGE, "Open WebSocket connections by route.",
-                                  r, NULL, NULL);
-        const char *mh = "WebSocket messages through the gateway, by route and direction.";
-        const char *bh = "WebSocket payload bytes through the gateway, by route and direction.";
-        r->msgs_in = route_metric("wsgate_ws_messages_total", GW_METRIC_COUNTER, mh, r, "direction", "in");
-        r->msgs_out = route_metric("wsgate_ws_messages_total", GW_METRIC_COUNTER, mh, r, "direction", "out");
-        r->bytes_in = route_metric("wsgate_ws_bytes_total", GW_METRIC_COUNTER, bh, r, "direction", "in");
-        r->bytes_out = route_metric("wsgate_ws_bytes_total", GW_METRIC_COUNTER, bh, r, "direction", "out");
-        char rl[300], esc[256];
-        gw_metrics_label_escape(r->label, esc, sizeof esc);
-        snprintf(rl, sizeof rl, "route=\"%s\"", esc);
-        r->duration = gw_histogram_get("wsgate_ws_session_duration_seconds",
-                                       "WebSocket session durations by route.", rl, dur_buckets,
-                                       GW_ARRAY_LEN(dur_buckets));
-        /* Pre-create the common series so dashboards see zeros. */
-        gw_metric_handshake(r, "ok");
-        static const char *const causes[] = {"downstream_closed", "graceful", "heartbeat_timeout", "shutdown",
-                                             "protocol_error", "too_large", "idle_timeout"};
-        for (size_t k = 0; k < GW_ARRAY_LEN(causes); k++)
-            gw_metric_close(r, causes[k]);
-    }
-    gw_srv.routes = default_routes;
-    gw_srv.nroutes = GW_ARRAY_LEN(default_routes);
 }
 
 /* ============================== accept / workers ============================ */
@@ -205,7 +191,7 @@ static void worker_drain(void *arg)
         gw_client_drain(gw_container_of(n, gw_client, node));
         n = next;
     }
-    if (w->nclients == 0)
+    if (w->nclients == 0 && w->norphans == 0)
         gw_loop_stop(w->loop);
 }
 
@@ -218,6 +204,7 @@ static void worker_stop(void *arg)
             gw_ws_abort(&c->wsc->ws, gw_cause_shutdown);
         gw_client_close(c);
     }
+    gw_relay_orphans_free(w);
     gw_loop_stop(w->loop);
 }
 
@@ -284,6 +271,9 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
             return GW_ERR;
     }
     register_metrics();
+    pthread_mutex_init(&gw_srv.routes_mu, NULL);
+    if (gw_server_reload_routes(err, errcap) != GW_OK)
+        return GW_ERR;
     gw_srv.nworkers = cfg->workers;
     gw_srv.workers = gw_calloc((size_t)cfg->workers, sizeof(gw_worker));
     for (int i = 0; i < gw_srv.nworkers; i++) {
@@ -298,6 +288,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         w->accept_timer.cb = accept_resume;
         w->stats_timer.cb = stats_tick;
         gw_list_init(&w->clients);
+        gw_list_init(&w->orphans);
         w->rbuf = gw_malloc(GW_READ_CHUNK);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
@@ -317,12 +308,14 @@ static void server_free(void)
             gw_list_remove(&c->node);
             if (c->wsc) {
                 gw_ws_free(&c->wsc->ws);
+                gw_routes_unref(c->wsc->table);
                 gw_free(c->wsc);
             }
             gw_conn_close(&c->conn);
             gw_task_cancel(&c->task);
             gw_free(c);
         }
+        gw_relay_orphans_free(w);
         if (w->pub_lis.fd >= 0)
             close(w->pub_lis.fd);
         if (w->admin_lis.fd >= 0)
@@ -335,6 +328,8 @@ static void server_free(void)
     if (gw_srv.tls_ctx)
         gw_tls_ctx_free(gw_srv.tls_ctx);
     gw_srv.tls_ctx = NULL;
+    gw_routes_unref(gw_srv.routes);
+    gw_srv.routes = NULL;
     gw_metrics_reset();
 }
 
@@ -378,7 +373,21 @@ int gw_server_run(void)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            gw_log_msg(GW_LOG_INFO, NULL, "SIGHUP: nothing to reload (no routes file)");
+            char err[512];
+            if (gw_server_reload_routes(err, sizeof err) != GW_OK) {
+                gw_log_line *rl = gw_log_begin(GW_LOG_ERROR, "routes reload refused; keeping the old table", NULL);
+                if (rl) {
+                    gw_log_str(rl, "error", err, 0);
+                    gw_log_end(rl);
+                }
+            } else {
+                gw_log_line *rl = gw_log_begin(GW_LOG_INFO, "routes reloaded", NULL);
+                if (rl) {
+                    gw_log_int(rl, "routes", (int64_t)gw_srv.routes->n, 0);
+                    gw_log_int(rl, "generation", (int64_t)gw_srv.routes->generation, 0);
+                    gw_log_end(rl);
+                }
+            }
             continue;
         }
         break;

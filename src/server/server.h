@@ -14,6 +14,7 @@
 #include "loop/loop.h"
 #include "metrics/metrics.h"
 #include "net/conn.h"
+#include "server/routes.h"
 #include "ws/ws_session.h"
 
 #define GW_READ_CHUNK (256u * 1024) /* one read per wakeup lands in the worker buffer */
@@ -21,25 +22,12 @@
 #define GW_CLOSE_WAIT_MS 5000           /* wait for the peer's Close after ours */
 #define GW_LINGER_MS 2000               /* read and discard after our last byte before closing */
 
-enum gw_route_kind { GW_ROUTE_ECHO = 1 };
-
-typedef struct gw_route {
-    const char *path;                 /* exact path or prefix ending in '/' */
-    int kind;                         /* enum gw_route_kind */
-    const char *label;                /* route label in logs and metrics */
-    const char *const *protocols;     /* subprotocols we may select, NULL-terminated */
-    uint64_t idle_ms;                 /* close after this long without a message (0: never) */
-    gw_metric *ws_open;               /* wsgate_ws_connections{route} */
-    gw_metric *msgs_in, *msgs_out;    /* wsgate_ws_messages_total{route,direction} */
-    gw_metric *bytes_in, *bytes_out;  /* wsgate_ws_bytes_total{route,direction} */
-    gw_metric *duration;              /* wsgate_ws_session_duration_seconds{route} */
-} gw_route;
-
 typedef struct gw_worker gw_worker;
 
 enum gw_client_phase {
     GW_PHASE_TLS = 0, /* TLS handshake in progress */
     GW_PHASE_HTTP,    /* reading HTTP requests */
+    GW_PHASE_UPSTREAM, /* upgrade received; waiting for the upstream's answer (reads paused) */
     GW_PHASE_WS,      /* WebSocket session */
     GW_PHASE_FINISH,  /* flushing our last bytes, then lingering for the peer's FIN */
     GW_PHASE_CLOSED,  /* socket closed, freed after the batch */
@@ -49,6 +37,7 @@ enum gw_client_phase {
 typedef struct gw_wsconn {
     gw_ws ws;
     const gw_route *route;
+    gw_route_table *table; /* holds route alive across reloads */
     uint64_t opened_ms;    /* monotonic, at the 101 */
     uint64_t last_seen_ms; /* last bytes from the peer */
     uint64_t last_msg_ms;  /* last data message or ping from the peer (idle limit) */
@@ -57,7 +46,20 @@ typedef struct gw_wsconn {
     uint64_t flushed_in, flushed_out, flushed_bin, flushed_bout; /* counts already added to metrics */
     char corr[72];         /* correlation id of the upgrade request */
     char user[64];         /* authenticated user, "-" when anonymous */
+    /* relay only */
+    gw_wsc *up;            /* the upstream leg; NULL for echo, or once it ended */
+    struct relay_leg *leg; /* its user data (relay.c) */
+    const gw_upstream *ups;
+    uint64_t up_last_seen_ms, up_last_ping_ms;
+    uint16_t down_code;    /* Close code the client sent (0: none) */
+    uint16_t up_code;      /* Close code the upstream sent (0: none) */
+    uint8_t closed_first;  /* GW_FIRST_*: which leg ended first */
+    uint8_t up_paused;     /* upstream reads paused: the client's queue is long */
 } gw_wsconn;
+
+enum { GW_FIRST_NONE = 0, GW_FIRST_DOWNSTREAM, GW_FIRST_UPSTREAM, GW_FIRST_GATEWAY };
+
+typedef struct gw_relay_pending gw_relay_pending;
 
 typedef struct gw_client {
     gw_conn conn;
@@ -71,6 +73,7 @@ typedef struct gw_client {
     uint8_t freeing;       /* task is queued for the deferred free */
     uint64_t phase_ms;     /* monotonic time the phase (or pending request) started */
     gw_wsconn *wsc;        /* set in GW_PHASE_WS */
+    gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
     char ip[46];           /* peer address, for logs */
 } gw_client;
 
@@ -88,6 +91,8 @@ struct gw_worker {
     gw_timer stats_timer;  /* flushes per-connection counters to metrics */
     gw_list clients;
     uint32_t nclients;     /* public clients (admin ones are not counted for drain) */
+    gw_list orphans;       /* upstream legs finishing their close after the client left */
+    uint32_t norphans;
     int draining;
     uint8_t *rbuf;         /* GW_READ_CHUNK bytes: reads land here first */
 };
@@ -102,8 +107,8 @@ typedef struct gw_server {
     uint64_t start_wall_ms;
     uint64_t start_mono_ms;
     gw_h1_limits limits;
-    const gw_route *routes;
-    size_t nroutes;
+    gw_route_table *routes;       /* current table; read under routes_mu and referenced */
+    pthread_mutex_t routes_mu;
     /* metrics */
     gw_metric *m_ws_connections;  /* ws_connections (kept name) */
     gw_metric *m_conns_public, *m_conns_admin;
@@ -119,7 +124,10 @@ extern gw_server gw_srv;
 int gw_server_start(const gw_config *cfg, char *err, size_t errcap);
 /* Blocks until SIGTERM/SIGINT, drains, and returns the exit status. */
 int gw_server_run(void);
-const gw_route *gw_route_match(const char *path, size_t n);
+/* The current route table, referenced (release with gw_routes_unref). */
+gw_route_table *gw_server_routes(void);
+/* Loads GATEWAY_ROUTES_FILE again; on success swaps the table in. */
+int gw_server_reload_routes(char *err, size_t errcap);
 gw_metric *gw_metric_handshake(const gw_route *r, const char *result);
 gw_metric *gw_metric_close(const gw_route *r, const char *cause);
 gw_metric *gw_metric_http(int admin, int status);
@@ -138,8 +146,30 @@ int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len);
 void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
                    const char *extra_headers);
 
+/* relay.c */
+int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const char *corr,
+                      const char *trace, const char *extra_headers, const char *user);
+void gw_relay_pending_abort(gw_client *c);
+size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
+                              const char *extra, char *out, size_t cap);
+void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap);
+extern const gw_ws_handler gw_relay_handler;
+/* The downstream session ended: forward its close to the upstream leg. */
+void gw_relay_downstream_closed(gw_client *c);
+/* The client's output queue drained: resume the upstream. */
+void gw_relay_client_drained(gw_client *c);
+void gw_relay_timer(gw_client *c, uint64_t now);
+void gw_relay_orphans_free(gw_worker *w);
+
 /* ws_serve.c */
-int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, const char *corr, const char *trace);
+void gw_ws_negotiate_deflate(const gw_http_req *req, gw_pmd_params *pmd, char *ext, size_t cap);
+size_t gw_ws_build_101(char *out, size_t cap, gw_str key, gw_str proto, const char *ext, const char *corr,
+                       const char *trace);
+void gw_ws_serve_log_open(gw_client *c, gw_str proto, int deflate, const char *trace);
+gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *table, const char *corr,
+                            const char *user, const gw_ws_handler *h, const gw_pmd_params *pmd);
+int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const char *corr,
+                        const char *trace);
 size_t gw_ws_serve_feed(gw_client *c, uint8_t *p, size_t n);
 void gw_ws_serve_timer(gw_client *c);
 void gw_ws_serve_closed(gw_client *c);

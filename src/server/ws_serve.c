@@ -20,47 +20,22 @@ static void echo_message(gw_ws *ws, int opcode, uint8_t *p, size_t n)
 
 static const gw_ws_handler echo_handler = {echo_message, NULL};
 
-int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, const char *corr, const char *trace)
+/* Starts the WebSocket phase once the 101 is written: the per-connection
+ * state, the session engine with handler h, the "ws open" line, metrics. */
+gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *table, const char *corr,
+                            const char *user, const gw_ws_handler *h, const gw_pmd_params *pmd)
 {
-    const gw_config *cfg = &gw_srv.cfg;
-    gw_ws_upgrade up;
-    int status;
-    const char *code;
-    if (gw_ws_check_upgrade(req, &up, &status, &code) != GW_OK)
-        return GW_ERR; /* checked by the caller already */
-
-    gw_str proto = r->protocols ? gw_ws_select_protocol(req, r->protocols) : (gw_str){NULL, 0};
-    gw_pmd_params pmd = {0};
-    char ext_resp[256] = "";
-    if (cfg->ws_deflate) {
-        char offers[1024];
-        size_t on = gw_h1_join_header(req, "Sec-WebSocket-Extensions", offers, sizeof offers);
-        if (on && gw_pmd_negotiate_server(gw_str_make(offers, on), 0, &pmd, ext_resp, sizeof ext_resp) != 1)
-            pmd.enabled = 0;
-    }
-    char accept[GW_WS_ACCEPT_LEN + 1];
-    gw_ws_accept_key(up.key, accept);
-
-    char resp[1024];
-    int n = snprintf(resp, sizeof resp,
-                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Accept: %s\r\n%s%.*s%s%s%s%sX-Correlation-ID: %s\r\nX-Trace-ID: %s\r\n\r\n",
-                     accept, proto.n ? "Sec-WebSocket-Protocol: " : "", (int)proto.n, proto.n ? proto.p : "",
-                     proto.n ? "\r\n" : "", pmd.enabled ? "Sec-WebSocket-Extensions: " : "",
-                     pmd.enabled ? ext_resp : "", pmd.enabled ? "\r\n" : "", corr, trace);
-    if (n < 0 || (size_t)n >= sizeof resp)
-        return GW_ERR;
-    gw_conn_write(&c->conn, resp, (size_t)n);
-
     gw_wsconn *wsc = gw_calloc(1, sizeof *wsc);
     uint64_t now = gw_loop_now(c->w->loop);
     wsc->route = r;
+    wsc->table = table;
+    gw_routes_ref(table);
     wsc->opened_ms = wsc->last_seen_ms = wsc->last_msg_ms = wsc->last_ping_ms = now;
     snprintf(wsc->corr, sizeof wsc->corr, "%s", corr);
-    snprintf(wsc->user, sizeof wsc->user, "-");
-    gw_ws_init(&wsc->ws, &c->conn, 1, &echo_handler, c, cfg->ws_max_message_bytes);
-    if (pmd.enabled)
-        gw_ws_enable_pmd(&wsc->ws, &pmd);
+    snprintf(wsc->user, sizeof wsc->user, "%s", user && user[0] ? user : "-");
+    gw_ws_init(&wsc->ws, &c->conn, 1, h, c, gw_srv.cfg.ws_max_message_bytes);
+    if (pmd && pmd->enabled)
+        gw_ws_enable_pmd(&wsc->ws, pmd);
     c->wsc = wsc;
     c->phase = GW_PHASE_WS;
     c->close_after = 0;
@@ -68,19 +43,83 @@ int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, const
     gw_counter_inc(gw_metric_handshake(r, "ok"));
     gw_gauge_add(gw_srv.m_ws_connections, 1);
     gw_gauge_add(r->ws_open, 1);
-    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "ws open", corr);
+    gw_client_arm(c);
+    return wsc;
+}
+
+/* Logs "ws open" (after the owner set the fields it knows). */
+static void log_open(gw_client *c, gw_str proto, int deflate, const char *trace)
+{
+    gw_wsconn *wsc = c->wsc;
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "ws open", wsc->corr);
     if (l) {
-        gw_log_str(l, "route", r->label, 0);
+        gw_log_str(l, "route", wsc->route->label, 0);
         gw_log_str(l, "user", wsc->user, 0);
         gw_log_str(l, "ip", c->ip, 0);
         if (proto.n)
             gw_log_strn(l, "subprotocol", proto.p, proto.n, GW_LOG_JSON_ONLY);
-        gw_log_bool(l, "deflate", pmd.enabled, GW_LOG_JSON_ONLY);
-        gw_log_str(l, "trace_id", trace, GW_LOG_JSON_ONLY);
+        gw_log_bool(l, "deflate", deflate, GW_LOG_JSON_ONLY);
+        if (wsc->ups)
+            gw_log_str(l, "upstream", wsc->ups->url, GW_LOG_JSON_ONLY);
+        if (trace)
+            gw_log_str(l, "trace_id", trace, GW_LOG_JSON_ONLY);
         gw_log_end(l);
     }
-    gw_client_arm(c);
+}
+
+void gw_ws_serve_log_open(gw_client *c, gw_str proto, int deflate, const char *trace)
+{
+    log_open(c, proto, deflate, trace);
+}
+
+int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const char *corr,
+                        const char *trace)
+{
+    gw_ws_upgrade up;
+    int status;
+    const char *code;
+    if (gw_ws_check_upgrade(req, &up, &status, &code) != GW_OK)
+        return GW_ERR; /* checked by the caller already */
+    gw_str proto = r->protocols ? gw_ws_select_protocol(req, r->protocols) : (gw_str){NULL, 0};
+    gw_pmd_params pmd;
+    char ext[256];
+    gw_ws_negotiate_deflate(req, &pmd, ext, sizeof ext);
+    char resp[1024];
+    size_t n = gw_ws_build_101(resp, sizeof resp, up.key, proto, pmd.enabled ? ext : NULL, corr, trace);
+    if (!n)
+        return GW_ERR;
+    gw_conn_write(&c->conn, resp, n);
+    gw_ws_serve_open(c, r, table, corr, "-", &echo_handler, &pmd);
+    log_open(c, proto, pmd.enabled, trace);
     return GW_OK;
+}
+
+void gw_ws_negotiate_deflate(const gw_http_req *req, gw_pmd_params *pmd, char *ext, size_t cap)
+{
+    memset(pmd, 0, sizeof *pmd);
+    ext[0] = '\0';
+    if (!gw_srv.cfg.ws_deflate)
+        return;
+    char offers[1024];
+    size_t on = gw_h1_join_header(req, "Sec-WebSocket-Extensions", offers, sizeof offers);
+    if (on && gw_pmd_negotiate_server(gw_str_make(offers, on), 0, pmd, ext, cap) != 1)
+        pmd->enabled = 0;
+}
+
+size_t gw_ws_build_101(char *out, size_t cap, gw_str key, gw_str proto, const char *ext, const char *corr,
+                       const char *trace)
+{
+    char accept[GW_WS_ACCEPT_LEN + 1];
+    gw_ws_accept_key(key, accept);
+    int n = snprintf(out, cap,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n%s%.*s%s%s%s%sX-Correlation-ID: %s\r\nX-Trace-ID: %s\r\n\r\n",
+                     accept, proto.n ? "Sec-WebSocket-Protocol: " : "", (int)proto.n, proto.n ? proto.p : "",
+                     proto.n ? "\r\n" : "", ext ? "Sec-WebSocket-Extensions: " : "", ext ? ext : "",
+                     ext ? "\r\n" : "", corr, trace);
+    if (n < 0 || (size_t)n >= cap)
+        return 0;
+    return (size_t)n;
 }
 
 static void after_ws_event(gw_client *c)
@@ -129,6 +168,8 @@ void gw_ws_serve_timer(gw_client *c)
     gw_ws *ws = &wsc->ws;
     uint64_t now = gw_loop_now(c->w->loop);
 
+    if (wsc->up)
+        gw_relay_timer(c, now);
     if (ws->state == GW_WS_CLOSE_SENT) {
         if (now >= wsc->close_deadline_ms) {
             gw_ws_abort(ws, ws->cause);
@@ -190,8 +231,10 @@ void gw_ws_serve_closed(gw_client *c)
         return;
     gw_ws *ws = &wsc->ws;
     const gw_route *r = wsc->route;
+    gw_relay_downstream_closed(c);
     const char *cause = ws->cause ? ws->cause : gw_cause_downstream_closed;
     uint64_t dur = gw_loop_now(c->w->loop) - wsc->opened_ms;
+    static const char *const first[] = {NULL, "downstream", "upstream", "gateway"};
 
     gw_ws_serve_flush_stats(c);
     gw_counter_inc(gw_metric_close(r, cause));
@@ -212,11 +255,21 @@ void gw_ws_serve_closed(gw_client *c)
             gw_log_int(l, "close_code_received", ws->close_rcvd, GW_LOG_JSON_ONLY);
         if (ws->error)
             gw_log_str(l, "error", ws->error, GW_LOG_JSON_ONLY);
+        if (wsc->ups) {
+            gw_log_str(l, "upstream", wsc->ups->url, GW_LOG_JSON_ONLY);
+            if (wsc->closed_first)
+                gw_log_str(l, "closed_first", first[wsc->closed_first], GW_LOG_JSON_ONLY);
+            if (wsc->down_code)
+                gw_log_int(l, "downstream_code", wsc->down_code, GW_LOG_JSON_ONLY);
+            if (wsc->up_code)
+                gw_log_int(l, "upstream_code", wsc->up_code, GW_LOG_JSON_ONLY);
+        }
         gw_log_int(l, "msgs_in", (int64_t)ws->msgs_in, GW_LOG_JSON_ONLY);
         gw_log_int(l, "msgs_out", (int64_t)ws->msgs_out, GW_LOG_JSON_ONLY);
         gw_log_end(l);
     }
     gw_ws_free(ws);
+    gw_routes_unref(wsc->table);
     gw_free(wsc);
     c->wsc = NULL;
 }

@@ -204,6 +204,8 @@ static void on_close_frame(gw_ws *ws, const uint8_t *p, size_t n)
         ws->cause = gw_cause_graceful;
     }
     ws->state = GW_WS_CLOSED;
+    if (ws->h->on_peer_close)
+        ws->h->on_peer_close(ws, code, reason, rlen);
 }
 
 static void on_control(gw_ws *ws, int opcode, uint8_t *p, size_t n)

@@ -33,6 +33,9 @@ typedef struct gw_ws_handler {
     void (*on_message)(gw_ws *ws, int opcode, uint8_t *p, size_t n);
     /* A pong arrived (optional). */
     void (*on_pong)(gw_ws *ws, const uint8_t *p, size_t n);
+    /* The peer sent a valid Close (optional): code (1005 when none) and its
+     * reason, valid only during the call. The session has already answered. */
+    void (*on_peer_close)(gw_ws *ws, unsigned code, const uint8_t *reason, size_t n);
 } gw_ws_handler;
 
 enum gw_ws_state {

@@ -1,0 +1,67 @@
+/* routes.h: the route table (DESIGN.md section 3): path prefixes matched
+ * longest first, each with a kind and its settings. Loaded from
+ * GATEWAY_ROUTES_FILE (JSON) at start and on SIGHUP; a table is immutable
+ * once loaded and reference-counted, so a reload swaps the pointer while
+ * open connections keep the table they started with. */
+#ifndef GW_ROUTES_H
+#define GW_ROUTES_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "metrics/metrics.h"
+#include "net/ws_client.h"
+
+enum gw_route_kind {
+    GW_ROUTE_ECHO = 1, /* /probe/ws: unauthenticated echo */
+    GW_ROUTE_PROXY,    /* HTTP and WebSocket reverse proxy */
+    GW_ROUTE_TERMINAL, /* /ws/terminal/{allocation_id} */
+};
+
+typedef struct gw_upstream {
+    char *name;           /* user name for per-user upstreams, NULL for the default */
+    char *url;            /* as configured */
+    gw_wsc_target target; /* parsed: host:port or unix path, TLS, base path */
+} gw_upstream;
+
+typedef struct gw_route {
+    char *path;                   /* exact path, or a prefix when it ends in '/' */
+    int kind;                     /* enum gw_route_kind */
+    char *label;                  /* route label in logs and metrics (the path) */
+    const char *const *protocols; /* subprotocols the gateway itself may select (echo) */
+    uint64_t idle_ms;             /* close a WebSocket after this long without a message (0: never) */
+    int strip_prefix;             /* proxy: drop the route's path prefix before forwarding */
+    gw_upstream *upstream;        /* proxy: default upstream (NULL with users only) */
+    char *user_header;            /* proxy: header naming the user (part before '@') */
+    gw_upstream *users;           /* proxy: per-user upstreams */
+    size_t nusers;
+    uint64_t connect_timeout_ms;  /* proxy: connect + upstream handshake budget */
+    uint64_t read_timeout_ms;     /* proxy: HTTP response must start within this */
+    /* metrics series of this route (shared across reloads by label) */
+    gw_metric *ws_open;
+    gw_metric *msgs_in, *msgs_out;
+    gw_metric *bytes_in, *bytes_out;
+    gw_metric *duration;
+} gw_route;
+
+typedef struct gw_route_table {
+    gw_route *routes;
+    size_t n;
+    atomic_int refs;
+    uint64_t generation; /* counts reloads, for logs */
+} gw_route_table;
+
+/* Builds the table from file (NULL or "": defaults only). The echo route
+ * /probe/ws is always present unless the file defines that path itself.
+ * Returns the table with one reference, or NULL with a one-line reason. */
+gw_route_table *gw_routes_load(const char *file, const gw_config *cfg, char *err, size_t errcap);
+void gw_routes_ref(gw_route_table *t);
+void gw_routes_unref(gw_route_table *t);
+const gw_route *gw_routes_match(const gw_route_table *t, const char *path, size_t n);
+/* The upstream for user (NULL: the default); NULL when there is none. */
+const gw_upstream *gw_route_upstream(const gw_route *r, const char *user, size_t n);
+const char *gw_route_kind_str(int kind);
+
+#endif
