@@ -198,8 +198,29 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
             gw_client_finish(c);
             return n;
         }
-        off += (size_t)r;
-        if (gw_http_handle(c, &req, (size_t)r) != GW_OK)
+        /* The gateway's own endpoints (the admin API) read a small body
+         * whole before the handler runs: wait until all of it is here. */
+        const uint8_t *body = NULL;
+        size_t blen = 0;
+        gw_h1_body fr;
+        int st;
+        const char *why;
+        if (c->admin && gw_h1_request_body(&req, &fr, &st, &why) == GW_OK && (fr.chunked || fr.content_length)) {
+            if (fr.chunked || fr.content_length > GW_SMALL_BODY_MAX) {
+                c->close_after = 1;
+                gw_http_error(c, fr.chunked ? 411 : 413, fr.chunked ? "length_required" : "payload_too_large",
+                              fr.chunked ? "send the body with Content-Length" : "the body is too large", &req,
+                              NULL);
+                gw_client_finish(c);
+                return n;
+            }
+            if (n - off - (size_t)r < fr.content_length)
+                break; /* the rest of the body has not arrived */
+            body = p + off + r;
+            blen = (size_t)fr.content_length;
+        }
+        off += (size_t)r + blen;
+        if (gw_http_handle(c, &req, (size_t)r, body, blen) != GW_OK)
             continue; /* phase changed: loop feeds the rest to the new phase */
         c->phase_ms = gw_loop_now(c->w->loop);
     }
@@ -218,7 +239,7 @@ static size_t max_input(const gw_client *c)
 {
     if (c->phase == GW_PHASE_WS)
         return (size_t)gw_srv.cfg.ws_max_message_bytes + GW_WS_MAX_HEADER + GW_READ_CHUNK;
-    return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK;
+    return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK + (c->admin ? GW_SMALL_BODY_MAX : 0);
 }
 
 /* Bytes still missing from the frame at the front of conn.in, so one read

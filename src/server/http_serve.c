@@ -2,6 +2,7 @@
  * endpoints, /metrics, route dispatch, WebSocket upgrades, and the error
  * envelope every HTTP error carries (DESIGN.md section 8). */
 #include <stdio.h>
+#include <strings.h>
 #include <string.h>
 
 #include "core/common.h"
@@ -12,10 +13,72 @@
 
 #define ID_MAX 64
 
-typedef struct req_ids {
-    char corr[ID_MAX + 8];
-    char trace[33];
-} req_ids;
+typedef gw_req_ids req_ids;
+
+typedef struct handler_entry {
+    int listeners;
+    const char *method;
+    const char *path;
+    int write;
+    gw_http_handler fn;
+} handler_entry;
+
+static handler_entry handlers[32];
+static size_t nhandlers;
+static gw_route_serve_fn kind_handlers[8];
+
+void gw_route_kind_register(int kind, gw_route_serve_fn fn)
+{
+    if (kind > 0 && (size_t)kind < GW_ARRAY_LEN(kind_handlers))
+        kind_handlers[kind] = fn;
+}
+
+void gw_http_register(int listeners, const char *method, const char *path, int write, gw_http_handler fn)
+{
+    if (nhandlers == GW_ARRAY_LEN(handlers)) {
+        gw_log_msg(GW_LOG_ERROR, NULL, "too many HTTP handlers registered");
+        return;
+    }
+    handlers[nhandlers++] = (handler_entry){listeners, method, path, write, fn};
+}
+
+static const handler_entry *find_handler(const gw_client *c, const gw_http_req *req, int *method_mismatch)
+{
+    *method_mismatch = 0;
+    int lis = c->admin ? GW_LISTENER_ADMIN : GW_LISTENER_PUBLIC;
+    for (size_t i = 0; i < nhandlers; i++) {
+        const handler_entry *h = &handlers[i];
+        size_t pl = strlen(h->path);
+        if (!(h->listeners & lis))
+            continue;
+        int match = h->path[pl - 1] == '/' ? (req->path.n >= pl && memcmp(req->path.p, h->path, pl) == 0)
+                                           : gw_str_eq(req->path, h->path);
+        if (!match)
+            continue;
+        if (h->method && !gw_str_eq(req->method, h->method)) {
+            *method_mismatch = 1;
+            continue;
+        }
+        return h;
+    }
+    return NULL;
+}
+
+/* Constant-time comparison of the bearer token with GATEWAY_ADMIN_TOKEN. */
+static int admin_authorized(const gw_http_req *req)
+{
+    const char *want = gw_srv.cfg.admin_token;
+    size_t wn = strlen(want);
+    if (!wn)
+        return 1;
+    const gw_http_header *h = gw_h1_find_header(req->headers, req->num_headers, "Authorization");
+    if (!h || h->value.n != 7 + wn || strncasecmp(h->value.p, "Bearer ", 7) != 0)
+        return 0;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < wn; i++)
+        diff |= (unsigned char)(h->value.p[7 + i] ^ want[i]);
+    return diff == 0;
+}
 
 static const char *reason_phrase(int status)
 {
@@ -144,6 +207,18 @@ static void error_with_ids(gw_client *c, int status, const char *code, const cha
     }
 }
 
+void gw_http_respond(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, int status, const char *ctype,
+                     const void *body, size_t n, const char *extra_headers)
+{
+    respond(c, status, ctype, body, n, ids, extra_headers, req && gw_str_eq(req->method, "HEAD"));
+}
+
+void gw_http_error_ids(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
+                       const char *extra_headers, const gw_req_ids *ids)
+{
+    error_with_ids(c, status, code, message, req, extra_headers, ids);
+}
+
 void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
                    const char *extra_headers)
 {
@@ -232,7 +307,7 @@ static int resolve_user(gw_client *c, const gw_http_req *req, const gw_route *r,
     return GW_OK;
 }
 
-int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len)
+int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len, const uint8_t *body_p, size_t body_len)
 {
     GW_UNUSED(head_len);
     req_ids ids;
@@ -249,13 +324,29 @@ int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len)
         gw_client_finish(c);
         return GW_DONE;
     }
-    /* No endpoint of the core takes a body: answer, then close rather than
-     * parse the body bytes as a next request. */
-    if (body.chunked || body.content_length)
+    /* A body not read whole for the gateway's own endpoints (body_p NULL)
+     * is not parsed as a next request: answer, then close. */
+    if ((body.chunked || body.content_length) && !body_p)
         c->close_after = 1;
 
     if (serve_builtin(c, req, &ids))
         goto done;
+    int mismatch = 0;
+    const handler_entry *he = find_handler(c, req, &mismatch);
+    if (he) {
+        if (he->write && !admin_authorized(req)) {
+            error_with_ids(c, 401, "unauthorized", "a valid admin bearer token is required", req,
+                           "WWW-Authenticate: Bearer\r\n", &ids);
+            goto done;
+        }
+        if (he->fn(c, req, body_p, body_len, &ids) == GW_DONE)
+            return GW_DONE;
+        goto done;
+    }
+    if (mismatch) {
+        error_with_ids(c, 405, "method_not_allowed", "this endpoint does not take that method", req, NULL, &ids);
+        goto done;
+    }
     if (c->admin) {
         error_with_ids(c, 404, "not_found", "no such admin endpoint", req, NULL, &ids);
         goto done;
@@ -320,6 +411,12 @@ static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_rou
                                                                                                        : "bad_request"));
         error_with_ids(c, status, code, status == 426 ? "WebSocket version 13 is required" : "invalid WebSocket upgrade",
                        req, extra, &ids);
+        return GW_OK;
+    }
+    if (r->kind != GW_ROUTE_ECHO && r->kind != GW_ROUTE_PROXY) {
+        if ((size_t)r->kind < GW_ARRAY_LEN(kind_handlers) && kind_handlers[r->kind])
+            return kind_handlers[r->kind](c, req, r, table, &ids);
+        error_with_ids(c, 404, "not_found", "this route's kind is not enabled", req, NULL, &ids);
         return GW_OK;
     }
     if (r->kind == GW_ROUTE_PROXY) {

@@ -155,8 +155,11 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
         r->idle_ms = cfg->echo_idle_timeout_ms;
     } else if (strcmp(kind, "proxy") == 0) {
         r->kind = GW_ROUTE_PROXY;
+    } else if (strcmp(kind, "terminal") == 0) {
+        r->kind = GW_ROUTE_TERMINAL;
     } else {
-        snprintf(err, errcap, "route %s: kind \"%s\" is not available in this build (echo, proxy)", path, kind);
+        snprintf(err, errcap, "route %s: kind \"%s\" is not available in this build (echo, proxy, terminal)", path,
+                 kind);
         return GW_ERR;
     }
     if (duration_field(o, "idle_timeout", r->idle_ms, &r->idle_ms, path, err, errcap) != GW_OK ||
@@ -237,8 +240,8 @@ gw_route_table *gw_routes_load(const char *file, const gw_config *cfg, char *err
         }
         nfile = json_array_size(routes);
     }
-    t->routes = gw_calloc(nfile + 1, sizeof *t->routes);
-    int have_probe = 0;
+    t->routes = gw_calloc(nfile + 2, sizeof *t->routes);
+    int have_probe = 0, have_terminal = 0;
     for (size_t i = 0; i < nfile; i++) {
         gw_route *r = &t->routes[t->n];
         char e[512];
@@ -259,8 +262,16 @@ gw_route_table *gw_routes_load(const char *file, const gw_config *cfg, char *err
             }
         }
         have_probe |= strcmp(r->path, "/probe/ws") == 0;
+        have_terminal |= r->kind == GW_ROUTE_TERMINAL;
     }
     json_decref(root);
+    if (!have_terminal) {
+        gw_route *r = &t->routes[t->n++];
+        r->path = gw_strdup("/ws/terminal/");
+        r->label = gw_strdup("/ws/terminal/");
+        r->kind = GW_ROUTE_TERMINAL;
+        r->connect_timeout_ms = 10000;
+    }
     if (!have_probe) {
         gw_route *r = &t->routes[t->n++];
         r->path = gw_strdup("/probe/ws");

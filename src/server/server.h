@@ -140,9 +140,45 @@ void gw_client_drain(gw_client *c);
 void gw_client_arm(gw_client *c);
 
 /* http_serve.c */
-/* Handles one complete request head; returns GW_OK to go on reading,
- * GW_DONE when the connection switched phase or is finishing. */
-int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len);
+#define GW_SMALL_BODY_MAX (1024u * 1024) /* bodies of the gateway's own endpoints, read whole */
+
+/* Ids of a request: correlation (from X-Correlation-ID / X-Request-ID or
+ * generated) and trace (from traceparent or generated). */
+typedef struct gw_req_ids {
+    char corr[72];
+    char trace[33];
+} gw_req_ids;
+
+/* A handler for one of the gateway's own endpoints. body is the whole
+ * request body (n bytes, read before the call; at most GW_SMALL_BODY_MAX).
+ * It writes one response (gw_http_respond / gw_http_error_ids) and returns
+ * GW_OK, or returns GW_DONE when it took the connection over (an upgrade). */
+typedef int (*gw_http_handler)(gw_client *c, gw_http_req *req, const uint8_t *body, size_t n,
+                               const gw_req_ids *ids);
+
+enum { GW_LISTENER_PUBLIC = 1, GW_LISTENER_ADMIN = 2 };
+/* Registers a handler before gw_server_start (not thread-safe after).
+ * method NULL takes every method; path ending in '/' matches as a prefix.
+ * write: an admin write API, refused with 401 unless the request carries
+ * Authorization: Bearer GATEWAY_ADMIN_TOKEN (when that variable is set). */
+void gw_http_register(int listeners, const char *method, const char *path, int write, gw_http_handler fn);
+
+/* A route kind served by another module (the terminal gateway): called
+ * for a valid WebSocket upgrade on a route of that kind. Returns GW_DONE
+ * when it took the connection over, GW_OK when it answered with an error. */
+typedef int (*gw_route_serve_fn)(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                                 const gw_req_ids *ids);
+void gw_route_kind_register(int kind, gw_route_serve_fn fn);
+
+/* Handles one complete request (head, and for the gateway's own endpoints
+ * its whole small body); returns GW_OK to go on reading, GW_DONE when the
+ * connection switched phase or is finishing. */
+int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len, const uint8_t *body, size_t body_len);
+/* Writes a complete response with the request's ids. */
+void gw_http_respond(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, int status, const char *ctype,
+                     const void *body, size_t n, const char *extra_headers);
+void gw_http_error_ids(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
+                       const char *extra_headers, const gw_req_ids *ids);
 void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
                    const char *extra_headers);
 
