@@ -423,7 +423,8 @@ static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_rou
         char user[64] = "";
         if (r->user_header && resolve_user(c, req, r, user, sizeof user, &ids) != GW_OK)
             return GW_OK;
-        if (gw_relay_ws_start(c, req, r, table, ids.corr, ids.trace, NULL, user[0] ? user : NULL) == GW_OK)
+        gw_relay_opts ro = {.user = user[0] ? user : NULL};
+        if (gw_relay_ws_start(c, req, r, table, &ids, &ro) == GW_OK)
             return GW_DONE;
         gw_counter_inc(gw_metric_handshake(r, "upstream_unavailable"));
         error_with_ids(c, 502, "upstream_unavailable", "the upstream could not be reached", req, NULL, &ids);

@@ -35,7 +35,10 @@ struct gw_relay_pending {
     relay_leg *leg;
     gw_route_table *table;
     const gw_route *route;
-    const gw_upstream *ups;
+    char *up_url;
+    char *resource_name;
+    char *session_id;
+    char *select_protocol;
     char key[32];         /* the client's Sec-WebSocket-Key */
     gw_pmd_params pmd;    /* negotiated with the client */
     char ext[256];
@@ -142,56 +145,72 @@ void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_ht
 
 /* ================================ start ===================================== */
 
-int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const char *corr,
-                      const char *trace, const char *extra_headers, const char *user)
+static char *dup_or_null(const char *s) { return s ? gw_strdup(s) : NULL; }
+
+int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                      const gw_req_ids *ids, const gw_relay_opts *o)
 {
+    static const gw_relay_opts none;
+    if (!o)
+        o = &none;
     gw_ws_upgrade upg;
     int status;
     const char *code;
     if (gw_ws_check_upgrade(req, &upg, &status, &code) != GW_OK || upg.key.n >= 32)
         return GW_ERR;
-    const gw_upstream *u = r->nusers && user ? gw_route_upstream(r, user, strlen(user)) : r->upstream;
-    if (!u)
-        return GW_ERR;
+    gw_wsc_target t;
+    const char *url = o->upstream_url;
+    if (o->target) {
+        t = *o->target;
+    } else {
+        const gw_upstream *u = r->nusers && o->user ? gw_route_upstream(r, o->user, strlen(o->user)) : r->upstream;
+        if (!u)
+            return GW_ERR;
+        t = u->target;
+        gw_relay_upstream_path(r, u, req, t.path, sizeof t.path);
+        url = u->url;
+    }
 
     gw_relay_pending *p = gw_calloc(1, sizeof *p);
     memcpy(p->key, upg.key.p, upg.key.n);
     p->route = r;
-    p->ups = u;
     p->table = table;
     gw_routes_ref(table);
-    snprintf(p->corr, sizeof p->corr, "%s", corr);
-    snprintf(p->trace, sizeof p->trace, "%s", trace);
-    snprintf(p->user, sizeof p->user, "%s", user && user[0] ? user : "-");
+    p->up_url = gw_strdup(url ? url : "");
+    p->resource_name = dup_or_null(o->resource_name);
+    p->session_id = dup_or_null(o->session_id);
+    p->select_protocol = dup_or_null(o->select_protocol);
+    snprintf(p->corr, sizeof p->corr, "%s", ids->corr);
+    snprintf(p->trace, sizeof p->trace, "%s", ids->trace);
+    snprintf(p->user, sizeof p->user, "%s", o->user && o->user[0] ? o->user : "-");
     gw_ws_negotiate_deflate(req, &p->pmd, p->ext, sizeof p->ext);
 
     char protocols[1024];
     size_t pn = gw_h1_join_header(req, "Sec-WebSocket-Protocol", protocols, sizeof protocols);
+    const char *offer = o->offer_protocols ? (o->offer_protocols[0] ? o->offer_protocols : NULL)
+                                           : (pn ? protocols : NULL);
     char *headers = gw_malloc(HEADERS_MAX);
-    size_t hn = gw_relay_build_headers(c, req, corr, trace, extra_headers, headers, HEADERS_MAX);
-    gw_wsc_target t = u->target;
-    gw_relay_upstream_path(r, u, req, t.path, sizeof t.path);
-    gw_wsc_opts o = {
-        .protocols = pn ? protocols : NULL,
+    size_t hn = gw_relay_build_headers(c, req, ids->corr, ids->trace, o->extra_headers, headers, HEADERS_MAX);
+    gw_wsc_opts wo = {
+        .protocols = offer,
         .headers = hn ? headers : NULL,
         .deflate = 0, /* the gateway's own hop: messages cross it uncompressed */
         .max_msg = gw_srv.cfg.ws_max_message_bytes,
-        .timeout_ms = r->connect_timeout_ms,
+        .timeout_ms = r->connect_timeout_ms ? r->connect_timeout_ms : 10000,
     };
     char err[256];
     relay_leg *leg = gw_calloc(1, sizeof *leg);
     leg->c = c;
     leg->w = c->w;
-    leg->up = gw_wsc_connect(c->w->loop, NULL, &t, &o, &up_cbs, leg, err, sizeof err);
+    leg->up = gw_wsc_connect(c->w->loop, NULL, &t, &wo, &up_cbs, leg, err, sizeof err);
     gw_free(headers);
+    c->pending = p;
     if (!leg->up) {
         gw_free(leg);
-        gw_routes_unref(p->table);
-        gw_free(p);
+        gw_relay_pending_abort(c);
         return GW_ERR;
     }
     p->leg = leg;
-    c->pending = p;
     c->phase = GW_PHASE_UPSTREAM;
     c->phase_ms = gw_loop_now(c->w->loop);
     gw_conn_pause(&c->conn, 1);
@@ -205,6 +224,10 @@ static void pending_free(gw_client *c)
     if (!p)
         return;
     gw_routes_unref(p->table);
+    gw_free(p->up_url);
+    gw_free(p->resource_name);
+    gw_free(p->session_id);
+    gw_free(p->select_protocol);
     gw_free(p);
     c->pending = NULL;
 }
@@ -215,7 +238,8 @@ void gw_relay_pending_abort(gw_client *c)
     gw_relay_pending *p = c->pending;
     if (!p)
         return;
-    gw_counter_inc(gw_metric_handshake(p->route, "client_gone"));
+    if (c->phase == GW_PHASE_UPSTREAM)
+        gw_counter_inc(gw_metric_handshake(p->route, "client_gone"));
     if (p->leg) {
         gw_wsc_free(p->leg->up);
         gw_free(p->leg);
@@ -232,7 +256,8 @@ static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *
     gw_client *c = leg->c;
     gw_relay_pending *p = c->pending;
     char out[1024];
-    gw_str proto = gw_str_make(subprotocol, strlen(subprotocol));
+    const char *sel = p->select_protocol ? p->select_protocol : subprotocol;
+    gw_str proto = gw_str_make(sel, strlen(sel));
     size_t n = gw_ws_build_101(out, sizeof out, gw_str_make(p->key, strlen(p->key)), proto,
                                p->pmd.enabled ? p->ext : NULL, p->corr, p->trace);
     gw_conn_write(&c->conn, out, n);
@@ -240,7 +265,10 @@ static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *
     wsc->up = up;
     wsc->leg = leg;
     p->leg = NULL;
-    wsc->ups = p->ups;
+    wsc->up_url = p->up_url;
+    wsc->resource_name = p->resource_name;
+    wsc->session_id = p->session_id;
+    p->up_url = p->resource_name = p->session_id = NULL;
     wsc->up_last_seen_ms = wsc->up_last_ping_ms = gw_loop_now(c->w->loop);
     gw_ws_serve_log_open(c, proto, p->pmd.enabled, p->trace);
     pending_free(c);
@@ -302,7 +330,11 @@ static void refuse(gw_client *c, const gw_wsc_reason *r)
         gw_log_int(l, "dur_ms", (int64_t)(gw_loop_now(c->w->loop) - c->phase_ms), 0);
         gw_log_str(l, "cause", gw_cause_upstream_closed, 0);
         gw_log_str(l, "route", p->route->label, GW_LOG_JSON_ONLY);
-        gw_log_str(l, "upstream", p->ups->url, GW_LOG_JSON_ONLY);
+        gw_log_str(l, "upstream", p->up_url, GW_LOG_JSON_ONLY);
+        if (p->resource_name)
+            gw_log_str(l, "resource_name", p->resource_name, GW_LOG_JSON_ONLY);
+        if (p->session_id)
+            gw_log_str(l, "session_id", p->session_id, GW_LOG_JSON_ONLY);
         gw_log_str(l, "closed_first", "upstream", GW_LOG_JSON_ONLY);
         gw_log_str(l, "upstream_result", gw_wsc_end_str(r->kind), GW_LOG_JSON_ONLY);
         if (r->status)

@@ -309,6 +309,9 @@ static void server_free(void)
             if (c->wsc) {
                 gw_ws_free(&c->wsc->ws);
                 gw_routes_unref(c->wsc->table);
+                gw_free(c->wsc->up_url);
+                gw_free(c->wsc->resource_name);
+                gw_free(c->wsc->session_id);
                 gw_free(c->wsc);
             }
             gw_conn_close(&c->conn);

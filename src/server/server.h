@@ -49,7 +49,9 @@ typedef struct gw_wsconn {
     /* relay only */
     gw_wsc *up;            /* the upstream leg; NULL for echo, or once it ended */
     struct relay_leg *leg; /* its user data (relay.c) */
-    const gw_upstream *ups;
+    char *up_url;          /* the upstream, for logs (owned) */
+    char *resource_name;   /* terminal sessions: logged on every line (owned) */
+    char *session_id;      /* terminal sessions (owned) */
     uint64_t up_last_seen_ms, up_last_ping_ms;
     uint16_t down_code;    /* Close code the client sent (0: none) */
     uint16_t up_code;      /* Close code the upstream sent (0: none) */
@@ -182,21 +184,6 @@ void gw_http_error_ids(gw_client *c, int status, const char *code, const char *m
 void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
                    const char *extra_headers);
 
-/* relay.c */
-int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const char *corr,
-                      const char *trace, const char *extra_headers, const char *user);
-void gw_relay_pending_abort(gw_client *c);
-size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
-                              const char *extra, char *out, size_t cap);
-void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap);
-extern const gw_ws_handler gw_relay_handler;
-/* The downstream session ended: forward its close to the upstream leg. */
-void gw_relay_downstream_closed(gw_client *c);
-/* The client's output queue drained: resume the upstream. */
-void gw_relay_client_drained(gw_client *c);
-void gw_relay_timer(gw_client *c, uint64_t now);
-void gw_relay_orphans_free(gw_worker *w);
-
 /* ws_serve.c */
 void gw_ws_negotiate_deflate(const gw_http_req *req, gw_pmd_params *pmd, char *ext, size_t cap);
 size_t gw_ws_build_101(char *out, size_t cap, gw_str key, gw_str proto, const char *ext, const char *corr,
@@ -211,5 +198,32 @@ void gw_ws_serve_timer(gw_client *c);
 void gw_ws_serve_closed(gw_client *c);
 void gw_ws_serve_flush_stats(gw_client *c);
 uint64_t gw_ws_serve_deadline(gw_client *c);
+
+/* relay.c */
+/* How a relay is set up; every field may be NULL. */
+typedef struct gw_relay_opts {
+    const gw_wsc_target *target; /* upstream (NULL: the route's upstream for user) */
+    const char *upstream_url;    /* the upstream as logged (with target) */
+    const char *extra_headers;   /* complete "Name: value\r\n" lines added toward the upstream */
+    const char *user;            /* user for per-user upstreams and logs */
+    const char *offer_protocols; /* subprotocols offered upstream (NULL: the client's; "": none) */
+    const char *select_protocol; /* subprotocol the 101 selects (NULL: the upstream's pick) */
+    const char *resource_name;   /* logged on every line of the session (terminal) */
+    const char *session_id;      /* logged on every line of the session (terminal) */
+} gw_relay_opts;
+
+int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                      const gw_req_ids *ids, const gw_relay_opts *o);
+void gw_relay_pending_abort(gw_client *c);
+size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
+                              const char *extra, char *out, size_t cap);
+void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap);
+extern const gw_ws_handler gw_relay_handler;
+/* The downstream session ended: forward its close to the upstream leg. */
+void gw_relay_downstream_closed(gw_client *c);
+/* The client's output queue drained: resume the upstream. */
+void gw_relay_client_drained(gw_client *c);
+void gw_relay_timer(gw_client *c, uint64_t now);
+void gw_relay_orphans_free(gw_worker *w);
 
 #endif

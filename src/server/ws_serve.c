@@ -59,8 +59,12 @@ static void log_open(gw_client *c, gw_str proto, int deflate, const char *trace)
         if (proto.n)
             gw_log_strn(l, "subprotocol", proto.p, proto.n, GW_LOG_JSON_ONLY);
         gw_log_bool(l, "deflate", deflate, GW_LOG_JSON_ONLY);
-        if (wsc->ups)
-            gw_log_str(l, "upstream", wsc->ups->url, GW_LOG_JSON_ONLY);
+        if (wsc->up_url)
+            gw_log_str(l, "upstream", wsc->up_url, GW_LOG_JSON_ONLY);
+        if (wsc->resource_name)
+            gw_log_str(l, "resource_name", wsc->resource_name, GW_LOG_JSON_ONLY);
+        if (wsc->session_id)
+            gw_log_str(l, "session_id", wsc->session_id, GW_LOG_JSON_ONLY);
         if (trace)
             gw_log_str(l, "trace_id", trace, GW_LOG_JSON_ONLY);
         gw_log_end(l);
@@ -255,8 +259,12 @@ void gw_ws_serve_closed(gw_client *c)
             gw_log_int(l, "close_code_received", ws->close_rcvd, GW_LOG_JSON_ONLY);
         if (ws->error)
             gw_log_str(l, "error", ws->error, GW_LOG_JSON_ONLY);
-        if (wsc->ups) {
-            gw_log_str(l, "upstream", wsc->ups->url, GW_LOG_JSON_ONLY);
+        if (wsc->resource_name)
+            gw_log_str(l, "resource_name", wsc->resource_name, GW_LOG_JSON_ONLY);
+        if (wsc->session_id)
+            gw_log_str(l, "session_id", wsc->session_id, GW_LOG_JSON_ONLY);
+        if (wsc->up_url) {
+            gw_log_str(l, "upstream", wsc->up_url, GW_LOG_JSON_ONLY);
             if (wsc->closed_first)
                 gw_log_str(l, "closed_first", first[wsc->closed_first], GW_LOG_JSON_ONLY);
             if (wsc->down_code)
@@ -269,6 +277,9 @@ void gw_ws_serve_closed(gw_client *c)
         gw_log_end(l);
     }
     gw_ws_free(ws);
+    gw_free(wsc->up_url);
+    gw_free(wsc->resource_name);
+    gw_free(wsc->session_id);
     gw_routes_unref(wsc->table);
     gw_free(wsc);
     c->wsc = NULL;
