@@ -62,6 +62,8 @@ void gw_client_close(gw_client *c)
         gw_ws_serve_closed(c);
     if (c->pending)
         gw_relay_pending_abort(c);
+    if (c->proxy)
+        gw_proxy_abort(c);
     c->phase = GW_PHASE_CLOSED;
     gw_timer_stop(c->w->loop, &c->timer);
     gw_conn_close(&c->conn);
@@ -120,8 +122,9 @@ void gw_client_arm(gw_client *c)
         at = gw_ws_serve_deadline(c);
         break;
     case GW_PHASE_UPSTREAM:
-        /* The upstream client has its own timeout; this is a backstop. */
-        at = c->phase_ms + 120000;
+    case GW_PHASE_PROXY:
+        /* The upstream side has its own timeouts; this is a backstop. */
+        at = c->phase_ms + 3600000;
         break;
     case GW_PHASE_FINISH:
         at = c->phase_ms + GW_LINGER_MS;
@@ -167,6 +170,13 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
             return off + gw_ws_serve_feed(c, p + off, n - off);
         if (c->phase == GW_PHASE_UPSTREAM)
             return off; /* kept until the upstream answers */
+        if (c->phase == GW_PHASE_PROXY) {
+            size_t used = gw_proxy_feed(c, p + off, n - off);
+            if (c->phase == GW_PHASE_PROXY || used == 0)
+                return off + used;
+            off += used;
+            continue;
+        }
         if (c->phase != GW_PHASE_HTTP)
             return n; /* finishing: discard */
         gw_http_header hdrs[128];
@@ -301,7 +311,8 @@ static void client_read(gw_client *c)
         } else {
             size_t used = process(c, p, (size_t)r);
             if (used < (size_t)r &&
-                (c->phase == GW_PHASE_HTTP || c->phase == GW_PHASE_WS || c->phase == GW_PHASE_UPSTREAM) &&
+                (c->phase == GW_PHASE_HTTP || c->phase == GW_PHASE_WS || c->phase == GW_PHASE_UPSTREAM ||
+                 c->phase == GW_PHASE_PROXY) &&
                 gw_buf_append(&c->conn.in, p + used, (size_t)r - used, max_input(c)) != GW_OK) {
                 gw_conn_uncork(&c->conn);
                 on_peer_gone(c, 0);
@@ -336,10 +347,34 @@ static void client_read(gw_client *c)
     }
 }
 
+/* Processes input already buffered in conn.in (after a pause ends, the
+ * kernel will not announce those bytes again). */
+static void process_buffered(gw_client *c)
+{
+    if (!c->conn.in.len || (c->conn.flags & GW_CONN_F_PAUSED) ||
+        (c->phase != GW_PHASE_HTTP && c->phase != GW_PHASE_WS && c->phase != GW_PHASE_PROXY))
+        return;
+    gw_conn_cork(&c->conn);
+    size_t used = process(c, gw_buf_head(&c->conn.in), c->conn.in.len);
+    if (c->phase == GW_PHASE_CLOSED)
+        return;
+    gw_buf_consume(&c->conn.in, used);
+    if (gw_conn_uncork(&c->conn) != GW_OK) {
+        on_peer_gone(c, 1);
+        return;
+    }
+    if (c->phase == GW_PHASE_HTTP && c->close_after)
+        gw_client_finish(c);
+    else if (c->phase == GW_PHASE_HTTP)
+        gw_client_arm(c);
+}
+
 static void client_pending_task(gw_task *t)
 {
     gw_client *c = gw_container_of(t, gw_client, task);
     if (c->phase != GW_PHASE_CLOSED)
+        process_buffered(c);
+    if (c->phase != GW_PHASE_CLOSED && !(c->conn.flags & GW_CONN_F_PAUSED))
         client_read(c);
 }
 
@@ -373,7 +408,9 @@ static void client_io(gw_io *io, uint32_t events)
                 gw_conn_shutdown(&c->conn);
             if (c->wsc && c->wsc->up)
                 gw_relay_client_drained(c);
-            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_UPSTREAM &&
+            if (c->proxy)
+                gw_proxy_client_drained(c);
+            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_UPSTREAM && c->phase != GW_PHASE_PROXY &&
                 !(c->wsc && c->wsc->up && gw_wsc_queued(c->wsc->up) > GW_OUT_HIGH)) {
                 gw_conn_pause(&c->conn, 0);
                 /* Input may be waiting in our buffer: process it again. */
@@ -398,10 +435,19 @@ void gw_client_drain(gw_client *c)
         gw_ws_serve_timer(c); /* notices draining and starts the close */
         break;
     case GW_PHASE_HTTP:
-        if (c->conn.in.len == 0 && !c->admin)
-            gw_client_close(c);
-        else
-            c->close_after = 1;
+        /* An idle keep-alive connection may still ask /readyz (and learn of
+         * the drain from a 503 with Connection: close): it gets a short
+         * grace, then is closed. */
+        c->close_after = 1;
+        if (c->conn.in.len == 0 && !c->admin) {
+            uint64_t grace = GW_MIN((uint64_t)1000, gw_srv.cfg.shutdown_timeout_ms / 4);
+            uint64_t idle = gw_srv.cfg.http_idle_timeout_ms;
+            c->phase_ms = gw_loop_now(c->w->loop) + grace - GW_MIN(idle, gw_loop_now(c->w->loop) + grace);
+            gw_client_arm(c);
+        }
+        break;
+    case GW_PHASE_PROXY:
+        c->close_after = 1; /* the exchange finishes, then the connection closes */
         break;
     case GW_PHASE_TLS:
     case GW_PHASE_UPSTREAM:

@@ -381,6 +381,20 @@ static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_rou
         error_with_ids(c, 404, "not_found", "no route matches this path", req, NULL, &ids);
         return GW_OK;
     }
+    if (r->kind == GW_ROUTE_PROXY && !gw_ws_is_upgrade(req)) {
+        char user[64] = "";
+        if (r->user_header && resolve_user(c, req, r, user, sizeof user, &ids) != GW_OK)
+            return GW_OK;
+        const gw_upstream *u = r->nusers && user[0] ? gw_route_upstream(r, user, strlen(user)) : r->upstream;
+        if (!u) {
+            error_with_ids(c, 403, "unknown_user", "no upstream for this user", req, NULL, &ids);
+            return GW_OK;
+        }
+        /* The body streams to the upstream: the connection stays usable. */
+        c->close_after = !keep_alive(req) || atomic_load_explicit(&gw_srv.draining, memory_order_relaxed);
+        gw_proxy_start(c, req, r, table, &ids, u);
+        return GW_DONE;
+    }
     if (!gw_ws_is_upgrade(req)) {
         gw_counter_inc(gw_metric_handshake(r, "upgrade_required"));
         error_with_ids(c, 426, "websocket_upgrade_required", "this route only speaks WebSocket", req,

@@ -191,6 +191,7 @@ static void worker_drain(void *arg)
         gw_client_drain(gw_container_of(n, gw_client, node));
         n = next;
     }
+    gw_proxy_pool_free(w);
     if (w->nclients == 0 && w->norphans == 0)
         gw_loop_stop(w->loop);
 }
@@ -205,6 +206,7 @@ static void worker_stop(void *arg)
         gw_client_close(c);
     }
     gw_relay_orphans_free(w);
+    gw_proxy_pool_free(w);
     gw_loop_stop(w->loop);
 }
 
@@ -289,6 +291,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         w->stats_timer.cb = stats_tick;
         gw_list_init(&w->clients);
         gw_list_init(&w->orphans);
+        gw_list_init(&w->pool);
         w->rbuf = gw_malloc(GW_READ_CHUNK);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
@@ -319,6 +322,7 @@ static void server_free(void)
             gw_free(c);
         }
         gw_relay_orphans_free(w);
+        gw_proxy_pool_free(w);
         if (w->pub_lis.fd >= 0)
             close(w->pub_lis.fd);
         if (w->admin_lis.fd >= 0)

@@ -29,6 +29,7 @@ enum gw_client_phase {
     GW_PHASE_HTTP,    /* reading HTTP requests */
     GW_PHASE_UPSTREAM, /* upgrade received; waiting for the upstream's answer (reads paused) */
     GW_PHASE_WS,      /* WebSocket session */
+    GW_PHASE_PROXY,   /* an HTTP request is being proxied (proxy.c) */
     GW_PHASE_FINISH,  /* flushing our last bytes, then lingering for the peer's FIN */
     GW_PHASE_CLOSED,  /* socket closed, freed after the batch */
 };
@@ -62,6 +63,7 @@ typedef struct gw_wsconn {
 enum { GW_FIRST_NONE = 0, GW_FIRST_DOWNSTREAM, GW_FIRST_UPSTREAM, GW_FIRST_GATEWAY };
 
 typedef struct gw_relay_pending gw_relay_pending;
+typedef struct gw_proxy gw_proxy;
 
 typedef struct gw_client {
     gw_conn conn;
@@ -76,6 +78,7 @@ typedef struct gw_client {
     uint64_t phase_ms;     /* monotonic time the phase (or pending request) started */
     gw_wsconn *wsc;        /* set in GW_PHASE_WS */
     gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
+    gw_proxy *proxy;       /* set in GW_PHASE_PROXY */
     char ip[46];           /* peer address, for logs */
 } gw_client;
 
@@ -94,6 +97,7 @@ struct gw_worker {
     gw_list clients;
     uint32_t nclients;     /* public clients (admin ones are not counted for drain) */
     gw_list orphans;       /* upstream legs finishing their close after the client left */
+    gw_list pool;          /* idle keep-alive connections to HTTP upstreams (proxy.c) */
     uint32_t norphans;
     int draining;
     uint8_t *rbuf;         /* GW_READ_CHUNK bytes: reads land here first */
@@ -183,6 +187,14 @@ void gw_http_error_ids(gw_client *c, int status, const char *code, const char *m
                        const char *extra_headers, const gw_req_ids *ids);
 void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
                    const char *extra_headers);
+
+/* proxy.c */
+int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids,
+                   const gw_upstream *u);
+size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n);
+void gw_proxy_client_drained(gw_client *c);
+void gw_proxy_abort(gw_client *c);
+void gw_proxy_pool_free(gw_worker *w);
 
 /* ws_serve.c */
 void gw_ws_negotiate_deflate(const gw_http_req *req, gw_pmd_params *pmd, char *ext, size_t cap);

@@ -1,0 +1,756 @@
+/* proxy.c: the HTTP reverse proxy (route kind "proxy", requests that are
+ * not WebSocket upgrades).
+ *
+ * A request head is re-written toward the upstream (hop-by-hop headers
+ * dropped, X-Forwarded-*, X-Correlation-ID and traceparent set, framing
+ * re-stated) and sent on a pooled keep-alive connection (TCP or unix
+ * socket). Bodies stream both ways as they arrive, never allocated up front:
+ * Content-Length bodies pass through, chunked bodies are decoded (strictly)
+ * and re-encoded, so no framing ambiguity crosses the gateway. While the
+ * upstream's queue is long the client is not read; while the client's queue
+ * is long the upstream is not read. Failures before the response starts
+ * answer 502 (504 on timeout) with the error envelope. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/alloc.h"
+#include "core/common.h"
+#include "log/log.h"
+#include "net/sock.h"
+#include "server/server.h"
+
+#define POOL_MAX_IDLE 32         /* idle connections kept per worker and upstream */
+#define POOL_IDLE_MS 30000       /* an idle pooled connection is closed after this */
+#define RESP_HEAD_MAX (64 * 1024)
+
+enum hup_state { HUP_CONNECTING, HUP_BUSY, HUP_IDLE, HUP_CLOSED };
+enum resp_mode { RESP_NONE, RESP_LENGTH, RESP_CHUNKED, RESP_EOF };
+
+typedef struct gw_hup {
+    gw_conn conn;
+    gw_list node;        /* in the worker's pool while idle */
+    gw_worker *w;
+    gw_task task;        /* deferred free */
+    gw_timer timer;      /* idle expiry, connect and read timeouts */
+    char key[300];       /* pool key: the upstream address */
+    uint8_t state;       /* enum hup_state */
+    gw_client *c;        /* the client being served while busy */
+} gw_hup;
+
+struct gw_proxy {
+    gw_hup *up;
+    const gw_route *route;
+    gw_route_table *table;
+    gw_wsc_target target;
+    char *head;          /* the request head toward the upstream (kept for a retry) */
+    size_t head_len;
+    uint8_t retried;     /* a stale pooled connection was replaced once */
+    uint8_t reused;      /* the connection came from the pool */
+    uint8_t req_chunked;
+    uint8_t req_done;    /* the whole request body went out */
+    uint8_t head_done;   /* the response head went to the client */
+    uint8_t resp_mode;   /* enum resp_mode */
+    uint8_t up_keepalive;
+    uint8_t is_head;
+    uint8_t client_http10;
+    uint8_t sent_any;    /* request bytes reached the upstream's socket */
+    uint64_t req_remaining;
+    uint64_t resp_remaining;
+    gw_h1_chunked req_dec, resp_dec;
+    int status;
+    uint64_t started_ms;
+    uint64_t bytes_out;
+    gw_req_ids ids;
+};
+
+static void hup_io(gw_io *io, uint32_t events);
+static void hup_timer(gw_timer *t);
+static void proxy_fail(gw_client *c, int status, const char *code, const char *msg);
+static void proxy_end(gw_client *c, int reuse_upstream);
+
+/* ================================== pool ==================================== */
+
+static void hup_free_task(gw_task *t) { gw_free(gw_container_of(t, gw_hup, task)); }
+
+static void hup_close(gw_hup *h)
+{
+    if (h->state == HUP_CLOSED)
+        return;
+    h->state = HUP_CLOSED;
+    gw_list_remove(&h->node);
+    gw_timer_stop(h->w->loop, &h->timer);
+    gw_conn_close(&h->conn);
+    h->c = NULL;
+    h->task.fn = hup_free_task;
+    gw_loop_defer(h->w->loop, &h->task);
+}
+
+static void pool_key(const gw_wsc_target *t, char *out, size_t cap)
+{
+    if (t->addr.is_unix)
+        snprintf(out, cap, "unix:%s", t->addr.path);
+    else
+        snprintf(out, cap, "%s:%u", t->addr.host, t->addr.port);
+}
+
+static gw_hup *pool_take(gw_worker *w, const char *key)
+{
+    for (gw_list *n = w->pool.next; n != &w->pool; n = n->next) {
+        gw_hup *h = gw_container_of(n, gw_hup, node);
+        if (strcmp(h->key, key) == 0) {
+            gw_list_remove(&h->node);
+            gw_timer_stop(w->loop, &h->timer);
+            h->state = HUP_BUSY;
+            return h;
+        }
+    }
+    return NULL;
+}
+
+static void pool_put(gw_hup *h)
+{
+    gw_worker *w = h->w;
+    size_t same = 0;
+    for (gw_list *n = w->pool.next; n != &w->pool; n = n->next)
+        same += strcmp(gw_container_of(n, gw_hup, node)->key, h->key) == 0;
+    if (same >= POOL_MAX_IDLE || w->draining || h->conn.in.len || h->conn.out.len) {
+        hup_close(h);
+        return;
+    }
+    h->state = HUP_IDLE;
+    h->c = NULL;
+    gw_conn_pause(&h->conn, 0);
+    gw_conn_want_read(&h->conn, 1); /* an idle connection that speaks or closes is dropped */
+    gw_list_insert_tail(&w->pool, &h->node);
+    gw_timer_start(w->loop, &h->timer, POOL_IDLE_MS);
+}
+
+void gw_proxy_pool_free(gw_worker *w)
+{
+    while (!gw_list_empty(&w->pool))
+        hup_close(gw_container_of(w->pool.next, gw_hup, node));
+}
+
+static gw_hup *hup_connect(gw_worker *w, const gw_wsc_target *t, const char *key, char *err, size_t errcap)
+{
+    int fd = gw_sock_connect(&t->addr, err, errcap);
+    if (fd < 0)
+        return NULL;
+    gw_hup *h = gw_calloc(1, sizeof *h);
+    gw_conn_init(&h->conn, w->loop, fd, hup_io);
+    h->w = w;
+    h->timer.cb = hup_timer;
+    h->state = HUP_CONNECTING;
+    gw_list_init(&h->node);
+    snprintf(h->key, sizeof h->key, "%s", key);
+    /* Connected when writable; reads start then. */
+    gw_io_update(w->loop, &h->conn.io, GW_EV_WRITE);
+    return h;
+}
+
+/* ============================ request toward upstream ======================= */
+
+static int is_hop(gw_str n)
+{
+    static const char *const hop[] = {"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+                                      "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+                                      "Content-Length"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(hop); i++)
+        if (gw_str_ieq(n, hop[i]))
+            return 1;
+    return 0;
+}
+
+/* Writes request bytes toward the upstream (chunk-encoding them when the
+ * request is chunked). */
+static int send_body(gw_proxy *px, const uint8_t *p, size_t n)
+{
+    if (!n)
+        return GW_OK;
+    px->sent_any = 1;
+    if (!px->req_chunked)
+        return gw_conn_write(&px->up->conn, p, n);
+    char hex[24];
+    int hl = snprintf(hex, sizeof hex, "%zx\r\n", n);
+    struct iovec iov[3] = {{hex, (size_t)hl}, {(void *)p, n}, {(void *)"\r\n", 2}};
+    return gw_conn_writev(&px->up->conn, iov, 3);
+}
+
+/* Consumes request body bytes from the client. Returns bytes used. */
+static size_t request_body(gw_client *c, uint8_t *p, size_t n)
+{
+    gw_proxy *px = c->proxy;
+    if (px->req_done || !px->up || px->up->state == HUP_CONNECTING)
+        return 0;
+    size_t used = 0;
+    if (!px->req_chunked) {
+        size_t k = (size_t)GW_MIN((uint64_t)n, px->req_remaining);
+        if (send_body(px, p, k) != GW_OK)
+            return n;
+        px->req_remaining -= k;
+        used = k;
+        if (!px->req_remaining)
+            px->req_done = 1;
+    } else {
+        size_t len = n, consumed = 0;
+        int r = gw_h1_chunked_decode(&px->req_dec, p, &len, &consumed);
+        if (r == GW_ERR) {
+            c->close_after = 1;
+            proxy_fail(c, 400, "bad_chunked_body", "the chunked request body is malformed");
+            return n;
+        }
+        send_body(px, p, len);
+        if (r == GW_DONE) {
+            gw_conn_write(&px->up->conn, "0\r\n\r\n", 5);
+            px->req_done = 1;
+            /* Bytes after the body were moved behind the decoded data:
+             * put them back in place for the next request. */
+            size_t rest = n - consumed;
+            if (rest && len)
+                memmove(p + consumed, p + len, rest);
+            used = consumed;
+        } else {
+            used = n;
+        }
+    }
+    if (gw_conn_queued(&px->up->conn) > GW_OUT_HIGH)
+        gw_conn_pause(&c->conn, 1); /* resumed when the upstream drains */
+    return used;
+}
+
+size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n)
+{
+    gw_proxy *px = c->proxy;
+    if (!px)
+        return 0;
+    if (px->req_done) {
+        /* A pipelined next request: it waits until this response is out. */
+        gw_conn_pause(&c->conn, 1);
+        return 0;
+    }
+    return request_body(c, p, n);
+}
+
+static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const gw_h1_body *body)
+{
+    char *out = gw_malloc(16384);
+    size_t cap = 16384;
+    char path[4096];
+    const gw_upstream *u = NULL;
+    gw_upstream tmp;
+    tmp.target = px->target;
+    u = &tmp;
+    gw_relay_upstream_path(px->route, u, req, path, sizeof path);
+    int n = snprintf(out, cap, "%.*s %s HTTP/1.1\r\nHost: %s\r\n", (int)req->method.n, req->method.p, path,
+                     px->target.host_header[0] ? px->target.host_header : "localhost");
+    size_t pos = n > 0 ? (size_t)n : 0;
+    /* End-to-end headers and the forwarding set (shared with the WebSocket
+     * relay), minus Expect: the gateway answers 100-continue itself. */
+    gw_http_req filtered = *req;
+    gw_http_header keep[128];
+    size_t k = 0;
+    for (size_t i = 0; i < req->num_headers && k < GW_ARRAY_LEN(keep); i++)
+        if (!is_hop(req->headers[i].name) && !gw_str_ieq(req->headers[i].name, "Expect"))
+            keep[k++] = req->headers[i];
+    filtered.headers = keep;
+    filtered.num_headers = k;
+    size_t hn = gw_relay_build_headers(c, &filtered, px->ids.corr, px->ids.trace, NULL, out + pos, cap - pos - 64);
+    if (!hn) {
+        gw_free(out);
+        return GW_ERR;
+    }
+    pos += hn;
+    if (body->chunked)
+        n = snprintf(out + pos, cap - pos, "Transfer-Encoding: chunked\r\n\r\n");
+    else if (body->content_length)
+        n = snprintf(out + pos, cap - pos, "Content-Length: %" PRIu64 "\r\n\r\n", body->content_length);
+    else
+        n = snprintf(out + pos, cap - pos, "\r\n");
+    pos += (size_t)n;
+    px->head = out;
+    px->head_len = pos;
+    return GW_OK;
+}
+
+static void start_send(gw_client *c)
+{
+    gw_proxy *px = c->proxy;
+    gw_hup *h = px->up;
+    h->state = HUP_BUSY;
+    h->c = c;
+    gw_conn_write(&h->conn, px->head, px->head_len);
+    px->sent_any = 1;
+    gw_conn_want_read(&h->conn, 1);
+    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : 60000);
+    /* Body bytes that came with the head wait in conn.in. */
+    gw_conn_pause(&c->conn, 0);
+    if (c->conn.in.len)
+        gw_loop_pending(c->w->loop, &c->task);
+}
+
+static int attach_upstream(gw_client *c)
+{
+    gw_proxy *px = c->proxy;
+    char key[300], err[256];
+    pool_key(&px->target, key, sizeof key);
+    gw_hup *h = px->retried ? NULL : pool_take(c->w, key);
+    px->reused = h != NULL;
+    if (!h) {
+        h = hup_connect(c->w, &px->target, key, err, sizeof err);
+        if (!h)
+            return GW_ERR;
+        h->c = c;
+        px->up = h;
+        gw_timer_start(c->w->loop, &h->timer, px->route->connect_timeout_ms ? px->route->connect_timeout_ms : 10000);
+        return GW_OK;
+    }
+    px->up = h;
+    start_send(c);
+    return GW_OK;
+}
+
+int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids,
+                   const gw_upstream *u)
+{
+    gw_h1_body body;
+    int status;
+    const char *why;
+    if (gw_h1_request_body(req, &body, &status, &why) != GW_OK)
+        return GW_ERR; /* refused earlier */
+    gw_proxy *px = gw_calloc(1, sizeof *px);
+    px->route = r;
+    px->table = table;
+    gw_routes_ref(table);
+    px->target = u->target;
+    px->ids = *ids;
+    px->req_chunked = (uint8_t)body.chunked;
+    px->req_remaining = body.content_length;
+    px->req_done = !body.chunked && !body.content_length;
+    px->is_head = gw_str_eq(req->method, "HEAD");
+    px->client_http10 = req->minor_version == 0;
+    px->started_ms = gw_loop_now(c->w->loop);
+    c->proxy = px;
+    if (build_head(c, px, req, &body) != GW_OK) {
+        proxy_fail(c, 431, "request_header_fields_too_large", "the request head is too large to forward");
+        return GW_OK;
+    }
+    if ((body.chunked || body.content_length) &&
+        gw_h1_header_has_token(req->headers, req->num_headers, "Expect", "100-continue"))
+        gw_conn_write(&c->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    c->phase = GW_PHASE_PROXY;
+    c->phase_ms = px->started_ms;
+    gw_conn_pause(&c->conn, 1);
+    if (attach_upstream(c) != GW_OK)
+        proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
+    return GW_OK;
+}
+
+/* ============================ response toward client ======================== */
+
+static void log_request(gw_client *c, const char *outcome)
+{
+    gw_proxy *px = c->proxy;
+    gw_log_line *l = gw_log_begin(px->status >= 500 || !px->head_done ? GW_LOG_WARN : GW_LOG_INFO, "http proxy",
+                                  px->ids.corr);
+    if (l) {
+        gw_log_str(l, "route", px->route->label, 0);
+        gw_log_int(l, "status", px->status, 0);
+        gw_log_int(l, "dur_ms", (int64_t)(gw_loop_now(c->w->loop) - px->started_ms), 0);
+        gw_log_str(l, "ip", c->ip, 0);
+        gw_log_str(l, "outcome", outcome, 0);
+        gw_log_int(l, "bytes_out", (int64_t)px->bytes_out, GW_LOG_JSON_ONLY);
+        gw_log_bool(l, "reused", px->reused, GW_LOG_JSON_ONLY);
+        gw_log_end(l);
+    }
+}
+
+static void proxy_free(gw_client *c)
+{
+    gw_proxy *px = c->proxy;
+    if (!px)
+        return;
+    gw_routes_unref(px->table);
+    gw_free(px->head);
+    gw_free(px);
+    c->proxy = NULL;
+}
+
+/* Ends the exchange: the upstream goes back to the pool or is closed; the
+ * client goes back to reading requests or finishes. */
+static void proxy_end(gw_client *c, int reuse_upstream)
+{
+    gw_proxy *px = c->proxy;
+    gw_hup *h = px->up;
+    if (h) {
+        h->c = NULL;
+        gw_timer_stop(c->w->loop, &h->timer);
+        if (reuse_upstream && px->req_done && px->up_keepalive && px->resp_mode != RESP_EOF)
+            pool_put(h);
+        else
+            hup_close(h);
+    }
+    px->up = NULL;
+    int close_client = c->close_after || px->resp_mode == RESP_EOF || !px->req_done;
+    proxy_free(c);
+    if (c->phase == GW_PHASE_PROXY)
+        c->phase = GW_PHASE_HTTP;
+    c->phase_ms = gw_loop_now(c->w->loop);
+    if (close_client) {
+        c->close_after = 1;
+        gw_client_finish(c);
+        return;
+    }
+    gw_conn_pause(&c->conn, 0);
+    gw_client_arm(c);
+    if (c->conn.in.len)
+        gw_loop_pending(c->w->loop, &c->task);
+}
+
+static void proxy_fail(gw_client *c, int status, const char *code, const char *msg)
+{
+    gw_proxy *px = c->proxy;
+    px->status = status;
+    if (!px->head_done) {
+        c->close_after = c->close_after || !px->req_done;
+        gw_http_error_ids(c, status, code, msg, NULL, NULL, &px->ids);
+        gw_counter_inc(gw_metric_http(0, status));
+        log_request(c, code);
+        proxy_end(c, 0);
+    } else {
+        /* Mid-body: nothing honest can be sent any more; cut the client so it
+         * sees a truncated response, never a complete-looking one. */
+        log_request(c, code);
+        proxy_end(c, 0);
+        gw_client_close(c);
+    }
+}
+
+static void write_client(gw_client *c, const void *p, size_t n)
+{
+    if (!n)
+        return;
+    c->proxy->bytes_out += n;
+    gw_conn_write(&c->conn, p, n);
+}
+
+static void send_chunk(gw_client *c, const uint8_t *p, size_t n)
+{
+    if (!n)
+        return;
+    if (c->proxy->client_http10) {
+        write_client(c, p, n);
+        return;
+    }
+    char hex[24];
+    int hl = snprintf(hex, sizeof hex, "%zx\r\n", n);
+    struct iovec iov[3] = {{hex, (size_t)hl}, {(void *)p, n}, {(void *)"\r\n", 2}};
+    c->proxy->bytes_out += n;
+    gw_conn_writev(&c->conn, iov, 3);
+}
+
+/* Parses the response head in buf; writes the client's head. Returns head
+ * bytes consumed, 0 when more is needed, or -1 on failure (handled). */
+static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
+{
+    gw_proxy *px = c->proxy;
+    gw_http_header hdrs[128];
+    gw_http_resp resp;
+    int err = 502;
+    gw_h1_limits lim = {.max_request_line = 8192, .max_head = RESP_HEAD_MAX, .max_headers = 128};
+    int r = gw_h1_parse_response((const char *)buf, n, &resp, hdrs, &lim, &err);
+    if (r == GW_AGAIN)
+        return 0;
+    if (r < 0) {
+        proxy_fail(c, 502, "bad_upstream_response", "the upstream's response is malformed");
+        return -1;
+    }
+    if (resp.status >= 100 && resp.status < 200)
+        return r; /* interim responses are the gateway's hop only */
+    px->status = resp.status;
+    px->up_keepalive = resp.minor_version == 1 &&
+                       !gw_h1_header_has_token(resp.headers, resp.num_headers, "Connection", "close");
+    const gw_http_header *te = gw_h1_find_header(resp.headers, resp.num_headers, "Transfer-Encoding");
+    const gw_http_header *cl = gw_h1_find_header(resp.headers, resp.num_headers, "Content-Length");
+    uint64_t clen = 0;
+    if (te && cl) {
+        proxy_fail(c, 502, "bad_upstream_response", "the upstream's response framing is ambiguous");
+        return -1;
+    }
+    if (cl) {
+        if (gw_h1_count_header(resp.headers, resp.num_headers, "Content-Length") != 1 || !cl->value.n ||
+            cl->value.n > 19) {
+            proxy_fail(c, 502, "bad_upstream_response", "the upstream's Content-Length is invalid");
+            return -1;
+        }
+        for (size_t i = 0; i < cl->value.n; i++) {
+            if (cl->value.p[i] < '0' || cl->value.p[i] > '9') {
+                proxy_fail(c, 502, "bad_upstream_response", "the upstream's Content-Length is invalid");
+                return -1;
+            }
+            clen = clen * 10 + (uint64_t)(cl->value.p[i] - '0');
+        }
+    }
+    if (px->is_head || resp.status == 204 || resp.status == 304) {
+        px->resp_mode = RESP_NONE;
+    } else if (te) {
+        if (!gw_h1_header_has_token(resp.headers, resp.num_headers, "Transfer-Encoding", "chunked")) {
+            proxy_fail(c, 502, "bad_upstream_response", "the upstream used an unsupported transfer coding");
+            return -1;
+        }
+        px->resp_mode = RESP_CHUNKED;
+    } else if (cl) {
+        px->resp_mode = RESP_LENGTH;
+        px->resp_remaining = clen;
+    } else {
+        px->resp_mode = RESP_EOF;
+    }
+    if (px->resp_mode == RESP_EOF || (px->resp_mode == RESP_CHUNKED && px->client_http10))
+        c->close_after = 1;
+
+    char head[RESP_HEAD_MAX + 512];
+    int pos = snprintf(head, sizeof head, "HTTP/1.1 %d %.*s\r\n", resp.status, (int)resp.reason.n, resp.reason.p);
+    int has_corr = 0;
+    for (size_t i = 0; i < resp.num_headers && (size_t)pos < sizeof head; i++) {
+        const gw_http_header *h = &resp.headers[i];
+        if (is_hop(h->name))
+            continue;
+        has_corr |= gw_str_ieq(h->name, "X-Correlation-ID");
+        pos += snprintf(head + pos, sizeof head - (size_t)pos, "%.*s: %.*s\r\n", (int)h->name.n, h->name.p,
+                        (int)h->value.n, h->value.p);
+    }
+    if (!has_corr && (size_t)pos < sizeof head)
+        pos += snprintf(head + pos, sizeof head - (size_t)pos, "X-Correlation-ID: %s\r\n", px->ids.corr);
+    if (px->resp_mode == RESP_LENGTH || (px->resp_mode == RESP_NONE && cl))
+        pos += snprintf(head + pos, sizeof head - (size_t)pos, "Content-Length: %" PRIu64 "\r\n", clen);
+    else if (px->resp_mode == RESP_CHUNKED && !px->client_http10)
+        pos += snprintf(head + pos, sizeof head - (size_t)pos, "Transfer-Encoding: chunked\r\n");
+    if ((size_t)pos < sizeof head)
+        pos += snprintf(head + pos, sizeof head - (size_t)pos, "%s\r\n",
+                        c->close_after ? "Connection: close\r\n" : "");
+    if ((size_t)pos >= sizeof head) {
+        proxy_fail(c, 502, "bad_upstream_response", "the upstream's response head is too large");
+        return -1;
+    }
+    gw_conn_write(&c->conn, head, (size_t)pos);
+    px->head_done = 1;
+    gw_counter_inc(gw_metric_http(0, resp.status));
+    return r;
+}
+
+/* Forwards response body bytes; returns 1 when the response is complete. */
+static int response_body(gw_client *c, uint8_t *p, size_t n, size_t *used)
+{
+    gw_proxy *px = c->proxy;
+    *used = n;
+    switch (px->resp_mode) {
+    case RESP_NONE:
+        *used = 0;
+        return 1;
+    case RESP_LENGTH: {
+        size_t k = (size_t)GW_MIN((uint64_t)n, px->resp_remaining);
+        write_client(c, p, k);
+        px->resp_remaining -= k;
+        *used = k;
+        return px->resp_remaining == 0;
+    }
+    case RESP_CHUNKED: {
+        size_t len = n, consumed = 0;
+        int r = gw_h1_chunked_decode(&px->resp_dec, p, &len, &consumed);
+        if (r == GW_ERR) {
+            proxy_fail(c, 502, "bad_upstream_response", "the upstream's chunked body is malformed");
+            return -1;
+        }
+        send_chunk(c, p, len);
+        if (r == GW_DONE) {
+            if (!px->client_http10)
+                gw_conn_write(&c->conn, "0\r\n\r\n", 5);
+            *used = consumed;
+            return 1;
+        }
+        return 0;
+    }
+    default:
+        write_client(c, p, n);
+        return 0;
+    }
+}
+
+/* Processes upstream bytes at p (n of them). */
+static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
+{
+    gw_proxy *px = c->proxy;
+    size_t off = 0;
+    *left = 0;
+    while (c->proxy == px && off < n) {
+        if (!px->head_done) {
+            ssize_t r = response_head(c, p + off, n - off);
+            if (r < 0)
+                return;
+            if (r == 0) {
+                *left = n - off;
+                return;
+            }
+            off += (size_t)r;
+            if (!px->head_done)
+                continue; /* an interim response was skipped */
+            if (px->resp_mode == RESP_NONE || (px->resp_mode == RESP_LENGTH && px->resp_remaining == 0)) {
+                proxy_end(c, off == n);
+                return;
+            }
+            continue;
+        }
+        size_t used;
+        int done = response_body(c, p + off, n - off, &used);
+        if (done < 0)
+            return;
+        off += used;
+        if (done) {
+            proxy_end(c, off == n);
+            return;
+        }
+    }
+}
+
+static void hup_read(gw_hup *h)
+{
+    gw_client *c = h->c;
+    uint8_t *buf = h->w->rbuf;
+    ssize_t r;
+    int own = h->conn.in.len > 0;
+    if (own) {
+        if (gw_buf_reserve(&h->conn.in, 16384, RESP_HEAD_MAX + GW_READ_CHUNK) != GW_OK) {
+            proxy_fail(c, 502, "bad_upstream_response", "the upstream's response head is too large");
+            return;
+        }
+        r = gw_conn_read(&h->conn, gw_buf_tail(&h->conn.in), gw_buf_room(&h->conn.in));
+    } else {
+        r = gw_conn_read(&h->conn, buf, GW_READ_CHUNK);
+    }
+    if (r == GW_AGAIN)
+        return;
+    gw_proxy *px = c->proxy;
+    if (r <= 0) {
+        if (px->head_done && px->resp_mode == RESP_EOF && r == 0) {
+            proxy_end(c, 0);
+            return;
+        }
+        if (!px->head_done && px->reused && !px->retried && h->conn.in.len == 0 && !c->conn.in.len &&
+            px->req_remaining == 0 && !px->req_chunked) {
+            /* A pooled connection the upstream had closed meanwhile: try
+             * once more on a fresh one (the request had no body in flight). */
+            hup_close(h);
+            px->up = NULL;
+            px->retried = 1;
+            px->req_done = 1;
+            if (attach_upstream(c) != GW_OK)
+                proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
+            return;
+        }
+        proxy_fail(c, 502, "upstream_closed", "the upstream closed the connection before the response ended");
+        return;
+    }
+    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : 60000);
+    gw_conn_cork(&c->conn);
+    size_t left;
+    if (own) {
+        gw_buf_commit(&h->conn.in, (size_t)r);
+        gw_buf tmp = h->conn.in;
+        h->conn.in = (gw_buf){0};
+        from_upstream(c, gw_buf_head(&tmp), tmp.len, &left);
+        if (left && c->proxy == px && px->up == h)
+            gw_buf_append(&h->conn.in, gw_buf_tail(&tmp) - left, left, RESP_HEAD_MAX + GW_READ_CHUNK);
+        gw_buf_release(&tmp);
+    } else {
+        from_upstream(c, buf, (size_t)r, &left);
+        if (left && c->proxy == px && px->up == h)
+            gw_buf_append(&h->conn.in, buf + r - left, left, RESP_HEAD_MAX + GW_READ_CHUNK);
+    }
+    if (c->phase == GW_PHASE_CLOSED)
+        return;
+    if (gw_conn_uncork(&c->conn) != GW_OK) {
+        gw_client_close(c);
+        return;
+    }
+    /* The client reads slower than the upstream sends: stop reading it. */
+    if (c->proxy == px && px->up == h && gw_conn_queued(&c->conn) > GW_OUT_HIGH)
+        gw_conn_pause(&h->conn, 1);
+}
+
+static void hup_io(gw_io *io, uint32_t events)
+{
+    gw_hup *h = gw_container_of(io, gw_hup, conn.io);
+    if (h->state == HUP_IDLE) {
+        /* The upstream closed (or spoke out of turn) on an idle connection. */
+        hup_close(h);
+        return;
+    }
+    gw_client *c = h->c;
+    if (!c || !c->proxy || c->proxy->up != h) {
+        hup_close(h);
+        return;
+    }
+    if (h->state == HUP_CONNECTING) {
+        int soerr = 0;
+        socklen_t sl = sizeof soerr;
+        getsockopt(h->conn.io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+        if (soerr) {
+            proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
+            return;
+        }
+        gw_io_update(h->w->loop, &h->conn.io, 0);
+        start_send(c);
+        return;
+    }
+    if (events & GW_EV_WRITE) {
+        int rc = gw_conn_flush(&h->conn);
+        if (rc == GW_ERR) {
+            proxy_fail(c, 502, "upstream_closed", "the upstream closed the connection");
+            return;
+        }
+        if (rc == GW_OK && (c->conn.flags & GW_CONN_F_PAUSED) && c->phase == GW_PHASE_PROXY) {
+            gw_conn_pause(&c->conn, 0);
+            if (c->conn.in.len)
+                gw_loop_pending(c->w->loop, &c->task);
+        }
+    }
+    if (events & (GW_EV_READ | GW_EV_ERROR))
+        hup_read(h);
+}
+
+static void hup_timer(gw_timer *t)
+{
+    gw_hup *h = gw_container_of(t, gw_hup, timer);
+    if (h->state == HUP_IDLE || !h->c || !h->c->proxy) {
+        hup_close(h);
+        return;
+    }
+    gw_client *c = h->c;
+    if (h->state == HUP_CONNECTING || !c->proxy->head_done)
+        proxy_fail(c, 504, "upstream_timeout", "the upstream did not answer in time");
+    else
+        proxy_fail(c, 504, "upstream_timeout", "the upstream stalled mid-response");
+}
+
+/* The client's output drained: resume the upstream. */
+void gw_proxy_client_drained(gw_client *c)
+{
+    gw_proxy *px = c->proxy;
+    if (px && px->up && (px->up->conn.flags & GW_CONN_F_PAUSED))
+        gw_conn_pause(&px->up->conn, 0);
+}
+
+/* The client went away mid-exchange. */
+void gw_proxy_abort(gw_client *c)
+{
+    gw_proxy *px = c->proxy;
+    if (!px)
+        return;
+    if (px->up)
+        hup_close(px->up);
+    px->up = NULL;
+    log_request(c, "client_gone");
+    proxy_free(c);
+}

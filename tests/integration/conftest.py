@@ -1,0 +1,83 @@
+"""Fixtures for the wsgate integration tests.
+
+`gateway`: one gateway per test module, default configuration (JSON logs,
+shutdown budget 3s). `make_gateway`: a factory for tests that need their own
+configuration; every gateway it makes is stopped (SIGTERM, then SIGKILL) at
+the end of the test. After every test, the stderr of every gateway started so
+far is checked for sanitizer reports (ASan, LSan, UBSan).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import gw  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    b = gw.wsgate_bin()
+    if not os.access(b, os.X_OK):
+        raise pytest.UsageError(f"wsgate binary not found at {b} (set WSGATE_BIN or run make)")
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    g = gw.Gateway()
+    yield g
+    rc = g.stop()
+    errs = g.sanitizer_errors()
+    assert not errs, "sanitizer report:\n" + g.stderr()[-6000:]
+    assert rc == 0, f"gateway exited {rc} at module teardown:\n{g.stderr()[-3000:]}"
+
+
+@pytest.fixture
+def make_gateway():
+    made = []
+
+    def factory(env=None, **kw):
+        g = gw.Gateway(env=env, **kw)
+        made.append(g)
+        return g
+
+    yield factory
+    for g in made:
+        g.stop()
+    for g in made:
+        errs = g.sanitizer_errors()
+        assert not errs, "sanitizer report:\n" + g.stderr()[-6000:]
+
+
+@pytest.fixture(scope="session")
+def tls_cert():
+    d = tempfile.mkdtemp(prefix="wsgate-tls-")
+    try:
+        yield gw.make_cert(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_reports():
+    yield
+    bad = []
+    for g in gw.ALL:
+        errs = g.new_sanitizer_errors()
+        if errs:
+            bad.append(f"{g.stderr_path}:\n" + "\n".join(errs[:20]) + "\n" + g.stderr()[-4000:])
+    if bad:
+        pytest.fail("sanitizer reports in gateway stderr:\n" + "\n\n".join(bad), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Keep the captured stderr files only when something failed.
+    if exitstatus == 0:
+        for g in gw.ALL:
+            try:
+                os.unlink(g.stderr_path)
+            except OSError:
+                pass

@@ -1,0 +1,267 @@
+"""gw: starts and stops real wsgate processes for the integration tests.
+
+Each Gateway runs the binary from WSGATE_BIN (default build/wsgate) on free
+loopback ports, with stderr captured to a temp file so tests can assert on
+logs, and is stopped by PID (SIGTERM, then SIGKILL after a timeout).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import wsraw
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def wsgate_bin():
+    b = os.environ.get("WSGATE_BIN", "build/wsgate")
+    if not os.path.isabs(b):
+        b = os.path.join(ROOT, b)
+    return b
+
+
+def is_sanitizer_build():
+    return "/san/" in wsgate_bin() or os.environ.get("WSGATE_SAN") == "1"
+
+
+def sanitizer_env():
+    env = {}
+    if is_sanitizer_build():
+        env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        env["UBSAN_OPTIONS"] = os.environ.get("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    return env
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def base_env():
+    """The environment without any GATEWAY_* variable of the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(sanitizer_env())
+    return env
+
+
+def run_cli(args, env=None, timeout=10):
+    e = base_env()
+    e.update(env or {})
+    return subprocess.run([wsgate_bin()] + list(args), env=e, capture_output=True, timeout=timeout)
+
+
+ALL = []  # every Gateway started in this pytest process (for sanitizer checks)
+
+
+class Gateway:
+    def __init__(self, env=None, args=("serve",), tls=None, start=True, ready_timeout=15.0):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.env = base_env()
+        self.env.update({
+            "GATEWAY_PUBLIC_HTTP_ADDR": f"127.0.0.1:{self.port}",
+            "GATEWAY_ADMIN_HTTP_ADDR": f"127.0.0.1:{self.admin_port}",
+            "GATEWAY_AUTHENTICATED_GRPC_ADDR": "",
+            "GATEWAY_LOG_FORMAT": "json",
+            "GATEWAY_SHUTDOWN_TIMEOUT": "3s",
+        })
+        self.tls = tls
+        if tls:
+            self.env["GATEWAY_TLS_CERT_PATH"] = tls[0]
+            self.env["GATEWAY_TLS_KEY_PATH"] = tls[1]
+        self.env.update(env or {})
+        self.args = list(args)
+        self.proc = None
+        fd, self.stderr_path = tempfile.mkstemp(prefix="wsgate-stderr-", suffix=".log")
+        os.close(fd)
+        self.ready_timeout = ready_timeout
+        self.returncode = None
+        ALL.append(self)
+        if start:
+            self.start()
+
+    # -- lifecycle
+    def start(self):
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([wsgate_bin()] + self.args, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self._err)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + self.ready_timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wsgate exited with {self.proc.returncode} during start:\n{self.stderr()}")
+            try:
+                r = self.get("/readyz", timeout=1.0)
+                if r.status == 200:
+                    return self
+                last = r
+            except (OSError, wsraw.Timeout, wsraw.Closed) as e:
+                last = e
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"wsgate not ready in {self.ready_timeout}s ({last!r}):\n{self.stderr()}")
+
+    def signal(self, sig):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout):
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.returncode
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, then SIGKILL after the timeout. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            if self.wait(timeout) is None:
+                self.kill()
+        self.returncode = self.proc.returncode
+        self._err.close()
+        return self.returncode
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- output
+    def stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def sanitizer_errors(self):
+        return [l for l in self.stderr().splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
+
+    def new_sanitizer_errors(self):
+        """Sanitizer lines written since the previous call (cheap to call
+        after every test: reads only the new part of the stderr file)."""
+        pos = getattr(self, "_scan_pos", 0)
+        with open(self.stderr_path, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+        # Scan whole lines only; an unfinished last line is read next time.
+        end = data.rfind(b"\n") + 1
+        self._scan_pos = pos + end
+        text = data[:end].decode("utf-8", "replace")
+        return [l for l in text.splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
+
+    def logs(self):
+        out = []
+        for line in self.stderr().splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_log(self, pred, timeout=5.0, what="log line"):
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = [l for l in self.logs() if pred(l)]
+            if hits:
+                return hits
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout}s; stderr tail:\n{self.stderr()[-3000:]}")
+            time.sleep(0.05)
+
+    def ws_close_log(self, correlation_id, timeout=5.0):
+        """The single 'ws close' line of the connection with that id."""
+        hits = self.wait_log(lambda l: l.get("msg") == "ws close" and l.get("correlation_id") == correlation_id,
+                             timeout, what=f"ws close for {correlation_id}")
+        time.sleep(0.05)
+        hits = [l for l in self.logs() if l.get("msg") == "ws close" and l.get("correlation_id") == correlation_id]
+        assert len(hits) == 1, hits
+        return hits[0]
+
+    # -- clients
+    def tls_ctx(self):
+        if not self.tls:
+            return None
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.tls[0])
+        return ctx
+
+    def get(self, path, timeout=5.0, headers=None, method="GET"):
+        return wsraw.http_request(self.port, method, path, headers=headers, timeout=timeout, tls_ctx=self.tls_ctx())
+
+    def admin_get(self, path, timeout=5.0):
+        return wsraw.http_request(self.admin_port, "GET", path, timeout=timeout)
+
+    def ws(self, **kw):
+        kw.setdefault("tls_ctx", self.tls_ctx())
+        return wsraw.WS(self.port, **kw)
+
+    def metrics(self):
+        r = self.admin_get("/metrics")
+        assert r.status == 200, r
+        return parse_metrics(r.body.decode())
+
+    def metric(self, name, **labels):
+        return metric_value(self.metrics(), name, **labels)
+
+
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """Prometheus text -> {(name, frozenset(labels.items())): float}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        assert m, f"bad metrics line: {line!r}"
+        labels = frozenset(_LABEL.findall(m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def metric_value(metrics, name, **labels):
+    """Value of the series with exactly those labels; 0 when absent."""
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_until(fn, timeout=5.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")
+
+
+def make_cert(tmpdir):
+    """Self-signed certificate for localhost/127.0.0.1 via the openssl CLI."""
+    cert = os.path.join(tmpdir, "cert.pem")
+    key = os.path.join(tmpdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key

@@ -1,0 +1,149 @@
+"""TLS on the public listener with a self-signed certificate made by the
+openssl CLI: https health endpoints, wss:// with python websockets and the
+raw client, refusal of untrusting clients, plaintext on the TLS port."""
+
+import asyncio
+import os
+import ssl
+import subprocess
+import time
+
+import pytest
+import websockets
+
+import gw
+import wsraw
+from wsraw import OP_BINARY, OP_TEXT
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(tls_cert):
+    g = gw.Gateway(tls=tls_cert)
+    yield g
+    assert g.stop() == 0
+    assert not g.sanitizer_errors(), g.stderr()[-4000:]
+
+
+def test_https_healthz(tls_gateway):
+    r = tls_gateway.get("/healthz")
+    assert r.status == 200 and r.body == b"ok\n"
+    r = tls_gateway.get("/nope")
+    assert r.status == 404 and r.json()["code"] == "not_found"
+
+
+def test_https_keepalive_pipelined(tls_gateway):
+    c = wsraw.Conn("127.0.0.1", tls_gateway.port, tls_ctx=tls_gateway.tls_ctx())
+    try:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
+        for _ in range(5):
+            assert c.read_response().body == b"ok\n"
+    finally:
+        c.close()
+
+
+def test_curl_https(tls_gateway, tls_cert):
+    r = subprocess.run(["curl", "-sS", "--cacert", tls_cert[0], f"https://localhost:{tls_gateway.port}/healthz"],
+                       capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ok\n"
+
+
+def test_untrusted_client_fails_and_gateway_survives(tls_gateway):
+    ctx = ssl.create_default_context()  # does not trust the self-signed cert
+    with pytest.raises(ssl.SSLError):
+        wsraw.Conn("127.0.0.1", tls_gateway.port, tls_ctx=ctx)
+    assert tls_gateway.get("/healthz").status == 200
+
+
+def test_plaintext_on_tls_port(tls_gateway):
+    c = wsraw.Conn("127.0.0.1", tls_gateway.port)
+    try:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Whatever comes back (a TLS alert or nothing), it is not a 200 and the connection ends.
+        assert c.wait_closed(5)
+    finally:
+        c.close()
+    assert tls_gateway.get("/healthz").status == 200
+
+
+def test_tls_handshake_abandoned(tls_gateway):
+    for _ in range(20):
+        c = wsraw.Conn("127.0.0.1", tls_gateway.port)
+        c.send(b"\x16\x03\x01\x00\xc8\x01\x00\x00")  # the start of a ClientHello
+        c.close()
+    assert tls_gateway.get("/healthz").status == 200
+
+
+def test_wss_raw_client(tls_gateway):
+    w = tls_gateway.ws(extensions="permessage-deflate")
+    try:
+        assert w.deflate
+        for p in [b"hi", os.urandom(70000), b"x" * 300000]:
+            w.send_binary(p)
+            op, data, _ = w.recv_message(timeout=10)
+            assert (op, data) == (OP_BINARY, p)
+        w.send_close(1000)
+        assert w.expect_close().close_code == 1000
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_wss_websockets_library(tls_gateway, tls_cert, compression):
+    ctx = ssl.create_default_context(cafile=tls_cert[0])
+
+    async def main():
+        async with websockets.connect(f"wss://localhost:{tls_gateway.port}/probe/ws", ssl=ctx,
+                                      compression=compression, subprotocols=["wsgate.echo.v1"],
+                                      max_size=None, ping_interval=None) as ws:
+            assert ws.subprotocol == "wsgate.echo.v1"
+            for msg in ["tls text ✓", b"\x00\x01" * 40000, "y" * 100000]:
+                await ws.send(msg)
+                assert await asyncio.wait_for(ws.recv(), 10) == msg
+            await ws.close(4000)
+            assert ws.close_code == 4000
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_wss_concurrent(tls_gateway, tls_cert):
+    ctx = ssl.create_default_context(cafile=tls_cert[0])
+
+    async def one(i):
+        async with websockets.connect(f"wss://localhost:{tls_gateway.port}/probe/ws", ssl=ctx,
+                                      ping_interval=None) as ws:
+            for j in range(10):
+                await ws.send(f"{i}:{j}")
+                assert await ws.recv() == f"{i}:{j}"
+
+    async def main():
+        await asyncio.gather(*[one(i) for i in range(30)])
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_wss_protocol_error_over_tls(tls_gateway):
+    w = tls_gateway.ws()
+    try:
+        w.send_frame(OP_TEXT, b"\xff")
+        f = w.expect_close()
+        assert f.close_code == 1007
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("which", ["missing_cert", "garbage_key"])
+def test_bad_tls_files_fail_startup(tmp_path, tls_cert, which):
+    cert, key = tls_cert
+    if which == "missing_cert":
+        cert = str(tmp_path / "nope.pem")
+    else:
+        key = str(tmp_path / "garbage.pem")
+        with open(key, "w") as f:
+            f.write("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    env = {"GATEWAY_PUBLIC_HTTP_ADDR": f"127.0.0.1:{gw.free_port()}", "GATEWAY_AUTHENTICATED_GRPC_ADDR": "",
+           "GATEWAY_TLS_CERT_PATH": cert, "GATEWAY_TLS_KEY_PATH": key}
+    t0 = time.monotonic()
+    r = gw.run_cli(["serve"], env=env, timeout=10)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 5
+    err = r.stderr.decode()
+    assert "GATEWAY_TLS" in err or "tls" in err.lower(), err
