@@ -7,12 +7,16 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="build-essential pkg-config libssl-dev zlib1g-dev libjansson-dev clang libclang-rt-14-dev
-      python3 python3-pytest python3-websockets nodejs npm openssl curl procps util-linux"
+      python3 python3-pytest python3-websockets openssl curl procps util-linux"
 
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# Node.js may come from Debian or from another build (whose npm is part of
+# its nodejs package): ask for the commands, not the packages.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 if [ -n "$missing" ]; then
     echo "install-deps: apt-get install$missing"
     SUDO=""

@@ -70,11 +70,19 @@ struct gw_wsc {
     uint8_t close_armed; /* close-wait timer armed */
     uint8_t own_ctx;    /* tls_ctx is ours to free */
     uint8_t verify;     /* wss with certificate verification */
-    gw_wsc_target t;
-    char *protocols, *headers; /* owned copies of the options */
     int deflate;
     uint64_t max_msg, timeout_ms, close_wait_ms;
     void *tls_ctx;
+    struct wsc_hs *hs;      /* handshake-only state, freed once the session is open */
+    char *peer_reason;      /* the peer's close reason, once one arrived */
+    gw_wsc_reason *reason;  /* allocated when the connection ends */
+};
+
+/* What only the connect and upgrade need: kept apart so that an open
+ * connection (an idle relay leg) carries a few hundred bytes, not kilobytes. */
+struct wsc_hs {
+    gw_wsc_target t;
+    char *protocols, *headers; /* owned copies of the options */
     char key[25];
     char subproto[128];
     /* response kept for refusals and bad handshakes */
@@ -86,9 +94,27 @@ struct gw_wsc {
     size_t body_decoded; /* chunked: bytes at the front of body already decoded */
     gw_h1_chunked chunk;
     gw_buf body;
-    char peer_reason[124];
-    gw_wsc_reason reason;
 };
+
+static gw_wsc_reason *rsn(gw_wsc *c)
+{
+    if (!c->reason)
+        c->reason = gw_calloc(1, sizeof *c->reason);
+    return c->reason;
+}
+
+static void hs_free(gw_wsc *c)
+{
+    struct wsc_hs *hs = c->hs;
+    if (!hs)
+        return;
+    gw_buf_release(&hs->headbuf);
+    gw_buf_release(&hs->body);
+    gw_free(hs->protocols);
+    gw_free(hs->headers);
+    gw_free(hs);
+    c->hs = NULL;
+}
 
 static const gw_h1_limits resp_limits = {8192, MAX_HEAD, MAX_HDRS};
 
@@ -257,10 +283,9 @@ int gw_wsc_parse_url(const char *url, gw_wsc_target *t, char *err, size_t errcap
 static void free_task(gw_task *tk)
 {
     gw_wsc *c = gw_container_of(tk, gw_wsc, task);
-    gw_buf_release(&c->headbuf);
-    gw_buf_release(&c->body);
-    gw_free(c->protocols);
-    gw_free(c->headers);
+    hs_free(c);
+    gw_free(c->peer_reason);
+    gw_free(c->reason);
     if (c->own_ctx && c->tls_ctx)
         gw_tls_ctx_free(c->tls_ctx);
     gw_free(c);
@@ -271,7 +296,7 @@ static void notify_task(gw_task *tk)
     gw_wsc *c = gw_container_of(tk, gw_wsc, task);
     if (c->freed)
         return;
-    c->cb.on_close(c, &c->reason);
+    c->cb.on_close(c, rsn(c));
 }
 
 /* Closes the socket and queues the one on_close. c->reason must be set. */
@@ -299,12 +324,12 @@ static void end_with(gw_wsc *c, gw_wsc_end kind, int err, const char *fmt, ...)
 {
     if (c->state == S_DEAD)
         return;
-    c->reason.kind = kind;
-    c->reason.err = err;
+    rsn(c)->kind = kind;
+    rsn(c)->err = err;
     if (fmt) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(c->reason.text, sizeof c->reason.text, fmt, ap);
+        vsnprintf(rsn(c)->text, sizeof rsn(c)->text, fmt, ap);
         va_end(ap);
     }
     end_conn(c);
@@ -379,9 +404,8 @@ static void capture_close_reason(gw_wsc *c, const uint8_t *p, size_t n)
             const uint8_t *r;
             size_t rl;
             if (gw_ws_close_parse(p + off + hl, (size_t)h.len, &code, &r, &rl, &e) == GW_OK) {
-                rl = GW_MIN(rl, sizeof c->peer_reason - 1);
-                memcpy(c->peer_reason, r, rl);
-                c->peer_reason[rl] = '\0';
+                gw_free(c->peer_reason);
+                c->peer_reason = gw_strndup((const char *)r, GW_MIN(rl, (size_t)123));
             }
             return;
         }
@@ -392,19 +416,19 @@ static void capture_close_reason(gw_wsc *c, const uint8_t *p, size_t n)
 static void ws_ended(gw_wsc *c)
 {
     gw_ws *ws = &c->ws;
-    gw_wsc_reason *r = &c->reason;
+    gw_wsc_reason *r = rsn(c);
     if (ws->cause == cause_local) {
         r->kind = GW_WSC_CLOSED_LOCALLY;
         r->code = ws->close_sent;
         r->peer_code = ws->close_rcvd;
         if (ws->close_rcvd)
-            snprintf(r->text, sizeof r->text, "%s", c->peer_reason);
+            snprintf(r->text, sizeof r->text, "%s", c->peer_reason ? c->peer_reason : "");
         else
             snprintf(r->text, sizeof r->text, "no close reply");
     } else if (ws->close_rcvd && ws->cause == gw_cause_graceful) {
         r->kind = GW_WSC_CLOSED_BY_PEER;
         r->code = ws->close_rcvd;
-        snprintf(r->text, sizeof r->text, "%s", c->peer_reason);
+        snprintf(r->text, sizeof r->text, "%s", c->peer_reason ? c->peer_reason : "");
     } else {
         r->kind = GW_WSC_FAILED;
         r->code = ws->close_sent;
@@ -518,59 +542,59 @@ static void rtask_fn(gw_task *tk)
  * so the views survive the connection's buffers. */
 static void keep_head(gw_wsc *c, size_t len)
 {
-    gw_buf_release(&c->headbuf);
-    if (gw_buf_append(&c->headbuf, gw_buf_head(&c->conn.in), len, MAX_HEAD + 1) != GW_OK)
+    gw_buf_release(&c->hs->headbuf);
+    if (gw_buf_append(&c->hs->headbuf, gw_buf_head(&c->conn.in), len, MAX_HEAD + 1) != GW_OK)
         return;
     int st;
-    memset(&c->resp, 0, sizeof c->resp);
-    if (gw_h1_parse_response((const char *)gw_buf_head(&c->headbuf), len, &c->resp.head, c->hdrs, &resp_limits,
+    memset(&c->hs->resp, 0, sizeof c->hs->resp);
+    if (gw_h1_parse_response((const char *)gw_buf_head(&c->hs->headbuf), len, &c->hs->resp.head, c->hs->hdrs, &resp_limits,
                              &st) > 0) {
-        c->resp.raw = (const char *)gw_buf_head(&c->headbuf);
-        c->resp.raw_len = len;
-        c->reason.resp = &c->resp;
-        c->reason.status = c->resp.head.status;
+        c->hs->resp.raw = (const char *)gw_buf_head(&c->hs->headbuf);
+        c->hs->resp.raw_len = len;
+        rsn(c)->resp = &c->hs->resp;
+        rsn(c)->status = c->hs->resp.head.status;
     }
 }
 
 static void refusal_done(gw_wsc *c, int truncated)
 {
-    c->resp.body = c->body.len ? gw_buf_head(&c->body) : NULL;
-    c->resp.body_len = c->body_mode == BODY_CHUNKED ? c->body_decoded : c->body.len;
-    if (c->body_mode == BODY_LENGTH && c->resp.body_len > c->body_len)
-        c->resp.body_len = (size_t)c->body_len;
-    c->resp.body_len = GW_MIN(c->resp.body_len, (size_t)BODY_CAP);
-    c->resp.body_truncated = truncated;
-    end_with(c, GW_WSC_HTTP_REFUSED, 0, "HTTP %d %.*s", c->resp.head.status, (int)c->resp.head.reason.n,
-             c->resp.head.reason.p);
+    c->hs->resp.body = c->hs->body.len ? gw_buf_head(&c->hs->body) : NULL;
+    c->hs->resp.body_len = c->hs->body_mode == BODY_CHUNKED ? c->hs->body_decoded : c->hs->body.len;
+    if (c->hs->body_mode == BODY_LENGTH && c->hs->resp.body_len > c->hs->body_len)
+        c->hs->resp.body_len = (size_t)c->hs->body_len;
+    c->hs->resp.body_len = GW_MIN(c->hs->resp.body_len, (size_t)BODY_CAP);
+    c->hs->resp.body_truncated = truncated;
+    end_with(c, GW_WSC_HTTP_REFUSED, 0, "HTTP %d %.*s", c->hs->resp.head.status, (int)c->hs->resp.head.reason.n,
+             c->hs->resp.head.reason.p);
 }
 
 /* Looks at the refusal body gathered so far; finishes when it is complete. */
 static void body_progress(gw_wsc *c)
 {
-    switch (c->body_mode) {
+    switch (c->hs->body_mode) {
     case BODY_NONE:
-        c->body.len = 0;
+        c->hs->body.len = 0;
         refusal_done(c, 0);
         return;
     case BODY_LENGTH:
-        if (c->body.len >= c->body_len)
+        if (c->hs->body.len >= c->hs->body_len)
             refusal_done(c, 0);
-        else if (c->body.len >= BODY_CAP)
+        else if (c->hs->body.len >= BODY_CAP)
             refusal_done(c, 1);
         return;
     case BODY_CHUNKED: {
-        size_t n = c->body.len - c->body_decoded, consumed = 0;
-        int r = gw_h1_chunked_decode(&c->chunk, gw_buf_head(&c->body) + c->body_decoded, &n, &consumed);
-        c->body_decoded += n;
-        c->body.len = (uint32_t)c->body_decoded;
+        size_t n = c->hs->body.len - c->hs->body_decoded, consumed = 0;
+        int r = gw_h1_chunked_decode(&c->hs->chunk, gw_buf_head(&c->hs->body) + c->hs->body_decoded, &n, &consumed);
+        c->hs->body_decoded += n;
+        c->hs->body.len = (uint32_t)c->hs->body_decoded;
         if (r == GW_DONE)
             refusal_done(c, 0);
-        else if (r == GW_ERR || c->body_decoded >= BODY_CAP)
+        else if (r == GW_ERR || c->hs->body_decoded >= BODY_CAP)
             refusal_done(c, 1);
         return;
     }
     default:
-        if (c->body.len >= BODY_CAP)
+        if (c->hs->body.len >= BODY_CAP)
             refusal_done(c, 1);
         return;
     }
@@ -578,7 +602,7 @@ static void body_progress(gw_wsc *c)
 
 static void body_add(gw_wsc *c, const uint8_t *p, size_t n)
 {
-    if (gw_buf_append(&c->body, p, n, BODY_CAP + READ_CHUNK + MAX_HEAD) != GW_OK) {
+    if (gw_buf_append(&c->hs->body, p, n, BODY_CAP + READ_CHUNK + MAX_HEAD) != GW_OK) {
         refusal_done(c, 1);
         return;
     }
@@ -588,14 +612,14 @@ static void body_add(gw_wsc *c, const uint8_t *p, size_t n)
 static void start_refusal(gw_wsc *c, size_t head_len)
 {
     keep_head(c, head_len);
-    const gw_http_resp *h = &c->resp.head;
+    const gw_http_resp *h = &c->hs->resp.head;
     int st = h->status;
     gw_h1_chunked zero = {0};
-    c->chunk = zero;
+    c->hs->chunk = zero;
     if ((st >= 100 && st < 200) || st == 204 || st == 304) {
-        c->body_mode = BODY_NONE;
+        c->hs->body_mode = BODY_NONE;
     } else if (gw_h1_header_has_token(h->headers, h->num_headers, "Transfer-Encoding", "chunked")) {
-        c->body_mode = BODY_CHUNKED;
+        c->hs->body_mode = BODY_CHUNKED;
     } else {
         const gw_http_header *cl = gw_h1_find_header(h->headers, h->num_headers, "Content-Length");
         if (cl) {
@@ -604,10 +628,10 @@ static void start_refusal(gw_wsc *c, size_t head_len)
             memcpy(tmp, cl->value.p, n);
             tmp[n] = '\0';
             char *end;
-            c->body_len = strtoull(tmp, &end, 10);
-            c->body_mode = (*end || n == 0) ? BODY_EOF : BODY_LENGTH;
+            c->hs->body_len = strtoull(tmp, &end, 10);
+            c->hs->body_mode = (*end || n == 0) ? BODY_EOF : BODY_LENGTH;
         } else {
-            c->body_mode = BODY_EOF;
+            c->hs->body_mode = BODY_EOF;
         }
     }
     c->state = S_BODY;
@@ -636,9 +660,10 @@ static void open_session(gw_wsc *c, size_t head_len, const gw_http_resp *resp, c
     r.raw_len = head_len;
     c->busy = 1;
     if (c->cb.on_open)
-        c->cb.on_open(c, c->subproto, &r);
+        c->cb.on_open(c, c->hs->subproto, &r);
     c->busy = 0;
     gw_buf_consume(&c->conn.in, head_len);
+    hs_free(c);
     if (after_callback(c))
         return;
     if (c->paused)
@@ -654,7 +679,7 @@ static void handle_head(gw_wsc *c)
 {
     gw_http_resp resp;
     int st = 0;
-    int r = gw_h1_parse_response((const char *)gw_buf_head(&c->conn.in), c->conn.in.len, &resp, c->hdrs,
+    int r = gw_h1_parse_response((const char *)gw_buf_head(&c->conn.in), c->conn.in.len, &resp, c->hs->hdrs,
                                  &resp_limits, &st);
     if (r == GW_AGAIN)
         return;
@@ -668,7 +693,7 @@ static void handle_head(gw_wsc *c)
         return;
     }
     const char *why = NULL;
-    if (gw_ws_client_check_response(&resp, c->key, c->protocols, &why) != GW_OK) {
+    if (gw_ws_client_check_response(&resp, c->hs->key, c->hs->protocols, &why) != GW_OK) {
         keep_head(c, head_len);
         end_with(c, GW_WSC_BAD_HANDSHAKE, 0, "101 response failed the %s check", why);
         return;
@@ -686,7 +711,7 @@ static void handle_head(gw_wsc *c)
     }
     const gw_http_header *ph = gw_h1_find_header(resp.headers, resp.num_headers, "Sec-WebSocket-Protocol");
     if (ph)
-        snprintf(c->subproto, sizeof c->subproto, "%.*s", (int)ph->value.n, ph->value.p);
+        snprintf(c->hs->subproto, sizeof c->hs->subproto, "%.*s", (int)ph->value.n, ph->value.p);
     open_session(c, head_len, &resp, &pmd);
 }
 
@@ -699,7 +724,7 @@ static void read_pre(gw_wsc *c)
             return;
         if (r <= 0) {
             if (c->state == S_BODY) {
-                refusal_done(c, c->body_mode != BODY_EOF);
+                refusal_done(c, c->hs->body_mode != BODY_EOF);
                 return;
             }
             if (r == 0)
@@ -735,12 +760,12 @@ static void read_pre(gw_wsc *c)
 
 static void send_request(gw_wsc *c)
 {
-    gw_ws_client_key(c->key);
-    size_t cap = 1024 + strlen(c->t.path) + strlen(c->t.host_header) + (c->protocols ? strlen(c->protocols) : 0) +
-                 (c->headers ? strlen(c->headers) : 0) + 128;
+    gw_ws_client_key(c->hs->key);
+    size_t cap = 1024 + strlen(c->hs->t.path) + strlen(c->hs->t.host_header) + (c->hs->protocols ? strlen(c->hs->protocols) : 0) +
+                 (c->hs->headers ? strlen(c->hs->headers) : 0) + 128;
     char *req = gw_malloc(cap);
-    size_t n = gw_ws_client_request(req, cap, c->t.host_header, c->t.path, c->key, c->protocols,
-                                    c->deflate ? gw_pmd_client_offer() : NULL, c->headers);
+    size_t n = gw_ws_client_request(req, cap, c->hs->t.host_header, c->hs->t.path, c->hs->key, c->hs->protocols,
+                                    c->deflate ? gw_pmd_client_offer() : NULL, c->hs->headers);
     if (n == 0) {
         gw_free(req);
         end_with(c, GW_WSC_CONNECT_FAILED, EINVAL, "cannot build the upgrade request (bad characters in a header?)");
@@ -776,7 +801,7 @@ static void tls_step(gw_wsc *c)
 
 static void connected(gw_wsc *c)
 {
-    if (!c->t.tls) {
+    if (!c->hs->t.tls) {
         send_request(c);
         return;
     }
@@ -784,13 +809,13 @@ static void connected(gw_wsc *c)
      * certificate's IP addresses, not its DNS names. */
     struct in6_addr tmp6;
     struct in_addr tmp4;
-    int is_ip = inet_pton(AF_INET, c->t.sni, &tmp4) == 1 || inet_pton(AF_INET6, c->t.sni, &tmp6) == 1;
-    if (gw_conn_tls(&c->conn, c->tls_ctx, 0, is_ip ? NULL : c->t.sni) != GW_OK) {
+    int is_ip = inet_pton(AF_INET, c->hs->t.sni, &tmp4) == 1 || inet_pton(AF_INET6, c->hs->t.sni, &tmp6) == 1;
+    if (gw_conn_tls(&c->conn, c->tls_ctx, 0, is_ip ? NULL : c->hs->t.sni) != GW_OK) {
         end_with(c, GW_WSC_TLS_FAILED, 0, "cannot create a TLS session");
         return;
     }
     if (is_ip && c->verify)
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param((SSL *)c->conn.ssl), c->t.sni);
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param((SSL *)c->conn.ssl), c->hs->t.sni);
     c->state = S_TLS;
     tls_step(c);
 }
@@ -811,7 +836,7 @@ static void on_io(gw_io *io, uint32_t events)
             soerr = errno;
         if (soerr) {
             char a[300];
-            gw_addr_format(&c->t.addr, a, sizeof a);
+            gw_addr_format(&c->hs->t.addr, a, sizeof a);
             end_with(c, GW_WSC_CONNECT_FAILED, soerr, "connect %s: %s", a, strerror(soerr));
             return;
         }
@@ -925,23 +950,25 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
         return NULL;
     }
     gw_wsc *c = gw_calloc(1, sizeof *c);
+    c->hs = gw_calloc(1, sizeof *c->hs);
     c->loop = l;
-    c->t = *t;
+    c->hs->t = *t;
     if (opts->unix_path) {
-        if (strlen(opts->unix_path) >= sizeof c->t.addr.path) {
+        if (strlen(opts->unix_path) >= sizeof c->hs->t.addr.path) {
             snprintf(err, errcap, "unix socket path too long");
+            gw_free(c->hs);
             gw_free(c);
             return NULL;
         }
-        memset(&c->t.addr, 0, sizeof c->t.addr);
-        c->t.addr.set = 1;
-        c->t.addr.is_unix = 1;
-        snprintf(c->t.addr.path, sizeof c->t.addr.path, "%s", opts->unix_path);
+        memset(&c->hs->t.addr, 0, sizeof c->hs->t.addr);
+        c->hs->t.addr.set = 1;
+        c->hs->t.addr.is_unix = 1;
+        snprintf(c->hs->t.addr.path, sizeof c->hs->t.addr.path, "%s", opts->unix_path);
     }
     c->cb = *cbs;
     c->data = data;
-    c->protocols = opts->protocols && opts->protocols[0] ? gw_strdup(opts->protocols) : NULL;
-    c->headers = opts->headers && opts->headers[0] ? gw_strdup(opts->headers) : NULL;
+    c->hs->protocols = opts->protocols && opts->protocols[0] ? gw_strdup(opts->protocols) : NULL;
+    c->hs->headers = opts->headers && opts->headers[0] ? gw_strdup(opts->headers) : NULL;
     c->deflate = opts->deflate;
     c->max_msg = opts->max_msg ? opts->max_msg : 1024 * 1024;
     c->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 10000;
@@ -950,15 +977,14 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
     c->rtask.fn = rtask_fn;
     c->task.fn = notify_task;
     c->conn.io.fd = -1;
-    if (c->t.tls) {
+    if (c->hs->t.tls) {
         c->verify = (uint8_t)(opts->tls_ctx ? 1 : !opts->insecure);
         if (opts->tls_ctx) {
             c->tls_ctx = opts->tls_ctx;
         } else {
             c->tls_ctx = gw_tls_client_ctx(!opts->insecure, err, errcap);
             if (!c->tls_ctx) {
-                gw_free(c->protocols);
-                gw_free(c->headers);
+                hs_free(c);
                 gw_free(c);
                 return NULL;
             }
@@ -968,8 +994,7 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
                 ERR_clear_error();
                 snprintf(err, errcap, "cannot load CA file %s", opts->ca_file);
                 gw_tls_ctx_free(c->tls_ctx);
-                gw_free(c->protocols);
-                gw_free(c->headers);
+                hs_free(c);
                 gw_free(c);
                 return NULL;
             }
@@ -978,7 +1003,7 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
     c->state = S_CONNECTING;
     gw_timer_start_at(l, &c->timer, gw_mono_ms() + c->timeout_ms);
     char cerr[256] = "";
-    int fd = gw_sock_connect(&c->t.addr, cerr, sizeof cerr);
+    int fd = gw_sock_connect(&c->hs->t.addr, cerr, sizeof cerr);
     int e = errno;
     if (fd < 0) {
         gw_conn_init(&c->conn, l, -1, on_io);
@@ -1019,7 +1044,7 @@ void gw_wsc_close(gw_wsc *c, unsigned code, const char *reason)
         return;
     c->close_req = 1;
     if (c->state != S_OPEN) {
-        c->reason.code = code;
+        rsn(c)->code = code;
         end_with(c, GW_WSC_CLOSED_LOCALLY, 0, "closed before the connection opened");
         return;
     }
