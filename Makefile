@@ -72,12 +72,18 @@ integration-san:
 	@$(MAKE) --no-print-directory SAN=1 integration
 
 # libFuzzer targets (clang). fuzz-smoke runs each briefly; `make fuzz` longer.
-FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -DGW_VERSION='"fuzz"'
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -DGW_VERSION='"fuzz"'
 FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
-FUZZ_LIB_SRCS := $(filter-out src/main.c,$(SRCS))
-build/fuzz/%: fuzz/%.c $(FUZZ_LIB_SRCS)
-	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIB_SRCS) $(LDLIBS)
+FUZZ_LIB_OBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(filter-out src/main.c,$(SRCS)))
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC (fuzz) $<"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c -o $@ $<
+build/fuzz/%: fuzz/%.c $(FUZZ_LIB_OBJS)
+	@echo "  LD $@"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB_OBJS) $(LDLIBS)
+-include $(FUZZ_LIB_OBJS:.o=.d)
+.SECONDARY: $(FUZZ_LIB_OBJS)
 
 FUZZ_SECONDS ?= 300
 fuzz-smoke: $(FUZZ_BINS)
@@ -98,6 +104,9 @@ demo: deps all
 
 bench-echo: deps all
 	@$(MAKE) --no-print-directory -C bench echo
+
+bench-relay: deps all
+	@$(MAKE) --no-print-directory -C bench relay
 
 format:
 	clang-format -i $(SRCS) $(shell find src -name '*.h')

@@ -121,8 +121,17 @@ void gw_client_arm(gw_client *c)
     case GW_PHASE_WS:
         at = gw_ws_serve_deadline(c);
         break;
-    case GW_PHASE_UPSTREAM:
     case GW_PHASE_PROXY:
+        /* A request body must keep arriving: a client silent for the
+         * handshake timeout mid-body is cut (slow-body defence). Once the
+         * body is out, the upstream's own timeouts apply. */
+        if (gw_proxy_body_pending(c)) {
+            at = c->phase_ms + cfg->handshake_timeout_ms;
+            break;
+        }
+        at = c->phase_ms + 3600000;
+        break;
+    case GW_PHASE_UPSTREAM:
         /* The upstream side has its own timeouts; this is a backstop. */
         at = c->phase_ms + 3600000;
         break;
@@ -142,6 +151,13 @@ static void client_timer(gw_timer *t)
     switch (c->phase) {
     case GW_PHASE_WS:
         gw_ws_serve_timer(c);
+        return;
+    case GW_PHASE_PROXY:
+        if (gw_proxy_body_pending(c) && now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
+            gw_proxy_body_timeout(c);
+            return;
+        }
+        gw_client_arm(c);
         return;
     case GW_PHASE_HTTP:
         if (c->conn.in.len && now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
@@ -302,6 +318,8 @@ static void client_read(gw_client *c)
             continue; /* lingering: discard */
         if (c->wsc)
             c->wsc->last_seen_ms = gw_loop_now(w->loop);
+        else if (c->phase == GW_PHASE_PROXY)
+            c->phase_ms = gw_loop_now(w->loop); /* the body is still arriving */
         gw_conn_cork(&c->conn);
         if (own) {
             gw_buf_commit(&c->conn.in, (size_t)r);

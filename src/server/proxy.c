@@ -343,6 +343,7 @@ int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_t
     c->phase = GW_PHASE_PROXY;
     c->phase_ms = px->started_ms;
     gw_conn_pause(&c->conn, 1);
+    gw_client_arm(c);
     if (attach_upstream(c) != GW_OK)
         proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
     return GW_OK;
@@ -740,6 +741,15 @@ void gw_proxy_client_drained(gw_client *c)
     gw_proxy *px = c->proxy;
     if (px && px->up && (px->up->conn.flags & GW_CONN_F_PAUSED))
         gw_conn_pause(&px->up->conn, 0);
+}
+
+int gw_proxy_body_pending(const gw_client *c) { return c->proxy && !c->proxy->req_done; }
+
+/* The client stopped sending its request body. */
+void gw_proxy_body_timeout(gw_client *c)
+{
+    c->close_after = 1;
+    proxy_fail(c, 408, "request_timeout", "the request body stopped arriving");
 }
 
 /* The client went away mid-exchange. */

@@ -194,6 +194,8 @@ int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_t
 size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n);
 void gw_proxy_client_drained(gw_client *c);
 void gw_proxy_abort(gw_client *c);
+int gw_proxy_body_pending(const gw_client *c);
+void gw_proxy_body_timeout(gw_client *c);
 void gw_proxy_pool_free(gw_worker *w);
 
 /* ws_serve.c */
