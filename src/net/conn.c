@@ -319,8 +319,24 @@ void gw_conn_pause(gw_conn *c, int paused)
 
 /* The staging buffer corked writes gather in: one per thread, kept between
  * batches, so a batch costs no allocation. */
-static _Thread_local gw_buf stage;
-static _Thread_local gw_conn *stage_owner;
+#define STAGE_SLOTS 4
+typedef struct stage_slot {
+    gw_buf buf;
+    gw_conn *owner;
+    int deferred; /* uncorked by the loop before it sleeps */
+} stage_slot;
+static _Thread_local stage_slot slots[STAGE_SLOTS];
+static _Thread_local gw_task flush_task;
+
+static stage_slot *slot_of(const gw_conn *c)
+{
+    if (!(c->flags & GW_CONN_F_CORKED))
+        return NULL;
+    for (int i = 0; i < STAGE_SLOTS; i++)
+        if (slots[i].owner == c)
+            return &slots[i];
+    return NULL;
+}
 
 static int queue_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
 {
@@ -377,25 +393,24 @@ int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
     size_t total = 0;
     for (int i = 0; i < n; i++)
         total += iov[i].iov_len;
-    if ((c->flags & GW_CONN_F_CORKED) && stage_owner == c) {
+    stage_slot *sl = slot_of(c);
+    if (sl) {
+        gw_buf *stage = &sl->buf;
         if (total <= STAGE_COPY_MAX)
-            return queue_iov(&stage, iov, n, 0);
-        if (stage.len && n < 15) {
+            return queue_iov(stage, iov, n, 0);
+        if (stage->len && n < 15) {
             /* A large write while corked: send the staged bytes and it
              * together, in one call, without copying the large part. */
             struct iovec all[16];
-            all[0].iov_base = gw_buf_head(&stage);
-            all[0].iov_len = stage.len;
+            all[0].iov_base = gw_buf_head(stage);
+            all[0].iov_len = stage->len;
             memcpy(all + 1, iov, (size_t)n * sizeof *iov);
-            size_t staged = stage.len;
-            stage.head = stage.len = 0;
+            size_t staged = stage->len;
+            stage->head = stage->len = 0;
             return write_direct(c, all, n + 1, total + staged);
         }
-        if (stage.len) {
-            if (queue_iov(&stage, iov, n, 0) != GW_OK)
-                return GW_ERR;
-            return GW_OK;
-        }
+        if (stage->len)
+            return queue_iov(stage, iov, n, 0);
     }
     return write_direct(c, iov, n, total);
 }
@@ -429,38 +444,72 @@ int gw_conn_flush(gw_conn *c)
 
 void gw_conn_cork(gw_conn *c)
 {
-    /* Only one connection per thread is corked at a time (the one whose read
-     * batch is being processed); with output already queued, writes append
-     * to the queue in order instead. */
-    if (stage_owner || c->out.len || (c->flags & GW_CONN_F_HANDSHAKE))
+    /* A few connections per thread can be corked at once (the one whose read
+     * batch is being processed, and the peers a relay writes to meanwhile);
+     * with output already queued, writes append to the queue in order
+     * instead. */
+    if ((c->flags & GW_CONN_F_CORKED) || c->out.len || (c->flags & GW_CONN_F_HANDSHAKE) || c->io.fd < 0)
         return;
-    stage_owner = c;
-    stage.head = stage.len = 0;
-    c->flags |= GW_CONN_F_CORKED;
+    for (int i = 0; i < STAGE_SLOTS; i++) {
+        if (!slots[i].owner) {
+            slots[i].owner = c;
+            slots[i].deferred = 0;
+            slots[i].buf.head = slots[i].buf.len = 0;
+            c->flags |= GW_CONN_F_CORKED;
+            return;
+        }
+    }
 }
 
 int gw_conn_uncork(gw_conn *c)
 {
-    if (!(c->flags & GW_CONN_F_CORKED) || stage_owner != c)
+    stage_slot *sl = slot_of(c);
+    if (!sl)
         return (c->flags & GW_CONN_F_ERROR) ? GW_ERR : GW_OK;
     c->flags &= ~GW_CONN_F_CORKED;
-    stage_owner = NULL;
-    if (!stage.len)
+    sl->owner = NULL;
+    gw_buf *stage = &sl->buf;
+    if (!stage->len)
         return GW_OK;
-    struct iovec iov = {gw_buf_head(&stage), stage.len};
-    stage.len = 0;
+    struct iovec iov = {gw_buf_head(stage), stage->len};
+    stage->len = 0;
     int rc = gw_conn_writev(c, &iov, 1);
-    stage.head = 0;
+    stage->head = 0;
     /* Keep the staging storage unless a burst made it large. */
-    if (stage.cap > 2u * 1024 * 1024)
-        gw_buf_release(&stage);
+    if (stage->cap > 2u * 1024 * 1024)
+        gw_buf_release(stage);
     return rc;
+}
+
+static void flush_deferred(gw_task *t)
+{
+    GW_UNUSED(t);
+    for (int i = 0; i < STAGE_SLOTS; i++) {
+        gw_conn *c = slots[i].owner;
+        if (c && slots[i].deferred && gw_conn_uncork(c) != GW_OK)
+            gw_conn_update(c); /* the owner learns of the error at its next write or event */
+    }
+}
+
+void gw_conn_cork_deferred(gw_conn *c)
+{
+    if (c->flags & GW_CONN_F_CORKED)
+        return; /* already corked by its own batch: that batch's uncork sends */
+    gw_conn_cork(c);
+    stage_slot *sl = slot_of(c);
+    if (!sl)
+        return;
+    sl->deferred = 1;
+    flush_task.fn = flush_deferred;
+    gw_loop_pending(c->loop, &flush_task);
 }
 
 void gw_conn_thread_exit(void)
 {
-    gw_buf_release(&stage);
-    stage_owner = NULL;
+    for (int i = 0; i < STAGE_SLOTS; i++) {
+        gw_buf_release(&slots[i].buf);
+        slots[i].owner = NULL;
+    }
 }
 
 void gw_conn_shutdown(gw_conn *c)
@@ -475,8 +524,10 @@ void gw_conn_shutdown(gw_conn *c)
 
 void gw_conn_close(gw_conn *c)
 {
-    if (stage_owner == c)
-        stage_owner = NULL;
+    stage_slot *sl = slot_of(c);
+    if (sl)
+        sl->owner = NULL;
+    c->flags &= ~GW_CONN_F_CORKED;
     if (c->io.fd >= 0) {
         gw_io_stop(c->loop, &c->io);
         c->tp->free(c);

@@ -78,6 +78,9 @@ int gw_conn_write(gw_conn *c, const void *p, size_t n);
  * interest is then on), GW_ERR. */
 int gw_conn_flush(gw_conn *c);
 void gw_conn_cork(gw_conn *c);
+/* Corks c until the loop is about to sleep: writes made to it from other
+ * connections' callbacks in this iteration leave in one system call. */
+void gw_conn_cork_deferred(gw_conn *c);
 int gw_conn_uncork(gw_conn *c);
 static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }
 

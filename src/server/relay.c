@@ -419,6 +419,9 @@ static void up_message(gw_wsc *up, int opcode, uint8_t *p, size_t n)
         return;
     gw_wsconn *wsc = c->wsc;
     wsc->up_last_seen_ms = gw_loop_now(c->w->loop);
+    /* Messages of one upstream read batch leave toward the client in one
+     * write, before the loop sleeps. */
+    gw_conn_cork_deferred(&c->conn);
     if (gw_ws_send(&wsc->ws, opcode, p, n) != GW_OK)
         return;
     /* Backpressure: stop reading the upstream while the client's queue is
@@ -466,6 +469,9 @@ static void down_message(gw_ws *ws, int opcode, uint8_t *p, size_t n)
     wsc->last_msg_ms = gw_loop_now(c->w->loop);
     if (!wsc->up)
         return;
+    gw_ws *uws = gw_wsc_ws(wsc->up);
+    if (uws)
+        gw_conn_cork_deferred(uws->conn);
     gw_wsc_send(wsc->up, opcode, p, n);
     if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH)
         gw_conn_pause(&c->conn, 1); /* resumed by up_drain */
