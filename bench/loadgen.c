@@ -12,6 +12,11 @@
  *   throughput  closed loop: C connections each keep W messages in flight.
  *   idle        open N connections, print a line when all are up, hold them,
  *               then close.
+ *   connect     connection churn: N connections in total, at most P at a time,
+ *               each doing a handshake, one echoed message and a clean close
+ *               (our close frame, the server's close frame, then the server's
+ *               FIN); reports completed connections per second. Stops at N or
+ *               after the duration, whichever comes first.
  *
  * Every run ends with one key=value line on stdout for scripts; progress
  * and diagnostics go to stderr.
@@ -55,7 +60,7 @@
  * generator buffer without bound. */
 #define MAX_BACKLOG (8u * 1024 * 1024)
 
-enum mode { MODE_RATE, MODE_THROUGHPUT, MODE_IDLE };
+enum mode { MODE_RATE, MODE_THROUGHPUT, MODE_IDLE, MODE_CONNECT };
 
 struct opts {
     const char *host;
@@ -179,6 +184,10 @@ struct conn {
     uint64_t *fifo;
     size_t fifo_cap, fifo_head, fifo_count;
     uint64_t sent, recv;
+    /* connect mode: when this connection was started, whether our close
+     * frame went out and whether the server's came back */
+    uint64_t t_start;
+    bool closing, got_close;
 };
 
 struct stats {
@@ -199,6 +208,9 @@ static unsigned frame_next;
 static int *dirty_list;
 static int dirty_count;
 static int open_count, pending_count;
+static int nslots;          /* entries in conns[]: o.conns, or the parallelism in connect mode */
+static uint64_t completed;  /* connect mode: connections closed cleanly */
+static uint64_t last_done;  /* connect mode: when the last one completed */
 static uint64_t window_start, window_end; /* measurement window */
 static bool sending = true;
 static struct sockaddr_storage addr;
@@ -385,6 +397,10 @@ static void on_message(struct conn *c, uint64_t len, uint64_t t)
     } else if (o.mode == MODE_THROUGHPUT) {
         if (sending && t < window_end)
             send_message(c);
+    } else if (o.mode == MODE_CONNECT && !c->closing) {
+        static const unsigned char normal[2] = {0x03, 0xe8}; /* 1000 */
+        send_control(c, 0x8, normal, sizeof normal);
+        c->closing = true;
     }
 }
 
@@ -404,6 +420,11 @@ static bool on_frame(struct conn *c, uint64_t t)
         }
         return true;
     case 0x8:
+        if (o.mode == MODE_CONNECT && c->closing) {
+            /* The server's answer to our close: now wait for its FIN. */
+            c->got_close = true;
+            return true;
+        }
         st.closed_errors++;
         fprintf(stderr, "loadgen: server sent close\n");
         return false;
@@ -511,6 +532,7 @@ static bool start_connect(struct conn *c)
         return false;
     }
     c->st = CS_CONNECTING;
+    c->t_start = now_ns();
     pending_count++;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
@@ -617,8 +639,21 @@ static void on_handshake_data(struct conn *c, const unsigned char *p, size_t n, 
     c->st = CS_OPEN;
     pending_count--;
     open_count++;
-    if (consumed_here < n && !feed(c, p + consumed_here, n - consumed_here, t))
+    if (consumed_here < n && !feed(c, p + consumed_here, n - consumed_here, t)) {
         conn_kill(c);
+        return;
+    }
+    if (o.mode == MODE_CONNECT && c->sent == 0)
+        send_message(c);
+}
+
+/* Connect mode: the server closed after the close handshake. */
+static void conn_done(struct conn *c, uint64_t t)
+{
+    completed++;
+    last_done = t;
+    hist_record(&hist, t - c->t_start);
+    conn_kill(c);
 }
 
 static void on_readable(struct conn *c, uint64_t t)
@@ -631,7 +666,9 @@ static void on_readable(struct conn *c, uint64_t t)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n <= 0) {
-            if (c->st == CS_HANDSHAKE)
+            if (c->st == CS_OPEN && c->got_close)
+                conn_done(c, t);
+            else if (c->st == CS_HANDSHAKE)
                 handshake_fail(c, n == 0 ? "connection closed" : strerror(errno));
             else {
                 st.closed_errors++;
@@ -777,19 +814,21 @@ static uint64_t connect_all(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen --mode rate|throughput|idle [options]\n"
+            "usage: loadgen --mode rate|throughput|idle|connect [options]\n"
             "  --host H          server host (127.0.0.1)\n"
             "  --port P          server port (required)\n"
             "  --path P          request path (/)\n"
-            "  --conns N         connections (rate/throughput 50, idle 1000)\n"
+            "  --conns N         connections (rate/throughput 50, idle 1000;\n"
+            "                    connect: in total, 1000)\n"
             "  --size B          message payload bytes (64)\n"
             "  --rate R          rate mode: total messages per second (10000)\n"
             "  --window W        throughput mode: messages in flight per connection (8)\n"
-            "  --duration S      measured seconds (5)\n"
+            "  --duration S      measured seconds (5); connect: time limit\n"
             "  --warmup S        seconds run before measuring (1)\n"
             "  --hold S          idle mode: seconds to hold connections once up (5)\n"
             "  --drain S         seconds to wait for outstanding echoes at the end (2)\n"
             "  --connect-timeout S  (30)   --connect-parallel N  (256)\n"
+            "                    connect mode: connections at a time (P)\n"
             "  --label TEXT      copied into the result line\n"
             "  --spin            never sleep in epoll (busy-poll the generator's core)\n");
     exit(2);
@@ -836,6 +875,8 @@ static void parse_args(int argc, char **argv)
                 o.mode = MODE_THROUGHPUT;
             else if (strcmp(optarg, "idle") == 0)
                 o.mode = MODE_IDLE;
+            else if (strcmp(optarg, "connect") == 0)
+                o.mode = MODE_CONNECT;
             else
                 usage();
             break;
@@ -860,7 +901,7 @@ static void parse_args(int argc, char **argv)
     if (!have_mode || o.port <= 0 || o.port > 65535 || optind != argc)
         usage();
     if (o.conns < 0)
-        o.conns = o.mode == MODE_IDLE ? 1000 : 50;
+        o.conns = o.mode == MODE_IDLE || o.mode == MODE_CONNECT ? 1000 : 50;
     if (o.conns < 1 || o.conns > 1000000 || o.window < 1 || o.connect_parallel < 1 ||
         o.duration <= 0 || o.duration > 3600 || o.hold > 3600 || o.warmup > 3600 ||
         o.drain > 600 || (o.mode == MODE_RATE && o.rate <= 0) || o.size > (64u << 20))
@@ -874,9 +915,9 @@ static void raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)o.conns + 16)
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)nslots + 16)
         fprintf(stderr, "loadgen: warning: RLIMIT_NOFILE %llu < %d connections\n",
-                (unsigned long long)rl.rlim_cur, o.conns);
+                (unsigned long long)rl.rlim_cur, nslots);
 }
 
 /* Waits for replies to messages already sent, up to the drain time. */
@@ -890,7 +931,7 @@ static void drain(void)
 
 static void close_all(void)
 {
-    for (int i = 0; i < o.conns; i++) {
+    for (int i = 0; i < nslots; i++) {
         struct conn *c = &conns[i];
         if (c->st == CS_OPEN) {
             if (c->sent > c->recv)
@@ -929,6 +970,61 @@ static int run_idle(uint64_t connect_ns)
     print_errors();
     printf("\n");
     return held == o.conns && total_errors() == 0 ? 0 : 1;
+}
+
+/* Connect mode. Slots are reused: a slot whose connection ended (cleanly
+ * or not) gets the next connection, so at most P are in progress and the
+ * total is bounded by --conns and the time by --duration (plus --drain for
+ * the ones in progress at the limit). The rate is completions over the time
+ * from the first start to the last completion. */
+static int run_connect(void)
+{
+    uint64_t t0 = now_ns();
+    uint64_t stop = t0 + (uint64_t)(o.duration * 1e9);
+    uint64_t drain_end = stop + (uint64_t)(o.drain * 1e9);
+    int started = 0;
+    for (;;) {
+        uint64_t t = now_ns();
+        /* Only after poll_once: the dirty list is empty, so resetting a
+         * slot cannot leave a stale entry in it. */
+        for (int i = 0; i < nslots && started < o.conns && t < stop; i++) {
+            struct conn *c = &conns[i];
+            if (c->st != CS_IDLE && c->st != CS_DEAD)
+                continue;
+            free(c->out);
+            free(c->fifo);
+            *c = (struct conn){.fd = -1};
+            started++;
+            start_connect(c);
+        }
+        if (open_count + pending_count == 0 && (started == o.conns || t >= stop))
+            break;
+        if (t >= drain_end)
+            break;
+        uint64_t until = t + 50000000ULL;
+        poll_once(until < drain_end ? until : drain_end);
+    }
+    /* Still in progress at the time limit: failures. */
+    for (int i = 0; i < nslots; i++) {
+        struct conn *c = &conns[i];
+        if (c->st == CS_CONNECTING || c->st == CS_HANDSHAKE) {
+            handshake_fail(c, "timed out");
+        } else if (c->st == CS_OPEN) {
+            st.closed_errors++;
+            conn_kill(c);
+        }
+    }
+    double secs = (double)((completed ? last_done : now_ns()) - t0) / 1e9;
+    printf("mode=connect label=%s size=%zu conns=%d parallel=%d started=%d completed=%llu"
+           " duration_s=%.2f conns_per_s=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f"
+           " echoed=%llu",
+           o.label, o.size, o.conns, nslots, started, (unsigned long long)completed, secs,
+           secs > 0 ? (double)completed / secs : 0.0, (double)hist_percentile(&hist, 50) / 1e3,
+           (double)hist_percentile(&hist, 99) / 1e3, (double)hist_percentile(&hist, 99.9) / 1e3,
+           (double)hist.max / 1e3, (unsigned long long)st.recv);
+    print_errors();
+    printf("\n");
+    return total_errors() == 0 && completed > 0 ? 0 : 1;
 }
 
 static int run_throughput(void)
@@ -1015,6 +1111,7 @@ static int run_rate(void)
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
+    nslots = o.mode == MODE_CONNECT && o.connect_parallel < o.conns ? o.connect_parallel : o.conns;
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     raise_nofile();
@@ -1023,12 +1120,14 @@ int main(int argc, char **argv)
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         die("epoll_create1 failed");
-    conns = calloc((size_t)o.conns, sizeof *conns);
-    dirty_list = xmalloc(sizeof(int) * (size_t)o.conns);
+    conns = calloc((size_t)nslots, sizeof *conns);
+    dirty_list = xmalloc(sizeof(int) * (size_t)nslots);
     if (!conns)
         die("out of memory");
-    for (int i = 0; i < o.conns; i++)
+    for (int i = 0; i < nslots; i++)
         conns[i].fd = -1;
+    if (o.mode == MODE_CONNECT)
+        return run_connect();
 
     uint64_t connect_ns = connect_all();
     fprintf(stderr, "loadgen: %d/%d connections up in %.1f ms\n", open_count, o.conns,

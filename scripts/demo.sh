@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # demo.sh: starts the gateway on the embedded store with its admin listener,
-# prints what to open, and stays in the foreground (Ctrl-C drains and stops).
+# and a terminal agent (a shell on a PTY) behind it; prints the one URL to
+# open for a shell in a browser, and stays in the foreground (Ctrl-C drains
+# and stops both).
 set -eu
 cd "$(dirname "$0")/.."
 PUB=${DEMO_PUBLIC_ADDR:-127.0.0.1:8080}
 ADM=${DEMO_ADMIN_ADDR:-127.0.0.1:8081}
+AGENT=${DEMO_AGENT_ADDR:-127.0.0.1:7681}
 cat <<TXT
 
   wsgate demo (embedded store, no Redis needed)
+
+  >>> Terminal in your browser:  http://$PUB/terminal/  <<<
+      (xterm.js page -> gateway /ws/terminal/demo -> wsgate agent on $AGENT -> a shell;
+       tokens come from the demo issuer, enabled only here by GATEWAY_TERMINAL_DEMO_UPSTREAM)
 
   Public listener  http://$PUB
     health         curl -s http://$PUB/healthz   /readyz   /health
@@ -20,4 +27,11 @@ cat <<TXT
 
 TXT
 export GATEWAY_PUBLIC_HTTP_ADDR=$PUB GATEWAY_ADMIN_HTTP_ADDR=$ADM
-exec build/wsgate serve
+# One secret shared by the gateway and the agent, fresh for each run.
+GATEWAY_AGENT_SECRET=$(openssl rand -hex 24)
+export GATEWAY_AGENT_SECRET
+export GATEWAY_TERMINAL_DEMO_UPSTREAM="ws://$AGENT/"
+build/wsgate agent --listen "$AGENT" &
+agent_pid=$!
+trap 'kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null' EXIT
+build/wsgate serve

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs what building and testing wsgate needs, on Debian
 # 12, and only what is missing (so a second run costs a second, not a minute).
-# Debian packages via apt-get; npm packages from the lock files in tests/node
-# and bench/.
+# Debian packages via apt-get (chromium for the browser test: never a
+# downloaded browser); npm packages from the lock files in tests/node, bench/,
+# web/ (xterm.js for the terminal page) and tests/browser/ (playwright-core).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -26,9 +27,9 @@ if [ -n "$missing" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-for dir in tests/node bench; do
+for dir in tests/node bench web tests/browser; do
     if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
         echo "install-deps: npm ci in $dir"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
     fi
 done

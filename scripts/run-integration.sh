@@ -38,6 +38,7 @@ fi
 node_out=$(mktemp)
 node --test --test-timeout=60000 tests/node/ 2>&1 | tee "$node_out"
 node_rc=${PIPESTATUS[0]}
+if [ -x /usr/bin/chromium ] && [ -d tests/browser/node_modules ]; then echo "== node --test tests/browser"; node --test --test-timeout=60000 tests/browser/ || node_rc=1; fi
 
 # Summaries.
 py_summary=$(grep -E '[0-9]+ (passed|failed|error)' "$py_out" | tail -1)

@@ -8,6 +8,8 @@
 #include "log/log.h"
 #include "probe/probe.h"
 #include "server/server.h"
+#include "agent/agent.h"
+#include "terminal/terminal.h"
 
 static const char usage[] =
     "wsgate " GW_VERSION ": a WebSocket gateway\n"
@@ -23,6 +25,12 @@ static const char usage[] =
     "             drops counted by reason, Prometheus metrics on :9108 (see\n"
     "             `wsgate probe --help`; PROBE_LEGS, PROBE_LISTEN, PROBE_INTERVAL,\n"
     "             PROBE_TIMEOUT, PROBE_BACKOFF, PROBE_CA_FILE, PROBE_INSECURE)\n"
+    "  agent      terminal agent: serves PTYs over WebSocket to the gateway\n"
+    "             (`wsgate agent [--listen HOST:PORT|unix:/path] [--grace 60s]\n"
+    "             [--scrollback 64KiB] [-- COMMAND ARGS...]`; see `wsgate agent --help`)\n"
+    "  token      mint a one-time terminal token through the admin listener\n"
+    "             (`wsgate token --allocation ID --upstream URL --user U [--session S]\n"
+    "             [--ttl S]`; see `wsgate token --help`)\n"
     "  version    print the version\n"
     "  help       print this text\n"
     "\n"
@@ -32,6 +40,8 @@ static void print_help(FILE *f)
 {
     fputs(usage, f);
     fputs(gw_config_help, f);
+    fputs("\n", f);
+    fputs(gw_terminal_help, f);
 }
 
 static const char *env_get(const char *name) { return getenv(name); }
@@ -50,6 +60,14 @@ static int cmd_serve(void)
         return 2;
     }
     gw_log_init(cfg.log_format, cfg.log_level, "wsgate", 2);
+    if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
+        if (l) {
+            gw_log_str(l, "error", err, 0);
+            gw_log_end(l);
+        }
+        return 2;
+    }
     if (gw_server_start(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "startup failed", NULL);
         if (l) {
@@ -66,6 +84,10 @@ int main(int argc, char **argv)
     const char *cmd = argc > 1 ? argv[1] : "serve";
     if (strcmp(cmd, "probe") == 0)
         return gw_probe_main(argc - 1, argv + 1); /* it has its own --help */
+    if (strcmp(cmd, "agent") == 0)
+        return gw_agent_main(argc - 1, argv + 1); /* it has its own --help */
+    if (strcmp(cmd, "token") == 0)
+        return gw_token_cli_main(argc - 1, argv + 1); /* it has its own --help */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_help(stdout);

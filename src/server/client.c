@@ -76,8 +76,7 @@ void gw_client_close(gw_client *c)
     gw_task_cancel(&c->task);
     c->task.fn = client_free_task;
     gw_loop_defer(w->loop, &c->task);
-    if (w->draining && w->nclients == 0 && w->norphans == 0)
-        gw_loop_stop(w->loop);
+    gw_worker_maybe_stop(w);
 }
 
 /* Sends what is queued, then half-closes and reads until the peer's FIN (or
@@ -231,7 +230,8 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
         gw_h1_body fr;
         int st;
         const char *why;
-        if (c->admin && gw_h1_request_body(&req, &fr, &st, &why) == GW_OK && (fr.chunked || fr.content_length)) {
+        if ((c->admin || gw_http_has_handler(c, &req)) && gw_h1_request_body(&req, &fr, &st, &why) == GW_OK &&
+            (fr.chunked || fr.content_length)) {
             if (fr.chunked || fr.content_length > GW_SMALL_BODY_MAX) {
                 c->close_after = 1;
                 gw_http_error(c, fr.chunked ? 411 : 413, fr.chunked ? "length_required" : "payload_too_large",
@@ -265,7 +265,7 @@ static size_t max_input(const gw_client *c)
 {
     if (c->phase == GW_PHASE_WS)
         return (size_t)gw_srv.cfg.ws_max_message_bytes + GW_WS_MAX_HEADER + GW_READ_CHUNK;
-    return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK + (c->admin ? GW_SMALL_BODY_MAX : 0);
+    return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK + GW_SMALL_BODY_MAX;
 }
 
 /* Bytes still missing from the frame at the front of conn.in, so one read

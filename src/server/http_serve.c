@@ -55,13 +55,20 @@ static const handler_entry *find_handler(const gw_client *c, const gw_http_req *
                                            : gw_str_eq(req->path, h->path);
         if (!match)
             continue;
-        if (h->method && !gw_str_eq(req->method, h->method)) {
+        if (h->method && !gw_str_eq(req->method, h->method) &&
+            !(strcmp(h->method, "GET") == 0 && gw_str_eq(req->method, "HEAD"))) {
             *method_mismatch = 1;
             continue;
         }
         return h;
     }
     return NULL;
+}
+
+int gw_http_has_handler(const gw_client *c, const gw_http_req *req)
+{
+    int mismatch;
+    return find_handler(c, req, &mismatch) != NULL;
 }
 
 /* Constant-time comparison of the bearer token with GATEWAY_ADMIN_TOKEN. */
@@ -85,6 +92,20 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 101: return "Switching Protocols";
     case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";

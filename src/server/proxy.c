@@ -57,6 +57,7 @@ struct gw_proxy {
     uint8_t is_head;
     uint8_t client_http10;
     uint8_t sent_any;    /* request bytes reached the upstream's socket */
+    uint8_t head_held;   /* chunked request: the head waits for the first valid chunk */
     uint64_t req_remaining;
     uint64_t resp_remaining;
     gw_h1_chunked req_dec, resp_dec;
@@ -70,6 +71,7 @@ static void hup_io(gw_io *io, uint32_t events);
 static void hup_timer(gw_timer *t);
 static void proxy_fail(gw_client *c, int status, const char *code, const char *msg);
 static void proxy_end(gw_client *c, int reuse_upstream);
+static void arm_read_timeout(gw_proxy *px);
 
 /* ================================== pool ==================================== */
 
@@ -192,8 +194,10 @@ static size_t request_body(gw_client *c, uint8_t *p, size_t n)
             return n;
         px->req_remaining -= k;
         used = k;
-        if (!px->req_remaining)
+        if (!px->req_remaining) {
             px->req_done = 1;
+            arm_read_timeout(px);
+        }
     } else {
         size_t len = n, consumed = 0;
         int r = gw_h1_chunked_decode(&px->req_dec, p, &len, &consumed);
@@ -202,10 +206,17 @@ static size_t request_body(gw_client *c, uint8_t *p, size_t n)
             proxy_fail(c, 400, "bad_chunked_body", "the chunked request body is malformed");
             return n;
         }
+        if (px->head_held && (len || r == GW_DONE)) {
+            /* The body's framing proved valid so far: now the upstream may
+             * see the request (garbage from the first byte never reaches it). */
+            px->head_held = 0;
+            gw_conn_write(&px->up->conn, px->head, px->head_len);
+        }
         send_body(px, p, len);
         if (r == GW_DONE) {
             gw_conn_write(&px->up->conn, "0\r\n\r\n", 5);
             px->req_done = 1;
+            arm_read_timeout(px);
             /* Bytes after the body were moved behind the decoded data:
              * put them back in place for the next request. */
             size_t rest = n - consumed;
@@ -253,7 +264,8 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
     gw_http_header keep[128];
     size_t k = 0;
     for (size_t i = 0; i < req->num_headers && k < GW_ARRAY_LEN(keep); i++)
-        if (!is_hop(req->headers[i].name) && !gw_str_ieq(req->headers[i].name, "Expect"))
+        if (!is_hop(req->headers[i].name) && !gw_str_ieq(req->headers[i].name, "Expect") &&
+            !gw_h1_connection_lists(req->headers, req->num_headers, req->headers[i].name))
             keep[k++] = req->headers[i];
     filtered.headers = keep;
     filtered.num_headers = k;
@@ -275,16 +287,27 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
     return GW_OK;
 }
 
+static void arm_read_timeout(gw_proxy *px)
+{
+    gw_timer_start(px->up->w->loop, &px->up->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : 60000);
+}
+
 static void start_send(gw_client *c)
 {
     gw_proxy *px = c->proxy;
     gw_hup *h = px->up;
     h->state = HUP_BUSY;
     h->c = c;
-    gw_conn_write(&h->conn, px->head, px->head_len);
+    if (px->req_chunked)
+        px->head_held = 1;
+    else
+        gw_conn_write(&h->conn, px->head, px->head_len);
     px->sent_any = 1;
     gw_conn_want_read(&h->conn, 1);
-    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : 60000);
+    /* The response timeout runs once the request is out: a client slow to
+     * send its body is the client's timeout (408), not the upstream's. */
+    if (px->req_done)
+        arm_read_timeout(px);
     /* Body bytes that came with the head wait in conn.in. */
     gw_conn_pause(&c->conn, 0);
     if (c->conn.in.len)
@@ -516,7 +539,7 @@ static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
     int has_corr = 0;
     for (size_t i = 0; i < resp.num_headers && (size_t)pos < sizeof head; i++) {
         const gw_http_header *h = &resp.headers[i];
-        if (is_hop(h->name))
+        if (is_hop(h->name) || gw_h1_connection_lists(resp.headers, resp.num_headers, h->name))
             continue;
         has_corr |= gw_str_ieq(h->name, "X-Correlation-ID");
         pos += snprintf(head + pos, sizeof head - (size_t)pos, "%.*s: %.*s\r\n", (int)h->name.n, h->name.p,
@@ -729,6 +752,8 @@ static void hup_timer(gw_timer *t)
         return;
     }
     gw_client *c = h->c;
+    if (h->state != HUP_CONNECTING && !c->proxy->req_done)
+        return; /* the client is still sending: its own body timeout applies */
     if (h->state == HUP_CONNECTING || !c->proxy->head_done)
         proxy_fail(c, 504, "upstream_timeout", "the upstream did not answer in time");
     else

@@ -43,7 +43,7 @@ struct gw_relay_pending {
     gw_pmd_params pmd;    /* negotiated with the client */
     char ext[256];
     char corr[72];
-    char trace[40];
+    char trace[33];
     char user[64];
 };
 
@@ -73,6 +73,25 @@ static int hop_by_hop(gw_str name)
     return name.n >= 9 && strncasecmp(name.p, "X-Wsgate-", 9) == 0;
 }
 
+int gw_h1_connection_lists(const gw_http_header *hdrs, size_t n, gw_str name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!gw_str_ieq(hdrs[i].name, "Connection"))
+            continue;
+        const char *p = hdrs[i].value.p, *end = p + hdrs[i].value.n;
+        while (p < end) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *tok = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if ((size_t)(p - tok) == name.n && name.n && strncasecmp(tok, name.p, name.n) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
 __attribute__((format(printf, 4, 5))) static size_t appendf(char *out, size_t cap, size_t pos, const char *fmt, ...)
 {
     if (pos >= cap)
@@ -94,7 +113,7 @@ size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const 
     size_t pos = 0;
     for (size_t i = 0; i < req->num_headers; i++) {
         const gw_http_header *h = &req->headers[i];
-        if (hop_by_hop(h->name))
+        if (hop_by_hop(h->name) || gw_h1_connection_lists(req->headers, req->num_headers, h->name))
             continue;
         pos = appendf(out, cap, pos, "%.*s: %.*s\r\n", (int)h->name.n, h->name.p, (int)h->value.n, h->value.p);
     }
@@ -270,7 +289,12 @@ static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *
     wsc->session_id = p->session_id;
     p->up_url = p->resource_name = p->session_id = NULL;
     wsc->up_last_seen_ms = wsc->up_last_ping_ms = gw_loop_now(c->w->loop);
-    gw_ws_serve_log_open(c, proto, p->pmd.enabled, p->trace);
+    /* A selected protocol given by the route's owner may be a credential
+     * (the terminal token): only the gateway's own names are logged. */
+    gw_str logged = proto;
+    if (p->select_protocol && strncmp(p->select_protocol, "wsgate.", 7) != 0)
+        logged = gw_str_make(NULL, 0);
+    gw_ws_serve_log_open(c, logged, p->pmd.enabled, p->trace);
     pending_free(c);
     /* Frames the client sent right after its upgrade wait in conn.in. */
     gw_conn_pause(&c->conn, 0);
@@ -284,6 +308,9 @@ static void refuse(gw_client *c, const gw_wsc_reason *r)
 {
     gw_relay_pending *p = c->pending;
     const char *result;
+    gw_req_ids ids;
+    snprintf(ids.corr, sizeof ids.corr, "%s", p->corr);
+    snprintf(ids.trace, sizeof ids.trace, "%s", p->trace);
     c->close_after = 1;
     if (r->kind == GW_WSC_HTTP_REFUSED && r->resp) {
         /* Pass the upstream's answer back: status, end-to-end headers
@@ -303,22 +330,23 @@ static void refuse(gw_client *c, const gw_wsc_reason *r)
         }
         if (pos > 0 && (size_t)pos < sizeof head)
             pos += snprintf(head + pos, sizeof head - (size_t)pos,
-                            "Content-Length: %zu\r\nX-Correlation-ID: %s\r\nConnection: close\r\n\r\n",
-                            resp->body_len, p->corr);
+                            "Content-Length: %zu\r\nX-Correlation-ID: %s\r\nX-Trace-ID: %s\r\n"
+                            "Connection: close\r\n\r\n",
+                            resp->body_len, p->corr, p->trace);
         if (pos > 0 && (size_t)pos < sizeof head) {
             struct iovec iov[2] = {{head, (size_t)pos}, {(void *)resp->body, resp->body_len}};
             gw_conn_writev(&c->conn, iov, resp->body_len ? 2 : 1);
         } else {
-            gw_http_error(c, 502, "bad_upstream_response", "the upstream refused with an oversized head", NULL,
-                          NULL);
+            gw_http_error_ids(c, 502, "bad_upstream_response", "the upstream refused with an oversized head", NULL,
+                              NULL, &ids);
         }
         gw_counter_inc(gw_metric_http(0, resp->head.status));
         result = "upstream_refused";
     } else if (r->kind == GW_WSC_CONNECT_TIMEOUT) {
-        gw_http_error(c, 504, "upstream_timeout", "the upstream did not answer in time", NULL, NULL);
+        gw_http_error_ids(c, 504, "upstream_timeout", "the upstream did not answer in time", NULL, NULL, &ids);
         result = "upstream_timeout";
     } else {
-        gw_http_error(c, 502, "upstream_unavailable", "the upstream could not be reached", NULL, NULL);
+        gw_http_error_ids(c, 502, "upstream_unavailable", "the upstream could not be reached", NULL, NULL, &ids);
         result = "upstream_unavailable";
     }
     gw_counter_inc(gw_metric_handshake(p->route, result));
@@ -363,8 +391,7 @@ static void up_close(gw_wsc *up, const gw_wsc_reason *r)
         gw_list_remove(&leg->node);
         w->norphans--;
         leg_free(leg);
-        if (w->draining && w->nclients == 0 && w->norphans == 0)
-            gw_loop_stop(w->loop);
+        gw_worker_maybe_stop(w);
         return;
     }
     if (c->phase == GW_PHASE_UPSTREAM) {

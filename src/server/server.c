@@ -176,6 +176,19 @@ static void stats_tick(gw_timer *t)
     gw_timer_start(w->loop, t, 1000);
 }
 
+void gw_worker_maybe_stop(gw_worker *w)
+{
+    if (w->draining && !w->hold && w->nclients == 0 && w->norphans == 0)
+        gw_loop_stop(w->loop);
+}
+
+static void worker_release(void *arg)
+{
+    gw_worker *w = arg;
+    w->hold = 0;
+    gw_worker_maybe_stop(w);
+}
+
 static void worker_drain(void *arg)
 {
     gw_worker *w = arg;
@@ -192,8 +205,7 @@ static void worker_drain(void *arg)
         n = next;
     }
     gw_proxy_pool_free(w);
-    if (w->nclients == 0 && w->norphans == 0)
-        gw_loop_stop(w->loop);
+    gw_worker_maybe_stop(w);
 }
 
 static void worker_stop(void *arg)
@@ -409,6 +421,9 @@ int gw_server_run(void)
         gw_log_int(l, "connections", (int64_t)atomic_load(&gw_srv.nconns), 0);
         gw_log_end(l);
     }
+    /* Worker 0 owns the admin listener: it keeps answering /metrics and
+     * /readyz until every other worker has drained. */
+    gw_srv.workers[0].hold = gw_srv.nworkers > 1;
     for (int i = 0; i < gw_srv.nworkers; i++)
         gw_loop_post(gw_srv.workers[i].loop, worker_drain, &gw_srv.workers[i]);
     /* Keep a margin of the budget for the forced close and exit. */
@@ -416,8 +431,11 @@ int gw_server_run(void)
     uint64_t margin = GW_MIN(budget / 10, (uint64_t)1000);
     uint64_t deadline = gw_wall_ms() + budget - margin;
     int forced = 0;
-    for (int i = 0; i < gw_srv.nworkers; i++) {
+    for (int k = 1; k <= gw_srv.nworkers; k++) {
+        int i = k % gw_srv.nworkers; /* worker 0 last */
         gw_worker *w = &gw_srv.workers[i];
+        if (i == 0 && w->hold)
+            gw_loop_post(w->loop, worker_release, w);
         if (join_until(w->thread, deadline) != 0) {
             forced = 1;
             gw_loop_post(w->loop, worker_stop, w);

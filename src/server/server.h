@@ -100,6 +100,7 @@ struct gw_worker {
     gw_list pool;          /* idle keep-alive connections to HTTP upstreams (proxy.c) */
     uint32_t norphans;
     int draining;
+    int hold;              /* worker 0 keeps serving /metrics until the others finished draining */
     uint8_t *rbuf;         /* GW_READ_CHUNK bytes: reads land here first */
 };
 
@@ -138,6 +139,9 @@ gw_metric *gw_metric_handshake(const gw_route *r, const char *result);
 gw_metric *gw_metric_close(const gw_route *r, const char *cause);
 gw_metric *gw_metric_http(int admin, int status);
 
+/* Stops a draining worker's loop once it has nothing left to finish. */
+void gw_worker_maybe_stop(gw_worker *w);
+
 /* client.c */
 void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, int admin);
 void gw_client_close(gw_client *c);
@@ -175,6 +179,9 @@ void gw_http_register(int listeners, const char *method, const char *path, int w
 typedef int (*gw_route_serve_fn)(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
                                  const gw_req_ids *ids);
 void gw_route_kind_register(int kind, gw_route_serve_fn fn);
+
+/* 1 when req is for one of the gateway's own registered endpoints. */
+int gw_http_has_handler(const gw_client *c, const gw_http_req *req);
 
 /* Handles one complete request (head, and for the gateway's own endpoints
  * its whole small body); returns GW_OK to go on reading, GW_DONE when the
@@ -229,6 +236,9 @@ typedef struct gw_relay_opts {
 int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
                       const gw_req_ids *ids, const gw_relay_opts *o);
 void gw_relay_pending_abort(gw_client *c);
+/* 1 when name is listed in a Connection header of hdrs (RFC 9110 section
+ * 7.6.1: such headers are hop-by-hop and never forwarded). */
+int gw_h1_connection_lists(const gw_http_header *hdrs, size_t n, gw_str name);
 size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
                               const char *extra, char *out, size_t cap);
 void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap);

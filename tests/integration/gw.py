@@ -265,3 +265,88 @@ def make_cert(tmpdir):
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+# ---------------------------------------------------------------- relay helpers
+
+def write_routes(path, routes):
+    """Writes a GATEWAY_ROUTES_FILE ({"routes": [...]}) atomically (rename),
+    so a SIGHUP never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"routes": routes}, f)
+    os.replace(tmp, path)
+    return path
+
+
+def vm_rss_kb(pid):
+    """Resident set size of a process in KiB (VmRSS from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class Upstream:
+    """A helper process (an upstream server written in Python) that reports
+    what it sees as JSON lines in an events file; started with the argument
+    list `argv` plus `--events FILE`, ready once it reports {"ev":"ready"}.
+    Stopped by PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, argv, ready_timeout=10.0):
+        fd, self.events_path = tempfile.mkstemp(prefix="wsgate-upstream-", suffix=".jsonl")
+        os.close(fd)
+        self._err = tempfile.TemporaryFile(prefix="wsgate-upstream-err-")
+        self.proc = subprocess.Popen(list(argv) + ["--events", self.events_path], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self._err)
+        self.pid = self.proc.pid
+        try:
+            self.wait_event(lambda e: e.get("ev") == "ready", timeout=ready_timeout, what="upstream ready")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def events(self):
+        out = []
+        with open(self.events_path, "rb") as f:
+            data = f.read()
+        for line in data.split(b"\n")[:-1]:  # an unfinished last line is read next time
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_event(self, pred, timeout=5.0, what="upstream event"):
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = [e for e in self.events() if pred(e)]
+            if hits:
+                return hits
+            if self.proc.poll() is not None:
+                self._err.seek(0)
+                err = self._err.read().decode("utf-8", "replace")
+                raise AssertionError(f"upstream exited {self.proc.returncode} waiting for {what}:\n{err[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout}s; events: {self.events()[-20:]!r}")
+            time.sleep(0.02)
+
+    @property
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=5.0):
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._err.close()
+        try:
+            os.unlink(self.events_path)
+        except OSError:
+            pass
+        return self.proc.returncode

@@ -1,0 +1,773 @@
+"""HTTP reverse proxy through "proxy" routes (DESIGN.md section 3): bodies
+streamed both ways, keep-alive and pipelining toward the client, a keep-alive
+pool toward the upstream, forwarded headers, hop-by-hop filtering, upstream
+failures, 100-continue, request smuggling defences and timeouts.
+
+The upstream is a small raw-asyncio HTTP/1.1 server run as a separate process
+by this very file (`python3 test_proxy.py http-upstream ...`, see the bottom).
+It records every request it sees (the head as soon as it arrives, then the
+complete request with its body's length and SHA-256, and the client port of
+its connection) as JSON lines, so tests can assert what did, and what did
+not, reach it.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+import gw
+import wsraw
+
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+HERE = os.path.abspath(__file__)
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+# ============================================================ helpers
+
+def start_http_upstream(port=None, unix=None):
+    port = port or gw.free_port()
+    argv = [PY, HERE, "http-upstream", "--port", str(port)]
+    if unix:
+        argv += ["--unix", unix]
+    up = gw.Upstream(argv)
+    up.port = port
+    up.url = f"http://127.0.0.1:{port}"
+    return up
+
+
+def mark():
+    return uuid.uuid4().hex[:12]
+
+
+def reqs(up, pred=lambda e: True, ev="req"):
+    return [e for e in up.events() if e.get("ev") == ev and pred(e)]
+
+
+def hdr(event, name):
+    vals = [v for k, v in event["headers"] if k.lower() == name.lower()]
+    return vals[0] if len(vals) == 1 else (vals or None)
+
+
+def envelope(r, status, code):
+    assert r.status == status, r
+    body = json.loads(r.body)
+    assert body["code"] == code, body
+    assert body["correlation_id"] == r.header("X-Correlation-ID"), r
+    assert body["details"]["trace_id"] == r.header("X-Trace-ID"), r
+    return body
+
+
+def raw(g, data, timeout=5.0):
+    """Sends raw bytes on a fresh connection; returns (conn, response or None
+    when the gateway closed without answering)."""
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=timeout)
+    c.send(data)
+    try:
+        return c, c.read_response(timeout=timeout)
+    except wsraw.Closed:
+        return c, None
+
+
+def request_bytes(method, path, headers=(), body=b"", host="gw.test"):
+    lines = [f"{method} {path} HTTP/1.1"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def chunked(body, sizes):
+    out, i = b"", 0
+    for n in sizes:
+        out += b"%x\r\n" % n + body[i:i + n] + b"\r\n"
+        i += n
+    assert i == len(body)
+    return out + b"0\r\n\r\n"
+
+
+# ============================================================ fixtures
+
+@pytest.fixture(scope="module")
+def env():
+    d = tempfile.mkdtemp(prefix="wsgate-proxy-")
+    sock = os.path.join(d, "up.sock")
+    up = start_http_upstream(unix=sock)
+    routes = [
+        {"path": "/api/", "kind": "proxy", "upstream": up.url},
+        {"path": "/strip/", "kind": "proxy", "upstream": up.url, "strip_prefix": True},
+        {"path": "/hang/", "kind": "proxy", "upstream": up.url, "read_timeout": "1s"},
+        {"path": "/down/", "kind": "proxy", "upstream": f"http://127.0.0.1:{gw.free_port()}"},
+        {"path": "/unix/", "kind": "proxy", "upstream": "unix:" + sock},
+        {"path": "/u/", "kind": "proxy", "user_header": "X-User", "users": {"alice": up.url}},
+    ]
+    path = gw.write_routes(os.path.join(d, "routes.json"), routes)
+    g = gw.Gateway({"GATEWAY_ROUTES_FILE": path, "GATEWAY_HANDSHAKE_TIMEOUT": "1s"})
+    yield {"g": g, "up": up, "dir": d, "routes": path}
+    rc = g.stop()
+    up.stop()
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    os.rmdir(d)
+    assert not g.sanitizer_errors(), g.stderr()[-6000:]
+    assert rc == 0, g.stderr()[-3000:]
+
+
+@pytest.fixture
+def g(env):
+    return env["g"]
+
+
+@pytest.fixture
+def up(env):
+    return env["up"]
+
+
+# ============================================================ basics
+
+def test_get_whole_path_forwarded(g, up):
+    m = mark()
+    r = g.get(f"/api/echo?m={m}&x=1")
+    assert r.status == 200, r
+    info = r.json()
+    assert info["method"] == "GET" and info["target"] == f"/api/echo?m={m}&x=1", info
+    assert r.header("X-Upstream") == "yes"
+    assert len(reqs(up, lambda e: e["target"] == f"/api/echo?m={m}&x=1")) == 1
+
+
+def test_strip_prefix(g, up):
+    m = mark()
+    r = g.get(f"/strip/echo?m={m}")
+    assert r.status == 200 and r.json()["target"] == f"/echo?m={m}", r
+    r = g.get("/strip")
+    assert r.status == 200 and r.json()["target"] == "/", r
+
+
+def test_forwarded_and_end_to_end_headers(g, up):
+    m = mark()
+    c = f"px-{m}"
+    r = g.get(f"/api/echo?m={m}", headers={
+        "X-Forwarded-For": "198.51.100.9",
+        "X-Correlation-ID": c,
+        "traceparent": f"00-{TRACE}-b7ad6b7169203331-01",
+        "Cookie": "a=1; b=2",
+        "Authorization": "Bearer e2e",
+        "Origin": "https://front.test",
+        "X-Custom": "kept",
+        "X-Wsgate-User-Id": "forged",
+    })
+    assert r.status == 200, r
+    assert r.header("X-Correlation-ID") == c, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    assert hdr(ev, "X-Forwarded-For") == "198.51.100.9, 127.0.0.1", ev
+    assert hdr(ev, "X-Forwarded-Proto") == "http", ev
+    assert hdr(ev, "X-Forwarded-Host") == f"127.0.0.1:{g.port}", ev
+    assert hdr(ev, "X-Correlation-ID") == c, ev
+    tp = hdr(ev, "traceparent")
+    assert tp and re.match(rf"^00-{TRACE}-[0-9a-f]{{16}}-[0-9a-f]{{2}}$", tp), ev
+    for k, v in [("Cookie", "a=1; b=2"), ("Authorization", "Bearer e2e"), ("Origin", "https://front.test"),
+                 ("X-Custom", "kept")]:
+        assert hdr(ev, k) == v, (k, ev)
+    assert not [k for k, _ in ev["headers"] if k.lower().startswith("x-wsgate-")], ev
+
+
+def test_correlation_id_generated_when_missing(g, up):
+    m = mark()
+    r = g.get(f"/api/echo?m={m}")
+    mine = r.header("X-Correlation-ID")
+    assert mine, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    assert hdr(ev, "X-Correlation-ID") == mine, ev
+    assert hdr(ev, "traceparent"), ev
+    assert hdr(ev, "X-Forwarded-For") == "127.0.0.1", ev
+
+
+def test_hop_by_hop_dropped_toward_upstream(g, up):
+    m = mark()
+    data = request_bytes("GET", f"/api/echo?m={m}", [
+        ("Connection", "keep-alive, X-Hop"), ("X-Hop", "secret"), ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"), ("Trailer", "X-Sum"), ("Proxy-Authorization", "Basic eDp5"), ("X-End", "kept")])
+    c, r = raw(g, data)
+    c.close()
+    assert r is not None and r.status == 200, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    names = [k.lower() for k, _ in ev["headers"]]
+    for h in ("keep-alive", "te", "trailer", "proxy-authorization"):
+        assert h not in names, (h, ev["headers"])
+    assert "x-hop" not in (hdr(ev, "Connection") or "").lower()
+    assert hdr(ev, "X-End") == "kept"
+
+
+def test_connection_listed_header_not_forwarded(g, up):
+    m = mark()
+    c, r = raw(g, request_bytes("GET", f"/api/echo?m={m}", [("Connection", "keep-alive, X-Hop"), ("X-Hop", "s")]))
+    c.close()
+    assert r is not None and r.status == 200, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    assert "x-hop" not in [k.lower() for k, _ in ev["headers"]], ev["headers"]
+
+
+def test_connection_listed_response_header_not_passed(g):
+    r = g.get("/api/hop")
+    assert r.status == 200, r
+    assert r.header("X-Up-Hop") is None, r
+
+
+def test_hop_by_hop_dropped_from_response(g):
+    r = g.get("/api/hop")
+    assert r.status == 200, r
+    assert r.header("X-End") == "kept", r
+    assert r.header("Keep-Alive") is None, r
+    assert "x-up-hop" not in (r.header("Connection") or "").lower(), r
+    assert r.body == b"hop body"
+
+
+def test_per_user_http(g, up):
+    m = mark()
+    r = g.get(f"/u/echo?m={m}", headers={"X-User": "alice@corp"})
+    assert r.status == 200 and r.json()["target"] == f"/u/echo?m={m}", r
+    envelope(g.get("/u/echo", headers={"X-User": "eve@corp"}), 403, "unknown_user")
+
+
+# ============================================================ bodies
+
+def test_request_body_content_length(g, up):
+    body = os.urandom(3 * 1024 * 1024 + 17)
+    r = wsraw.http_request(g.port, "POST", "/api/sum", body=body, timeout=15)
+    assert r.status == 200, r
+    info = r.json()
+    assert info["body_len"] == len(body) and info["sha256"] == hashlib.sha256(body).hexdigest(), info
+
+
+@pytest.mark.parametrize("sizes", [[1, 2, 3, 1000, 50000], [65536] * 20, [7]])
+def test_request_body_chunked(g, up, sizes):
+    body = os.urandom(sum(sizes))
+    data = request_bytes("POST", "/api/sum", [("Transfer-Encoding", "chunked"), ("Connection", "close")],
+                         chunked(body, sizes))
+    c, r = raw(g, data, timeout=15)
+    c.close()
+    assert r is not None and r.status == 200, r
+    info = r.json()
+    assert info["body_len"] == len(body) and info["sha256"] == hashlib.sha256(body).hexdigest(), info
+
+
+def test_request_body_chunk_extensions_and_trailers(g):
+    data = request_bytes("POST", "/api/sum", [("Transfer-Encoding", "chunked"), ("Connection", "close")],
+                         b"3;name=val\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n")
+    c, r = raw(g, data)
+    c.close()
+    assert r is not None and r.status == 200, r
+    info = r.json()
+    assert info["body_len"] == 5 and info["sha256"] == hashlib.sha256(b"abcde").hexdigest(), info
+
+
+def test_request_body_streamed(g, up):
+    m = mark()
+    body = os.urandom(2 * 1024 * 1024)
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        c.send(request_bytes("POST", f"/api/sum?m={m}", [("Content-Length", str(len(body)))]) + body[:4096])
+        # The upstream has the head (and is reading the body) before the client sent it all.
+        up.wait_event(lambda e: e.get("ev") == "head" and e["target"] == f"/api/sum?m={m}", timeout=5,
+                      what="streamed request head")
+        assert not reqs(up, lambda e: e["target"] == f"/api/sum?m={m}")
+        c.send(body[4096:])
+        r = c.read_response(timeout=10)
+        assert r.status == 200 and r.json()["sha256"] == hashlib.sha256(body).hexdigest(), r
+    finally:
+        c.close()
+
+
+def test_response_chunked(g):
+    r = g.get("/api/chunked")
+    assert r.status == 200, r
+    assert r.body == b"hello chunked world" * 100
+
+
+def test_response_close_delimited(g):
+    r = g.get("/api/close")
+    assert r.status == 200, r
+    assert r.body == b"close-delimited body\n" * 2000
+
+
+def test_response_close_delimited_keepalive_client(g):
+    # A keep-alive client still gets a framed (or closed) answer it can read in full.
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        c.send(request_bytes("GET", "/api/close"))
+        r = c.read_response(timeout=10)
+        assert r.status == 200 and r.body == b"close-delimited body\n" * 2000, r
+    finally:
+        c.close()
+
+
+def test_response_big_content_length(g):
+    n = 24 * 1024 * 1024
+    r = g.get(f"/api/big?n={n}", timeout=30)
+    assert r.status == 200, r
+    assert int(r.header("Content-Length")) == n
+    assert len(r.body) == n and r.body == (b"0123456789abcdef" * (n // 16)), "body differs"
+
+
+def test_response_streamed(g):
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        c.send(request_bytes("GET", "/api/drip", [("Connection", "close")]))
+        t0 = time.monotonic()
+        head = c.read_until(b"\r\n\r\n", t0 + 5)
+        assert b" 200 " in head.split(b"\r\n")[0], head
+        got = bytearray(c.buf)
+        c.buf.clear()
+        while b"first" not in got:
+            c._fill(t0 + 5)
+            got += c.buf
+            c.buf.clear()
+        assert time.monotonic() - t0 < 0.8, "the first chunk waited for the whole response"
+        c.wait_closed(5)
+    finally:
+        c.close()
+
+
+def test_head(g):
+    c = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        c.send(request_bytes("HEAD", "/api/echo?h=1"))
+        r = c.read_response(head_only=True)
+        assert r.status == 200, r
+        assert int(r.header("Content-Length")) > 0, r
+        # No body bytes follow: the next response on the connection parses.
+        c.send(request_bytes("GET", "/api/echo?h=2"))
+        r2 = c.read_response()
+        assert r2.status == 200 and r2.json()["target"] == "/api/echo?h=2", r2
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses(g, status):
+    c = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        c.send(request_bytes("GET", f"/api/{status}"))
+        r = c.read_response()
+        assert r.status == status, r
+        assert r.header("Transfer-Encoding") is None, r
+        assert r.header("Content-Length") in (None, "0"), r
+        c.send(request_bytes("GET", "/api/echo?after=1"))
+        r2 = c.read_response()
+        assert r2.status == 200 and r2.json()["target"] == "/api/echo?after=1", r2
+    finally:
+        c.close()
+
+
+# ============================================================ connections
+
+def test_keepalive_and_pipelining(g):
+    c = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        for i in range(3):
+            c.send(request_bytes("GET", f"/api/echo?seq={i}"))
+            r = c.read_response()
+            assert r.status == 200 and r.json()["target"] == f"/api/echo?seq={i}", r
+        # Pipelined: all in one write, answers in order.
+        c.send(b"".join(request_bytes("GET", f"/api/echo?pipe={i}") for i in range(5)) +
+               request_bytes("POST", "/api/sum?pipe=5", [("Content-Length", "3")], b"abc"))
+        for i in range(5):
+            r = c.read_response()
+            assert r.status == 200 and r.json()["target"] == f"/api/echo?pipe={i}", (i, r)
+        r = c.read_response()
+        assert r.status == 200 and r.json()["target"] == "/api/sum?pipe=5" and r.json()["body_len"] == 3, r
+    finally:
+        c.close()
+
+
+def test_upstream_pool_reused(g, up):
+    m = mark()
+    c = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        for i in range(6):
+            c.send(request_bytes("GET", f"/api/echo?pool={m}&i={i}"))
+            assert c.read_response().status == 200
+            time.sleep(0.02)
+    finally:
+        c.close()
+    seen = reqs(up, lambda e: f"pool={m}" in e["target"])
+    assert len(seen) == 6
+    ports = {e["port"] for e in seen}
+    assert len(ports) == 1, f"six sequential requests used {len(ports)} upstream connections: {ports}"
+
+
+def test_unix_socket_upstream(g):
+    r = g.get("/unix/echo?u=1")
+    assert r.status == 200 and r.json()["target"] == "/unix/echo?u=1", r
+    assert r.json()["unix"] is True
+    body = os.urandom(100_000)
+    r = wsraw.http_request(g.port, "POST", "/unix/sum", body=body)
+    assert r.status == 200 and r.json()["sha256"] == hashlib.sha256(body).hexdigest(), r
+
+
+def test_expect_100_continue(g):
+    body = b"x" * 5000
+    c = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        c.send(request_bytes("POST", "/api/sum", [("Content-Length", str(len(body))),
+                                                  ("Expect", "100-continue")]))
+        interim = c.read_response(timeout=3)
+        assert interim.status == 100 and interim.version == "HTTP/1.1", interim
+        c.send(body)
+        r = c.read_response()
+        assert r.status == 200 and r.json()["body_len"] == len(body), r
+    finally:
+        c.close()
+
+
+# ============================================================ upstream failures
+
+def test_upstream_down_502(g):
+    envelope(g.get("/down/x"), 502, "upstream_unavailable")
+
+
+def test_upstream_never_answers_504(g):
+    t0 = time.monotonic()
+    r = g.get("/hang/hang", timeout=10)
+    took = time.monotonic() - t0
+    envelope(r, 504, "upstream_timeout")
+    assert 0.8 <= took < 4, took
+
+
+def test_upstream_malformed_response_502(g):
+    envelope(g.get("/api/malformed"), 502, "bad_upstream_response")
+
+
+# ============================================================ smuggling defence
+
+HOSTILE = {
+    "cl_te": ([("Content-Length", "6"), ("Transfer-Encoding", "chunked")],
+              b"0\r\n\r\nGET /api/inner-clte HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
+    "te_cl": ([("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
+              b"0\r\n\r\n", (400,)),
+    "two_cl": ([("Content-Length", "5"), ("Content-Length", "6")], b"hello!", (400,)),
+    "cl_plus": ([("Content-Length", "+5")], b"hello", (400,)),
+    "cl_hex": ([("Content-Length", "0x5")], b"hello", (400,)),
+    "cl_space": ([("Content-Length", "5 5")], b"hello", (400,)),
+    "cl_negative": ([("Content-Length", "-1")], b"", (400,)),
+    "cl_huge": ([("Content-Length", "99999999999999999999999")], b"", (400, 413)),
+    "te_gzip_chunked": ([("Transfer-Encoding", "gzip, chunked")], b"0\r\n\r\n", (400, 501)),
+    "te_unknown": ([("Transfer-Encoding", "x-custom")], b"0\r\n\r\n", (400, 501)),
+    "te_chunked_twice": ([("Transfer-Encoding", "chunked, chunked")], b"0\r\n\r\n", (400, 501)),
+    "te_not_last": ([("Transfer-Encoding", "chunked, gzip")], b"0\r\n\r\n", (400, 501)),
+    "obs_fold": ([("X-Folded", "a\r\n continued")], b"", (400,)),
+    "bare_cr": ([("X-Bad", "a\rb")], b"", (400,)),
+    "ctl_in_value": ([("X-Bad", "a\x01b")], b"", (400,)),
+    "nul_in_value": ([("X-Bad", "a\x00b")], b"", (400,)),
+    "space_before_colon": ([("X-Spaced ", "v")], b"", (400,)),
+    "space_before_colon_cl": ([("Content-Length ", "5")], b"hello", (400,)),
+    "two_hosts": ([("Host", "other.test")], b"", (400,)),
+}
+
+HOSTILE_CHUNKED = {
+    "chunk_size_garbage": b"zz\r\nhello\r\n0\r\n\r\n",
+    "chunk_size_0x": b"0x5\r\nhello\r\n0\r\n\r\n",
+    "chunk_size_negative": b"-5\r\nhello\r\n0\r\n\r\n",
+    "chunk_size_overflow": b"fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    "chunk_missing_crlf": b"5\r\nhelloXX0\r\n\r\n",
+    "chunk_size_empty": b"\r\nhello\r\n0\r\n\r\n",
+    "chunk_bad_terminator": b"5\r\nhello\r\n0\r\n\rX",
+}
+
+
+def _assert_never_reached(g, up, tag):
+    # A sentinel after the hostile request proves the upstream's log is current.
+    m = mark()
+    assert g.get(f"/api/echo?sentinel={m}").status == 200
+    up.wait_event(lambda e: e.get("ev") == "req" and e["target"] == f"/api/echo?sentinel={m}")
+    time.sleep(0.1)
+    bad = [e for e in up.events() if e.get("ev") in ("head", "req") and tag in e.get("target", "")]
+    assert not bad, f"hostile request reached the upstream: {bad}"
+    assert not [e for e in up.events() if "inner" in e.get("target", "")]
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_request_refused(g, up, name):
+    headers, body, statuses = HOSTILE[name]
+    tag = f"smuggle-{name}-{mark()}"
+    host = None if name == "two_hosts" else "gw.test"
+    hdrs = ([("Host", "gw.test")] if name == "two_hosts" else []) + headers
+    data = request_bytes("POST", f"/api/{tag}", hdrs, body, host=host)
+    c, r = raw(g, data)
+    try:
+        assert r is not None, "closed without an answer"
+        assert r.status in statuses, r
+        assert c.wait_closed(3), "connection left open after a framing error"
+    finally:
+        c.close()
+    _assert_never_reached(g, up, tag)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CHUNKED))
+def test_malformed_chunked_body_refused(g, up, name):
+    """The body is streamed, so the head may already be upstream when the
+    bad chunk is seen: the request must never complete there, and that
+    upstream connection must be dropped (never pooled half-written)."""
+    tag = f"smuggle-{name}-{mark()}"
+    data = request_bytes("POST", f"/api/{tag}", [("Transfer-Encoding", "chunked")], HOSTILE_CHUNKED[name])
+    c, r = raw(g, data)
+    try:
+        assert r is not None, "closed without an answer"
+        assert r.status == 400, r
+        assert json.loads(r.body)["code"], r
+        assert c.wait_closed(3)
+    finally:
+        c.close()
+    m = mark()
+    assert g.get(f"/api/echo?sentinel={m}").status == 200
+    up.wait_event(lambda e: e.get("ev") == "req" and e["target"] == f"/api/echo?sentinel={m}")
+    heads = [e for e in up.events() if e.get("ev") == "head" and tag in e["target"]]
+    assert not reqs(up, lambda e: tag in e["target"]), "a malformed chunked request completed upstream"
+    if heads:
+        up.wait_event(lambda e: e.get("ev") == "aborted" and e["port"] == heads[0]["port"], timeout=3,
+                      what="the upstream connection of the refused request to be dropped")
+
+
+@pytest.mark.parametrize("name", ["chunk_size_garbage", "chunk_missing_crlf"])
+def test_malformed_chunked_body_never_forwarded(g, up, name):
+    tag = f"smuggle-{name}-{mark()}"
+    data = request_bytes("POST", f"/api/{tag}", [("Transfer-Encoding", "chunked")], HOSTILE_CHUNKED[name])
+    c, r = raw(g, data)
+    c.close()
+    assert r is not None and r.status == 400, r
+    _assert_never_reached(g, up, tag)
+
+
+@pytest.mark.parametrize("name,line", [
+    ("missing_host", None),
+    ("http10_smuggle", "HTTP/1.0"),
+])
+def test_missing_host_refused(g, up, name, line):
+    tag = f"smuggle-{name}-{mark()}"
+    if line is None:
+        data = request_bytes("GET", f"/api/{tag}", [], host=None)
+        c, r = raw(g, data)
+        try:
+            assert r is not None and r.status == 400, r
+        finally:
+            c.close()
+    else:
+        # HTTP/1.0 with Transfer-Encoding: chunked is ambiguous framing.
+        data = (f"POST /api/{tag} HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+                "abc").encode()
+        c, r = raw(g, data)
+        try:
+            assert r is not None and r.status == 400, r
+        finally:
+            c.close()
+    _assert_never_reached(g, up, tag)
+
+
+# ============================================================ timeouts
+
+def test_header_timeout_408_others_served(g, up):
+    tag = f"slowhead-{mark()}"
+    slow = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        slow.send(f"GET /api/{tag} HTTP/1.1\r\nHost: gw.test\r\nX-Part".encode())
+        time.sleep(0.3)
+        for i in range(3):  # served normally meanwhile
+            r = g.get(f"/api/echo?meanwhile={i}")
+            assert r.status == 200, r
+        r = slow.read_response(timeout=6)
+        took = time.monotonic() - t0
+        assert r.status == 408, r
+        assert 0.8 <= took < 4, took
+        assert slow.wait_closed(3)
+    finally:
+        slow.close()
+    assert not [e for e in up.events() if tag in e.get("target", "")]
+
+
+def test_stalled_body_closed_by_read_timeout(g, up):
+    # On a route with read_timeout 1s a stalled body ends the exchange and
+    # the connection. (Seen: 504 upstream_timeout, since the upstream timer
+    # fires first; 408 request_timeout would name the culprit better.)
+    tag = f"stall-{mark()}"
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/hang/{tag}", [("Content-Length", "100")], b"0123456789"))
+        r = c.read_response(timeout=6)
+        assert r.status in (408, 504), r
+        assert c.wait_closed(3)
+        assert time.monotonic() - t0 < 5
+    finally:
+        c.close()
+    time.sleep(0.2)
+    assert not reqs(up, lambda e: tag in e["target"]), "the stalled request was completed upstream"
+
+
+def test_stalled_body_closed(g, up):
+    # The route's read_timeout is 60s: GATEWAY_HANDSHAKE_TIMEOUT (1s) bounds the stall.
+    tag = f"stall-{mark()}"
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/api/{tag}", [("Content-Length", "100")], b"0123456789"))
+        try:
+            r = c.read_response(timeout=6)
+            assert r.status == 408, r
+            envelope(r, 408, "request_timeout")
+        except wsraw.Closed:
+            pass  # closed without an answer: also acceptable
+        except wsraw.Timeout:
+            raise AssertionError("a request whose body stalled was left open")
+        assert c.wait_closed(3), "a request whose body stalled was left open"
+        took = time.monotonic() - t0
+        assert took < 5, took
+    finally:
+        c.close()
+    time.sleep(0.2)
+    assert not reqs(up, lambda e: tag in e["target"]), "the stalled request was completed upstream"
+
+
+# ============================================================ the upstream process
+# `python3 test_proxy.py http-upstream --port P [--unix PATH] --events FILE`
+
+def _http_upstream_main(args):
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--unix")
+    ap.add_argument("--events", required=True)
+    o = ap.parse_args(args)
+    out = open(o.events, "a", buffering=1)
+
+    def emit(**kw):
+        out.write(json.dumps(kw) + "\n")
+        out.flush()
+
+    async def read_body(reader, headers):
+        te = ",".join(v for k, v in headers if k.lower() == "transfer-encoding").lower()
+        if "chunked" in te:
+            body = bytearray()
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass
+                    return bytes(body)
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+        cl = [v for k, v in headers if k.lower() == "content-length"]
+        if cl:
+            return await reader.readexactly(int(cl[0]))
+        return b""
+
+    def response(status, reason, headers, body=b""):
+        head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        return head.encode("latin-1") + body
+
+    async def handle(reader, writer, unix):
+        peer = writer.get_extra_info("peername")
+        port = peer[1] if isinstance(peer, tuple) else None
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head[:-4].decode("latin-1").split("\r\n")
+                method, target, version = lines[0].split(" ", 2)
+                headers = [(k.strip(), v.strip()) for k, v in (l.split(":", 1) for l in lines[1:])]
+                emit(ev="head", port=port, method=method, target=target, headers=headers)
+                try:
+                    body = await read_body(reader, headers)
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                    emit(ev="aborted", port=port, target=target)
+                    return
+                emit(ev="req", port=port, method=method, target=target, headers=headers, body_len=len(body),
+                     sha256=hashlib.sha256(body).hexdigest())
+                path = target.split("?")[0]
+                last = path.rsplit("/", 1)[-1]
+                close = any(k.lower() == "connection" and "close" in v.lower() for k, v in headers)
+                info = json.dumps({"method": method, "target": target, "headers": headers, "body_len": len(body),
+                                   "sha256": hashlib.sha256(body).hexdigest(), "unix": unix}).encode()
+                base = [("X-Upstream", "yes")]
+                if last == "hang":
+                    await asyncio.sleep(60)
+                    return
+                elif last == "malformed":
+                    writer.write(b"HTTP/1.1 abc OK\r\nthis is not a header\r\n\r\n")
+                    await writer.drain()
+                    return
+                elif last == "chunked":
+                    writer.write(response(200, "OK", base + [("Transfer-Encoding", "chunked")]))
+                    for _ in range(100):
+                        for part in (b"hello ", b"chunked ", b"world"):
+                            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    writer.write(b"0\r\n\r\n")
+                elif last == "drip":
+                    writer.write(response(200, "OK", base + [("Transfer-Encoding", "chunked")]))
+                    writer.write(b"5\r\nfirst\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
+                    writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+                elif last == "close":
+                    writer.write(response(200, "OK", base + [("Connection", "close")],
+                                          b"close-delimited body\n" * 2000))
+                    await writer.drain()
+                    return
+                elif last == "204":
+                    writer.write(response(204, "No Content", base))
+                elif last == "304":
+                    writer.write(response(304, "Not Modified", base + [("ETag", '"v1"')]))
+                elif last == "hop":
+                    writer.write(response(200, "OK", base + [
+                        ("Connection", "X-Up-Hop"), ("X-Up-Hop", "secret"), ("Keep-Alive", "timeout=5"),
+                        ("X-End", "kept"), ("Content-Length", "8")], b"hop body"))
+                elif last == "big":
+                    n = int(target.split("n=")[1])
+                    writer.write(response(200, "OK", base + [("Content-Length", str(n))]))
+                    block = b"0123456789abcdef" * 4096
+                    left = n
+                    while left:
+                        k = min(left, len(block))
+                        writer.write(block[:k])
+                        left -= k
+                        await writer.drain()
+                else:
+                    hdrs = base + [("Content-Type", "application/json"), ("Content-Length", str(len(info)))]
+                    writer.write(response(200, "OK", hdrs, b"" if method == "HEAD" else info))
+                await writer.drain()
+                if close:
+                    return
+        finally:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def main():
+        await asyncio.start_server(lambda r, w: handle(r, w, False), "127.0.0.1", o.port)
+        if o.unix:
+            await asyncio.start_unix_server(lambda r, w: handle(r, w, True), o.unix)
+        emit(ev="ready", port=o.port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "http-upstream":
+        _http_upstream_main(sys.argv[2:])
+    else:
+        raise SystemExit(f"unknown helper {sys.argv[1]!r}")

@@ -1,0 +1,672 @@
+"""Terminal gateway: one-time tokens, refusals, the PTY agent, relay, resize,
+exit status, re-attach with scrollback, agent death, no zombies.
+
+Real processes on free loopback ports: a gateway (gw.Gateway) and one or
+more `wsgate agent` processes running /bin/sh on real PTYs.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import gw
+import wsraw
+
+SECRET = "agent-secret-for-tests-0123456789"
+SUBPROTO = "wsgate.terminal.v1"
+WEB_DIR = os.path.join(gw.ROOT, "web")
+
+
+# ------------------------------------------------------------------ helpers
+
+class Agent:
+    """A `wsgate agent` process on a free port (or a unix socket)."""
+
+    def __init__(self, secret=SECRET, grace="60s", scrollback="64KiB", listen=None, cmd=("/bin/sh",),
+                 extra_env=None):
+        self.port = gw.free_port()
+        self.listen = listen or f"127.0.0.1:{self.port}"
+        env = gw.base_env()
+        env.update({"GATEWAY_LOG_FORMAT": "json", "PS1": "$ ", "ENV": ""})
+        if secret is not None:
+            env["GATEWAY_AGENT_SECRET"] = secret
+        env.update(extra_env or {})
+        fd, self.stderr_path = tempfile.mkstemp(prefix="wsgate-agent-", suffix=".log")
+        os.close(fd)
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([gw.wsgate_bin(), "agent", "--listen", self.listen, "--grace", grace,
+                                      "--scrollback", scrollback, "--"] + list(cmd),
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._err)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.stderr()}")
+            if "agent listening" in self.stderr():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("agent not listening:\n" + self.stderr())
+
+    @property
+    def url(self):
+        if self.listen.startswith("unix:"):
+            return self.listen
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def logs(self):
+        out = []
+        for line in self.stderr().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._err.close()
+        return self.proc.returncode
+
+    def children(self):
+        """(pid, state) of every process whose parent is the agent."""
+        out = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            rest = st[st.rindex(")") + 2:].split()
+            if int(rest[1]) == self.pid:
+                out.append((int(d), rest[0]))
+        return out
+
+
+@pytest.fixture
+def agent():
+    made = []
+
+    def factory(**kw):
+        a = Agent(**kw)
+        made.append(a)
+        return a
+
+    yield factory
+    for a in made:
+        a.stop()
+    for a in made:
+        bad = [l for l in a.stderr().splitlines() if any(p in l for p in gw.SANITIZER_PATTERNS)]
+        assert not bad, "sanitizer report in agent stderr:\n" + a.stderr()[-6000:]
+
+
+@pytest.fixture(scope="module")
+def tgw():
+    g = gw.Gateway(env={"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_TERMINAL_WEB_DIR": WEB_DIR})
+    yield g
+    rc = g.stop()
+    assert not g.sanitizer_errors(), g.stderr()[-6000:]
+    assert rc == 0, g.stderr()[-3000:]
+
+
+def mint(g, alloc, upstream, user="alice", raw=None, headers=None, **extra):
+    body = raw if raw is not None else json.dumps(dict(allocation_id=alloc, upstream=upstream, user_id=user,
+                                                       **extra)).encode()
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    return wsraw.http_request(g.admin_port, "POST", "/v1/terminal/tokens", headers=h, body=body)
+
+
+def token_for(g, alloc, upstream, **kw):
+    r = mint(g, alloc, upstream, **kw)
+    assert r.status == 201, r
+    return r.json()
+
+
+def connect(g, alloc, token, v1=True, path=None, expect_101=False):
+    protos = [SUBPROTO, token] if v1 else [token]
+    return g.ws(path=path or f"/ws/terminal/{alloc}", protocols=protos if token else ([SUBPROTO] if v1 else None),
+                expect_101=expect_101, headers={"X-Correlation-ID": "term-" + os.urandom(6).hex()})
+
+
+def read_until(ws, pattern, timeout=5.0):
+    """Reads binary messages until pattern (bytes regex) matches the
+    accumulated output; returns the output."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    rx = re.compile(pattern)
+    while not rx.search(buf):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{pattern!r} not seen; got {buf[-800:]!r}")
+        try:
+            op, payload, _ = ws.recv_message(timeout=left)
+        except wsraw.Timeout:
+            continue
+        if op == wsraw.OP_BINARY:
+            buf += payload
+    return buf
+
+
+def events(g, outcome, reason):
+    return g.metric("terminal_gateway_ws_events_total", outcome=outcome, reason=reason)
+
+
+def corr_of(ws):
+    return ws.response.header("X-Correlation-ID")
+
+
+# ------------------------------------------------------------------ minting
+
+def test_mint_answer_shape(tgw):
+    r = mint(tgw, "alloc-1", "ws://127.0.0.1:1/", user="bob@example.com", region="uae-north", tenant_id="t1",
+             project_id="p1", ttl_s=30)
+    assert r.status == 201, r
+    j = r.json()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", j["token"])
+    assert j["subprotocol"] == SUBPROTO
+    assert j["url"] == "/ws/terminal/alloc-1"  # same origin without GATEWAY_PUBLIC_WS_BASE_URL
+    assert j["ttl_s"] == 30
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", j["expires_at"])
+    assert abs(j["expires_at_ms"] / 1000 - (time.time() + 30)) < 5
+    assert re.fullmatch(r"[0-9a-f]{32}", j["session_id"])  # generated when absent
+    assert j["allocation_id"] == "alloc-1"
+    # The minted token is never logged.
+    line = tgw.wait_log(lambda l: l.get("msg") == "terminal token minted" and l.get("allocation_id") == "alloc-1")[0]
+    assert line["resource_name"] == "core42:aicloud:uae-north:t1:p1:gpuaas/allocation:alloc-1"
+    assert j["token"] not in tgw.stderr()
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"not json", "invalid_json"),
+    (b"[1,2]", "invalid_json"),
+    (json.dumps({"upstream": "ws://127.0.0.1:1/", "user_id": "u"}).encode(), "missing_field"),
+    (json.dumps({"allocation_id": "a", "user_id": "u"}).encode(), "missing_field"),
+    (json.dumps({"allocation_id": "a", "upstream": "ws://127.0.0.1:1/"}).encode(), "missing_field"),
+    (json.dumps({"allocation_id": "a/b", "upstream": "ws://h:1/", "user_id": "u"}).encode(), "invalid_allocation_id"),
+    (json.dumps({"allocation_id": "a", "upstream": "http://h:1/", "user_id": "u"}).encode(), "invalid_upstream"),
+    (json.dumps({"allocation_id": "a", "upstream": "nonsense", "user_id": "u"}).encode(), "invalid_upstream"),
+    (json.dumps({"allocation_id": "a", "upstream": "ws://h:1/", "user_id": "u\r\nX: y"}).encode(),
+     "invalid_user_id"),
+    (json.dumps({"allocation_id": "a", "upstream": "ws://h:1/", "user_id": "u", "session_id": "a b"}).encode(),
+     "invalid_session_id"),
+    (json.dumps({"allocation_id": "a", "upstream": "ws://h:1/", "user_id": "u", "ttl_s": 601}).encode(),
+     "invalid_ttl"),
+    (json.dumps({"allocation_id": "a", "upstream": "ws://h:1/", "user_id": "u", "ttl_s": 0}).encode(),
+     "invalid_ttl"),
+    (json.dumps({"allocation_id": "a", "upstream": "ws://h:1/", "user_id": "u", "ttl_s": "60"}).encode(),
+     "invalid_ttl"),
+])
+def test_mint_bad_input(tgw, body, code):
+    r = mint(tgw, None, None, raw=body)
+    assert r.status == 400, r
+    j = r.json()
+    assert j["code"] == code, j
+    assert j["correlation_id"] and j["details"]["trace_id"]
+
+
+def test_mint_needs_admin_token(make_gateway):
+    g = make_gateway(env={"GATEWAY_ADMIN_TOKEN": "adm1n"})
+    r = mint(g, "a", "ws://127.0.0.1:1/")
+    assert r.status == 401 and r.json()["code"] == "unauthorized"
+    r = mint(g, "a", "ws://127.0.0.1:1/", headers={"Authorization": "Bearer wrong"})
+    assert r.status == 401
+    r = mint(g, "a", "ws://127.0.0.1:1/", headers={"Authorization": "Bearer adm1n"})
+    assert r.status == 201
+    # Not on the public listener at all.
+    r = wsraw.http_request(g.port, "POST", "/v1/terminal/tokens", body=b"{}",
+                           headers={"Authorization": "Bearer adm1n"})
+    assert r.status == 404
+
+
+def test_token_cli(make_gateway, agent):
+    a = agent()
+    g = make_gateway(env={"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_ADMIN_TOKEN": "adm1n"})
+    env = {"GATEWAY_ADMIN_HTTP_ADDR": f"127.0.0.1:{g.admin_port}", "GATEWAY_ADMIN_TOKEN": "adm1n"}
+    r = gw.run_cli(["token", "--allocation", "cli-1", "--upstream", a.url, "--user", "carol", "--session",
+                    "cli-sess", "--ttl", "120"], env=env)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["session_id"] == "cli-sess" and j["ttl_s"] == 120 and j["subprotocol"] == SUBPROTO
+    ws = connect(g, "cli-1", j["token"])
+    assert ws.response.status == 101, ws.response
+    ws.send_binary(b"echo cli-$((40+2))\n")
+    read_until(ws, rb"cli-42")
+    ws.close()
+    # Refusals exit 1 with the envelope on stderr; usage errors exit 2.
+    r = gw.run_cli(["token", "--allocation", "x/y", "--upstream", a.url, "--user", "c"], env=env)
+    assert r.returncode == 1 and b"invalid_allocation_id" in r.stderr
+    r = gw.run_cli(["token", "--allocation", "x", "--upstream", a.url, "--user", "c"],
+                   env={"GATEWAY_ADMIN_HTTP_ADDR": f"127.0.0.1:{g.admin_port}"})
+    assert r.returncode == 1 and b"401" in r.stderr
+    r = gw.run_cli(["token", "--allocation", "x"], env=env)
+    assert r.returncode == 2
+
+
+# ------------------------------------------------------------------ refusals
+
+def refused(g, ws, status, code):
+    r = ws.response
+    assert r.status == status, r
+    j = json.loads(r.body)
+    assert j["code"] == code, j
+    assert j["correlation_id"] == r.header("X-Correlation-ID")
+    assert j["details"]["trace_id"] == r.header("X-Trace-ID")
+
+
+def test_refusal_missing_token(tgw):
+    before = events(tgw, "rejected", "missing_token")
+    ws = connect(tgw, "a1", None)
+    refused(tgw, ws, 401, "missing_token")
+    ws = connect(tgw, "a1", None, v1=False)  # no Sec-WebSocket-Protocol at all
+    refused(tgw, ws, 401, "missing_token")
+    assert events(tgw, "rejected", "missing_token") == before + 2
+
+
+def test_refusal_unknown_token(tgw):
+    before = events(tgw, "rejected", "unknown_token")
+    ws = connect(tgw, "a1", "A" * 43)
+    refused(tgw, ws, 401, "unknown_token")
+    ws = connect(tgw, "a1", "not-a-token")
+    refused(tgw, ws, 401, "unknown_token")
+    assert events(tgw, "rejected", "unknown_token") == before + 2
+
+
+def test_refusal_expired_token(tgw, agent):
+    a = agent()
+    tok = token_for(tgw, "exp-1", a.url, ttl_s=1)["token"]
+    time.sleep(1.3)
+    before = events(tgw, "rejected", "expired_token")
+    ws = connect(tgw, "exp-1", tok)
+    refused(tgw, ws, 401, "expired_token")
+    assert events(tgw, "rejected", "expired_token") == before + 1
+    assert not [l for l in a.logs() if l.get("msg") == "agent session started"], "agent was dialled"
+
+
+def test_refusal_replayed_token(tgw, agent):
+    a = agent()
+    tok = token_for(tgw, "rep-1", a.url)["token"]
+    ws = connect(tgw, "rep-1", tok)
+    assert ws.response.status == 101
+    before = events(tgw, "rejected", "token_replayed")
+    before_replay = tgw.metric("terminal_token_replay_rejected_total")
+    ws2 = connect(tgw, "rep-1", tok)
+    refused(tgw, ws2, 403, "token_replayed")
+    assert events(tgw, "rejected", "token_replayed") == before + 1
+    assert tgw.metric("terminal_token_replay_rejected_total") == before_replay + 1
+    ws.close()
+
+
+def test_refusal_token_in_query(tgw, agent):
+    a = agent()
+    tok = token_for(tgw, "q-1", a.url)["token"]
+    before = events(tgw, "rejected", "token_in_query")
+    for q in (f"?token={tok}", f"?access_token={tok}", f"?x=1&Token={tok}"):
+        ws = connect(tgw, "q-1", tok, path=f"/ws/terminal/q-1{q}")
+        refused(tgw, ws, 400, "token_in_query")
+    assert events(tgw, "rejected", "token_in_query") == before + 3
+    # Refused, never used: the token is still good, and never logged.
+    assert tok not in tgw.stderr()
+    ws = connect(tgw, "q-1", tok)
+    assert ws.response.status == 101
+    ws.close()
+
+
+def test_refusal_allocation_mismatch(tgw, agent):
+    a = agent()
+    tok = token_for(tgw, "alloc-A", a.url)["token"]
+    before = events(tgw, "rejected", "allocation_mismatch")
+    ws = connect(tgw, "alloc-B", tok)
+    refused(tgw, ws, 403, "allocation_mismatch")
+    assert events(tgw, "rejected", "allocation_mismatch") == before + 1
+    # The token was burned by the mismatched use.
+    ws = connect(tgw, "alloc-A", tok)
+    refused(tgw, ws, 403, "token_replayed")
+    line = tgw.wait_log(lambda l: l.get("msg") == "terminal refused" and l.get("reason") == "allocation_mismatch")[-1]
+    assert line["resource_name"].endswith("gpuaas/allocation:alloc-A")
+
+
+def test_refusal_bad_path(tgw):
+    ws = connect(tgw, "x", "A" * 43, path="/ws/terminal/")
+    refused(tgw, ws, 400, "invalid_allocation_id")
+    ws = connect(tgw, "x", "A" * 43, path="/ws/terminal/a/b")
+    refused(tgw, ws, 400, "invalid_allocation_id")
+
+
+def test_tokens_not_in_logs_or_metrics(tgw, agent):
+    a = agent()
+    toks = [token_for(tgw, "nolog", a.url)["token"] for _ in range(3)]
+    ws = connect(tgw, "nolog", toks[0])
+    assert ws.response.status == 101
+    assert ws.subprotocol == SUBPROTO
+    ws.close()
+    connect(tgw, "nolog", toks[0])  # replay
+    connect(tgw, "other", toks[1])  # mismatch
+    connect(tgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
+    time.sleep(0.2)
+    text = tgw.stderr() + tgw.admin_get("/metrics").body.decode()
+    for t in toks:
+        assert t not in text
+    # Nor does the agent ever see it.
+    for t in toks:
+        assert t not in a.stderr()
+
+
+# ------------------------------------------------------------------ agent auth
+
+def test_agent_refuses_without_or_with_wrong_secret(agent):
+    a = agent()
+    ws = wsraw.WS(a.port, path="/", expect_101=False)
+    assert ws.response.status == 401
+    assert json.loads(ws.response.body)["code"] == "missing_agent_secret"
+    ws = wsraw.WS(a.port, path="/", expect_101=False, headers={"Authorization": "Bearer nope"})
+    assert ws.response.status == 403
+    assert json.loads(ws.response.body)["code"] == "invalid_agent_secret"
+    ws = wsraw.WS(a.port, path="/", expect_101=False, headers={"Authorization": f"Bearer {SECRET}x"})
+    assert ws.response.status == 403
+    ws = wsraw.WS(a.port, path="/", expect_101=False, headers={"Authorization": f"Bearer {SECRET}"})
+    assert ws.response.status == 101
+    ws.close()
+    assert not [l for l in a.logs() if l.get("msg") == "agent session started" and False]
+
+
+def test_gateway_passes_agent_refusal(make_gateway, agent):
+    a = agent()
+    g = make_gateway(env={"GATEWAY_AGENT_SECRET": "wrong-secret"})
+    tok = token_for(g, "wrong", a.url)["token"]
+    ws = connect(g, "wrong", tok)
+    assert ws.response.status == 403, ws.response
+    assert json.loads(ws.response.body)["code"] == "invalid_agent_secret"
+    g2 = make_gateway()  # no secret at all
+    tok = token_for(g2, "none", a.url)["token"]
+    ws = connect(g2, "none", tok)
+    assert ws.response.status == 401, ws.response
+
+
+def test_agent_without_secret_loopback_only(tmp_path):
+    env = gw.base_env()
+    env.pop("GATEWAY_AGENT_SECRET", None)
+    for addr in ("0.0.0.0:0", ":0", "[::]:0"):
+        r = subprocess.run([gw.wsgate_bin(), "agent", "--listen", addr], env=env, capture_output=True, timeout=10)
+        assert r.returncode == 2, (addr, r)
+        assert b"GATEWAY_AGENT_SECRET" in r.stderr
+    # A unix socket is fine without a secret.
+    a = Agent(secret=None, listen=f"unix:{tmp_path}/agent.sock")
+    try:
+        assert os.path.exists(f"{tmp_path}/agent.sock")
+    finally:
+        a.stop()
+
+
+# ------------------------------------------------------------------ sessions
+
+def test_relay_bytes_and_headers(tgw, agent):
+    a = agent()
+    j = token_for(tgw, "relay-1", a.url, user="dave", session_id="sess-relay", region="r1", tenant_id="t",
+                  project_id="p")
+    ws = connect(tgw, "relay-1", j["token"])
+    assert ws.response.status == 101, ws.response
+    assert ws.subprotocol == SUBPROTO
+    ws.send_binary(b"echo hello-$((6*7)) $WSGATE_SESSION_ID $WSGATE_USER_ID ${GATEWAY_AGENT_SECRET:-nosecret}\n")
+    out = read_until(ws, rb"hello-42 \S+ \S+ \S+")
+    assert b"hello-42 sess-relay dave nosecret" in out
+    line = a.logs()
+    started = [l for l in line if l.get("msg") == "agent session started"][-1]
+    assert started["session_id"] == "sess-relay" and started["user"] == "dave"
+    assert started["allocation_id"] == "relay-1"
+    assert [l for l in a.logs() if l.get("msg") == "agent session attached"][-1]["correlation_id"] == corr_of(ws)
+    ws.send_close(1000)
+    ws.expect_close()
+    close = tgw.ws_close_log(corr_of(ws))
+    assert close["resource_name"] == "core42:aicloud:r1:t:p:gpuaas/allocation:relay-1"
+    assert close["session_id"] == "sess-relay"
+    opened = tgw.wait_log(lambda l: l.get("msg") == "ws open" and l.get("correlation_id") == corr_of(ws))[0]
+    assert opened["resource_name"] == close["resource_name"] and opened["session_id"] == "sess-relay"
+    assert events(tgw, "accepted", "ok") >= 1
+
+
+def test_token_alone_selects_token(tgw, agent):
+    a = agent()
+    tok = token_for(tgw, "alone", a.url)["token"]
+    ws = connect(tgw, "alone", tok, v1=False)
+    assert ws.response.status == 101
+    assert ws.subprotocol == tok  # so browsers accept the 101
+    ws.send_binary(b"echo alone-$((1+1))\n")
+    read_until(ws, rb"alone-2")
+    ws.close()
+
+
+def test_resize(tgw, agent):
+    a = agent()
+    ws = connect(tgw, "rs", token_for(tgw, "rs", a.url)["token"])
+    ws.send_text(json.dumps({"type": "resize", "cols": 123, "rows": 45}))
+    ws.send_binary(b"stty size\n")
+    read_until(ws, rb"45 123")
+    ws.send_text(json.dumps({"type": "resize", "cols": 80, "rows": 20}))
+    ws.send_text("garbage that is not json")  # ignored
+    ws.send_text(json.dumps({"type": "unknown"}))  # ignored
+    ws.send_binary(b"stty size\n")
+    read_until(ws, rb"20 80")
+    ws.close()
+
+
+def test_exit_status(tgw, agent):
+    a = agent()
+    ws = connect(tgw, "ex", token_for(tgw, "ex", a.url)["token"])
+    ws.send_binary(b"echo bye; exit 3\n")
+    f = ws.expect_close()
+    assert f.close_code == 1000 and f.close_reason == "exit 3", f
+    ws.send_close(1000)
+    close = tgw.ws_close_log(corr_of(ws))
+    assert close["cause"] in ("graceful", "upstream_closed")
+    gw.wait_until(lambda: [l for l in a.logs() if l.get("msg") == "agent session ended"
+                           and l.get("status") == "exit 3"], what="agent logs the exit")
+
+
+def test_reattach_with_scrollback(tgw, agent):
+    a = agent(grace="30s")
+    sid = "reattach-" + os.urandom(4).hex()
+    ws = connect(tgw, "ra", token_for(tgw, "ra", a.url, session_id=sid)["token"])
+    ws.send_binary(b"MYVAR=kept-$((7*6)); echo marker-$((100+23))\n")
+    read_until(ws, rb"marker-123")
+    shell = [p for p, _ in a.children()]
+    assert len(shell) == 1
+    ws.reset()  # the browser side drops without a close
+    time.sleep(0.3)
+    gw.wait_until(lambda: [l for l in a.logs() if l.get("msg") == "agent session detached"], what="detach")
+    # A new token, same session: the same shell, its recent output first.
+    ws2 = connect(tgw, "ra", token_for(tgw, "ra", a.url, session_id=sid)["token"])
+    assert ws2.response.status == 101
+    replay = read_until(ws2, rb"marker-123")
+    assert b"MYVAR=kept" in replay  # the echoed command line is in the scrollback too
+    ws2.send_binary(b"echo got=$MYVAR\n")
+    read_until(ws2, rb"got=kept-42")
+    assert [p for p, _ in a.children()] == shell
+    assert [l for l in a.logs() if l.get("msg") == "agent session re-attached" and l.get("session_id") == sid]
+    ws2.close()
+
+
+def test_grace_expiry_kills_and_reaps(tgw, agent):
+    a = agent(grace="1s")
+    sid = "grace-" + os.urandom(4).hex()
+    ws = connect(tgw, "gr", token_for(tgw, "gr", a.url, session_id=sid)["token"])
+    ws.send_binary(b"GVAR=old; echo ready-$((2*2))\n")
+    read_until(ws, rb"ready-4")
+    pid = a.children()[0][0]
+    ws.reset()
+    gw.wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=8, what="shell killed and reaped")
+    assert [l for l in a.logs() if l.get("msg") == "agent session grace expired"]
+    assert a.children() == []
+    # The same session id now starts a fresh shell.
+    ws2 = connect(tgw, "gr", token_for(tgw, "gr", a.url, session_id=sid)["token"])
+    ws2.send_binary(b"echo gvar=${GVAR:-unset}\n")
+    read_until(ws2, rb"gvar=unset")
+    ws2.close()
+
+
+def test_agent_killed(tgw, agent):
+    a = agent()
+    ws = connect(tgw, "kill", token_for(tgw, "kill", a.url)["token"])
+    ws.send_binary(b"echo up-$((3*3))\n")
+    read_until(ws, rb"up-9")
+    shell = a.children()[0][0]
+    os.kill(a.pid, signal.SIGKILL)
+    a.proc.wait(5)
+    f = ws.expect_close(timeout=10)
+    assert f.close_code == 1014, f
+    close = tgw.ws_close_log(corr_of(ws), timeout=10)
+    assert close["cause"] == "upstream_closed"
+    assert close["session_id"] and close["resource_name"].endswith("allocation:kill")
+    # The orphaned shell gets SIGHUP from the PTY hang-up; do not leave it.
+    try:
+        os.kill(shell, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_agent_unreachable(tgw):
+    port = gw.free_port()
+    ws = connect(tgw, "down", token_for(tgw, "down", f"ws://127.0.0.1:{port}/")["token"])
+    assert ws.response.status == 502, ws.response
+    assert json.loads(ws.response.body)["code"] == "upstream_unavailable"
+
+
+def test_no_zombies(tgw, agent):
+    a = agent(grace="1s")
+    socks = []
+    for i in range(4):
+        ws = connect(tgw, "z", token_for(tgw, "z", a.url, session_id=f"z{i}")["token"])
+        ws.send_binary(b"sleep 30 & echo started-$((1+1))\n")
+        read_until(ws, rb"started-2")
+        socks.append(ws)
+    socks[0].send_binary(b"exit 0\n")
+    assert socks[0].expect_close().close_reason == "exit 0"
+    socks[1].send_binary(b"kill -9 $$\n")
+    assert socks[1].expect_close().close_reason == "signal 9"
+    socks[2].reset()  # grace expiry
+    socks[3].send_close(1000)  # clean close, then grace expiry
+    socks[3].expect_close()
+
+    def settled():
+        kids = a.children()
+        return all(st != "Z" for _, st in kids) and not [p for p, st in kids if st != "Z" and
+                                                         open(f"/proc/{p}/cmdline").read().startswith("/bin/sh")]
+    gw.wait_until(settled, timeout=10, what="no shells and no zombies under the agent")
+    time.sleep(0.5)
+    assert [st for _, st in a.children() if st == "Z"] == []
+    # No leaked PTY master: the agent holds no /dev/ptmx descriptor now.
+    fds = [os.readlink(f"/proc/{a.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{a.pid}/fd")]
+    assert not [f for f in fds if "ptmx" in f], fds
+
+
+def test_flow_control_bounded_memory(agent):
+    a = agent()
+
+    def rss():
+        with open(f"/proc/{a.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    ws = wsraw.WS(a.port, path="/", headers={"Authorization": f"Bearer {SECRET}"})
+    ws.send_binary(b"echo go-$((5*5))\n")
+    read_until(ws, rb"go-25")
+    base = rss()
+    ws.send_binary(b"yes flood-flood-flood-flood-flood-flood\n")
+    time.sleep(2.5)  # not reading: the agent must stop reading the PTY
+    grown = rss() - base
+    assert grown < 40 * 1024, f"agent RSS grew {grown} KiB while the client did not read"
+    shell = [p for p, _ in a.children()][0]
+    kids = open(f"/proc/{shell}/task/{shell}/children").read().split()
+    assert kids, "yes is running"
+    with open(f"/proc/{kids[0]}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    assert state == "S", f"yes should be blocked on the PTY, is {state}"
+    ws.reset()
+
+
+def test_unix_socket_agent(tgw, agent, tmp_path):
+    a = agent(listen=f"unix:{tmp_path}/a.sock")
+    ws = connect(tgw, "ux", token_for(tgw, "ux", a.url)["token"])
+    assert ws.response.status == 101, ws.response
+    ws.send_binary(b"echo unix-$((4*4))\n")
+    read_until(ws, rb"unix-16")
+    ws.close()
+
+
+# ------------------------------------------------------------------ page
+
+def test_page_served(tgw):
+    r = tgw.get("/terminal/")
+    assert r.status == 200 and b"xterm" in r.body
+    assert "default-src 'self'" in r.header("Content-Security-Policy")
+    for p in ("/terminal/terminal.js", "/terminal/vendor/xterm.js", "/terminal/vendor/addon-fit.js",
+              "/terminal/vendor/xterm.css"):
+        r = tgw.get(p)
+        assert r.status == 200 and len(r.body) > 100, p
+    r = tgw.get("/terminal/config.json")
+    j = r.json()
+    assert j == {"ws_base_url": "", "token_url": "", "subprotocol": SUBPROTO, "demo": False,
+                 "demo_allocation": ""}
+    assert tgw.get("/terminal/../etc/passwd").status in (400, 404)
+    assert tgw.get("/terminal/nope.js").status == 404
+    assert tgw.get("/terminal").status == 301
+    # No demo issuer unless asked for.
+    r = wsraw.http_request(tgw.port, "POST", "/terminal/demo-token", body=b"{}")
+    assert r.status in (404, 405)
+
+
+def test_demo_issuer(make_gateway, agent):
+    a = agent()
+    g = make_gateway(env={"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_TERMINAL_WEB_DIR": WEB_DIR,
+                          "GATEWAY_TERMINAL_DEMO_UPSTREAM": a.url,
+                          "GATEWAY_PUBLIC_WS_BASE_URL": "wss://edge.example.com/"})
+    assert [l for l in g.logs() if l.get("msg") == "DEMO TOKEN ISSUER ENABLED"]
+    j = g.get("/terminal/config.json").json()
+    assert j["token_url"] == "/terminal/demo-token" and j["demo"] is True and j["demo_allocation"] == "demo"
+    assert j["ws_base_url"] == "wss://edge.example.com"
+    r = wsraw.http_request(g.port, "POST", "/terminal/demo-token?allocation_id=demo&session_id=demo-s1")
+    assert r.status == 201, r
+    t = r.json()
+    assert t["url"] == "wss://edge.example.com/ws/terminal/demo" and t["session_id"] == "demo-s1"
+    ws = connect(g, "demo", t["token"])
+    assert ws.response.status == 101
+    ws.send_binary(b"echo demo-$((8*8))\n")
+    read_until(ws, rb"demo-64")
+    ws.close()
+    r = wsraw.http_request(g.port, "POST", "/terminal/demo-token?session_id=bad%20id")
+    assert r.status == 400
+
+
+def test_bad_demo_upstream_fails_startup():
+    r = gw.run_cli(["serve"], env={"GATEWAY_TERMINAL_DEMO_UPSTREAM": "http://x/", "GATEWAY_PUBLIC_HTTP_ADDR":
+                                   f"127.0.0.1:{gw.free_port()}", "GATEWAY_AUTHENTICATED_GRPC_ADDR": ""})
+    assert r.returncode == 2 and b"GATEWAY_TERMINAL_DEMO_UPSTREAM" in r.stderr
+
+
+def test_token_alone_not_logged(tgw, agent):
+    a = agent()
+    tok = token_for(tgw, "alone-log", a.url)["token"]
+    ws = connect(tgw, "alone-log", tok, v1=False)
+    assert ws.response.status == 101
+    ws.close()
+    time.sleep(0.2)
+    assert tok not in tgw.stderr()
