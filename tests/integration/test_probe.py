@@ -209,8 +209,6 @@ def test_close_code_from_the_gateway_draining(make_gateway, probes):
     assert g.wait(10) == 0
 
 
-@pytest.mark.xfail(reason="GATEWAY_ECHO_IDLE_TIMEOUT is parsed but not applied to the /probe/ws route "
-                          "(server.c keeps idle_ms = 90000)", strict=False)
 def test_close_code_from_the_echo_idle_limit(make_gateway, probes):
     # The echo route closes idle connections with 1000; the probe's pings
     # count as messages, so ping less often than the limit.
