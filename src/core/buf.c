@@ -18,7 +18,7 @@ int gw_buf_reserve(gw_buf *b, size_t n, size_t max)
         return GW_OK;
     }
     size_t want = (size_t)b->len + n;
-    size_t cap = b->cap ? b->cap : 1024;
+    size_t cap = b->cap ? b->cap : 4096; /* a page: first growths cost no copy */
     while (cap < want)
         cap *= 2;
     if (cap > max && want <= max)

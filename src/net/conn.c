@@ -323,7 +323,6 @@ void gw_conn_pause(gw_conn *c, int paused)
 typedef struct stage_slot {
     gw_buf buf;
     gw_conn *owner;
-    int deferred; /* uncorked by the loop before it sleeps */
 } stage_slot;
 static _Thread_local stage_slot slots[STAGE_SLOTS];
 static _Thread_local gw_task flush_task;
@@ -374,6 +373,10 @@ static int write_direct(gw_conn *c, const struct iovec *iov, int n, size_t total
     return GW_OK;
 }
 
+/* Deferred connections copy writes up to this size into their queue; larger
+ * ones go out at once with whatever waits. */
+#define DEFER_COPY_MAX (64 * 1024)
+
 /* Writes above this size skip the stage: copying them would cost more than
  * the system call the stage saves. */
 #define STAGE_COPY_MAX (1024u * 1024)
@@ -382,8 +385,34 @@ int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
 {
     if (c->flags & GW_CONN_F_ERROR)
         return GW_ERR;
-    if (c->out.len || (c->flags & GW_CONN_F_HANDSHAKE)) {
-        /* Bytes already wait: append behind them to keep the order. */
+    if ((c->flags & GW_CONN_F_DEFER) && !(c->flags & GW_CONN_F_HANDSHAKE) && n < 15) {
+        size_t total = 0;
+        for (int i = 0; i < n; i++)
+            total += iov[i].iov_len;
+        if (total > DEFER_COPY_MAX) {
+            /* Large writes are not worth a copy: send what waits and this
+             * together now, in one call. */
+            struct iovec all[16];
+            int k = 0;
+            size_t waiting = c->out.len;
+            if (waiting) {
+                all[k].iov_base = gw_buf_head(&c->out);
+                all[k++].iov_len = waiting;
+            }
+            memcpy(all + k, iov, (size_t)n * sizeof *iov);
+            if (!waiting)
+                return write_direct(c, all, n, total);
+            /* out's bytes are re-queued by write_direct if not all go. */
+            gw_buf tmp = c->out;
+            c->out = (gw_buf){0};
+            int rc = write_direct(c, all, n + k, total + waiting);
+            gw_buf_release(&tmp);
+            return rc;
+        }
+    }
+    if (c->out.len || (c->flags & (GW_CONN_F_HANDSHAKE | GW_CONN_F_DEFER))) {
+        /* Bytes already wait (or the connection is deferred): append behind
+         * them to keep the order. */
         if (queue_iov(&c->out, iov, n, 0) != GW_OK) {
             c->flags |= GW_CONN_F_ERROR;
             return GW_ERR;
@@ -448,12 +477,11 @@ void gw_conn_cork(gw_conn *c)
      * batch is being processed, and the peers a relay writes to meanwhile);
      * with output already queued, writes append to the queue in order
      * instead. */
-    if ((c->flags & GW_CONN_F_CORKED) || c->out.len || (c->flags & GW_CONN_F_HANDSHAKE) || c->io.fd < 0)
+    if ((c->flags & (GW_CONN_F_CORKED | GW_CONN_F_HANDSHAKE | GW_CONN_F_DEFER)) || c->out.len || c->io.fd < 0)
         return;
     for (int i = 0; i < STAGE_SLOTS; i++) {
         if (!slots[i].owner) {
             slots[i].owner = c;
-            slots[i].deferred = 0;
             slots[i].buf.head = slots[i].buf.len = 0;
             c->flags |= GW_CONN_F_CORKED;
             return;
@@ -481,25 +509,30 @@ int gw_conn_uncork(gw_conn *c)
     return rc;
 }
 
+static _Thread_local gw_list deferred_conns;
+
 static void flush_deferred(gw_task *t)
 {
     GW_UNUSED(t);
-    for (int i = 0; i < STAGE_SLOTS; i++) {
-        gw_conn *c = slots[i].owner;
-        if (c && slots[i].deferred && gw_conn_uncork(c) != GW_OK)
-            gw_conn_update(c); /* the owner learns of the error at its next write or event */
+    while (deferred_conns.next && !gw_list_empty(&deferred_conns)) {
+        gw_conn *c = gw_container_of(deferred_conns.next, gw_conn, defer_node);
+        gw_list_remove(&c->defer_node);
+        c->flags &= ~GW_CONN_F_DEFER;
+        /* A failed write marks the connection dead; its owner learns it from
+         * the error event the kernel reports, or at its next write. */
+        gw_conn_flush(c);
     }
 }
 
 void gw_conn_cork_deferred(gw_conn *c)
 {
-    if (c->flags & GW_CONN_F_CORKED)
-        return; /* already corked by its own batch: that batch's uncork sends */
-    gw_conn_cork(c);
-    stage_slot *sl = slot_of(c);
-    if (!sl)
+    /* A connection corked by its own batch sends at that batch's end. */
+    if (c->flags & (GW_CONN_F_DEFER | GW_CONN_F_ERROR | GW_CONN_F_CORKED | GW_CONN_F_HANDSHAKE) || c->io.fd < 0)
         return;
-    sl->deferred = 1;
+    if (!deferred_conns.next)
+        gw_list_init(&deferred_conns);
+    c->flags |= GW_CONN_F_DEFER;
+    gw_list_insert_tail(&deferred_conns, &c->defer_node);
     flush_task.fn = flush_deferred;
     gw_loop_pending(c->loop, &flush_task);
 }
@@ -527,7 +560,8 @@ void gw_conn_close(gw_conn *c)
     stage_slot *sl = slot_of(c);
     if (sl)
         sl->owner = NULL;
-    c->flags &= ~GW_CONN_F_CORKED;
+    c->flags &= ~(GW_CONN_F_CORKED | GW_CONN_F_DEFER);
+    gw_list_remove(&c->defer_node);
     if (c->io.fd >= 0) {
         gw_io_stop(c->loop, &c->io);
         c->tp->free(c);

@@ -43,6 +43,7 @@ typedef struct gw_transport {
 #define GW_CONN_F_CORKED 0x20u     /* writes go to the staging buffer */
 #define GW_CONN_F_WSHUT 0x40u      /* write side shut down */
 #define GW_CONN_F_ERROR 0x80u      /* a write failed: the connection is dead */
+#define GW_CONN_F_DEFER 0x100u     /* writes queue in out until the loop is about to sleep */
 
 #define GW_CONN_OUT_MAX (64u * 1024 * 1024) /* hard cap on queued output */
 
@@ -55,6 +56,7 @@ struct gw_conn {
     gw_buf out;     /* output the kernel has not taken yet */
     uint32_t flags; /* GW_CONN_F_* */
     int err;        /* errno (or -1 for TLS errors) of the last failure */
+    gw_list defer_node; /* on the thread's deferred-flush list while GW_CONN_F_DEFER */
 };
 
 extern const gw_transport gw_transport_plain;
@@ -78,8 +80,11 @@ int gw_conn_write(gw_conn *c, const void *p, size_t n);
  * interest is then on), GW_ERR. */
 int gw_conn_flush(gw_conn *c);
 void gw_conn_cork(gw_conn *c);
-/* Corks c until the loop is about to sleep: writes made to it from other
- * connections' callbacks in this iteration leave in one system call. */
+/* Defers c's writes until the loop is about to sleep: writes made to it
+ * from other connections' callbacks in this iteration (a relay forwarding
+ * many messages from many peers) leave in one system call. Any number of
+ * connections may be deferred at once; the bytes wait in c->out, so the
+ * owner's backpressure checks (gw_conn_queued) see them. */
 void gw_conn_cork_deferred(gw_conn *c);
 int gw_conn_uncork(gw_conn *c);
 static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }

@@ -454,8 +454,13 @@ static void up_message(gw_wsc *up, int opcode, uint8_t *p, size_t n)
     /* Backpressure: stop reading the upstream while the client's queue is
      * long; gw_relay_client_drained() resumes it. */
     if (gw_conn_queued(&c->conn) > GW_OUT_HIGH && !wsc->up_paused) {
-        wsc->up_paused = 1;
-        gw_wsc_pause(up, 1);
+        /* Try the socket first: what stays queued then has write interest,
+         * whose event resumes the upstream. */
+        gw_conn_flush(&c->conn);
+        if (gw_conn_queued(&c->conn) > GW_OUT_HIGH) {
+            wsc->up_paused = 1;
+            gw_wsc_pause(up, 1);
+        }
     }
 }
 
@@ -500,8 +505,11 @@ static void down_message(gw_ws *ws, int opcode, uint8_t *p, size_t n)
     if (uws)
         gw_conn_cork_deferred(uws->conn);
     gw_wsc_send(wsc->up, opcode, p, n);
-    if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH)
-        gw_conn_pause(&c->conn, 1); /* resumed by up_drain */
+    if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH && uws) {
+        gw_conn_flush(uws->conn); /* what stays queued has write interest: up_drain resumes us */
+        if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH)
+            gw_conn_pause(&c->conn, 1);
+    }
 }
 
 static void down_peer_close(gw_ws *ws, unsigned code, const uint8_t *reason, size_t n)
