@@ -11,6 +11,7 @@
 # Starts and stops only its own processes, by PID, also on failure.
 set -u
 cd "$(dirname "$0")" || exit 2
+. ./lib.sh
 
 BIN=../build/bench
 WSGATE=${WSGATE_BIN:-../build/wsgate}
@@ -32,20 +33,6 @@ RESULTS=$BIN/echo-results.txt
 SERVER_PID=""
 LOADGEN_PID=""
 STATUS=0
-
-log() { printf '%s\n' "$*" >&2; }
-
-stop_pid() { # pid: TERM, then KILL after 5 s; reaps it
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return; }
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
 
 cleanup() {
     [ -n "$LOADGEN_PID" ] && stop_pid "$LOADGEN_PID"
@@ -76,8 +63,6 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 200)) ]; then
     log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
 fi
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # Runs the load generator pinned, in the background of this shell (not in a
 # $(...) subshell) so that the trap knows its PID and can stop it. Its
 # key=value result line is left in LINE; its stderr goes to lg.err.
@@ -93,17 +78,7 @@ loadgen() {
     return $rc
 }
 
-kv() { # line key -> value
-    local k
-    for k in $1; do
-        case $k in "$2"=*) printf '%s' "${k#*=}"; return;; esac
-    done
-    printf '?'
-}
-
-num() { case $1 in ''|*[!0-9]*) echo 1;; *) echo "$1";; esac; } # errors: unknown counts as 1
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 
 # Waits until the server answers: /readyz 200 for wsgate, a TCP accept for
 # the others. Then one real WebSocket echo on the benchmark path.

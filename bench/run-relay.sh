@@ -19,6 +19,7 @@
 # Starts and stops only its own processes, by PID, also on failure.
 set -u
 cd "$(dirname "$0")" || exit 2
+. ./lib.sh
 
 BIN=../build/bench
 WSGATE=${WSGATE_BIN:-../build/wsgate}
@@ -50,20 +51,6 @@ RELAY_PID=""              # set by start_relay
 declare -A PID            # relay name -> PID, while it runs
 LOADGEN_PID=""
 STATUS=0
-
-log() { printf '%s\n' "$*" >&2; }
-
-stop_pid() { # pid: TERM, then KILL after 5 s; reaps it
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return; }
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
 
 cleanup() {
     [ -n "$LOADGEN_PID" ] && stop_pid "$LOADGEN_PID"
@@ -121,7 +108,6 @@ MAXCONN=$((MAXCONN + 500))
 NGINX_CONNS=$((2 * MAXCONN + 2 * MAXCONN / 15))
 [ "$NOFILE" != unlimited ] && [ "$NGINX_CONNS" -gt "$NOFILE" ] && NGINX_CONNS=$NOFILE
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() { local p=$1; while port_busy "$p"; do p=$((p + 1)); done; echo "$p"; }
 
 # Runs the load generator pinned, in the background of this shell (not in a
@@ -141,17 +127,8 @@ loadgen() {
     return $rc
 }
 
-kv() { # line key -> value
-    local k
-    for k in $1; do
-        case $k in "$2"=*) printf '%s' "${k#*=}"; return;; esac
-    done
-    printf '?'
-}
-
-num() { case $1 in ''|*[!0-9]*) echo 1;; *) echo "$1";; esac; } # errors: unknown counts as 1
 cpu_ticks() { { sed "s/.*) //" "/proc/$1/stat" 2>/dev/null || echo; } | awk '{print $12 + $13}'; }
-rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+
 per_unit() { # ticks count -> microseconds of CPU per unit
     awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" \
         'BEGIN{ if (n + 0 > 0) printf "%.2f", t / hz * 1e6 / n; else print "?" }'
@@ -286,7 +263,6 @@ start_relay() { # name port
         return 1
     fi
 }
-
 
 declare -A R        # R[name.figure] = value (best over the rounds)
 declare -A UNAVAIL  # relays that could not be measured -> why
