@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="build-essential pkg-config libssl-dev zlib1g-dev libjansson-dev clang libclang-rt-14-dev
-      python3 python3-pytest python3-websockets openssl curl procps util-linux"
+      python3 python3-pytest python3-websockets openssl curl procps util-linux chromium"
 
 missing=""
 for p in $PKGS; do
