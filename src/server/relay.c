@@ -576,6 +576,8 @@ void gw_relay_timer(gw_client *c, uint64_t now)
     gw_wsconn *wsc = c->wsc;
     if (!wsc->up || !cfg->ws_ping_interval_ms || wsc->ws.state != GW_WS_OPEN)
         return;
+    if (wsc->up_paused)
+        wsc->up_last_seen_ms = now; /* unread because we paused it, not silent */
     if (now >= wsc->up_last_seen_ms + cfg->ws_pong_timeout_ms) {
         relay_leg *leg = wsc->leg;
         wsc->up = NULL;

@@ -172,6 +172,10 @@ void gw_ws_serve_timer(gw_client *c)
     gw_ws *ws = &wsc->ws;
     uint64_t now = gw_loop_now(c->w->loop);
 
+    /* A client we stopped reading (backpressure) may well be answering our
+     * pings: its bytes wait unread. Silence we caused is not a dead peer. */
+    if (c->conn.flags & GW_CONN_F_PAUSED)
+        wsc->last_seen_ms = now;
     if (wsc->up)
         gw_relay_timer(c, now);
     if (ws->state == GW_WS_CLOSE_SENT) {
