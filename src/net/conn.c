@@ -518,6 +518,11 @@ static void flush_deferred(gw_task *t)
         gw_conn *c = gw_container_of(deferred_conns.next, gw_conn, defer_node);
         gw_list_remove(&c->defer_node);
         c->flags &= ~GW_CONN_F_DEFER;
+        /* With write interest already on, the owner's write event sends the
+         * queue and tells it the queue drained (its backpressure resumes
+         * there): flushing here would drain it silently. */
+        if (c->io.events & GW_EV_WRITE)
+            continue;
         /* A failed write marks the connection dead; its owner learns it from
          * the error event the kernel reports, or at its next write. */
         gw_conn_flush(c);
