@@ -63,7 +63,40 @@ def run_cli(args, env=None, timeout=10):
 ALL = []  # every Gateway started in this pytest process (for sanitizer checks)
 
 
-class Gateway:
+class LoggedProcess:
+    """A process started by a test with its stderr in a file (self.proc,
+    self.stderr_path): reading its log lines and ending it, shared by the
+    gateway, probe and agent wrappers."""
+
+    def stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def logs(self):
+        out = []
+        for line in self.stderr().splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def terminate(self, timeout=10.0):
+        """SIGTERM, then SIGKILL after timeout; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+class Gateway(LoggedProcess):
     def __init__(self, env=None, args=("serve",), tls=None, start=True, ready_timeout=15.0):
         self.port = free_port()
         self.admin_port = free_port()
@@ -145,10 +178,6 @@ class Gateway:
         return self.proc is not None and self.proc.poll() is None
 
     # -- output
-    def stderr(self):
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
     def sanitizer_errors(self):
         return [l for l in self.stderr().splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
 
@@ -164,18 +193,6 @@ class Gateway:
         self._scan_pos = pos + end
         text = data[:end].decode("utf-8", "replace")
         return [l for l in text.splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
-
-    def logs(self):
-        out = []
-        for line in self.stderr().splitlines():
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
 
     def wait_log(self, pred, timeout=5.0, what="log line"):
         deadline = time.monotonic() + timeout

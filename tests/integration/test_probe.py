@@ -19,7 +19,7 @@ import gw
 import wsraw
 
 
-class Probe:
+class Probe(gw.LoggedProcess):
     def __init__(self, legs, interval="200ms", timeout="1s", backoff="200ms", env=None, extra=()):
         self.port = gw.free_port()
         args = [gw.wsgate_bin(), "probe", "--listen", f"127.0.0.1:{self.port}", "--interval", interval,
@@ -66,28 +66,8 @@ class Probe:
         gw.wait_until(lambda: self.value("wsgate_probe_connected", leg=leg) == 1, timeout=timeout,
                       what=f"{leg} connected; stderr:\n{self.stderr()[-2000:]}")
 
-    def stderr(self):
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def logs(self):
-        out = []
-        for line in self.stderr().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
-
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self.terminate()
         self._err.close()
         errs = [l for l in self.stderr().splitlines() if any(p in l for p in gw.SANITIZER_PATTERNS)]
         assert not errs, "sanitizer report in probe stderr:\n" + self.stderr()[-6000:]

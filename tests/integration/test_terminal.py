@@ -25,7 +25,7 @@ WEB_DIR = os.path.join(gw.ROOT, "web")
 
 # ------------------------------------------------------------------ helpers
 
-class Agent:
+class Agent(gw.LoggedProcess):
     """A `wsgate agent` process on a free port (or a unix socket)."""
 
     def __init__(self, secret=SECRET, grace="60s", scrollback="64KiB", listen=None, cmd=("/bin/sh",),
@@ -60,28 +60,8 @@ class Agent:
             return self.listen
         return f"ws://127.0.0.1:{self.port}/"
 
-    def stderr(self):
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def logs(self):
-        out = []
-        for line in self.stderr().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
-
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.terminate()
         self._err.close()
         return self.proc.returncode
 
