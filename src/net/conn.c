@@ -385,7 +385,10 @@ int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
 {
     if (c->flags & GW_CONN_F_ERROR)
         return GW_ERR;
-    if ((c->flags & GW_CONN_F_DEFER) && !(c->flags & GW_CONN_F_HANDSHAKE) && n < 15) {
+    /* (Not while write interest is on: a queue waiting for its event is
+     * drained by that event, which tells the owner it drained.) */
+    if ((c->flags & GW_CONN_F_DEFER) && !(c->flags & GW_CONN_F_HANDSHAKE) && !(c->io.events & GW_EV_WRITE) &&
+        n < 15) {
         size_t total = 0;
         for (int i = 0; i < n; i++)
             total += iov[i].iov_len;

@@ -454,9 +454,11 @@ static void up_message(gw_wsc *up, int opcode, uint8_t *p, size_t n)
     /* Backpressure: stop reading the upstream while the client's queue is
      * long; gw_relay_client_drained() resumes it. */
     if (gw_conn_queued(&c->conn) > GW_OUT_HIGH && !wsc->up_paused) {
-        /* Try the socket first: what stays queued then has write interest,
-         * whose event resumes the upstream. */
-        gw_conn_flush(&c->conn);
+        /* Try the socket first (unless the queue already waits for its write
+         * event): what stays queued has write interest, and that event
+         * resumes the upstream. */
+        if (!(c->conn.io.events & GW_EV_WRITE))
+            gw_conn_flush(&c->conn);
         if (gw_conn_queued(&c->conn) > GW_OUT_HIGH) {
             wsc->up_paused = 1;
             gw_wsc_pause(up, 1);
@@ -506,7 +508,10 @@ static void down_message(gw_ws *ws, int opcode, uint8_t *p, size_t n)
         gw_conn_cork_deferred(uws->conn);
     gw_wsc_send(wsc->up, opcode, p, n);
     if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH && uws) {
-        gw_conn_flush(uws->conn); /* what stays queued has write interest: up_drain resumes us */
+        /* What stays queued has write interest, whose event (up_drain)
+         * resumes us; a queue already waiting for it is left to it. */
+        if (!(uws->conn->io.events & GW_EV_WRITE))
+            gw_conn_flush(uws->conn);
         if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH)
             gw_conn_pause(&c->conn, 1);
     }
@@ -574,7 +579,16 @@ void gw_relay_timer(gw_client *c, uint64_t now)
 {
     const gw_config *cfg = &gw_srv.cfg;
     gw_wsconn *wsc = c->wsc;
-    if (!wsc->up || !cfg->ws_ping_interval_ms || wsc->ws.state != GW_WS_OPEN)
+    if (!wsc->up || wsc->ws.state != GW_WS_OPEN)
+        return;
+    /* Backstop for the drain notifications: a leg paused for a queue that is
+     * no longer long is resumed here at the latest. */
+    if (wsc->up_paused && gw_conn_queued(&c->conn) <= GW_OUT_HIGH)
+        gw_relay_client_drained(c);
+    if ((c->conn.flags & GW_CONN_F_PAUSED) && gw_wsc_queued(wsc->up) <= GW_OUT_HIGH &&
+        gw_conn_queued(&c->conn) <= GW_OUT_HIGH)
+        up_drain(wsc->up);
+    if (!cfg->ws_ping_interval_ms)
         return;
     if (wsc->up_paused)
         wsc->up_last_seen_ms = now; /* unread because we paused it, not silent */
