@@ -16,50 +16,45 @@
 
 /* ============================== plain transport ============================= */
 
+/* After a failed socket call: 1 to retry (EINTR), GW_AGAIN, or GW_ERR with
+ * c->err set. */
+static ssize_t failed(gw_conn *c)
+{
+    if (errno == EINTR)
+        return 1;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return GW_AGAIN;
+    c->err = errno;
+    return GW_ERR;
+}
+
 static ssize_t plain_read(gw_conn *c, uint8_t *p, size_t n)
 {
-    for (;;) {
-        ssize_t r = recv(c->io.fd, p, n, 0);
-        if (r >= 0)
-            return r;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return GW_AGAIN;
-        c->err = errno;
-        return GW_ERR;
+    ssize_t r;
+    while ((r = recv(c->io.fd, p, n, 0)) < 0) {
+        ssize_t f = failed(c);
+        if (f != 1)
+            return f;
     }
+    return r;
 }
 
 static ssize_t plain_writev(gw_conn *c, const struct iovec *iov, int n)
 {
     struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
-    for (;;) {
-        ssize_t r = sendmsg(c->io.fd, &mh, MSG_NOSIGNAL);
-        if (r >= 0)
-            return r;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return GW_AGAIN;
-        c->err = errno;
-        return GW_ERR;
+    ssize_t r;
+    while ((r = sendmsg(c->io.fd, &mh, MSG_NOSIGNAL)) < 0) {
+        ssize_t f = failed(c);
+        if (f != 1)
+            return f;
     }
+    return r;
 }
 
 static ssize_t plain_write(gw_conn *c, const uint8_t *p, size_t n)
 {
-    for (;;) {
-        ssize_t r = send(c->io.fd, p, n, MSG_NOSIGNAL);
-        if (r >= 0)
-            return r;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return GW_AGAIN;
-        c->err = errno;
-        return GW_ERR;
-    }
+    struct iovec iov = {(void *)p, n};
+    return plain_writev(c, &iov, 1);
 }
 
 static int plain_handshake(gw_conn *c)

@@ -378,7 +378,6 @@ int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len, const uint8_
     gw_routes_unref(table);
     if (rc == GW_DONE)
         return GW_DONE;
-    goto done;
 
 done:
     if (c->close_after) {
