@@ -117,6 +117,7 @@ struct pty_sess {
     uint8_t pty_eof;    /* the master reported hang-up */
     uint8_t paused;     /* PTY reads stopped: the WebSocket's queue is long */
     uint8_t killing;    /* SIGHUP sent (grace over or agent stopping) */
+    gw_task task;       /* deferred free: its PTY watcher may still be in this batch */
 };
 
 static struct {
@@ -427,8 +428,14 @@ static pty_sess *sess_new(const char *id, const char *user, const char *alloc)
     return s;
 }
 
-/* Frees s; a child still running is killed (its reap comes later and finds
- * no session, which is fine). */
+static void sess_free_task(gw_task *t)
+{
+    gw_free(gw_container_of(t, pty_sess, task));
+}
+
+/* Frees s after the current batch of events (a SIGCHLD reap can end a session
+ * whose PTY event is later in the same batch); a child still running is killed
+ * (its reap comes later and finds no session, which is fine). */
 static void sess_free(pty_sess *s)
 {
     if (s->pid) {
@@ -447,7 +454,8 @@ static void sess_free(pty_sess *s)
     gw_ring_free(&s->ring);
     gw_list_remove(&s->node);
     A.nsessions--;
-    gw_free(s);
+    s->task.fn = sess_free_task;
+    gw_loop_defer(A.loop, &s->task);
 }
 
 /* The connection went away: keep the PTY for the grace period. */
