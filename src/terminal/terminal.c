@@ -40,6 +40,7 @@ const char gw_terminal_help[] =
     "                                             {token,url} (served to the page in /terminal/config.json)\n"
     "  GATEWAY_TERMINAL_DEMO_UPSTREAM    (empty)  DEMO ONLY: agent URL; enables POST /terminal/demo-token on the\n"
     "                                             public listener, minting tokens for anyone who can reach it\n"
+    "                                             (the URL must match the terminal route's agent_upstreams)\n"
     "  GATEWAY_TERMINAL_DEMO_ALLOCATION  (demo)   allocation id of the demo issuer's tokens\n";
 
 /* ============================== module state ================================ */
