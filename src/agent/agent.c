@@ -20,8 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +28,10 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "agent/ring.h"
@@ -40,6 +40,7 @@
 #include "core/common.h"
 #include "core/list.h"
 #include "core/rand.h"
+#include "http/bearer.h"
 #include "http/h1_parse.h"
 #include "http/ws_handshake.h"
 #include "log/log.h"
@@ -63,10 +64,11 @@
 #define SUBPROTOCOL "wsgate.terminal.v1"
 
 static const char agent_usage[] =
-    "Usage: wsgate agent [--listen HOST:PORT|unix:/path] [--grace 60s] [--scrollback 64KiB] [-- COMMAND ARGS...]\n"
+    "Usage: wsgate agent [--listen unix:/path|HOST:PORT] [--grace 60s] [--scrollback 64KiB] [-- COMMAND ARGS...]\n"
     "\n"
     "Terminal agent: serves PTYs over WebSocket to the gateway (DESIGN.md section 4).\n"
-    "  --listen ADDR       where to listen (default 127.0.0.1:7681); unix:/path for a unix socket\n"
+    "  --listen ADDR       where to listen (default 127.0.0.1:7681, which needs GATEWAY_AGENT_SECRET);\n"
+    "                      unix:/path for a unix socket (mode 0600 when there is no secret)\n"
     "  --grace DURATION    how long a PTY outlives its dropped WebSocket for a re-attach (default 60s)\n"
     "  --scrollback SIZE   recent output replayed on re-attach (default 64KiB; 0 disables)\n"
     "  -- COMMAND ARGS     the program to run in each PTY (default: $SHELL, else /bin/sh)\n"
@@ -75,14 +77,19 @@ static const char agent_usage[] =
     "messages, {\"type\":\"resize\",\"cols\":N,\"rows\":N}. When the program exits the agent closes\n"
     "with 1000 and the reason \"exit N\" (or \"signal N\"). Sessions are keyed by the\n"
     "X-Wsgate-Session-Id header the gateway sends; a new connection with the same id within the\n"
-    "grace period re-attaches and first receives the scrollback. GET /healthz answers ok.\n"
+    "grace period re-attaches and first receives the scrollback, but only when the user and\n"
+    "allocation (X-Wsgate-User-Id, X-Wsgate-Allocation-Id) are the session's; otherwise 409\n"
+    "session_conflict. A request with an Origin header (a web page) is refused with 403\n"
+    "origin_refused: the gateway never sends one. GET /healthz answers ok.\n"
     "\n"
     "Environment:\n"
-    "  GATEWAY_AGENT_SECRET   required bearer secret (Authorization: Bearer ...) shared with the\n"
-    "                         gateway; without it the agent listens on loopback or unix sockets only\n"
+    "  GATEWAY_AGENT_SECRET   bearer secret (Authorization: Bearer ...) shared with the gateway;\n"
+    "                         required on TCP: without it the agent refuses to start (exit 2) unless\n"
+    "                         --listen is a unix: socket, which it then creates with mode 0600\n"
     "  GATEWAY_LOG_FORMAT, GATEWAY_LOG_LEVEL   json|text, debug|info|warn|error\n"
-    "The program runs with TERM=xterm-256color, WSGATE_SESSION_ID and WSGATE_USER_ID set, and\n"
-    "without GATEWAY_AGENT_SECRET and GATEWAY_ADMIN_TOKEN in its environment.\n";
+    "The program runs with TERM=xterm-256color, WSGATE_SESSION_ID and WSGATE_USER_ID set,\n"
+    "without GATEWAY_AGENT_SECRET and GATEWAY_ADMIN_TOKEN in its environment, and with no\n"
+    "descriptor but 0, 1 and 2 (the PTY) open.\n";
 
 typedef struct pty_sess pty_sess;
 typedef struct agent_conn agent_conn;
@@ -127,7 +134,7 @@ static struct {
     gw_list conns;
     gw_list sessions;
     size_t nsessions;
-    char secret_hash[32];
+    uint8_t secret_hash[GW_BEARER_DIGEST_LEN];
     int have_secret;
     uint64_t grace_ms;
     size_t scrollback;
@@ -210,6 +217,28 @@ static void env_free(char **env)
 
 static void pty_cb(gw_io *io, uint32_t ev);
 
+/* In the child, before exec: every descriptor above 2 goes, including those
+ * the agent's launcher left open without close-on-exec (the agent's own are
+ * close-on-exec already). close_range(2) first; where the kernel lacks it,
+ * the list in /proc/self/fd (the agent is single-threaded, so opendir is
+ * safe after fork). */
+static void close_inherited(void)
+{
+    if (close_range(3, ~0U, 0) == 0)
+        return;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    int dfd = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (fd > 2 && fd != dfd)
+            close(fd);
+    }
+    closedir(d);
+}
+
 /* Starts the program on a new PTY for s. GW_OK or GW_ERR (logged). */
 static int sess_spawn(pty_sess *s)
 {
@@ -252,6 +281,7 @@ static int sess_spawn(pty_sess *s)
         dup2(sl, 2);
         if (sl > 2)
             close(sl);
+        close_inherited();
         execvpe(A.cmd[0], A.cmd, env);
         static const char msg[] = "wsgate agent: cannot run the program\r\n";
         ssize_t w = write(2, msg, sizeof msg - 1);
@@ -589,8 +619,9 @@ static void conn_timer(gw_timer *t)
 static void http_reply(agent_conn *a, int status, const char *reason, const char *code, const char *msg,
                        const char *extra)
 {
-    char body[512], head[768];
-    int bn = snprintf(body, sizeof body, "{\"code\":\"%s\",\"message\":\"%s\"}", code, msg);
+    char body[640], head[768];
+    int bn = snprintf(body, sizeof body, "{\"code\":\"%s\",\"message\":\"%s\",\"correlation_id\":\"%s\"}", code,
+                      msg, a->corr);
     int hn = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s"
                       "Connection: close\r\n\r\n",
@@ -598,20 +629,6 @@ static void http_reply(agent_conn *a, int status, const char *reason, const char
     struct iovec iov[2] = {{head, (size_t)hn}, {body, (size_t)bn}};
     gw_conn_writev(&a->conn, iov, 2);
     conn_finish(a);
-}
-
-/* Constant-time check of "Bearer <secret>": digests of equal length are
- * compared, so neither the secret's length nor its bytes leak by timing. */
-static int auth_check(const gw_http_req *req)
-{
-    const gw_http_header *h = gw_h1_find_header(req->headers, req->num_headers, "Authorization");
-    if (!h)
-        return 401;
-    if (h->value.n < 7 || strncasecmp(h->value.p, "Bearer ", 7) != 0)
-        return 403;
-    uint8_t got[32];
-    SHA256((const unsigned char *)h->value.p + 7, h->value.n - 7, got);
-    return CRYPTO_memcmp(got, A.secret_hash, 32) == 0 ? 0 : 403;
 }
 
 static int id_ok(gw_str v)
@@ -693,8 +710,23 @@ static size_t handle_request(agent_conn *a, const gw_http_req *req, size_t head_
         conn_finish(a);
         return 0;
     }
+    /* Browsers send Origin on every WebSocket handshake, and any page may
+     * open one to a loopback port: a request with an Origin is a web page,
+     * never the gateway (which sends none). */
+    if (gw_h1_find_header(req->headers, req->num_headers, "Origin")) {
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "agent refused", a->corr);
+        if (l) {
+            gw_log_int(l, "status", 403, 0);
+            gw_log_str(l, "ip", a->ip, 0);
+            gw_log_str(l, "reason", "origin_refused", 0);
+            gw_log_end(l);
+        }
+        http_reply(a, 403, "Forbidden", "origin_refused", "requests from web pages (with Origin) are refused", NULL);
+        return 0;
+    }
     if (A.have_secret) {
-        int st = auth_check(req);
+        gw_bearer_result br = gw_bearer_check(req, A.secret_hash);
+        int st = br == GW_BEARER_OK ? 0 : br == GW_BEARER_MISSING ? 401 : 403;
         if (st) {
             gw_log_line *l = gw_log_begin(GW_LOG_WARN, "agent refused", a->corr);
             if (l) {
@@ -745,6 +777,26 @@ static size_t handle_request(agent_conn *a, const gw_http_req *req, size_t head_
     if (s && (!s->pid && s->io.fd < 0)) {
         s = NULL;
         reattach = 0;
+    }
+    if (s && (strcmp(s->user, user) != 0 || strcmp(s->alloc, alloc) != 0)) {
+        /* A session is its user's and its allocation's: a token for another
+         * user (or allocation) naming the same session id gets neither the
+         * scrollback nor the shell. */
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "agent refused", a->corr);
+        if (l) {
+            gw_log_int(l, "status", 409, 0);
+            gw_log_str(l, "ip", a->ip, 0);
+            gw_log_str(l, "reason", "session_conflict", 0);
+            gw_log_str(l, "session_id", sid, 0);
+            gw_log_str(l, "user", user[0] ? user : "-", 0);
+            gw_log_str(l, "allocation_id", alloc[0] ? alloc : "-", GW_LOG_JSON_ONLY);
+            gw_log_str(l, "session_user", s->user[0] ? s->user : "-", GW_LOG_JSON_ONLY);
+            gw_log_str(l, "session_allocation_id", s->alloc[0] ? s->alloc : "-", GW_LOG_JSON_ONLY);
+            gw_log_end(l);
+        }
+        http_reply(a, 409, "Conflict", "session_conflict",
+                   "the session belongs to another user or allocation", NULL);
+        return 0;
     }
     if (!s) {
         s = sess_new(sid, user, alloc);
@@ -1006,13 +1058,6 @@ static void sig_cb(gw_io *io, uint32_t ev)
 
 /* ================================== main ==================================== */
 
-static int is_loopback(const gw_addr *a)
-{
-    if (a->is_unix)
-        return 1;
-    return strncmp(a->host, "127.", 4) == 0 || strcmp(a->host, "::1") == 0 || strcmp(a->host, "localhost") == 0;
-}
-
 int gw_agent_main(int argc, char **argv)
 {
     const char *listen_s = "127.0.0.1:7681";
@@ -1077,13 +1122,14 @@ int gw_agent_main(int argc, char **argv)
     const char *secret = getenv("GATEWAY_AGENT_SECRET");
     if (secret && secret[0]) {
         A.have_secret = 1;
-        SHA256((const unsigned char *)secret, strlen(secret), (unsigned char *)A.secret_hash);
-    } else if (!is_loopback(&addr)) {
+        gw_bearer_digest(secret, strlen(secret), A.secret_hash);
+    } else if (!addr.is_unix) {
         /* A terminal agent must never be a shell for whoever reaches its
-         * port: without a secret, loopback and unix sockets only. */
+         * port (any web page reaches a loopback one): without a secret, a
+         * unix socket only, which only this user can open. */
         fprintf(stderr,
-                "wsgate agent: refusing to listen on %s without GATEWAY_AGENT_SECRET "
-                "(set it, or listen on 127.0.0.1, ::1 or a unix: socket)\n",
+                "wsgate agent: GATEWAY_AGENT_SECRET is required to listen on %s (TCP); set it, or listen on a "
+                "unix:/path socket\n",
                 listen_s);
         return 2;
     }
@@ -1118,7 +1164,22 @@ int gw_agent_main(int argc, char **argv)
         snprintf(A.unix_path, sizeof A.unix_path, "%s", addr.path);
         unlink(addr.path); /* a stale socket from a previous run */
     }
+    /* Without a secret the socket file is the only gate: mode 0600 from its
+     * creation on (the umask covers the window between bind and chmod). */
+    mode_t old_umask = 0;
+    if (addr.is_unix && !A.have_secret)
+        old_umask = umask(0177);
     int lfd = gw_sock_listen(&addr, 0, 128, err, sizeof err);
+    if (addr.is_unix && !A.have_secret) {
+        umask(old_umask);
+        if (lfd >= 0 && chmod(addr.path, 0600) != 0) {
+            fprintf(stderr, "wsgate agent: chmod 0600 %s: %s\n", addr.path, strerror(errno));
+            close(lfd);
+            unlink(addr.path);
+            gw_loop_free(A.loop);
+            return 1;
+        }
+    }
     if (lfd < 0) {
         fprintf(stderr, "wsgate agent: listen %s: %s\n", listen_s, err);
         gw_loop_free(A.loop);

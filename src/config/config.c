@@ -270,6 +270,25 @@ void gw_addr_format(const gw_addr *a, char *out, size_t cap)
         snprintf(out, cap, "%s:%u", a->host, (unsigned)a->port);
 }
 
+/* 1 for a unix socket or a loopback host (127.0.0.0/8, ::1, ::ffff:127.x,
+ * "localhost"); an empty host (all interfaces) or any other name is not. */
+int gw_addr_is_loopback(const gw_addr *a)
+{
+    if (!a->set)
+        return 0;
+    if (a->is_unix)
+        return 1;
+    if (strcasecmp(a->host, "localhost") == 0)
+        return 1;
+    struct in_addr v4;
+    struct in6_addr v6;
+    if (inet_pton(AF_INET, a->host, &v4) == 1)
+        return (ntohl(v4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, a->host, &v6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Loading */
 
@@ -484,6 +503,17 @@ static int load_all(loader *L)
         return GW_ERR;
     if (load_str(L, "GATEWAY_ADMIN_TOKEN", c->admin_token, sizeof c->admin_token, 1))
         return GW_ERR;
+    /* Without a token the admin write endpoints (the token mint) are open to
+     * whoever reaches the listener: only a loopback or unix-socket listener
+     * may go without one. */
+    if (c->admin_addr.set && !c->admin_token[0] && !gw_addr_is_loopback(&c->admin_addr)) {
+        char a[300];
+        gw_addr_format(&c->admin_addr, a, sizeof a);
+        return fail(L,
+                    "GATEWAY_ADMIN_TOKEN: required when GATEWAY_ADMIN_HTTP_ADDR (%s) is not a loopback address "
+                    "or a unix socket",
+                    quote(a, q, sizeof q));
+    }
 
     /* TLS */
     if (load_str(L, "GATEWAY_TLS_CERT_PATH", c->tls_cert_path, sizeof c->tls_cert_path, 0) ||
@@ -593,7 +623,9 @@ const char gw_config_help[] =
     "  GATEWAY_ADMIN_HTTP_ADDR                       (off)                   admin listener: /metrics, token mint,\n"
     "                                                                        publish, session upsert\n"
     "  GATEWAY_ADMIN_TOKEN                           (empty)                 admin write APIs need\n"
-    "                                                                        Authorization: Bearer <token>\n"
+    "                                                                        Authorization: Bearer <token>;\n"
+    "                                                                        required unless the admin listener\n"
+    "                                                                        is loopback or a unix socket\n"
     "  GATEWAY_TLS_CERT_PATH                         (empty)                 PEM certificate; with the key, the\n"
     "                                                                        public listener speaks TLS\n"
     "  GATEWAY_TLS_KEY_PATH                          (empty)                 PEM private key (set both or neither)\n"
@@ -619,7 +651,8 @@ const char gw_config_help[] =
     "  GATEWAY_LOG_LEVEL                             info                    debug, info, warn or error\n"
     "  GATEWAY_PUBLIC_WS_BASE_URL                    (empty: same origin)    ws:// or wss:// base for served pages\n"
     "  GATEWAY_AGENT_SECRET                          (empty)                 shared with `wsgate agent`; required\n"
-    "                                                                        for an agent on a non-loopback address\n"
+    "                                                                        for an agent on TCP (without it an\n"
+    "                                                                        agent listens on a unix socket only)\n"
     "  GATEWAY_WORKERS                               (online CPUs)           worker threads, 1 to 256\n"
     "  GATEWAY_MAX_CONNECTIONS                       100000                  connections per process\n"
     "  GATEWAY_HANDSHAKE_TIMEOUT                     10s                     request head must arrive by then\n"

@@ -75,6 +75,8 @@ int gw_parse_addr(const char *s, gw_addr *out);
 int gw_parse_bool(const char *s, int *out);
 /* Formats an address for logs ("127.0.0.1:8080", "[::1]:8080", "unix:/p", ":8080"). */
 void gw_addr_format(const gw_addr *a, char *out, size_t cap);
+/* 1 for a unix socket or a loopback host (127.0.0.0/8, ::1, localhost). */
+int gw_addr_is_loopback(const gw_addr *a);
 
 /* The help text listing every variable with its default, for --help. */
 extern const char gw_config_help[];

@@ -39,6 +39,7 @@ struct gw_relay_pending {
     char *resource_name;
     char *session_id;
     char *select_protocol;
+    void (*on_result)(const gw_relay_result *res);
     char key[32];         /* the client's Sec-WebSocket-Key */
     gw_pmd_params pmd;    /* negotiated with the client */
     char ext[256];
@@ -199,6 +200,7 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     p->resource_name = dup_or_null(o->resource_name);
     p->session_id = dup_or_null(o->session_id);
     p->select_protocol = dup_or_null(o->select_protocol);
+    p->on_result = o->on_result;
     snprintf(p->corr, sizeof p->corr, "%s", ids->corr);
     snprintf(p->trace, sizeof p->trace, "%s", ids->trace);
     snprintf(p->user, sizeof p->user, "%s", o->user && o->user[0] ? o->user : "-");
@@ -268,12 +270,30 @@ void gw_relay_pending_abort(gw_client *c)
 
 /* =============================== upstream leg =============================== */
 
+static void report_result(gw_client *c, const char *result, int status, const char *error)
+{
+    gw_relay_pending *p = c->pending;
+    if (!p->on_result)
+        return;
+    gw_relay_result res = {.result = result,
+                           .upstream_status = status,
+                           .error = error ? error : "",
+                           .corr = p->corr,
+                           .ip = c->ip,
+                           .user = p->user,
+                           .upstream = p->up_url,
+                           .resource_name = p->resource_name,
+                           .session_id = p->session_id};
+    p->on_result(&res);
+}
+
 static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *resp)
 {
     GW_UNUSED(resp);
     relay_leg *leg = gw_wsc_data(up);
     gw_client *c = leg->c;
     gw_relay_pending *p = c->pending;
+    report_result(c, "accepted", 0, NULL);
     char out[1024];
     const char *sel = p->select_protocol ? p->select_protocol : subprotocol;
     gw_str proto = gw_str_make(sel, strlen(sel));
@@ -349,6 +369,7 @@ static void refuse(gw_client *c, const gw_wsc_reason *r)
         gw_http_error_ids(c, 502, "upstream_unavailable", "the upstream could not be reached", NULL, NULL, &ids);
         result = "upstream_unavailable";
     }
+    report_result(c, result, r->kind == GW_WSC_HTTP_REFUSED ? r->status : 0, r->text);
     gw_counter_inc(gw_metric_handshake(p->route, result));
     gw_counter_inc(gw_metric_close(p->route, gw_cause_upstream_closed));
     gw_log_line *l = gw_log_begin(GW_LOG_WARN, "ws close", p->corr);

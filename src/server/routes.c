@@ -1,9 +1,14 @@
 /* routes.c: route table loading (jansson) and matching. */
 #include "server/routes.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <fnmatch.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/alloc.h"
 #include "core/common.h"
@@ -63,6 +68,7 @@ static void free_table(gw_route_table *t)
         for (size_t k = 0; k < r->nusers; k++)
             free_upstream(&r->users[k]);
         gw_free(r->users);
+        gw_free(r->agents);
     }
     gw_free(t->routes);
     gw_free(t);
@@ -98,6 +104,189 @@ static int parse_upstream(const char *url, const char *name, gw_upstream *u, cha
     return GW_OK;
 }
 
+/* ============================ agent allowlist =============================== */
+
+/* An IP literal as 16 bytes (IPv4 as ::ffff:a.b.c.d). 1 when s is one. */
+static int ip_literal(const char *s, uint8_t out[16])
+{
+    struct in_addr v4;
+    if (inet_pton(AF_INET, s, &v4) == 1) {
+        memset(out, 0, 10);
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, &v4, 4);
+        return 1;
+    }
+    struct in6_addr v6;
+    if (inet_pton(AF_INET6, s, &v6) == 1) {
+        memcpy(out, &v6, 16);
+        return 1;
+    }
+    return 0;
+}
+
+static int is_v4_mapped(const uint8_t a[16])
+{
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return memcmp(a, prefix, 12) == 0;
+}
+
+static int prefix_match(const uint8_t a[16], const uint8_t b[16], int bits)
+{
+    int whole = bits / 8, rest = bits % 8;
+    if (memcmp(a, b, (size_t)whole) != 0)
+        return 0;
+    if (!rest)
+        return 1;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (a[whole] & mask) == (b[whole] & mask);
+}
+
+int gw_agent_pattern_parse(const char *s, gw_agent_pattern *p, char *err, size_t errcap)
+{
+    memset(p, 0, sizeof *p);
+    if (strncmp(s, "unix:", 5) == 0) {
+        const char *g = s + 5;
+        if (!g[0] || strlen(g) >= sizeof p->path) {
+            snprintf(err, errcap, "\"%s\": unix: needs a path or glob under %zu bytes", s, sizeof p->path);
+            return GW_ERR;
+        }
+        p->kind = GW_AGENT_PAT_UNIX;
+        memcpy(p->path, g, strlen(g) + 1);
+        return GW_OK;
+    }
+    const char *hs = s, *he, *port;
+    if (s[0] == '[') {
+        hs = s + 1;
+        he = strchr(hs, ']');
+        if (!he || he[1] != ':') {
+            snprintf(err, errcap, "\"%s\": expected [IPv6]:PORT or [IPv6/BITS]:PORT", s);
+            return GW_ERR;
+        }
+        port = he + 2;
+    } else {
+        he = strrchr(s, ':');
+        if (!he || memchr(s, ':', (size_t)(he - s))) {
+            snprintf(err, errcap, "\"%s\": expected HOST:PORT, ADDR/BITS:PORT, [IPv6]:PORT or unix:PATH", s);
+            return GW_ERR;
+        }
+        port = he + 1;
+    }
+    size_t hn = (size_t)(he - hs);
+    if (hn == 0 || hn >= sizeof p->host) {
+        snprintf(err, errcap, "\"%s\": the host is empty or too long", s);
+        return GW_ERR;
+    }
+    if (strcmp(port, "*") == 0) {
+        p->port = -1;
+    } else {
+        char *end;
+        long v = port[0] >= '0' && port[0] <= '9' ? strtol(port, &end, 10) : 0;
+        if (v < 1 || v > 65535 || *end) {
+            snprintf(err, errcap, "\"%s\": the port must be 1..65535 or *", s);
+            return GW_ERR;
+        }
+        p->port = (int)v;
+    }
+    char host[256];
+    memcpy(host, hs, hn);
+    host[hn] = '\0';
+    char *slash = strchr(host, '/');
+    int bits = -1;
+    if (slash) {
+        char *end;
+        *slash = '\0';
+        long b = slash[1] >= '0' && slash[1] <= '9' ? strtol(slash + 1, &end, 10) : -1;
+        if (b < 0 || *end) {
+            snprintf(err, errcap, "\"%s\": the prefix length must be a number", s);
+            return GW_ERR;
+        }
+        bits = (int)b;
+    }
+    if (ip_literal(host, p->net)) {
+        int v4 = strchr(host, ':') == NULL;
+        if ((v4 && s[0] == '[') || (!v4 && s[0] != '[')) {
+            snprintf(err, errcap, "\"%s\": IPv6 addresses go in brackets, IPv4 ones do not", s);
+            return GW_ERR;
+        }
+        int max = v4 ? 32 : 128;
+        if (bits > max) {
+            snprintf(err, errcap, "\"%s\": the prefix length is at most %d", s, max);
+            return GW_ERR;
+        }
+        p->kind = GW_AGENT_PAT_CIDR;
+        p->bits = (bits < 0 ? max : bits) + (v4 ? 96 : 0);
+        return GW_OK;
+    }
+    if (slash || s[0] == '[') {
+        snprintf(err, errcap, "\"%s\": not an IP address", s);
+        return GW_ERR;
+    }
+    for (size_t i = 0; i < hn; i++) {
+        char c = host[i];
+        if (!(isalnum((unsigned char)c) || c == '-' || c == '.')) {
+            snprintf(err, errcap, "\"%s\": a host name is letters, digits, '-' and '.'", s);
+            return GW_ERR;
+        }
+        host[i] = (char)tolower((unsigned char)c);
+    }
+    p->kind = GW_AGENT_PAT_NAME;
+    memcpy(p->host, host, hn + 1);
+    return GW_OK;
+}
+
+static int pattern_match(const gw_agent_pattern *p, const gw_wsc_target *t)
+{
+    const gw_addr *a = &t->addr;
+    if (a->is_unix)
+        return p->kind == GW_AGENT_PAT_UNIX && fnmatch(p->path, a->path, 0) == 0;
+    if (p->kind == GW_AGENT_PAT_UNIX || (p->port >= 0 && p->port != a->port))
+        return 0;
+    uint8_t ip[16];
+    if (ip_literal(a->host, ip)) {
+        if (p->kind != GW_AGENT_PAT_CIDR)
+            return 0;
+        /* An IPv6 pattern never matches an IPv4-mapped address by accident
+         * of its prefix, nor the other way round. */
+        if (is_v4_mapped(p->net) != is_v4_mapped(ip) && p->bits < 96)
+            return 0;
+        return prefix_match(ip, p->net, p->bits);
+    }
+    return p->kind == GW_AGENT_PAT_NAME && strcasecmp(p->host, a->host) == 0;
+}
+
+int gw_route_agent_allowed(const gw_route *r, const gw_wsc_target *t)
+{
+    if (!r->agents)
+        return gw_addr_is_loopback(&t->addr);
+    for (size_t i = 0; i < r->nagents; i++)
+        if (pattern_match(&r->agents[i], t))
+            return 1;
+    return 0;
+}
+
+static int parse_agents(json_t *v, gw_route *r, const char *path, char *err, size_t errcap)
+{
+    if (!json_is_array(v)) {
+        snprintf(err, errcap, "route %s: agent_upstreams must be an array of patterns", path);
+        return GW_ERR;
+    }
+    r->agents = gw_calloc(json_array_size(v) + 1, sizeof *r->agents);
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e)
+    {
+        char pe[300];
+        if (!json_is_string(e) ||
+            gw_agent_pattern_parse(json_string_value(e), &r->agents[r->nagents], pe, sizeof pe) != GW_OK) {
+            snprintf(err, errcap, "route %s: agent_upstreams[%zu]: %s", path, i,
+                     json_is_string(e) ? pe : "must be a string");
+            return GW_ERR;
+        }
+        r->nagents++;
+    }
+    return GW_OK;
+}
+
 static int duration_field(json_t *o, const char *key, uint64_t def, uint64_t *out, const char *path, char *err,
                           size_t errcap)
 {
@@ -119,7 +308,8 @@ static int duration_field(json_t *o, const char *key, uint64_t def, uint64_t *ou
 static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, size_t errcap)
 {
     static const char *const known[] = {"path", "kind", "upstream", "strip_prefix", "user_header", "users",
-                                        "connect_timeout", "read_timeout", "idle_timeout", NULL};
+                                        "connect_timeout", "read_timeout", "idle_timeout", "agent_upstreams",
+                                        NULL};
     const char *key;
     json_t *val;
     if (!json_is_object(o)) {
@@ -172,6 +362,13 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
         return GW_ERR;
     }
     r->strip_prefix = sp && json_is_true(sp);
+    json_t *ja = json_object_get(o, "agent_upstreams");
+    if (ja && r->kind != GW_ROUTE_TERMINAL) {
+        snprintf(err, errcap, "route %s: agent_upstreams is for terminal routes", path);
+        return GW_ERR;
+    }
+    if (ja && parse_agents(ja, r, path, err, errcap) != GW_OK)
+        return GW_ERR;
     if (r->kind != GW_ROUTE_PROXY)
         return GW_OK;
 

@@ -26,6 +26,23 @@ typedef struct gw_upstream {
     gw_wsc_target target; /* parsed: host:port or unix path, TLS, base path */
 } gw_upstream;
 
+/* One entry of a terminal route's agent_upstreams allowlist:
+ *   "HOST:PORT"         a name (case-insensitive) or an IP literal ([v6] in brackets);
+ *   "ADDR/BITS:PORT"    an IPv4 CIDR, "[V6/BITS]:PORT" an IPv6 one (IP literals only);
+ *   "unix:PATTERN"      a unix socket path, shell-style glob ("unix:/run/wsgate/agent-*.sock", "unix:*").
+ * PORT is a number or "*" (any). Names are matched as written, never
+ * resolved: a CIDR never matches a host name. */
+typedef struct gw_agent_pattern {
+    int kind;             /* GW_AGENT_PAT_* */
+    char host[256];       /* NAME: lower-case */
+    uint8_t net[16];      /* CIDR: IPv4 as ::ffff:a.b.c.d */
+    int bits;             /* CIDR: prefix length over the 128-bit form */
+    int port;             /* -1: any */
+    char path[108];       /* UNIX: the glob */
+} gw_agent_pattern;
+
+enum { GW_AGENT_PAT_NAME = 1, GW_AGENT_PAT_CIDR, GW_AGENT_PAT_UNIX };
+
 typedef struct gw_route {
     char *path;                   /* exact path, or a prefix when it ends in '/' */
     int kind;                     /* enum gw_route_kind */
@@ -39,6 +56,8 @@ typedef struct gw_route {
     size_t nusers;
     uint64_t connect_timeout_ms;  /* proxy: connect + upstream handshake budget */
     uint64_t read_timeout_ms;     /* proxy: HTTP response must start within this */
+    gw_agent_pattern *agents;     /* terminal: agent_upstreams (NULL: the default, loopback and unix) */
+    size_t nagents;
     /* metrics series of this route (shared across reloads by label) */
     gw_metric *ws_open;
     gw_metric *msgs_in, *msgs_out;
@@ -63,5 +82,12 @@ const gw_route *gw_routes_match(const gw_route_table *t, const char *path, size_
 /* The upstream for user (NULL: the default); NULL when there is none. */
 const gw_upstream *gw_route_upstream(const gw_route *r, const char *user, size_t n);
 const char *gw_route_kind_str(int kind);
+
+/* Parses one agent_upstreams entry. GW_OK, or GW_ERR with a reason. */
+int gw_agent_pattern_parse(const char *s, gw_agent_pattern *p, char *err, size_t errcap);
+/* 1 when the terminal route r lets its tokens dial t: t matches one of the
+ * route's agent_upstreams, or, without that field, t is a loopback address
+ * (127.0.0.0/8, ::1, localhost) or a unix socket. */
+int gw_route_agent_allowed(const gw_route *r, const gw_wsc_target *t);
 
 #endif

@@ -221,6 +221,16 @@ void gw_ws_serve_flush_stats(gw_client *c);
 uint64_t gw_ws_serve_deadline(gw_client *c);
 
 /* relay.c */
+/* What became of a relay's upstream handshake, for the route's owner. */
+typedef struct gw_relay_result {
+    const char *result;        /* "accepted", "upstream_refused" (an HTTP answer), "upstream_timeout" or
+                                  "upstream_unavailable" */
+    int upstream_status;       /* the upstream's HTTP status when it refused, else 0 */
+    const char *error;         /* what went wrong, when the upstream was not reached ("" otherwise) */
+    const char *corr, *ip, *user, *upstream;
+    const char *resource_name, *session_id; /* NULL when not given */
+} gw_relay_result;
+
 /* How a relay is set up; every field may be NULL. */
 typedef struct gw_relay_opts {
     const gw_wsc_target *target; /* upstream (NULL: the route's upstream for user) */
@@ -231,6 +241,7 @@ typedef struct gw_relay_opts {
     const char *select_protocol; /* subprotocol the 101 selects (NULL: the upstream's pick) */
     const char *resource_name;   /* logged on every line of the session (terminal) */
     const char *session_id;      /* logged on every line of the session (terminal) */
+    void (*on_result)(const gw_relay_result *res); /* called once the upstream accepted or refused */
 } gw_relay_opts;
 
 int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,

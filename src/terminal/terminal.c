@@ -40,6 +40,7 @@ const char gw_terminal_help[] =
     "                                             {token,url} (served to the page in /terminal/config.json)\n"
     "  GATEWAY_TERMINAL_DEMO_UPSTREAM    (empty)  DEMO ONLY: agent URL; enables POST /terminal/demo-token on the\n"
     "                                             public listener, minting tokens for anyone who can reach it\n"
+    "                                             (the URL must match the terminal route's agent_upstreams)\n"
     "  GATEWAY_TERMINAL_DEMO_ALLOCATION  (demo)   allocation id of the demo issuer's tokens\n";
 
 /* ============================== module state ================================ */
@@ -82,7 +83,7 @@ static struct {
 static const char *const reasons[] = {"missing_token",      "unknown_token",      "expired_token",
                                       "token_replayed",     "allocation_mismatch", "token_in_query",
                                       "invalid_allocation_id", "invalid_subprotocol", "token_store_unavailable",
-                                      "upstream_unavailable"};
+                                      "upstream_unavailable", "upstream_refused", "upstream_not_allowed"};
 static gw_metric *m_rejected[GW_ARRAY_LEN(reasons)];
 
 static gw_metric *rejected_metric(const char *reason)
@@ -242,10 +243,44 @@ out:
     return rc;
 }
 
+/* 1 when a terminal route of the current table lets its tokens dial url
+ * (its agent_upstreams, by default loopback and unix sockets only). The
+ * route that serves the connection checks again when it is used. */
+static int upstream_allowed(const char *url)
+{
+    gw_wsc_target t;
+    char err[128];
+    if (gw_wsc_parse_url(url, &t, err, sizeof err) != GW_OK)
+        return 0;
+    gw_route_table *table = gw_server_routes();
+    int ok = 0;
+    for (size_t i = 0; table && i < table->n && !ok; i++)
+        ok = table->routes[i].kind == GW_ROUTE_TERMINAL && gw_route_agent_allowed(&table->routes[i], &t);
+    gw_routes_unref(table);
+    return ok;
+}
+
 /* Mints for ctx and answers 201 with the token's JSON. */
 static void mint_and_answer(gw_client *c, gw_http_req *req, const gw_req_ids *ids, gw_token_ctx *ctx, unsigned ttl,
                             const char *source)
 {
+    if (!upstream_allowed(ctx->upstream)) {
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "terminal token refused", ids->corr);
+        if (l) {
+            gw_log_str(l, "reason", "upstream_not_allowed", 0);
+            gw_log_str(l, "source", source, 0);
+            gw_log_str(l, "upstream", ctx->upstream, 0);
+            gw_log_str(l, "allocation_id", ctx->allocation_id, 0);
+            gw_log_str(l, "user", ctx->user_id, 0);
+            gw_log_str(l, "ip", c->ip, GW_LOG_JSON_ONLY);
+            gw_log_end(l);
+        }
+        gw_http_error_ids(c, 400, "upstream_not_allowed",
+                          "the upstream is not in the terminal route's agent_upstreams (default: loopback and unix "
+                          "sockets only)",
+                          req, NULL, ids);
+        return;
+    }
     char tok[GW_TOKEN_LEN + 1];
     if (gw_token_mint(T.store, ctx, ttl, tok) != GW_OK) {
         gw_http_error_ids(c, 503, "token_store_unavailable", "the token store cannot take more tokens", req, NULL,
@@ -551,6 +586,36 @@ static int refuse(gw_client *c, gw_http_req *req, const gw_route *r, const gw_re
     return GW_OK;
 }
 
+/* The agent answered the relay's upgrade: only now is the terminal
+ * accepted; an agent that refuses or cannot be reached is a refusal. */
+static void agent_result(const gw_relay_result *res)
+{
+    int accepted = strcmp(res->result, "accepted") == 0;
+    const char *reason = accepted ? "ok"
+                         : strcmp(res->result, "upstream_refused") == 0 ? "upstream_refused"
+                                                                          : "upstream_unavailable";
+    gw_counter_inc(accepted ? T.m_accepted : rejected_metric(reason));
+    gw_log_line *l = gw_log_begin(accepted ? GW_LOG_INFO : GW_LOG_WARN, accepted ? "terminal accepted"
+                                                                                 : "terminal refused",
+                                  res->corr);
+    if (!l)
+        return;
+    if (!accepted)
+        gw_log_str(l, "reason", reason, 0);
+    gw_log_str(l, "user", res->user, 0);
+    gw_log_str(l, "ip", res->ip, 0);
+    if (res->resource_name)
+        gw_log_str(l, "resource_name", res->resource_name, GW_LOG_JSON_ONLY);
+    if (res->session_id)
+        gw_log_str(l, "session_id", res->session_id, GW_LOG_JSON_ONLY);
+    gw_log_str(l, "upstream", res->upstream, GW_LOG_JSON_ONLY);
+    if (res->upstream_status)
+        gw_log_int(l, "upstream_status", res->upstream_status, GW_LOG_JSON_ONLY);
+    if (!accepted && res->error[0])
+        gw_log_str(l, "error", res->error, GW_LOG_JSON_ONLY);
+    gw_log_end(l);
+}
+
 static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids)
 {
     /* The allocation id: the path after the route's prefix. */
@@ -616,7 +681,7 @@ static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_tab
         OPENSSL_cleanse(token, sizeof token);
         switch (res) {
         case GW_TOKEN_EXPIRED:
-            return refuse(c, req, r, ids, 401, "expired_token", "the terminal token has expired", alloc, NULL);
+            return refuse(c, req, r, ids, 401, "expired_token", "the terminal token has expired", alloc, &t);
         case GW_TOKEN_REPLAYED:
             return refuse(c, req, r, ids, 403, "token_replayed", "the terminal token was already used", alloc, &t);
         case GW_TOKEN_ALLOCATION_MISMATCH:
@@ -636,6 +701,12 @@ static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_tab
         OPENSSL_cleanse(token, sizeof token);
         return refuse(c, req, r, ids, 502, "upstream_unavailable", "the token's agent URL is unusable", alloc, &t);
     }
+    /* Checked at mint time too; the routes may have been reloaded since. */
+    if (!gw_route_agent_allowed(r, &target)) {
+        OPENSSL_cleanse(token, sizeof token);
+        return refuse(c, req, r, ids, 403, "upstream_not_allowed",
+                      "the token's agent is not in this route's agent_upstreams", alloc, &t);
+    }
     char rn[700];
     resource_name(&t, rn, sizeof rn);
     char hdrs[1024];
@@ -650,19 +721,32 @@ static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_tab
         .select_protocol = wants_v1 ? GW_TERMINAL_SUBPROTOCOL : token,
         .resource_name = rn,
         .session_id = t.session_id,
+        .on_result = agent_result,
     };
-    gw_counter_inc(T.m_accepted);
-    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "terminal accepted", ids->corr);
+    gw_log_line *l = gw_log_begin(GW_LOG_DEBUG, "terminal dialling agent", ids->corr);
     if (l) {
         gw_log_str(l, "allocation_id", t.allocation_id, 0);
         gw_log_str(l, "user", t.user_id, 0);
-        gw_log_str(l, "ip", c->ip, 0);
         gw_log_str(l, "resource_name", rn, GW_LOG_JSON_ONLY);
-        gw_log_str(l, "session_id", t.session_id, GW_LOG_JSON_ONLY);
         gw_log_str(l, "upstream", t.upstream, GW_LOG_JSON_ONLY);
         gw_log_end(l);
     }
-    int rc = gw_relay_ws_start(c, req, r, table, ids, &o);
+    /* The client's credentials are the gateway's business, never the
+     * agent's: its Authorization and Cookie stay here (the agent would read
+     * a client's Authorization first and refuse, burning the token), and so
+     * does Origin (an agent refuses any request that carries one). The only
+     * Authorization the agent sees is the gateway's own, in hdrs. */
+    gw_http_header *keep = gw_calloc(req->num_headers + 1, sizeof *keep);
+    gw_http_req to_agent = *req;
+    to_agent.headers = keep;
+    to_agent.num_headers = 0;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        gw_str name = req->headers[i].name;
+        if (!gw_str_ieq(name, "Authorization") && !gw_str_ieq(name, "Cookie") && !gw_str_ieq(name, "Origin"))
+            keep[to_agent.num_headers++] = req->headers[i];
+    }
+    int rc = gw_relay_ws_start(c, &to_agent, r, table, ids, &o);
+    gw_free(keep);
     OPENSSL_cleanse(token, sizeof token);
     OPENSSL_cleanse(hdrs, sizeof hdrs);
     if (rc == GW_OK)

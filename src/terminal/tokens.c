@@ -298,6 +298,7 @@ static gw_token_result emb_consume(gw_token_store *s, const uint8_t hash[32], co
         r = GW_TOKEN_REPLAYED;
     } else if (now >= x->expires_at_ms) {
         r = GW_TOKEN_EXPIRED;
+        unpack(x->packed, x->expires_at_ms, out); /* for the refusal's log line (its resource) */
     } else {
         unpack(x->packed, x->expires_at_ms, out);
         /* Mismatch burns the token too: a token presented on the wrong

@@ -34,7 +34,7 @@
 typedef enum gw_token_result {
     GW_TOKEN_OK = 0,                /* consumed now: ctx filled */
     GW_TOKEN_UNKNOWN,               /* never minted here, malformed, or forgotten long after expiry */
-    GW_TOKEN_EXPIRED,               /* minted, not used, past its expiry */
+    GW_TOKEN_EXPIRED,               /* minted, not used, past its expiry: ctx filled (for logs) */
     GW_TOKEN_REPLAYED,              /* already consumed (or burned by a mismatched use) */
     GW_TOKEN_ALLOCATION_MISMATCH,   /* valid but bound to another allocation: now burned */
     GW_TOKEN_BACKEND_ERROR,         /* the store could not answer: fail closed */

@@ -9,8 +9,11 @@ import json
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -29,7 +32,7 @@ class Agent(gw.LoggedProcess):
     """A `wsgate agent` process on a free port (or a unix socket)."""
 
     def __init__(self, secret=SECRET, grace="60s", scrollback="64KiB", listen=None, cmd=("/bin/sh",),
-                 extra_env=None):
+                 extra_env=None, pass_fds=(), umask=-1):
         self.port = gw.free_port()
         self.listen = listen or f"127.0.0.1:{self.port}"
         env = gw.base_env()
@@ -43,7 +46,7 @@ class Agent(gw.LoggedProcess):
         self.proc = subprocess.Popen([gw.wsgate_bin(), "agent", "--listen", self.listen, "--grace", grace,
                                       "--scrollback", scrollback, "--"] + list(cmd),
                                      env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._err)
+                                     stderr=self._err, pass_fds=pass_fds, umask=umask)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -382,17 +385,147 @@ def test_gateway_passes_agent_refusal(make_gateway, agent):
     assert ws.response.status == 401, ws.response
 
 
-def test_agent_without_secret_loopback_only(tmp_path):
+def test_agent_tcp_needs_secret(tmp_path):
+    """Issue 8 item 3: any web page can open ws://127.0.0.1:PORT, so without
+    a secret the agent refuses TCP altogether, loopback included: one line,
+    exit 2."""
     env = gw.base_env()
     env.pop("GATEWAY_AGENT_SECRET", None)
-    for addr in ("0.0.0.0:0", ":0", "[::]:0"):
+    for addr in ("127.0.0.1:0", "[::1]:0", "localhost:0", "0.0.0.0:0", ":0", "[::]:0"):
         r = subprocess.run([gw.wsgate_bin(), "agent", "--listen", addr], env=env, capture_output=True, timeout=10)
         assert r.returncode == 2, (addr, r)
-        assert b"GATEWAY_AGENT_SECRET" in r.stderr
-    # A unix socket is fine without a secret.
-    a = Agent(secret=None, listen=f"unix:{tmp_path}/agent.sock")
+        lines = r.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "GATEWAY_AGENT_SECRET is required" in lines[0], (addr, r.stderr)
+    # The default --listen is TCP too.
+    r = subprocess.run([gw.wsgate_bin(), "agent"], env=env, capture_output=True, timeout=10)
+    assert r.returncode == 2 and b"GATEWAY_AGENT_SECRET is required" in r.stderr, r
+
+
+def test_agent_without_secret_unix_0600(make_gateway, tmp_path):
+    """Without a secret: a unix socket only this user can open (0600 even
+    under a permissive umask), and it serves the gateway."""
+    sock = f"{tmp_path}/agent.sock"
+    a = Agent(secret=None, listen=f"unix:{sock}", umask=0)
     try:
-        assert os.path.exists(f"{tmp_path}/agent.sock")
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600, oct(os.stat(sock).st_mode)
+        assert [l for l in a.logs() if l.get("msg") == "agent listening"][0]["secret"] is False
+        g = make_gateway()  # no GATEWAY_AGENT_SECRET either
+        ws = connect(g, "ux0", token_for(g, "ux0", a.url)["token"])
+        assert ws.response.status == 101, ws.response
+        ws.send_binary(b"echo nosecret-$((6+6))\n")
+        read_until(ws, rb"nosecret-12")
+        ws.close()
+    finally:
+        assert a.stop() == 0
+
+
+def recv_head(sock):
+    """Reads from sock until the end of an HTTP head; returns (head, rest)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def raw_upgrade(sock, extra_headers):
+    """Sends a WebSocket upgrade over a connected socket; returns (status,
+    body) of the answer."""
+    head = ("GET / HTTP/1.1\r\nHost: agent\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {wsraw.new_key()}\r\nSec-WebSocket-Version: 13\r\n")
+    for k, v in extra_headers:
+        head += f"{k}: {v}\r\n"
+    sock.sendall((head + "\r\n").encode())
+    sock.settimeout(5)
+    hd, body = recv_head(sock)
+    n = int(re.search(rb"Content-Length: (\d+)", hd).group(1)) if b"Content-Length" in hd else 0
+    while len(body) < n:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return int(hd.split()[1]), body
+
+
+def test_agent_refuses_origin(agent, tmp_path):
+    """A request with an Origin header is a web page: 403, in every mode,
+    even with the right secret, and no shell is started."""
+    a = agent()
+    for origin in ("https://evil.example", "null", "http://127.0.0.1:8080"):
+        ws = wsraw.WS(a.port, path="/", expect_101=False,
+                      headers={"Authorization": f"Bearer {SECRET}", "Origin": origin})
+        assert ws.response.status == 403, ws.response
+        assert json.loads(ws.response.body)["code"] == "origin_refused"
+    sock = f"{tmp_path}/o.sock"
+    u = agent(secret=None, listen=f"unix:{sock}")
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    st, body = raw_upgrade(s, [("Origin", "https://evil.example")])
+    s.close()
+    assert st == 403 and json.loads(body)["code"] == "origin_refused", (st, body)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    st, body = raw_upgrade(s, [])
+    s.close()
+    assert st == 101, (st, body)
+    for x in (a, u):
+        assert [l for l in x.logs() if l.get("msg") == "agent refused" and l.get("reason") == "origin_refused"]
+    assert not [l for l in a.logs() if l.get("msg") == "agent session started"]
+
+
+@pytest.mark.parametrize("headers", [
+    [("Authorization", "Bearer ")],
+    [("Authorization", "Bearer")],
+    [("Authorization", f"Bearer {SECRET[:-1]}")],
+    [("Authorization", f"Bearer {SECRET[:1]}")],
+    [("Authorization", f"Bearer {SECRET.upper()}")],
+    [("Authorization", f"Bearer  {SECRET}")],
+    [("Authorization", f"Basic {SECRET}")],
+    [("Authorization", SECRET)],
+    [("Authorization", f"Bearer {SECRET}"), ("Authorization", "Bearer wrong")],
+    [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {SECRET}")],
+    [("Authorization", f"Bearer {SECRET}"), ("Authorization", f"Bearer {SECRET}")],
+], ids=["empty", "scheme-only", "prefix", "one-char", "upper-case", "two-spaces", "basic", "no-scheme",
+        "two-right-first", "two-right-second", "two-both-right"])
+def test_agent_secret_edge_cases(agent, headers):
+    a = agent()
+    ws = wsraw.WS(a.port, path="/", expect_101=False, headers=headers)
+    assert ws.response.status == 403, ws.response
+    assert json.loads(ws.response.body)["code"] == "invalid_agent_secret"
+    assert not [l for l in a.logs() if l.get("msg") == "agent session started"]
+
+
+def test_agent_scheme_case_insensitive(agent):
+    a = agent()
+    ws = wsraw.WS(a.port, path="/", expect_101=False, headers={"Authorization": f"bearer {SECRET}"})
+    assert ws.response.status == 101, ws.response
+    ws.close()
+
+
+def test_shell_has_no_inherited_fds(tgw, tmp_path):
+    """Issue 8 item 17: a descriptor the agent's launcher left open (no
+    close-on-exec) never reaches a shell."""
+    leak = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(leak, 77, inheritable=True)
+    os.close(leak)
+    try:
+        a = Agent(pass_fds=(77,))
+    finally:
+        os.close(77)
+    try:
+        assert "77" in os.listdir(f"/proc/{a.pid}/fd"), "the agent itself did inherit fd 77"
+        ws = connect(tgw, "fds", token_for(tgw, "fds", a.url)["token"])
+        assert ws.response.status == 101, ws.response
+        ws.send_binary(b"echo FDS $(ls /proc/$$/fd | tr '\\n' ' ')END\n")
+        out = read_until(ws, rb"FDS [0-9 ]*END")
+        fds = re.search(rb"FDS ([0-9 ]*)END", out).group(1).split()
+        assert b"77" not in fds, fds
+        shell = a.children()[0][0]
+        assert "77" not in os.listdir(f"/proc/{shell}/fd")
+        ws.close()
     finally:
         a.stop()
 
@@ -590,6 +723,243 @@ def test_unix_socket_agent(tgw, agent, tmp_path):
     ws.send_binary(b"echo unix-$((4*4))\n")
     read_until(ws, rb"unix-16")
     ws.close()
+
+
+# ------------------------------------------------------------------ issue 8: mint allowlist, credentials, binding
+
+class HeadRecorder:
+    """A fake agent on 127.0.0.1: records each request head it gets and
+    refuses it (403), so a test sees exactly what the gateway sent."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.heads = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self.done.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            with c:
+                c.settimeout(5)
+                self.heads.append(recv_head(c)[0].decode())
+                c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 16\r\n"
+                          b"Connection: close\r\n\r\n{\"code\":\"fake\"}")
+
+    def headers(self, i, name):
+        return [l.split(":", 1)[1].strip() for l in self.heads[i].split("\r\n")[1:]
+                if l.split(":", 1)[0].strip().lower() == name.lower()]
+
+    def close(self):
+        self.done.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def recorder():
+    r = HeadRecorder()
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("upstream", [
+    "ws://attacker.example/", "wss://attacker.example:8443/x", "ws://10.0.0.1:7681/", "ws://0.0.0.0:7681/",
+    "ws://[::]:7681/", "ws://169.254.169.254:80/", "ws://127.0.0.1.attacker.example:7681/", "ws://localhost.:1/",
+    "ws://[::ffff:10.0.0.1]:7681/",
+])
+def test_mint_upstream_not_allowed(tgw, upstream):
+    """Issue 8 item 4: without agent_upstreams, tokens may name loopback
+    agents and unix sockets only; the rest is refused at mint time."""
+    r = mint(tgw, "ssrf", upstream)
+    assert r.status == 400, r
+    j = r.json()
+    assert j["code"] == "upstream_not_allowed" and j["correlation_id"] == r.header("X-Correlation-ID"), j
+    line = tgw.wait_log(lambda l: l.get("msg") == "terminal token refused" and l.get("upstream") == upstream)[-1]
+    assert line["reason"] == "upstream_not_allowed" and line["correlation_id"] == j["correlation_id"]
+
+
+def test_agent_upstreams_field_and_reload(make_gateway, recorder, tmp_path):
+    """A terminal route's agent_upstreams replaces the default; a token
+    minted under an older table is checked again when used, and never
+    dialled when the route no longer allows its agent."""
+    routes = str(tmp_path / "routes.json")
+    gw.write_routes(routes, [{"path": "/ws/terminal/", "kind": "terminal",
+                              "agent_upstreams": [f"127.0.0.1:{recorder.port}", f"unix:{tmp_path}/ag-*.sock"]}])
+    g = make_gateway(env={"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_ROUTES_FILE": routes})
+    other = gw.free_port()
+    r = mint(g, "al", f"ws://127.0.0.1:{other}/")
+    assert r.status == 400 and r.json()["code"] == "upstream_not_allowed", r
+    assert mint(g, "al", f"unix:{tmp_path}/ag-1.sock").status == 201
+    assert mint(g, "al", f"unix:{tmp_path}/other.sock").status == 400
+    tok = token_for(g, "al", f"ws://127.0.0.1:{recorder.port}/")["token"]
+    tok2 = token_for(g, "al", f"ws://127.0.0.1:{recorder.port}/")["token"]
+    # Allowed: dialled (the recorder refuses it, which the client sees).
+    ws = connect(g, "al", tok)
+    assert ws.response.status == 403 and json.loads(ws.response.body)["code"] == "fake", ws.response
+    assert len(recorder.heads) == 1
+    # The route now allows unix sockets only: the second token is refused
+    # at connect time, and the recorder gets nothing.
+    gw.write_routes(routes, [{"path": "/ws/terminal/", "kind": "terminal",
+                              "agent_upstreams": [f"unix:{tmp_path}/ag-*.sock"]}])
+    g.signal(signal.SIGHUP)
+    g.wait_log(lambda l: l.get("msg") == "routes reloaded", what="routes reloaded")
+    before = events(g, "rejected", "upstream_not_allowed")
+    ws = connect(g, "al", tok2)
+    refused(g, ws, 403, "upstream_not_allowed")
+    assert events(g, "rejected", "upstream_not_allowed") == before + 1
+    time.sleep(0.3)
+    assert len(recorder.heads) == 1, recorder.heads
+    line = g.wait_log(lambda l: l.get("msg") == "terminal refused" and l.get("reason") == "upstream_not_allowed")[-1]
+    assert line["resource_name"].endswith("gpuaas/allocation:al")
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:{}", ":{}", "[::]:{}", "10.255.255.1:{}"])
+def test_admin_listener_needs_token_unless_loopback(addr):
+    port = gw.free_port()
+    env = {"GATEWAY_PUBLIC_HTTP_ADDR": f"127.0.0.1:{gw.free_port()}", "GATEWAY_AUTHENTICATED_GRPC_ADDR": "",
+           "GATEWAY_ADMIN_HTTP_ADDR": addr.format(port)}
+    r = gw.run_cli(["serve"], env=env)
+    assert r.returncode == 2, r
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert json.loads(lines[0])["error"] == (
+        "GATEWAY_ADMIN_TOKEN: required when GATEWAY_ADMIN_HTTP_ADDR (\"" + addr.format(port) +
+        "\") is not a loopback address or a unix socket"), lines
+
+
+def test_admin_unix_socket_without_token(make_gateway, tmp_path):
+    """A unix-socket admin listener may go without a token: the mint works
+    over it."""
+    sock = str(tmp_path / "admin.sock")
+    g = make_gateway(env={"GATEWAY_ADMIN_HTTP_ADDR": f"unix:{sock}"})
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    body = json.dumps({"allocation_id": "a", "upstream": "ws://127.0.0.1:1/", "user_id": "u"}).encode()
+    s.sendall(b"POST /v1/terminal/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.settimeout(5)
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.startswith(b"HTTP/1.1 201 "), data
+
+
+def test_admin_token_compare(make_gateway):
+    """Issue 8 item 9 (by digest): prefixes, longer values, another case,
+    an empty bearer and a second Authorization header are all refused."""
+    g = make_gateway(env={"GATEWAY_ADMIN_TOKEN": "adm1n-token"})
+    for h in ([("Authorization", "Bearer adm1n-toke")], [("Authorization", "Bearer adm1n-tokenx")],
+              [("Authorization", "Bearer ADM1N-TOKEN")], [("Authorization", "Bearer ")],
+              [("Authorization", "Bearer adm1n-token"), ("Authorization", "Bearer x")]):
+        body = json.dumps({"allocation_id": "a", "upstream": "ws://127.0.0.1:1/", "user_id": "u"}).encode()
+        c = wsraw.Conn("127.0.0.1", g.admin_port)
+        head = "POST /v1/terminal/tokens HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in h)
+        c.send(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        r = c.read_response()
+        c.close()
+        assert r.status == 401, (h, r)
+    assert mint(g, "a", "ws://127.0.0.1:1/", headers={"Authorization": "bearer adm1n-token"}).status == 201
+
+
+def test_client_credentials_never_reach_agent(tgw, recorder):
+    """Issue 8 item 6: the client's Authorization and Cookie (and Origin)
+    stay at the gateway; the agent gets exactly one Authorization, the
+    gateway's."""
+    tok = token_for(tgw, "cred", f"ws://127.0.0.1:{recorder.port}/")["token"]
+    ws = tgw.ws(path="/ws/terminal/cred", protocols=[SUBPROTO, tok], expect_101=False,
+                headers=[("Authorization", "Bearer client-credential"), ("Cookie", "sid=client-cookie"),
+                         ("Cookie", "other=1"), ("Origin", "https://app.example"), ("X-Custom", "kept")])
+    assert ws.response.status == 403
+    assert len(recorder.heads) == 1
+    assert recorder.headers(0, "Authorization") == [f"Bearer {SECRET}"], recorder.heads[0]
+    assert recorder.headers(0, "Cookie") == [] and recorder.headers(0, "Origin") == [], recorder.heads[0]
+    assert recorder.headers(0, "X-Custom") == ["kept"]
+    assert "client-credential" not in recorder.heads[0] and "client-cookie" not in recorder.heads[0]
+
+
+def test_browser_headers_to_real_agent(tgw, agent):
+    """The same through a real agent: a browser's Origin, Cookie and an
+    Authorization do not break the terminal (nor burn the token)."""
+    a = agent()
+    tok = token_for(tgw, "brw", a.url)["token"]
+    ws = tgw.ws(path="/ws/terminal/brw", protocols=[SUBPROTO, tok], expect_101=False,
+                headers={"Authorization": "Bearer something-else", "Cookie": "a=b", "Origin": "https://app.example"})
+    assert ws.response.status == 101, ws.response
+    ws.send_binary(b"echo brw-$((9*9))\n")
+    read_until(ws, rb"brw-81")
+    ws.close()
+
+
+def test_reattach_bound_to_user_and_allocation(tgw, agent):
+    """Issue 8 item 5: a token naming another user's session id gets neither
+    the scrollback nor the shell (409, envelope, logged); the owner keeps it."""
+    a = agent()
+    sid = "bound-" + os.urandom(4).hex()
+    alice = connect(tgw, "alloc-b1", token_for(tgw, "alloc-b1", a.url, user="alice", session_id=sid)["token"])
+    assert alice.response.status == 101
+    alice.send_binary(b"SECRETVAR=alice-$((20+22)); echo ready-$((1+2))\n")
+    read_until(alice, rb"ready-3")
+    accepted = events(tgw, "accepted", "ok")
+    refused_before = events(tgw, "rejected", "upstream_refused")
+    for user, alloc in (("mallory", "alloc-b1"), ("alice", "alloc-b2")):
+        ws = connect(tgw, alloc, token_for(tgw, alloc, a.url, user=user, session_id=sid)["token"])
+        r = ws.response
+        assert r.status == 409, r
+        j = json.loads(r.body)
+        assert j["code"] == "session_conflict" and j["correlation_id"] == corr_of(ws), j
+        assert b"alice-42" not in r.body
+        line = [l for l in a.logs() if l.get("msg") == "agent refused" and l.get("correlation_id") == corr_of(ws)]
+        assert line and line[0]["reason"] == "session_conflict" and line[0]["user"] == user, line
+        assert line[0]["session_user"] == "alice" and line[0]["session_id"] == sid
+    assert events(tgw, "accepted", "ok") == accepted
+    assert events(tgw, "rejected", "upstream_refused") == refused_before + 2
+    # Alice's shell is untouched and still hers.
+    alice.send_binary(b"echo still-$SECRETVAR\n")
+    read_until(alice, rb"still-alice-42")
+    alice.reset()
+    gw.wait_until(lambda: [l for l in a.logs() if l.get("msg") == "agent session detached"], what="detach")
+    ws = connect(tgw, "alloc-b1", token_for(tgw, "alloc-b1", a.url, user="alice", session_id=sid)["token"])
+    assert ws.response.status == 101
+    read_until(ws, rb"ready-3")
+    ws.close()
+
+
+def test_events_count_agent_outcome(tgw, agent):
+    """Issue 8 item 18: accepted is counted once the agent accepted; an
+    unreachable agent counts as upstream_unavailable, and its refusal line
+    carries resource_name."""
+    a = agent()
+    acc = events(tgw, "accepted", "ok")
+    ws = connect(tgw, "ev", token_for(tgw, "ev", a.url)["token"])
+    assert ws.response.status == 101
+    assert events(tgw, "accepted", "ok") == acc + 1
+    ws.close()
+    port = gw.free_port()
+    unav = events(tgw, "rejected", "upstream_unavailable")
+    ws = connect(tgw, "ev-down", token_for(tgw, "ev-down", f"ws://127.0.0.1:{port}/", region="r9", tenant_id="t9",
+                                            project_id="p9")["token"])
+    assert ws.response.status == 502, ws.response
+    assert events(tgw, "accepted", "ok") == acc + 1
+    assert events(tgw, "rejected", "upstream_unavailable") == unav + 1
+    line = tgw.wait_log(lambda l: l.get("msg") == "terminal refused" and l.get("correlation_id") == corr_of(ws))[0]
+    assert line["reason"] == "upstream_unavailable"
+    assert line["resource_name"] == "core42:aicloud:r9:t9:p9:gpuaas/allocation:ev-down"
+    assert not [l for l in tgw.logs() if l.get("msg") == "terminal accepted" and
+                l.get("correlation_id") == corr_of(ws)]
 
 
 # ------------------------------------------------------------------ page

@@ -351,6 +351,31 @@ static void test_cross_checks(void)
     ok(strncmp(err, "GATEWAY_REDIS_USERNAME", 22) == 0, "removed variable reported first");
 }
 
+/* Issue 8 item 4: an admin listener that is not loopback or a unix socket
+ * needs GATEWAY_ADMIN_TOKEN (the token mint would be open to the network). */
+static void test_admin_token_rule(void)
+{
+    static const char *const open_ok[] = {"127.0.0.1:9091", "127.8.9.10:1", "[::1]:9091", "localhost:9091",
+                                          "[::ffff:127.0.0.1]:9091", "unix:/run/wsgate/admin.sock"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(open_ok); i++)
+        is_int(load1("GATEWAY_ADMIN_HTTP_ADDR", open_ok[i]), GW_OK, "%s without a token: %.100s", open_ok[i], err);
+    static const char *const need[] = {":9091", "0.0.0.0:9091", "[::]:9091", "10.0.0.5:9091", "admin.internal:9091",
+                                       "128.0.0.1:9091", "[::ffff:10.0.0.1]:9091"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(need); i++) {
+        is_int(load1("GATEWAY_ADMIN_HTTP_ADDR", need[i]), GW_ERR, "%s without a token refused", need[i]);
+        ok(strncmp(err, "GATEWAY_ADMIN_TOKEN: required when GATEWAY_ADMIN_HTTP_ADDR (", 60) == 0 &&
+               strchr(err, '\n') == NULL,
+           "one clear line: %.200s", err);
+        env_kv both[] = {{"GATEWAY_ADMIN_HTTP_ADDR", need[i]}, {"GATEWAY_ADMIN_TOKEN", "t0ken"}};
+        is_int(load(both, 2), GW_OK, "%s with a token ok", need[i]);
+    }
+    is_int(load1("GATEWAY_ADMIN_HTTP_ADDR", ":9091"), GW_ERR, "all interfaces");
+    is_str(err,
+           "GATEWAY_ADMIN_TOKEN: required when GATEWAY_ADMIN_HTTP_ADDR (\":9091\") is not a loopback address or a "
+           "unix socket",
+           "message");
+}
+
 /* ------------------------------------------------------------------ */
 /* Parsers */
 
@@ -708,6 +733,7 @@ int main(void)
     TEST_RUN(test_bad_values);
     TEST_RUN(test_long_values);
     TEST_RUN(test_cross_checks);
+    TEST_RUN(test_admin_token_rule);
     TEST_RUN(test_parse_duration);
     TEST_RUN(test_parse_size);
     TEST_RUN(test_parse_addr);

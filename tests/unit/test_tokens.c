@@ -125,6 +125,7 @@ static void test_ttl(void)
     is_int(gw_token_consume(s, tok, GW_TOKEN_LEN, "a", &got), GW_TOKEN_OK, "used just before expiry");
     atomic_fetch_add(&fake_now, 1);
     is_int(gw_token_consume(s, never, GW_TOKEN_LEN, "a", &got), GW_TOKEN_EXPIRED, "at expiry: expired");
+    is_str(got.allocation_id, "a", "an expired token still tells its allocation (for the refusal's log)");
     is_int(gw_token_consume(s, never, GW_TOKEN_LEN, "a", &got), GW_TOKEN_EXPIRED, "expired stays expired");
     is_int(gw_token_consume(s, tok, GW_TOKEN_LEN, "a", &got), GW_TOKEN_REPLAYED, "used then expired: replay");
 
