@@ -28,6 +28,9 @@ void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, i
 {
     gw_client *c = gw_calloc(1, sizeof *c);
     gw_conn_init(&c->conn, w->loop, fd, client_io);
+    /* A client reset while its reads are paused (backpressure) is noticed at
+     * once: client_io handles GW_EV_ERROR on a paused connection. */
+    c->conn.flags |= GW_CONN_F_WATCH_HUP;
     c->w = w;
     c->admin = (uint8_t)admin;
     c->timer.cb = client_timer;
@@ -441,8 +444,15 @@ static void client_io(gw_io *io, uint32_t events)
     if ((events & GW_EV_WRITE) && (c->conn.flags & GW_CONN_F_TLS_RW))
         events |= GW_EV_READ;
     if ((events & (GW_EV_READ | GW_EV_ERROR)) && c->phase != GW_PHASE_CLOSED &&
-        !(c->conn.flags & GW_CONN_F_PAUSED))
+        !(c->conn.flags & GW_CONN_F_PAUSED)) {
         client_read(c);
+    } else if ((events & GW_EV_ERROR) && c->phase != GW_PHASE_CLOSED) {
+        /* Reads are paused (backpressure), but the socket reported an error
+         * or a hang-up (GW_CONN_F_WATCH_HUP): a reset peer. Its unread bytes
+         * are gone with it, so it ends now rather than at the next
+         * heartbeat, and a relay's upstream leg is told at once. */
+        on_peer_gone(c, 1);
+    }
 }
 
 /* Called on each client when the worker starts draining. */

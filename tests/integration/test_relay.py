@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import signal
 import socket
 import struct
@@ -757,6 +758,188 @@ def test_backpressure_upstream_stops_reading(g, ups):
     w.expect_close()
     w.close()
     os.unlink(resume)
+
+
+# ============================================================ paused relays: decoding, memory, resets
+#
+# The upstream here answers the upgrade and then reads nothing. It listens on
+# a unix socket, whose kernel buffering is one send buffer
+# (/proc/sys/net/core/wmem_default), so what the gateway decoded is known
+# within a few hundred KiB. The client sends compressed frames that inflate
+# 1000:1 (1 MiB of zeros in ~1 KiB).
+
+class SilentUpstream:
+    """A WebSocket upstream on a unix socket: answers the upgrade, then reads
+    nothing until a test calls read_until_close()."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lis = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lis.bind(path)
+        self.lis.listen(64)
+        self.conns = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.lis.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            hdrs = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    hdrs[k.strip().lower()] = v.strip()
+            s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       f"Sec-WebSocket-Accept: {wsraw.accept_key(hdrs['sec-websocket-key'])}\r\n\r\n").encode())
+            with self.lock:
+                self.conns[hdrs.get("x-correlation-id")] = s
+
+    def conn(self, c, timeout=5.0):
+        gw.wait_until(lambda: c in self.conns, timeout, what=f"upstream leg of {c}")
+        return self.conns[c]
+
+    def read_until_close(self, c, timeout=10.0):
+        """Reads the leg's frames up to the gateway's Close; answers it and
+        waits for EOF. Returns (binary message sizes, all zero?, close code,
+        reason, EOF seen)."""
+        s = self.conn(c)
+        s.settimeout(timeout)
+        buf = bytearray()
+
+        def need(n):
+            while len(buf) < n:
+                d = s.recv(1 << 20)
+                if not d:
+                    raise EOFError
+                buf.extend(d)
+
+        sizes, zeros = [], True
+        while True:
+            need(2)
+            b0, b1 = buf[0], buf[1]
+            n, hl = b1 & 0x7F, 2
+            if n == 126:
+                need(4)
+                n, hl = struct.unpack("!H", bytes(buf[2:4]))[0], 4
+            elif n == 127:
+                need(10)
+                n, hl = struct.unpack("!Q", bytes(buf[2:10]))[0], 10
+            assert b1 & 0x80, "frames toward the upstream are masked"
+            need(hl + 4 + n)
+            key = bytes(buf[hl:hl + 4])
+            payload = bytes(buf[hl + 4:hl + 4 + n])
+            del buf[:hl + 4 + n]
+            op = b0 & 0x0F
+            if op == OP_BINARY:
+                sizes.append(n)
+                zeros = zeros and payload == (key * (n // 4 + 1))[:n]
+            elif op == OP_CLOSE:
+                data = wsraw.mask_bytes(payload, key)
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                s.sendall(wsraw.build_frame(OP_CLOSE, data[:2], mask=False))
+                try:
+                    eof = s.recv(1) == b""
+                except OSError:
+                    eof = True
+                return sizes, zeros, code, data[2:].decode(), eof
+
+    def close(self):
+        self.lis.close()
+        for s in self.conns.values():
+            s.close()
+        os.unlink(self.path)
+
+
+@pytest.fixture
+def silent(make_gateway):
+    """A gateway with route /silent/ relaying to a SilentUpstream; the
+    gateway's environment comes from the test (param)."""
+    d = tempfile.mkdtemp(prefix="wsgate-silent-")
+    up = SilentUpstream(os.path.join(d, "up.sock"))
+    routes = gw.write_routes(os.path.join(d, "routes.json"),
+                             [{"path": "/silent/", "kind": "proxy", "upstream": "unix:" + up.path}])
+
+    def start(env):
+        e = {"GATEWAY_ROUTES_FILE": routes}
+        e.update(env)
+        return make_gateway(e)
+
+    yield start, up
+    up.close()
+    os.unlink(routes)
+    os.rmdir(d)
+
+
+def flood_until_stalled(clients, frame, watch_pid, max_frames=40000, stall=1.5, timeout=60):
+    """Sends frame over every client socket (nonblocking, round robin) until
+    none has made progress for `stall` seconds. Returns (frames fully sent per
+    client, peak VmRSS of watch_pid in KiB)."""
+    socks = [w.conn.sock for w in clients]
+    for s in socks:
+        s.setblocking(False)
+    pending = [memoryview(frame) for _ in socks]
+    sent = [0] * len(socks)
+    peak = gw.vm_rss_kb(watch_pid)
+    last = time.monotonic()
+    deadline = last + timeout
+    while time.monotonic() < deadline:
+        progress = False
+        for i, s in enumerate(socks):
+            while pending[i] is not None:
+                try:
+                    k = s.send(pending[i])
+                except BlockingIOError:
+                    break
+                progress = True
+                pending[i] = pending[i][k:]
+                if not pending[i]:
+                    sent[i] += 1
+                    pending[i] = memoryview(frame) if sent[i] < max_frames else None
+        peak = max(peak, gw.vm_rss_kb(watch_pid))
+        now = time.monotonic()
+        if progress:
+            last = now
+        elif now - last > stall:
+            return sent, peak
+        select.select([], socks, [], 0.05)
+    raise AssertionError(f"the clients never stalled: {sent}")
+
+
+def test_reset_while_paused_noticed_at_once(silent):
+    """Item 16 of issue 8: a client that resets while its leg is paused for
+    backpressure ends at once (cause downstream_closed), not at the next
+    heartbeat 60 s later, and the upstream leg is closed with 1001."""
+    start, up = silent
+    g = start({"GATEWAY_WS_PING_INTERVAL": "60s", "GATEWAY_WS_PONG_TIMEOUT": "120s"})
+    c = cid("rstp")
+    w = g.ws(path=f"/silent/{c}", headers={"X-Correlation-ID": c}, timeout=30)
+    up.conn(c)
+    frame = _masked_frame(OP_BINARY, bytes(64 * 1024))
+    sent, _ = flood_until_stalled([w], frame, g.pid)
+    before = closes(g, "/silent/", "downstream_closed")
+    t0 = time.monotonic()
+    w.conn.sock.setblocking(True)
+    w.conn.reset()
+    line = relay_close(g, c, timeout=10)
+    took = time.monotonic() - t0
+    assert took < 3, f"the reset was noticed after {took:.1f}s"
+    check_close_line(line, "downstream_closed", route="/silent/", upstream="unix:" + up.path,
+                     closed_first="downstream")
+    assert line["dur_ms"] < 30000, line
+    assert closes(g, "/silent/", "downstream_closed") == before + 1
+    sizes, zeros, code, reason, eof = up.read_until_close(c)
+    assert len(sizes) == line["msgs_in"] and sizes == [64 * 1024] * len(sizes) and zeros
+    assert (code, reason, eof) == (1001, "downstream_closed", True)
 
 
 # ============================================================ reload
