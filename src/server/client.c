@@ -351,11 +351,13 @@ static void client_read(gw_client *c)
             return;
         }
         /* Backpressure: a peer that does not read what we send stops being
-         * read until its queue drains. */
-        if (gw_conn_queued(&c->conn) > GW_OUT_HIGH) {
+         * read until its queue drains. A handler may also have paused us
+         * (a relay whose other leg is full): then not one more read either;
+         * the engine already stopped decoding, and the rest waits in conn.in. */
+        if (gw_conn_queued(&c->conn) > GW_OUT_HIGH)
             gw_conn_pause(&c->conn, 1);
+        if (c->conn.flags & GW_CONN_F_PAUSED)
             return;
-        }
         if (c->phase == GW_PHASE_HTTP)
             gw_client_arm(c);
         if ((size_t)r < cap && gw_conn_pending(&c->conn) == 0)
