@@ -901,7 +901,7 @@ def deflate_client(g, c):
     return w
 
 
-def flood_until_stalled(clients, frame, watch_pid, max_frames=40000, stall=1.5, timeout=60):
+def flood_until_stalled(clients, frame, watch_pid, max_frames=40000, stall=2.0, timeout=60):
     """Sends frame over every client socket (nonblocking, round robin) until
     none has made progress for `stall` seconds. Returns (frames fully sent per
     client, peak VmRSS of watch_pid in KiB)."""
