@@ -484,6 +484,7 @@ static void set_defaults(gw_config *c)
     c->max_header_bytes = 16 * KIB;
     c->max_request_line = 8 * KIB;
     c->ws_deflate = 1;
+    c->ws_max_inflate_ratio = 100;
 }
 
 static int load_all(loader *L)
@@ -599,6 +600,8 @@ static int load_all(loader *L)
     if ((v = get(L, "GATEWAY_WS_DEFLATE")) && gw_parse_bool(v, &c->ws_deflate) != GW_OK)
         return fail(L, "GATEWAY_WS_DEFLATE: cannot parse %s as a boolean (on/off, true/false, yes/no, 1/0)",
                     quote(v, q, sizeof q));
+    if (load_uint(L, "GATEWAY_WS_MAX_INFLATE_RATIO", &c->ws_max_inflate_ratio, 0, 1000000))
+        return GW_ERR;
     return GW_OK;
 }
 
@@ -661,6 +664,8 @@ const char gw_config_help[] =
     "  GATEWAY_MAX_HEADER_BYTES                      16KiB                   larger request heads get 431\n"
     "  GATEWAY_MAX_REQUEST_LINE_BYTES                8KiB                    longer request lines get 414\n"
     "  GATEWAY_WS_DEFLATE                            on                      permessage-deflate (on/off)\n"
+    "  GATEWAY_WS_MAX_INFLATE_RATIO                  100                     inflated/compressed bytes per connection\n"
+    "                                                                        (+1MiB); past it 1008; 0 disables\n"
     "\n"
     "Removed (refused when set): GATEWAY_REDIS_TLS_ENABLED, GATEWAY_REDIS_USERNAME.\n"
     "Formats: durations 250ms, 25s, 5m, 1h, 1h30m, 1.5s (a bare integer means seconds);\n"

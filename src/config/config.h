@@ -54,6 +54,7 @@ typedef struct gw_config {
     uint64_t max_header_bytes;    /* GATEWAY_MAX_HEADER_BYTES, default 16KiB -> 431 */
     uint64_t max_request_line;    /* GATEWAY_MAX_REQUEST_LINE_BYTES, default 8KiB -> 414 */
     int ws_deflate;               /* GATEWAY_WS_DEFLATE, default on ("on"/"off", "true"/"false", "1"/"0") */
+    uint64_t ws_max_inflate_ratio; /* GATEWAY_WS_MAX_INFLATE_RATIO, default 100; 0 = no decompression budget */
 } gw_config;
 
 /* Fills *c with defaults, then overrides from the environment through

@@ -20,7 +20,7 @@ typedef struct gw_loop gw_loop;
 
 #define GW_EV_READ 0x1u
 #define GW_EV_WRITE 0x2u
-#define GW_EV_ERROR 0x4u /* reported only: error or hang-up */
+#define GW_EV_ERROR 0x4u /* reported: error or hang-up; as interest alone: watch for nothing else */
 #define GW_EV_EXCLUSIVE 0x80000000u /* with READ on a listen fd shared by workers: wake one */
 
 typedef struct gw_io gw_io;

@@ -33,6 +33,8 @@ void gw_backend_free(gw_backend *b)
     gw_free(b);
 }
 
+/* GW_EV_ERROR as interest maps to no bit: the fd stays registered, and
+ * epoll reports EPOLLERR and EPOLLHUP whatever the mask says. */
 static uint32_t to_epoll(uint32_t ev)
 {
     uint32_t e = 0;

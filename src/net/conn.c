@@ -286,6 +286,8 @@ void gw_conn_update(gw_conn *c)
     } else {
         if ((c->flags & GW_CONN_F_READING) && !(c->flags & GW_CONN_F_PAUSED))
             ev |= GW_EV_READ;
+        else if ((c->flags & (GW_CONN_F_READING | GW_CONN_F_WATCH_HUP)) == (GW_CONN_F_READING | GW_CONN_F_WATCH_HUP))
+            ev |= GW_EV_ERROR; /* paused: no input, but a reset is still news */
         if (c->flags & GW_CONN_F_TLS_RW)
             ev |= GW_EV_WRITE;
         if (c->out.len && !(c->flags & GW_CONN_F_ERROR))

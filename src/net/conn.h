@@ -44,6 +44,8 @@ typedef struct gw_transport {
 #define GW_CONN_F_WSHUT 0x40u      /* write side shut down */
 #define GW_CONN_F_ERROR 0x80u      /* a write failed: the connection is dead */
 #define GW_CONN_F_DEFER 0x100u     /* writes queue in out until the loop is about to sleep */
+#define GW_CONN_F_WATCH_HUP 0x200u /* while paused, still report errors and hang-ups (GW_EV_ERROR): the
+                                      owner's callback must handle GW_EV_ERROR on a paused conn */
 
 #define GW_CONN_OUT_MAX (64u * 1024 * 1024) /* hard cap on queued output */
 

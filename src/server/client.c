@@ -28,6 +28,9 @@ void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, i
 {
     gw_client *c = gw_calloc(1, sizeof *c);
     gw_conn_init(&c->conn, w->loop, fd, client_io);
+    /* A client reset while its reads are paused (backpressure) is noticed at
+     * once: client_io handles GW_EV_ERROR on a paused connection. */
+    c->conn.flags |= GW_CONN_F_WATCH_HUP;
     c->w = w;
     c->admin = (uint8_t)admin;
     c->timer.cb = client_timer;
@@ -348,11 +351,13 @@ static void client_read(gw_client *c)
             return;
         }
         /* Backpressure: a peer that does not read what we send stops being
-         * read until its queue drains. */
-        if (gw_conn_queued(&c->conn) > GW_OUT_HIGH) {
+         * read until its queue drains. A handler may also have paused us
+         * (a relay whose other leg is full): then not one more read either;
+         * the engine already stopped decoding, and the rest waits in conn.in. */
+        if (gw_conn_queued(&c->conn) > GW_OUT_HIGH)
             gw_conn_pause(&c->conn, 1);
+        if (c->conn.flags & GW_CONN_F_PAUSED)
             return;
-        }
         if (c->phase == GW_PHASE_HTTP)
             gw_client_arm(c);
         if ((size_t)r < cap && gw_conn_pending(&c->conn) == 0)
@@ -441,8 +446,15 @@ static void client_io(gw_io *io, uint32_t events)
     if ((events & GW_EV_WRITE) && (c->conn.flags & GW_CONN_F_TLS_RW))
         events |= GW_EV_READ;
     if ((events & (GW_EV_READ | GW_EV_ERROR)) && c->phase != GW_PHASE_CLOSED &&
-        !(c->conn.flags & GW_CONN_F_PAUSED))
+        !(c->conn.flags & GW_CONN_F_PAUSED)) {
         client_read(c);
+    } else if ((events & GW_EV_ERROR) && c->phase != GW_PHASE_CLOSED) {
+        /* Reads are paused (backpressure), but the socket reported an error
+         * or a hang-up (GW_CONN_F_WATCH_HUP): a reset peer. Its unread bytes
+         * are gone with it, so it ends now rather than at the next
+         * heartbeat, and a relay's upstream leg is told at once. */
+        on_peer_gone(c, 1);
+    }
 }
 
 /* Called on each client when the worker starts draining. */

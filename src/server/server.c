@@ -32,7 +32,8 @@ gw_route_table *gw_server_routes(void)
 static void precreate_route_series(const gw_route_table *t)
 {
     static const char *const causes[] = {"downstream_closed", "upstream_closed", "graceful", "heartbeat_timeout",
-                                         "shutdown", "protocol_error", "too_large", "idle_timeout"};
+                                         "shutdown", "protocol_error", "too_large", "idle_timeout",
+                                         "inflate_budget"};
     for (size_t i = 0; i < t->n; i++) {
         gw_metric_handshake(&t->routes[i], "ok");
         for (size_t k = 0; k < GW_ARRAY_LEN(causes); k++)

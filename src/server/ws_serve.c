@@ -36,6 +36,7 @@ gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *tab
     gw_ws_init(&wsc->ws, &c->conn, 1, h, c, gw_srv.cfg.ws_max_message_bytes);
     if (pmd && pmd->enabled)
         gw_ws_enable_pmd(&wsc->ws, pmd);
+    gw_ws_set_inflate_budget(&wsc->ws, (uint32_t)gw_srv.cfg.ws_max_inflate_ratio);
     c->wsc = wsc;
     c->phase = GW_PHASE_WS;
     c->close_after = 0;

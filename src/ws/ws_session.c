@@ -18,6 +18,7 @@ const char gw_cause_too_large[] = "too_large";
 const char gw_cause_idle_timeout[] = "idle_timeout";
 const char gw_cause_overflow[] = "overflow";
 const char gw_cause_revoked[] = "revoked";
+const char gw_cause_inflate_budget[] = "inflate_budget";
 
 /* Messages shorter than this go out uncompressed even with deflate on: the
  * deflate block overhead makes them larger and costs CPU for nothing. */
@@ -37,7 +38,10 @@ void gw_ws_init(gw_ws *ws, gw_conn *conn, int is_server, const gw_ws_handler *h,
     ws->h = h;
     ws->data = data;
     ws->max_msg = max_msg;
+    ws->inflate_ratio = GW_WS_INFLATE_RATIO_DEFAULT;
 }
+
+void gw_ws_set_inflate_budget(gw_ws *ws, uint32_t ratio) { ws->inflate_ratio = ratio; }
 
 void gw_ws_enable_pmd(gw_ws *ws, const gw_pmd_params *p)
 {
@@ -154,12 +158,36 @@ static void fail(gw_ws *ws, unsigned code, const char *error, const char *cause)
 
 /* ================================ receiving ================================= */
 
+/* Inflated bytes this connection may still produce under its budget
+ * (UINT64_MAX without one). n is the compressed size of the message now. */
+static uint64_t inflate_allowance(gw_ws *ws, size_t n)
+{
+    if (!ws->inflate_ratio)
+        return UINT64_MAX;
+    ws->z_in += n;
+    uint64_t cap = GW_WS_INFLATE_SLACK;
+    uint64_t earned = ws->z_in > (UINT64_MAX - cap) / ws->inflate_ratio ? UINT64_MAX - cap
+                                                                         : ws->z_in * ws->inflate_ratio;
+    cap += earned;
+    return cap > ws->z_out ? cap - ws->z_out : 0;
+}
+
 static void deliver(gw_ws *ws, int opcode, uint8_t *p, size_t n, int compressed)
 {
     if (compressed) {
         uint16_t code = 0;
         scratch_in.head = scratch_in.len = 0;
-        if (gw_pmd_inflate(ws->pmd, p, n, &scratch_in, ws->max_msg, &code) != GW_OK) {
+        uint64_t allow = inflate_allowance(ws, n);
+        int budget_bound = allow < ws->max_msg;
+        int rc = gw_pmd_inflate(ws->pmd, p, n, &scratch_in, budget_bound ? (size_t)allow : ws->max_msg, &code);
+        ws->z_out += scratch_in.len;
+        if (rc != GW_OK && budget_bound && code == GW_WS_CLOSE_TOO_BIG) {
+            /* Tiny input that inflates without end buys CPU, not data: a
+             * policy matter (1008), not a message size one. */
+            fail(ws, GW_WS_CLOSE_POLICY, "inflate_budget_exceeded", gw_cause_inflate_budget);
+            return;
+        }
+        if (rc != GW_OK) {
             fail(ws, code ? code : GW_WS_CLOSE_INVALID_DATA,
                  code == GW_WS_CLOSE_TOO_BIG ? "message_too_large" : "invalid_compressed_data",
                  code == GW_WS_CLOSE_TOO_BIG ? gw_cause_too_large : gw_cause_protocol_error);
@@ -279,7 +307,9 @@ static int unmask_part(gw_ws *ws, const gw_ws_frame_hdr *h, uint8_t *payload, ui
 size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n)
 {
     size_t off = 0;
-    while (off < n && ws->state != GW_WS_CLOSED) {
+    /* A paused connection decodes nothing more (backpressure): the check
+     * runs before every frame, so a handler's pause takes effect at once. */
+    while (off < n && ws->state != GW_WS_CLOSED && !(ws->conn->flags & GW_CONN_F_PAUSED)) {
         gw_ws_frame_hdr h;
         uint16_t code = 0;
         int hl = gw_ws_frame_parse_header(p + off, n - off, &h, &code);

@@ -55,6 +55,11 @@ extern const char gw_cause_too_large[];
 extern const char gw_cause_idle_timeout[];
 extern const char gw_cause_overflow[];
 extern const char gw_cause_revoked[];
+extern const char gw_cause_inflate_budget[];
+
+/* Decompression budget (see gw_ws_set_inflate_budget). */
+#define GW_WS_INFLATE_RATIO_DEFAULT 100u
+#define GW_WS_INFLATE_SLACK (1024u * 1024) /* inflated bytes allowed beyond the ratio */
 
 struct gw_ws {
     gw_conn *conn;
@@ -74,6 +79,11 @@ struct gw_ws {
     const char *cause;       /* why the session ended (gw_cause_*), NULL while open */
     const char *error;       /* error code text sent as close reason when we failed it */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+    /* Decompression budget: over the connection's life, inflated bytes stay
+     * within inflate_ratio times the compressed payload bytes received plus
+     * GW_WS_INFLATE_SLACK (0 = no budget). */
+    uint32_t inflate_ratio;
+    uint64_t z_in, z_out;
 };
 
 /* Initialises ws on conn. max_msg bounds a message (after inflation). */
@@ -82,10 +92,25 @@ void gw_ws_init(gw_ws *ws, gw_conn *conn, int is_server, const gw_ws_handler *h,
 void gw_ws_enable_pmd(gw_ws *ws, const gw_pmd_params *p);
 void gw_ws_free(gw_ws *ws);
 
+/* Sets the decompression budget: a connection may inflate at most ratio
+ * times the compressed bytes it sent, plus GW_WS_INFLATE_SLACK (one large
+ * message of any ratio), summed over its life; past it the connection fails
+ * with 1008 "inflate_budget_exceeded" (cause gw_cause_inflate_budget), and
+ * the inflater stops at the budget, so a bomb costs no more CPU than that.
+ * 0 turns the budget off. gw_ws_init sets GW_WS_INFLATE_RATIO_DEFAULT. */
+void gw_ws_set_inflate_budget(gw_ws *ws, uint32_t ratio);
+
 /* Processes p[0..n). Returns the number of bytes consumed: the caller keeps
- * the rest (a partial frame) and passes it again, with more bytes after it,
- * on the next call. Bytes of a partial frame are already unmasked and
- * validated (ws->cur_done) so the work is not repeated. */
+ * the rest (a partial frame, or everything after the point where it paused)
+ * and passes it again, with more bytes after it, on the next call. Bytes of
+ * a partial frame are already unmasked and validated (ws->cur_done) so the
+ * work is not repeated.
+ *
+ * Backpressure: while ws->conn is paused (gw_conn_pause, GW_CONN_F_PAUSED),
+ * no further frame is decoded: a handler that pauses the connection from
+ * on_message stops the feed right after that message, and a feed on a
+ * paused connection consumes nothing. Nothing is inflated or delivered for
+ * a paused connection; its undecoded bytes stay with the caller. */
 size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n);
 
 /* Sends a whole message (text/binary; compressed when negotiated and worth

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import signal
 import socket
 import struct
@@ -757,6 +758,305 @@ def test_backpressure_upstream_stops_reading(g, ups):
     w.expect_close()
     w.close()
     os.unlink(resume)
+
+
+# ============================================================ paused relays: decoding, memory, resets
+#
+# The upstream here answers the upgrade and then reads nothing. It listens on
+# a unix socket, whose kernel buffering is one send buffer
+# (/proc/sys/net/core/wmem_default), so what the gateway decoded is known
+# within a few hundred KiB. The client sends compressed frames that inflate
+# 1000:1 (1 MiB of zeros in ~1 KiB).
+
+MIB = 1 << 20
+GW_OUT_HIGH = MIB          # server.h: a leg whose queue passes this pauses its peer
+MAX_MSG = MIB              # GATEWAY_WS_MAX_MESSAGE_BYTES default
+READ_CHUNK = 64 * 1024     # one read of the worker's buffer
+# Per relayed pair, from the high-water marks (README "Backpressure and
+# memory"): the upstream queue (GW_OUT_HIGH plus the one message that
+# crossed it, in a buffer that may double while growing) and the client's
+# input buffer (one read plus one partial frame), plus zlib state.
+PAIR_BOUND_KB = (2 * (GW_OUT_HIGH + MAX_MSG) + MAX_MSG + READ_CHUNK + 512 * 1024) // 1024
+# Margin for the allocator, per-worker scratch buffers and thread stacks.
+RSS_MARGIN_KB = 24 * 1024
+BOMB = wsraw.deflate_message(bytes(MIB))
+
+
+class SilentUpstream:
+    """A WebSocket upstream on a unix socket: answers the upgrade, then reads
+    nothing until a test calls read_until_close()."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lis = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lis.bind(path)
+        self.lis.listen(64)
+        self.conns = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.lis.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            hdrs = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    hdrs[k.strip().lower()] = v.strip()
+            s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       f"Sec-WebSocket-Accept: {wsraw.accept_key(hdrs['sec-websocket-key'])}\r\n\r\n").encode())
+            with self.lock:
+                self.conns[hdrs.get("x-correlation-id")] = s
+
+    def conn(self, c, timeout=5.0):
+        gw.wait_until(lambda: c in self.conns, timeout, what=f"upstream leg of {c}")
+        return self.conns[c]
+
+    def read_until_close(self, c, timeout=10.0):
+        """Reads the leg's frames up to the gateway's Close; answers it and
+        waits for EOF. Returns (binary message sizes, all zero?, close code,
+        reason, EOF seen)."""
+        s = self.conn(c)
+        s.settimeout(timeout)
+        buf = bytearray()
+
+        def need(n):
+            while len(buf) < n:
+                d = s.recv(1 << 20)
+                if not d:
+                    raise EOFError
+                buf.extend(d)
+
+        sizes, zeros = [], True
+        while True:
+            need(2)
+            b0, b1 = buf[0], buf[1]
+            n, hl = b1 & 0x7F, 2
+            if n == 126:
+                need(4)
+                n, hl = struct.unpack("!H", bytes(buf[2:4]))[0], 4
+            elif n == 127:
+                need(10)
+                n, hl = struct.unpack("!Q", bytes(buf[2:10]))[0], 10
+            assert b1 & 0x80, "frames toward the upstream are masked"
+            need(hl + 4 + n)
+            key = bytes(buf[hl:hl + 4])
+            payload = bytes(buf[hl + 4:hl + 4 + n])
+            del buf[:hl + 4 + n]
+            op = b0 & 0x0F
+            if op == OP_BINARY:
+                sizes.append(n)
+                zeros = zeros and payload == (key * (n // 4 + 1))[:n]
+            elif op == OP_CLOSE:
+                data = wsraw.mask_bytes(payload, key)
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                s.sendall(wsraw.build_frame(OP_CLOSE, data[:2], mask=False))
+                try:
+                    eof = s.recv(1) == b""
+                except OSError:
+                    eof = True
+                return sizes, zeros, code, data[2:].decode(), eof
+
+    def close(self):
+        self.lis.close()
+        for s in self.conns.values():
+            s.close()
+        os.unlink(self.path)
+
+
+@pytest.fixture
+def silent(make_gateway):
+    """A gateway with route /silent/ relaying to a SilentUpstream; the
+    gateway's environment comes from the test (param)."""
+    d = tempfile.mkdtemp(prefix="wsgate-silent-")
+    up = SilentUpstream(os.path.join(d, "up.sock"))
+    routes = gw.write_routes(os.path.join(d, "routes.json"),
+                             [{"path": "/silent/", "kind": "proxy", "upstream": "unix:" + up.path}])
+
+    def start(env):
+        e = {"GATEWAY_ROUTES_FILE": routes}
+        e.update(env)
+        return make_gateway(e)
+
+    yield start, up
+    up.close()
+    os.unlink(routes)
+    os.rmdir(d)
+
+
+def deflate_client(g, c):
+    w = g.ws(path=f"/silent/{c}", extensions="permessage-deflate; client_max_window_bits",
+             headers={"X-Correlation-ID": c}, timeout=30)
+    assert w.deflate, w.response
+    return w
+
+
+def flood_until_stalled(clients, frame, watch_pid, max_frames=40000, stall=2.0, timeout=60):
+    """Sends frame over every client socket (nonblocking, round robin) until
+    none has made progress for `stall` seconds. Returns (frames fully sent per
+    client, peak VmRSS of watch_pid in KiB)."""
+    socks = [w.conn.sock for w in clients]
+    for s in socks:
+        s.setblocking(False)
+    pending = [memoryview(frame) for _ in socks]
+    sent = [0] * len(socks)
+    peak = gw.vm_rss_kb(watch_pid)
+    last = time.monotonic()
+    deadline = last + timeout
+    while time.monotonic() < deadline:
+        progress = False
+        for i, s in enumerate(socks):
+            while pending[i] is not None:
+                try:
+                    k = s.send(pending[i])
+                except BlockingIOError:
+                    break
+                progress = True
+                pending[i] = pending[i][k:]
+                if not pending[i]:
+                    sent[i] += 1
+                    pending[i] = memoryview(frame) if sent[i] < max_frames else None
+        peak = max(peak, gw.vm_rss_kb(watch_pid))
+        now = time.monotonic()
+        if progress:
+            last = now
+        elif now - last > stall:
+            return sent, peak
+        select.select([], socks, [], 0.05)
+    raise AssertionError(f"the clients never stalled: {sent}")
+
+
+def decoded_bound_msgs():
+    """Messages of 1 MiB the gateway may have decoded for one paused pair:
+    the upstream queue up to GW_OUT_HIGH plus the message that crossed it,
+    plus what the unix socket's kernel buffer took."""
+    with open("/proc/sys/net/core/wmem_default") as f:
+        wmem = int(f.read())
+    return 1 + -(-(GW_OUT_HIGH + 2 * wmem) // MIB)
+
+
+def test_paused_relay_decodes_nothing_more_and_memory_stays_bounded(silent):
+    """Item 2 of issue 8: 1 KiB frames that inflate to 1 MiB each, toward an
+    upstream that reads nothing. Once a pair is paused nothing more is decoded
+    (the messages the gateway counted stay within the high-water marks), and
+    the gateway's RSS stays under N pairs' bound plus a margin. The budget is
+    off here (ratio 0) so only the pause bounds memory."""
+    start, up = silent
+    g = start({"GATEWAY_WS_MAX_INFLATE_RATIO": "0", "GATEWAY_WS_PING_INTERVAL": "60s",
+               "GATEWAY_WS_PONG_TIMEOUT": "120s"})
+    n = 8
+    ids = [cid(f"amp{i}") for i in range(n)]
+    clients = [deflate_client(g, c) for c in ids]
+    for c in ids:
+        up.conn(c)
+    time.sleep(0.3)
+    base = gw.vm_rss_kb(g.pid)
+    frame = _masked_frame(OP_BINARY | 0x40, BOMB)  # RSV1: compressed
+    sent, peak = flood_until_stalled(clients, frame, g.pid)
+    assert all(k > 500 for k in sent), sent  # the kernel's buffers took the rest
+    bound_kb = n * PAIR_BOUND_KB + RSS_MARGIN_KB
+    growth = peak - base
+    assert growth < bound_kb, f"RSS grew {growth} KiB for {n} paused pairs (bound {bound_kb} KiB)"
+    # What was decoded: counted once a second into the metric.
+    limit = decoded_bound_msgs()
+    time.sleep(1.5)
+    decoded = g.metric("wsgate_ws_messages_total", route="/silent/", direction="in")
+    assert decoded <= n * limit, f"{decoded} messages decoded for {n} paused pairs (at most {limit} each)"
+    time.sleep(1.5)
+    assert g.metric("wsgate_ws_messages_total", route="/silent/", direction="in") == decoded, \
+        "decoding went on while paused"
+    assert gw.vm_rss_kb(g.pid) - base < bound_kb
+    # Each leg carries exactly what its client's session decoded, intact.
+    for w, c in zip(clients, ids):
+        w.conn.sock.setblocking(True)
+        w.conn.reset()
+        line = relay_close(g, c, timeout=10)
+        assert line["cause"] == "downstream_closed" and 1 <= line["msgs_in"] <= limit, line
+        sizes, zeros, code, reason, eof = up.read_until_close(c)
+        assert sizes == [MIB] * line["msgs_in"] and zeros, (len(sizes), line)
+        assert (code, reason, eof) == (1001, "downstream_closed", True)
+
+
+def test_reset_while_paused_noticed_at_once(silent):
+    """Item 16 of issue 8: a client that resets while its leg is paused for
+    backpressure ends at once (cause downstream_closed), not at the next
+    heartbeat 60 s later, and the upstream leg is closed with 1001."""
+    start, up = silent
+    g = start({"GATEWAY_WS_PING_INTERVAL": "60s", "GATEWAY_WS_PONG_TIMEOUT": "120s"})
+    c = cid("rstp")
+    w = g.ws(path=f"/silent/{c}", headers={"X-Correlation-ID": c}, timeout=30)
+    up.conn(c)
+    frame = _masked_frame(OP_BINARY, bytes(64 * 1024))
+    sent, _ = flood_until_stalled([w], frame, g.pid)
+    before = closes(g, "/silent/", "downstream_closed")
+    t0 = time.monotonic()
+    w.conn.sock.setblocking(True)
+    w.conn.reset()
+    line = relay_close(g, c, timeout=10)
+    took = time.monotonic() - t0
+    assert took < 3, f"the reset was noticed after {took:.1f}s"
+    check_close_line(line, "downstream_closed", route="/silent/", upstream="unix:" + up.path,
+                     closed_first="downstream")
+    assert line["dur_ms"] < 30000, line
+    assert closes(g, "/silent/", "downstream_closed") == before + 1
+    sizes, zeros, code, reason, eof = up.read_until_close(c)
+    assert len(sizes) == line["msgs_in"] and sizes == [64 * 1024] * len(sizes) and zeros
+    assert (code, reason, eof) == (1001, "downstream_closed", True)
+
+
+def test_inflate_budget_closes_1008(make_gateway):
+    """Item 2 of issue 8, the decompression budget: frames of ~1 KiB that
+    inflate to 1 MiB each, on /probe/ws (which inflates, then deflates its
+    echo). The first fits the slack; the connection then closes with 1008
+    "inflate_budget_exceeded", the close line says cause inflate_budget
+    with the correlation id, the metric counts it, and the gateway spent
+    well under a second of CPU (4.8 s for 507 such frames before)."""
+    g = make_gateway({})
+    c = cid("budget")
+    before = gw.metric_value(g.metrics(), CLOSES, route="/probe/ws", cause="inflate_budget")
+    w = g.ws(path="/probe/ws", extensions="permessage-deflate; client_max_window_bits",
+             headers={"X-Correlation-ID": c}, timeout=10)
+    assert w.deflate, w.response
+    cpu0 = _cpu_seconds(g.pid)
+    frames = _masked_frame(OP_BINARY | 0x40, BOMB) * 507
+
+    def send():
+        try:
+            w.conn.sock.sendall(frames)
+        except OSError:
+            pass  # the gateway may reset before taking everything
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    op, data, _ = w.recv_message(timeout=10)
+    assert (op, len(data)) == (OP_BINARY, MIB)  # the first came back
+    f = w.expect_close(timeout=10)
+    assert (f.close_code, f.close_reason) == (1008, "inflate_budget_exceeded"), f
+    line = g.ws_close_log(c, timeout=10)
+    assert line["cause"] == "inflate_budget" and line["close_code_sent"] == 1008, line
+    assert line["error"] == "inflate_budget_exceeded" and line["msgs_in"] == 1, line
+    assert gw.metric_value(g.metrics(), CLOSES, route="/probe/ws", cause="inflate_budget") == before + 1
+    spent = _cpu_seconds(g.pid) - cpu0
+    assert spent < 1.0, f"{spent:.2f}s of CPU for 507 KiB of frames"
+    t.join(10)
+    assert not t.is_alive()
+    w.close()
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ============================================================ reload

@@ -2,6 +2,7 @@
  * deferred (until-sleep) writes, and the rule that a queue waiting for its
  * write event is drained only by that event. */
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -165,6 +166,77 @@ static void test_error_is_sticky(void)
     gw_conn_close(&c);
 }
 
+static uint32_t seen_ev;
+static int seen_calls;
+
+static void record_io(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(io);
+    seen_ev |= ev;
+    seen_calls++;
+}
+
+/* A connected TCP pair on loopback: *srv (nonblocking) and *cli. */
+static void tcp_pair(int *srv, int *cli)
+{
+    int lis = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    bind(lis, (struct sockaddr *)&a, sizeof a);
+    listen(lis, 1);
+    getsockname(lis, (struct sockaddr *)&a, &al);
+    *cli = socket(AF_INET, SOCK_STREAM, 0);
+    connect(*cli, (struct sockaddr *)&a, sizeof a);
+    *srv = accept(lis, NULL, NULL);
+    fcntl(*srv, F_SETFL, O_NONBLOCK);
+    close(lis);
+}
+
+/* Spins the loop until record_io ran or about 1 s passed. */
+static void spin_until_event(void)
+{
+    for (int i = 0; i < 100 && !seen_calls; i++) {
+        spin();
+        if (!seen_calls)
+            usleep(10000);
+    }
+}
+
+/* Reads paused for backpressure: with GW_CONN_F_WATCH_HUP the socket stays
+ * registered for errors and hang-ups only, so a peer's reset is reported
+ * at once (GW_EV_ERROR) while its FIN (data may still wait unread) is not;
+ * without the flag a paused connection is not watched at all. */
+static void test_paused_watches_reset(void)
+{
+    int srv, cli;
+    gw_conn c;
+    tcp_pair(&srv, &cli);
+    gw_conn_init(&c, L, srv, record_io);
+    gw_conn_want_read(&c, 1);
+    gw_conn_pause(&c, 1);
+    is_int(c.io.events, 0, "paused without the flag: not watched");
+    c.flags |= GW_CONN_F_WATCH_HUP;
+    gw_conn_update(&c);
+    is_int(c.io.events, GW_EV_ERROR, "paused with the flag: errors and hang-ups only");
+    seen_ev = 0;
+    seen_calls = 0;
+    (void)!write(cli, "unread", 6);
+    shutdown(cli, SHUT_WR);
+    for (int i = 0; i < 5; i++) {
+        spin();
+        usleep(5000);
+    }
+    is_int(seen_calls, 0, "data and a FIN while paused wake nothing (no busy loop)");
+    struct linger lg = {1, 0};
+    setsockopt(cli, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(cli);
+    spin_until_event();
+    ok(seen_ev & GW_EV_ERROR, "the peer's reset is reported while paused (events 0x%x)", seen_ev);
+    gw_conn_pause(&c, 0);
+    is_int(c.io.events, GW_EV_READ, "resumed: read interest again");
+    gw_conn_close(&c);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -174,6 +246,7 @@ int main(void)
     TEST_RUN(test_deferred_until_sleep);
     TEST_RUN(test_waiting_queue_left_to_its_event);
     TEST_RUN(test_error_is_sticky);
+    TEST_RUN(test_paused_watches_reset);
     gw_conn_thread_exit();
     gw_loop_free(L);
     return test_done();

@@ -21,6 +21,8 @@ static gw_ws ws;
 static uint8_t msgs[8][4096];
 static size_t msg_len[8];
 static int msg_op[8], nmsgs;
+static int no_echo;     /* the handler does not echo */
+static int pause_at;    /* > 0: the handler pauses the conn on message number pause_at */
 
 static void on_msg(gw_ws *w, int opcode, uint8_t *p, size_t n)
 {
@@ -29,8 +31,13 @@ static void on_msg(gw_ws *w, int opcode, uint8_t *p, size_t n)
         msg_len[nmsgs] = n;
         msg_op[nmsgs] = opcode;
     }
+    if (nmsgs < 8)
+        msg_len[nmsgs] = n;
     nmsgs++;
-    gw_ws_send(w, opcode, p, n); /* echo */
+    if (!no_echo)
+        gw_ws_send(w, opcode, p, n); /* echo */
+    if (pause_at && nmsgs == pause_at)
+        gw_conn_pause(w->conn, 1); /* as a relay does when the other leg is full */
 }
 
 static const gw_ws_handler handler = {on_msg, NULL};
@@ -51,6 +58,8 @@ static void setup(int is_server, uint64_t max)
     peer = sv[1];
     gw_ws_init(&ws, &conn, is_server, &handler, NULL, max);
     nmsgs = 0;
+    no_echo = 0;
+    pause_at = 0;
 }
 
 static void teardown(void)
@@ -292,6 +301,150 @@ static void test_deflate_roundtrip(void)
     teardown();
 }
 
+/* Appends a masked compressed message (one frame) with data to in. */
+static void zframe(gw_buf *in, gw_pmd *client, const void *data, size_t n)
+{
+    gw_buf z = {0};
+    gw_pmd_deflate(client, data, n, &z, 1 << 26);
+    frame(in, 1, GW_WS_RSV1, GW_WS_OP_BINARY, gw_buf_head(&z), z.len, 1);
+    gw_buf_release(&z);
+}
+
+/* Backpressure inside the engine: once the handler pauses the connection,
+ * not one more frame is decoded or inflated; the rest is left unconsumed
+ * and decoded after the pause ends. */
+static void test_pause_stops_decoding(void)
+{
+    gw_pmd_params p = {.enabled = 1, .server_max_window_bits = 15, .client_max_window_bits = 15};
+    setup(1, 1 << 20);
+    gw_ws_enable_pmd(&ws, &p);
+    gw_ws_set_inflate_budget(&ws, 0); /* bombs on purpose: this test is about the pause */
+    no_echo = 1;
+    pause_at = 1;
+    gw_pmd *client = gw_pmd_new(&p, 0);
+    static uint8_t big[1 << 20]; /* 1 MiB of zeros: ~1 KiB compressed */
+    gw_buf in = {0};
+    zframe(&in, client, big, sizeof big);
+    size_t first = in.len;
+    zframe(&in, client, big, sizeof big);
+    frame(&in, 1, 0, GW_WS_OP_PING, "pp", 2, 1);
+    zframe(&in, client, big, sizeof big);
+    size_t used = gw_ws_feed(&ws, gw_buf_head(&in), in.len);
+    is_int(nmsgs, 1, "one message delivered, then the handler paused");
+    is_int((long long)used, (long long)first, "the feed stopped right after that message's frame");
+    is_int((long long)ws.z_out, 1 << 20, "only that message was inflated");
+    is_int((long long)ws.bytes_in, 1 << 20, "bytes_in counts that message only");
+    uint8_t out[64];
+    is_int((long long)drain_peer(out, sizeof out), 0, "the ping behind the pause is not answered yet");
+    gw_buf_consume(&in, used);
+    is_int((long long)gw_ws_feed(&ws, gw_buf_head(&in), in.len), 0, "a feed while paused consumes nothing");
+    is_int(nmsgs, 1, "and delivers nothing");
+    is_int((long long)ws.z_out, 1 << 20, "and inflates nothing");
+    gw_conn_pause(&conn, 0);
+    pause_at = 0;
+    used = gw_ws_feed(&ws, gw_buf_head(&in), in.len);
+    is_int((long long)used, (long long)in.len, "after the pause ends the rest is consumed");
+    is_int(nmsgs, 3, "both remaining messages delivered");
+    ok(msg_len[1] == (1u << 20) && msg_len[2] == (1u << 20), "at their full size");
+    size_t n = drain_peer(out, sizeof out);
+    ok(n == 4 && out[0] == 0x8a && out[1] == 2 && out[2] == 'p', "the ping is answered");
+    gw_buf_release(&in);
+    gw_pmd_free(client);
+    teardown();
+}
+
+/* Reads the first Close frame the (server-role) engine wrote: code and
+ * reason. */
+static unsigned read_close(char *reason, size_t cap)
+{
+    static uint8_t out[1 << 16];
+    size_t n = drain_peer(out, sizeof out);
+    for (size_t i = 0; i + 3 < n;) {
+        size_t len = out[i + 1] & 0x7f, hl = 2;
+        if (len == 126) {
+            len = (size_t)out[i + 2] << 8 | out[i + 3];
+            hl = 4;
+        }
+        if ((out[i] & 0x0f) == GW_WS_OP_CLOSE && len >= 2 && i + hl + len <= n) {
+            size_t rl = GW_MIN(len - 2, cap - 1);
+            memcpy(reason, out + i + hl + 2, rl);
+            reason[rl] = '\0';
+            return (unsigned)(out[i + hl] << 8 | out[i + hl + 1]);
+        }
+        i += hl + len;
+    }
+    return 0;
+}
+
+/* The decompression budget: inflated bytes stay within ratio x compressed
+ * bytes + GW_WS_INFLATE_SLACK over the connection's life; past it, 1008. */
+static void test_inflate_budget(void)
+{
+    gw_pmd_params p = {.enabled = 1, .server_max_window_bits = 15, .client_max_window_bits = 15};
+    static uint8_t big[1 << 20];
+    char reason[128];
+
+    /* Default ratio (100): the first 1 MiB bomb fits the slack, the second
+     * (another ~1 KiB for 1 MiB) does not. */
+    setup(1, 4 << 20);
+    gw_ws_enable_pmd(&ws, &p);
+    no_echo = 1;
+    gw_pmd *client = gw_pmd_new(&p, 0);
+    gw_buf in = {0};
+    zframe(&in, client, big, sizeof big);
+    zframe(&in, client, big, sizeof big);
+    zframe(&in, client, big, sizeof big);
+    gw_ws_feed(&ws, gw_buf_head(&in), in.len);
+    is_int(nmsgs, 1, "the first bomb is delivered (within the slack)");
+    ok(ws.state == GW_WS_CLOSED, "the second fails the connection");
+    is_str(ws.cause, gw_cause_inflate_budget, "cause inflate_budget");
+    is_str(ws.error, "inflate_budget_exceeded", "error text");
+    is_int(read_close(reason, sizeof reason), 1008, "Close 1008 sent");
+    is_str(reason, "inflate_budget_exceeded", "with the reason");
+    ok(ws.z_out <= GW_WS_INFLATE_SLACK + (uint64_t)GW_WS_INFLATE_RATIO_DEFAULT * ws.z_in,
+       "inflation stopped at the budget (%llu bytes from %llu)", (unsigned long long)ws.z_out,
+       (unsigned long long)ws.z_in);
+    gw_buf_release(&in);
+    gw_pmd_free(client);
+    teardown();
+
+    /* Budget off: the same input is all delivered. */
+    setup(1, 4 << 20);
+    gw_ws_enable_pmd(&ws, &p);
+    gw_ws_set_inflate_budget(&ws, 0);
+    no_echo = 1;
+    client = gw_pmd_new(&p, 0);
+    for (int i = 0; i < 3; i++)
+        zframe(&in, client, big, sizeof big);
+    gw_ws_feed(&ws, gw_buf_head(&in), in.len);
+    ok(nmsgs == 3 && ws.state == GW_WS_OPEN, "without a budget all three are inflated");
+    gw_buf_release(&in);
+    gw_pmd_free(client);
+    teardown();
+
+    /* Ordinary compressible data (about 4:1) never meets the budget, however
+     * much of it flows. */
+    setup(1, 4 << 20);
+    gw_ws_enable_pmd(&ws, &p);
+    no_echo = 1;
+    client = gw_pmd_new(&p, 0);
+    static uint8_t text[64 * 1024];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof text; i++) {
+        x = x * 1103515245u + 12345u;
+        text[i] = (uint8_t)"abcdefghijklmnop"[(x >> 16) & 15];
+    }
+    for (int i = 0; i < 200; i++) {
+        in.head = in.len = 0;
+        zframe(&in, client, text, sizeof text);
+        gw_ws_feed(&ws, gw_buf_head(&in), in.len);
+    }
+    ok(nmsgs == 200 && ws.state == GW_WS_OPEN, "200 messages of 64 KiB at ~2:1 all delivered (%d)", nmsgs);
+    gw_buf_release(&in);
+    gw_pmd_free(client);
+    teardown();
+}
+
 int main(void)
 {
     TEST_RUN(test_single_and_splits);
@@ -301,6 +454,8 @@ int main(void)
     TEST_RUN(test_too_big);
     TEST_RUN(test_client_role_masks);
     TEST_RUN(test_deflate_roundtrip);
+    TEST_RUN(test_pause_stops_decoding);
+    TEST_RUN(test_inflate_budget);
     gw_loop_free(L);
     return test_done();
 }
