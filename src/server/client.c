@@ -103,6 +103,14 @@ void gw_client_finish(gw_client *c)
     gw_client_arm(c);
 }
 
+/* How long a connection with no request bytes may wait in the HTTP phase:
+ * until its first request, the handshake timeout (counted from accept); after
+ * one, the keep-alive idle timeout. */
+static uint64_t http_wait_ms(const gw_client *c)
+{
+    return c->served ? gw_srv.cfg.http_idle_timeout_ms : gw_srv.cfg.handshake_timeout_ms;
+}
+
 void gw_client_arm(gw_client *c)
 {
     const gw_config *cfg = &gw_srv.cfg;
@@ -112,10 +120,11 @@ void gw_client_arm(gw_client *c)
         at = c->phase_ms + cfg->handshake_timeout_ms;
         break;
     case GW_PHASE_HTTP:
-        /* A request under way must complete its head in the handshake
-         * timeout (slow-header defence); an idle keep-alive connection gets
-         * the idle timeout. */
-        at = c->phase_ms + (c->conn.in.len ? cfg->handshake_timeout_ms : cfg->http_idle_timeout_ms);
+        /* A request under way, and the first request of a connection, must
+         * complete its head in the handshake timeout (slow-header defence;
+         * a connection that sends nothing is no different); an idle
+         * keep-alive connection gets the idle timeout. */
+        at = c->phase_ms + (c->conn.in.len ? cfg->handshake_timeout_ms : http_wait_ms(c));
         break;
     case GW_PHASE_WS:
         at = gw_ws_serve_deadline(c);
@@ -164,7 +173,10 @@ static void client_timer(gw_timer *t)
             gw_client_finish(c);
             return;
         }
-        if (!c->conn.in.len && now >= c->phase_ms + gw_srv.cfg.http_idle_timeout_ms) {
+        if (!c->conn.in.len && now >= c->phase_ms + http_wait_ms(c)) {
+            if (!c->served)
+                gw_log_msg(GW_LOG_DEBUG, NULL, "connection from %s closed: no request within the handshake timeout",
+                           c->ip);
             gw_client_close(c);
             return;
         }
@@ -199,8 +211,10 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
         int status = 400;
         int r = gw_h1_parse_request((const char *)p + off, n - off, &req, hdrs, &gw_srv.limits, &status);
         if (r == GW_AGAIN) {
-            if (off == 0 && c->conn.in.len == 0)
-                c->phase_ms = gw_loop_now(c->w->loop); /* a new request starts */
+            /* A new keep-alive request starts; the first one's head is due
+             * within the handshake timeout of the accept. */
+            if (off == 0 && c->conn.in.len == 0 && c->served)
+                c->phase_ms = gw_loop_now(c->w->loop);
             break;
         }
         if (r < 0) {
@@ -246,6 +260,7 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
             blen = (size_t)fr.content_length;
         }
         off += (size_t)r + blen;
+        c->served = 1;
         if (gw_http_handle(c, &req, (size_t)r, body, blen) != GW_OK)
             continue; /* phase changed: loop feeds the rest to the new phase */
         c->phase_ms = gw_loop_now(c->w->loop);
@@ -409,8 +424,7 @@ static void client_io(gw_io *io, uint32_t events)
         }
         if (r == GW_AGAIN)
             return;
-        c->phase = GW_PHASE_HTTP;
-        c->phase_ms = gw_loop_now(c->w->loop);
+        c->phase = GW_PHASE_HTTP; /* phase_ms stays: the first head is due within the timeout of the accept */
         gw_conn_update(&c->conn);
         gw_client_arm(c);
         events |= GW_EV_READ; /* TLS may already hold application data */
@@ -459,7 +473,7 @@ void gw_client_drain(gw_client *c)
         c->close_after = 1;
         if (c->conn.in.len == 0 && !c->admin) {
             uint64_t grace = GW_MIN((uint64_t)1000, gw_srv.cfg.shutdown_timeout_ms / 4);
-            uint64_t idle = gw_srv.cfg.http_idle_timeout_ms;
+            uint64_t idle = http_wait_ms(c);
             c->phase_ms = gw_loop_now(c->w->loop) + grace - GW_MIN(idle, gw_loop_now(c->w->loop) + grace);
             gw_client_arm(c);
         }

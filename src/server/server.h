@@ -75,6 +75,7 @@ typedef struct gw_client {
     uint8_t admin;         /* accepted on the admin listener */
     uint8_t close_after;   /* close once the current response is out */
     uint8_t freeing;       /* task is queued for the deferred free */
+    uint8_t served;        /* a request was answered: waiting for the next one is keep-alive idling */
     uint64_t phase_ms;     /* monotonic time the phase (or pending request) started */
     gw_wsconn *wsc;        /* set in GW_PHASE_WS */
     gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
