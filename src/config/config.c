@@ -459,6 +459,7 @@ static void set_defaults(gw_config *c)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     c->workers = n < 1 ? 1 : n > 256 ? 256 : (int)n;
     c->max_connections = 100000;
+    c->admin_max_connections = 128;
     c->handshake_timeout_ms = 10 * MS_PER_S;
     c->http_idle_timeout_ms = 60 * MS_PER_S;
     c->echo_idle_timeout_ms = 90 * MS_PER_S;
@@ -560,6 +561,7 @@ static int load_all(loader *L)
         return GW_ERR;
     c->workers = (int)u;
     if (load_uint(L, "GATEWAY_MAX_CONNECTIONS", &c->max_connections, 1, 100000000) ||
+        load_uint(L, "GATEWAY_ADMIN_MAX_CONNECTIONS", &c->admin_max_connections, 1, 1000000) ||
         load_duration(L, "GATEWAY_HANDSHAKE_TIMEOUT", &c->handshake_timeout_ms, 1) ||
         load_duration(L, "GATEWAY_HTTP_IDLE_TIMEOUT", &c->http_idle_timeout_ms, 1) ||
         load_duration(L, "GATEWAY_ECHO_IDLE_TIMEOUT", &c->echo_idle_timeout_ms, 1) ||
@@ -621,7 +623,9 @@ const char gw_config_help[] =
     "  GATEWAY_AGENT_SECRET                          (empty)                 shared with `wsgate agent`; required\n"
     "                                                                        for an agent on a non-loopback address\n"
     "  GATEWAY_WORKERS                               (online CPUs)           worker threads, 1 to 256\n"
-    "  GATEWAY_MAX_CONNECTIONS                       100000                  connections per process\n"
+    "  GATEWAY_MAX_CONNECTIONS                       100000                  public connections per process\n"
+    "  GATEWAY_ADMIN_MAX_CONNECTIONS                 128                     admin connections per process (a\n"
+    "                                                                        limit of their own)\n"
     "  GATEWAY_HANDSHAKE_TIMEOUT                     10s                     first request head (and TLS) due this\n"
     "                                                                        long after accept, a silent connection\n"
     "                                                                        is closed; later heads as well\n"

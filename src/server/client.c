@@ -38,7 +38,7 @@ void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, i
     gw_list_insert_tail(&w->clients, &c->node);
     if (!admin)
         w->nclients++;
-    atomic_fetch_add_explicit(&gw_srv.nconns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(admin ? &gw_srv.nconns_admin : &gw_srv.nconns, 1, memory_order_relaxed);
     gw_gauge_add(admin ? gw_srv.m_conns_admin : gw_srv.m_conns_public, 1);
     gw_counter_inc(admin ? gw_srv.m_accepted_admin : gw_srv.m_accepted_public);
     c->phase = GW_PHASE_HTTP;
@@ -71,7 +71,7 @@ void gw_client_close(gw_client *c)
     gw_worker *w = c->w;
     if (!c->admin)
         w->nclients--;
-    atomic_fetch_sub_explicit(&gw_srv.nconns, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(c->admin ? &gw_srv.nconns_admin : &gw_srv.nconns, 1, memory_order_relaxed);
     gw_gauge_add(c->admin ? gw_srv.m_conns_admin : gw_srv.m_conns_public, -1);
     gw_task_cancel(&c->task);
     c->task.fn = client_free_task;

@@ -281,7 +281,8 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
                          "{\"status\":\"%s\",\"uptime_s\":%llu,\"backend\":{\"overall\":\"healthy\",\"kind\":"
                          "\"embedded\"},\"connections\":%llu}",
                          draining ? "draining" : "ok", (unsigned long long)up,
-                         (unsigned long long)atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed));
+                         (unsigned long long)(atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) +
+                                              atomic_load_explicit(&gw_srv.nconns_admin, memory_order_relaxed)));
         respond_text(c, req, ids, draining ? 503 : 200, "application/json", body, (size_t)n);
     } else {
         gw_buf out = {0};

@@ -106,8 +106,11 @@ static void register_metrics(void)
                                              "listener=\"public\"");
     gw_srv.m_accepted_admin = gw_metric_get("wsgate_connections_accepted_total", GW_METRIC_COUNTER, ah,
                                             "listener=\"admin\"");
-    gw_srv.m_rejected = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER,
-                                      "Connections refused at accept, by reason.", "reason=\"max_connections\"");
+    const char *rh = "Connections refused at accept, by reason.";
+    gw_srv.m_rejected = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh,
+                                      "reason=\"max_connections\"");
+    gw_srv.m_rejected_admin = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh,
+                                            "reason=\"admin_max_connections\"");
     gw_srv.m_tls_fail = gw_metric_get("wsgate_tls_handshake_failures_total", GW_METRIC_COUNTER,
                                       "TLS handshakes that failed on the public listener.", NULL);
     gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,
@@ -144,8 +147,12 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
             }
             return;
         }
-        if (!admin && atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) >= gw_srv.cfg.max_connections) {
-            gw_counter_inc(gw_srv.m_rejected);
+        /* Each listener has its own limit: admin connections (scrapes, the
+         * control plane) never use up the public ones, nor the reverse. */
+        atomic_uint_fast64_t *open = admin ? &gw_srv.nconns_admin : &gw_srv.nconns;
+        uint64_t limit = admin ? gw_srv.cfg.admin_max_connections : gw_srv.cfg.max_connections;
+        if (atomic_load_explicit(open, memory_order_relaxed) >= limit) {
+            gw_counter_inc(admin ? gw_srv.m_rejected_admin : gw_srv.m_rejected);
             close(fd);
             continue;
         }
@@ -418,7 +425,7 @@ int gw_server_run(void)
     if (l) {
         gw_log_str(l, "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
         gw_log_int(l, "timeout_ms", (int64_t)gw_srv.cfg.shutdown_timeout_ms, 0);
-        gw_log_int(l, "connections", (int64_t)atomic_load(&gw_srv.nconns), 0);
+        gw_log_int(l, "connections", (int64_t)(atomic_load(&gw_srv.nconns) + atomic_load(&gw_srv.nconns_admin)), 0);
         gw_log_end(l);
     }
     /* Worker 0 owns the admin listener: it keeps answering /metrics and

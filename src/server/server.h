@@ -111,7 +111,8 @@ typedef struct gw_server {
     int nworkers;
     gw_worker *workers;
     atomic_int draining;          /* set at SIGTERM: /readyz answers 503 */
-    atomic_uint_fast64_t nconns;  /* open client connections, all workers */
+    atomic_uint_fast64_t nconns;  /* open public client connections, all workers (GATEWAY_MAX_CONNECTIONS) */
+    atomic_uint_fast64_t nconns_admin; /* open admin connections (GATEWAY_ADMIN_MAX_CONNECTIONS) */
     uint64_t start_wall_ms;
     uint64_t start_mono_ms;
     gw_h1_limits limits;
@@ -121,7 +122,7 @@ typedef struct gw_server {
     gw_metric *m_ws_connections;  /* ws_connections (kept name) */
     gw_metric *m_conns_public, *m_conns_admin;
     gw_metric *m_accepted_public, *m_accepted_admin;
-    gw_metric *m_rejected;
+    gw_metric *m_rejected, *m_rejected_admin;
     gw_metric *m_tls_fail;
     gw_metric *m_draining;
 } gw_server;

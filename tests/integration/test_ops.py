@@ -390,3 +390,64 @@ def test_drain_waits_for_nothing_when_all_answer(make_gateway):
     assert time.monotonic() - t0 < 3.0, "drain must end as soon as every connection closed"
     for w in ws:
         w.close()
+
+
+# ------------------------------------------------------------ connection limits
+
+def _served(port):
+    """A keep-alive connection that got a 200 for /healthz (so it is accepted
+    and counted), or None when the gateway closed it without an answer."""
+    c = wsraw.Conn("127.0.0.1", port)
+    try:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response(timeout=5.0)
+    except (wsraw.Closed, OSError):
+        c.close()
+        return None
+    assert r.status == 200, r
+    return c
+
+
+def test_admin_and_public_connection_limits_are_separate(make_gateway):
+    # Issue 8 item 15: idle admin connections must not use up the public
+    # limit (55 of them made the public /healthz get a reset), and the admin
+    # listener has a limit of its own.
+    g = make_gateway({"GATEWAY_MAX_CONNECTIONS": "4", "GATEWAY_ADMIN_MAX_CONNECTIONS": "3",
+                      "GATEWAY_HANDSHAKE_TIMEOUT": "30s", "GATEWAY_HTTP_IDLE_TIMEOUT": "60s"})
+    conns = []
+    try:
+        admin = [_served(g.admin_port) for _ in range(3)]
+        conns += [c for c in admin if c]
+        assert all(admin), "the first 3 admin connections are served"
+        extra = _served(g.admin_port)
+        conns += [extra] if extra else []
+        assert extra is None, "a 4th admin connection is refused (GATEWAY_ADMIN_MAX_CONNECTIONS=3)"
+        # The admin connections take nothing from the public limit.
+        public = [_served(g.port) for _ in range(4)]
+        conns += [c for c in public if c]
+        assert all(public), "4 public connections are served while 3 admin connections are open"
+        extra = _served(g.port)
+        conns += [extra] if extra else []
+        assert extra is None, "a 5th public connection is refused (GATEWAY_MAX_CONNECTIONS=4)"
+        # The counts, read on an admin connection already open.
+        admin[0].send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = admin[0].read_response()
+        assert r.status == 200
+        m = gw.parse_metrics(r.body.decode())
+        assert gw.metric_value(m, "wsgate_connections_rejected_total", reason="admin_max_connections") == 1
+        assert gw.metric_value(m, "wsgate_connections_rejected_total", reason="max_connections") == 1
+        assert gw.metric_value(m, "wsgate_connections", listener="admin") == 3
+        assert gw.metric_value(m, "wsgate_connections", listener="public") == 4
+        # A freed admin slot is usable again.
+        admin[1].close()
+        gw.wait_until(lambda: _keep(conns, _served(g.admin_port)), what="admin slot reused")
+    finally:
+        for c in conns:
+            c.close()
+    assert g.stop() == 0
+
+
+def _keep(conns, c):
+    if c:
+        conns.append(c)
+    return c is not None

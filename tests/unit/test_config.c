@@ -87,6 +87,7 @@ static void test_defaults(void)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     is_int(cfg.workers, cpus < 1 ? 1 : cpus > 256 ? 256 : cpus, "workers = online CPUs");
     is_int(cfg.max_connections, 100000, "max connections");
+    is_int(cfg.admin_max_connections, 128, "admin max connections");
     is_int(cfg.handshake_timeout_ms, 10000, "handshake 10s");
     is_int(cfg.http_idle_timeout_ms, 60000, "http idle 60s");
     is_int(cfg.echo_idle_timeout_ms, 90000, "echo idle 90s");
@@ -125,6 +126,7 @@ static void test_every_variable(void)
         {"GATEWAY_AGENT_SECRET", "agent-secret"},
         {"GATEWAY_WORKERS", "3"},
         {"GATEWAY_MAX_CONNECTIONS", "5000"},
+        {"GATEWAY_ADMIN_MAX_CONNECTIONS", "7"},
         {"GATEWAY_HANDSHAKE_TIMEOUT", "2500ms"},
         {"GATEWAY_HTTP_IDLE_TIMEOUT", "15"},
         {"GATEWAY_ECHO_IDLE_TIMEOUT", "1.5s"},
@@ -167,6 +169,7 @@ static void test_every_variable(void)
     is_str(cfg.agent_secret, "agent-secret", "agent secret");
     is_int(cfg.workers, 3, "workers");
     is_int(cfg.max_connections, 5000, "max connections");
+    is_int(cfg.admin_max_connections, 7, "admin max connections");
     is_int(cfg.handshake_timeout_ms, 2500, "handshake");
     is_int(cfg.http_idle_timeout_ms, 15000, "http idle (bare seconds)");
     is_int(cfg.echo_idle_timeout_ms, 1500, "echo idle");
@@ -264,6 +267,7 @@ static void test_bad_values(void)
         {"GATEWAY_WORKERS", "257", "GATEWAY_WORKERS: \"257\" is out of range (1..256)"},
         {"GATEWAY_WORKERS", "four", "GATEWAY_WORKERS: cannot parse \"four\" as a non-negative integer"},
         {"GATEWAY_MAX_CONNECTIONS", "0", "GATEWAY_MAX_CONNECTIONS: \"0\" is out of range (1..100000000)"},
+        {"GATEWAY_ADMIN_MAX_CONNECTIONS", "0", "GATEWAY_ADMIN_MAX_CONNECTIONS: \"0\" is out of range (1..1000000)"},
         {"GATEWAY_MAX_CONNECTIONS", "99999999999999999999",
          "GATEWAY_MAX_CONNECTIONS: cannot parse \"99999999999999999999\" as a non-negative integer"},
         {"GATEWAY_HANDSHAKE_TIMEOUT", "0s", "GATEWAY_HANDSHAKE_TIMEOUT: \"0s\" must be greater than 0"},
@@ -666,6 +670,7 @@ static void test_help(void)
         "GATEWAY_AGENT_SECRET",
         "GATEWAY_WORKERS",
         "GATEWAY_MAX_CONNECTIONS",
+        "GATEWAY_ADMIN_MAX_CONNECTIONS",
         "GATEWAY_HANDSHAKE_TIMEOUT",
         "GATEWAY_HTTP_IDLE_TIMEOUT",
         "GATEWAY_ECHO_IDLE_TIMEOUT",
