@@ -438,6 +438,29 @@ static int check_removed(loader *L, const char *name)
                 name, quote(v, q, sizeof q));
 }
 
+/* GATEWAY_SHUTDOWN_TIMEOUT and GATEWAY_DRAIN_DELAY: the delay takes at most
+ * half the budget, so the closes and relays keep the other half. A delay set
+ * past that is refused; the default delay is cut to half a short budget. */
+static int load_drain(loader *L)
+{
+    gw_config *c = L->c;
+    if (load_duration(L, "GATEWAY_SHUTDOWN_TIMEOUT", &c->shutdown_timeout_ms, 0) ||
+        load_duration(L, "GATEWAY_DRAIN_DELAY", &c->drain_delay_ms, 0))
+        return GW_ERR;
+    if (c->drain_delay_ms > c->shutdown_timeout_ms / 2) {
+        const char *v = get(L, "GATEWAY_DRAIN_DELAY");
+        if (!v) {
+            c->drain_delay_ms = c->shutdown_timeout_ms / 2;
+            return GW_OK;
+        }
+        char q[QCAP], b[32];
+        fmt_ms(c->shutdown_timeout_ms, b, sizeof b);
+        return fail(L, "GATEWAY_DRAIN_DELAY: %s is more than half of GATEWAY_SHUTDOWN_TIMEOUT (%s)", quote(v, q, sizeof q),
+                    b);
+    }
+    return GW_OK;
+}
+
 static void set_defaults(gw_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -449,6 +472,7 @@ static void set_defaults(gw_config *c)
     snprintf(c->client_events_stream, sizeof c->client_events_stream, "wsgate:client-events");
     c->redis_db = 0;
     c->shutdown_timeout_ms = 30 * MS_PER_S;
+    c->drain_delay_ms = 5 * MS_PER_S;
     c->ws_ping_interval_ms = 25 * MS_PER_S;
     c->ws_pong_timeout_ms = 50 * MS_PER_S;
     c->ws_max_message_bytes = MIB;
@@ -525,7 +549,7 @@ static int load_all(loader *L)
         return GW_ERR;
 
     /* Timing and limits */
-    if (load_duration(L, "GATEWAY_SHUTDOWN_TIMEOUT", &c->shutdown_timeout_ms, 0) ||
+    if (load_drain(L) ||
         load_duration(L, "GATEWAY_WS_PING_INTERVAL", &c->ws_ping_interval_ms, 0) ||
         load_duration(L, "GATEWAY_WS_PONG_TIMEOUT", &c->ws_pong_timeout_ms, 1))
         return GW_ERR;
@@ -608,7 +632,13 @@ const char gw_config_help[] =
     "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           wsgate:session-events   session snapshots stream\n"
     "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            wsgate:client-events    client events stream\n"
     "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  (empty)                 Ed25519 PKCS#8 PEM; required for gRPC\n"
-    "  GATEWAY_SHUTDOWN_TIMEOUT                      30s                     drain budget after SIGTERM\n"
+    "  GATEWAY_SHUTDOWN_TIMEOUT                      30s                     drain budget after SIGTERM/SIGINT\n"
+    "  GATEWAY_DRAIN_DELAY                           5s                      after SIGTERM, /readyz answers 503\n"
+    "                                                                        while the listeners keep serving this\n"
+    "                                                                        long; then they close and WebSockets\n"
+    "                                                                        get 1001 spread over half the rest\n"
+    "                                                                        (at most half the timeout; the\n"
+    "                                                                        default is cut to that)\n"
     "  GATEWAY_WS_PING_INTERVAL                      25s                     WebSocket ping interval; 0 disables\n"
     "  GATEWAY_WS_PONG_TIMEOUT                       50s                     close when no pong by then\n"
     "                                                                        (not shorter than the ping interval)\n"

@@ -36,6 +36,8 @@ typedef struct gw_config {
     char client_events_stream[256];  /* GATEWAY_CLIENT_EVENTS_REDIS_STREAM, default "wsgate:client-events" */
     char signer_key_path[4096];  /* GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH */
     uint64_t shutdown_timeout_ms; /* GATEWAY_SHUTDOWN_TIMEOUT, default 30s */
+    uint64_t drain_delay_ms;      /* GATEWAY_DRAIN_DELAY, default 5s (at most half the shutdown timeout):
+                                   * /readyz answers 503 while the listeners keep serving */
     uint64_t ws_ping_interval_ms; /* GATEWAY_WS_PING_INTERVAL, default 25s; 0 disables */
     uint64_t ws_pong_timeout_ms;  /* GATEWAY_WS_PONG_TIMEOUT, default 50s */
     uint64_t ws_max_message_bytes; /* GATEWAY_WS_MAX_MESSAGE_BYTES, default 1MiB */

@@ -75,6 +75,7 @@ static void test_defaults(void)
     is_str(cfg.client_events_stream, "wsgate:client-events", "client stream");
     is_str(cfg.signer_key_path, "", "signer key empty");
     is_int(cfg.shutdown_timeout_ms, 30000, "shutdown 30s");
+    is_int(cfg.drain_delay_ms, 5000, "drain delay 5s");
     is_int(cfg.ws_ping_interval_ms, 25000, "ping 25s");
     is_int(cfg.ws_pong_timeout_ms, 50000, "pong 50s");
     is_int(cfg.ws_max_message_bytes, 1048576, "max message 1MiB");
@@ -115,6 +116,7 @@ static void test_every_variable(void)
         {"GATEWAY_CLIENT_EVENTS_REDIS_STREAM", "c-stream"},
         {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "/etc/wsgate/signer.pem"},
         {"GATEWAY_SHUTDOWN_TIMEOUT", "1m30s"},
+        {"GATEWAY_DRAIN_DELAY", "12s"},
         {"GATEWAY_WS_PING_INTERVAL", "10s"},
         {"GATEWAY_WS_PONG_TIMEOUT", "20s"},
         {"GATEWAY_WS_MAX_MESSAGE_BYTES", "64KiB"},
@@ -158,6 +160,7 @@ static void test_every_variable(void)
     is_str(cfg.client_events_stream, "c-stream", "client stream");
     is_str(cfg.signer_key_path, "/etc/wsgate/signer.pem", "signer");
     is_int(cfg.shutdown_timeout_ms, 90000, "shutdown");
+    is_int(cfg.drain_delay_ms, 12000, "drain delay");
     is_int(cfg.ws_ping_interval_ms, 10000, "ping");
     is_int(cfg.ws_pong_timeout_ms, 20000, "pong");
     is_int(cfg.ws_max_message_bytes, 65536, "max message");
@@ -190,6 +193,7 @@ static void test_empty_values(void)
     /* Everything else: empty means the default. */
     static const char *const dflt[] = {
         "GATEWAY_SHUTDOWN_TIMEOUT",
+        "GATEWAY_DRAIN_DELAY",
         "GATEWAY_WS_PING_INTERVAL",
         "GATEWAY_WS_MAX_MESSAGE_BYTES",
         "GATEWAY_REDIS_KEY_PREFIX",
@@ -345,6 +349,17 @@ static void test_cross_checks(void)
     is_int(load1("GATEWAY_WORKERS", "1"), GW_OK, "1 worker ok");
     is_int(load1("GATEWAY_LOG_LEVEL", "WARN"), GW_OK, "level case-insensitive");
     is_int(cfg.log_level, GW_LOG_WARN, "warn");
+    /* The drain delay takes at most half the shutdown budget. */
+    static const env_kv delay_half[] = {{"GATEWAY_SHUTDOWN_TIMEOUT", "10s"}, {"GATEWAY_DRAIN_DELAY", "5s"}};
+    is_int(load(delay_half, 2), GW_OK, "delay of half the budget ok");
+    is_int(cfg.drain_delay_ms, 5000, "delay kept");
+    static const env_kv delay_long[] = {{"GATEWAY_SHUTDOWN_TIMEOUT", "10s"}, {"GATEWAY_DRAIN_DELAY", "5001ms"}};
+    is_int(load(delay_long, 2), GW_ERR, "delay past half the budget refused");
+    is_str(err, "GATEWAY_DRAIN_DELAY: \"5001ms\" is more than half of GATEWAY_SHUTDOWN_TIMEOUT (10s)", "message");
+    is_int(load1("GATEWAY_SHUTDOWN_TIMEOUT", "3s"), GW_OK, "short budget with the default delay ok");
+    is_int(cfg.drain_delay_ms, 1500, "the default delay is cut to half the budget");
+    is_int(load1("GATEWAY_DRAIN_DELAY", "0"), GW_OK, "no delay ok");
+    is_int(cfg.drain_delay_ms, 0, "delay 0");
     /* The first error wins and is the only line. */
     static const env_kv two_bad[] = {{"GATEWAY_WORKERS", "0"}, {"GATEWAY_PUBLIC_HTTP_ADDR", "x"}};
     is_int(load(two_bad, 2), GW_ERR, "two bad values");
@@ -659,6 +674,7 @@ static void test_help(void)
         "GATEWAY_CLIENT_EVENTS_REDIS_STREAM",
         "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH",
         "GATEWAY_SHUTDOWN_TIMEOUT",
+        "GATEWAY_DRAIN_DELAY",
         "GATEWAY_WS_PING_INTERVAL",
         "GATEWAY_WS_PONG_TIMEOUT",
         "GATEWAY_WS_MAX_MESSAGE_BYTES",
