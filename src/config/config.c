@@ -609,29 +609,53 @@ int gw_config_load(gw_config *c, const char *(*getenv_fn)(const char *name), cha
 
 /* ------------------------------------------------------------------ */
 
+/* Variables of features not built yet (keep in step with gw_config_help). */
+static const struct {
+    const char *name, *feature;
+} unbuilt[] = {
+    {"GATEWAY_AUTHENTICATED_GRPC_ADDR", "gRPC"},
+    {"GATEWAY_REDIS_MASTER_ADDR", "Redis"},
+    {"GATEWAY_REDIS_PASSWORD", "Redis"},
+    {"GATEWAY_REDIS_DB", "Redis"},
+    {"GATEWAY_REDIS_KEY_PREFIX", "Redis"},
+    {"GATEWAY_REDIS_REPLICA_ADDRS", "Redis"},
+    {"GATEWAY_SESSION_EVENTS_REDIS_STREAM", "Redis"},
+    {"GATEWAY_CLIENT_EVENTS_REDIS_STREAM", "Redis"},
+    {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "response signer"},
+    {"GATEWAY_PUSH_QUEUE_LIMIT", "push"},
+    {"GATEWAY_PUSH_HISTORY_WINDOW", "push"},
+};
+
+size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name), void (*fn)(const char *name,
+                                                                               const char *feature, void *arg),
+                         void *arg)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < GW_ARRAY_LEN(unbuilt); i++) {
+        const char *v = getenv_fn(unbuilt[i].name);
+        if (v && *v) {
+            n++;
+            if (fn)
+                fn(unbuilt[i].name, unbuilt[i].feature, arg);
+        }
+    }
+    return n;
+}
+
 const char gw_config_help[] =
     "Environment variables (an empty value means the default unless noted):\n"
     "\n"
     "  variable                                      default                 meaning\n"
     "  GATEWAY_PUBLIC_HTTP_ADDR                      :8080                   public listener: WebSockets, /healthz,\n"
     "                                                                        /readyz, proxied HTTP (cannot be empty)\n"
-    "  GATEWAY_AUTHENTICATED_GRPC_ADDR               :9090                   gRPC listener (h2c); empty disables\n"
-    "  GATEWAY_ADMIN_HTTP_ADDR                       (off)                   admin listener: /metrics, token mint,\n"
-    "                                                                        publish, session upsert\n"
+    "  GATEWAY_ADMIN_HTTP_ADDR                       (off)                   admin listener: /metrics, health,\n"
+    "                                                                        the terminal token mint\n"
     "  GATEWAY_ADMIN_TOKEN                           (empty)                 admin write APIs need\n"
     "                                                                        Authorization: Bearer <token>\n"
     "  GATEWAY_TLS_CERT_PATH                         (empty)                 PEM certificate; with the key, the\n"
     "                                                                        public listener speaks TLS\n"
     "  GATEWAY_TLS_KEY_PATH                          (empty)                 PEM private key (set both or neither)\n"
     "  GATEWAY_ROUTES_FILE                           (empty)                 JSON route table, reloaded on SIGHUP\n"
-    "  GATEWAY_REDIS_MASTER_ADDR                     (empty: embedded)       Redis backend HOST:PORT\n"
-    "  GATEWAY_REDIS_PASSWORD                        (empty)                 Redis password (no TLS, by policy)\n"
-    "  GATEWAY_REDIS_DB                              0                       Redis database number\n"
-    "  GATEWAY_REDIS_KEY_PREFIX                      wsgate:                 prefix of every Redis key\n"
-    "  GATEWAY_REDIS_REPLICA_ADDRS                   (empty)                 accepted and reserved (unused)\n"
-    "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           wsgate:session-events   session snapshots stream\n"
-    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            wsgate:client-events    client events stream\n"
-    "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  (empty)                 Ed25519 PKCS#8 PEM; required for gRPC\n"
     "  GATEWAY_SHUTDOWN_TIMEOUT                      30s                     drain budget after SIGTERM/SIGINT\n"
     "  GATEWAY_DRAIN_DELAY                           5s                      after SIGTERM, /readyz answers 503\n"
     "                                                                        while the listeners keep serving this\n"
@@ -644,9 +668,6 @@ const char gw_config_help[] =
     "                                                                        (not shorter than the ping interval)\n"
     "  GATEWAY_WS_MAX_MESSAGE_BYTES                  1MiB                    larger messages close with 1009\n"
     "                                                                        (125 bytes to 1GiB)\n"
-    "  GATEWAY_PUSH_QUEUE_LIMIT                      1024                    events queued per subscriber before\n"
-    "                                                                        overflow\n"
-    "  GATEWAY_PUSH_HISTORY_WINDOW                   5m                      how far back a resume cursor can reach\n"
     "  GATEWAY_LOG_FORMAT                            json                    json or text\n"
     "  GATEWAY_LOG_LEVEL                             info                    debug, info, warn or error\n"
     "  GATEWAY_PUBLIC_WS_BASE_URL                    (empty: same origin)    ws:// or wss:// base for served pages\n"
@@ -664,6 +685,21 @@ const char gw_config_help[] =
     "  GATEWAY_MAX_HEADER_BYTES                      16KiB                   larger request heads get 431\n"
     "  GATEWAY_MAX_REQUEST_LINE_BYTES                8KiB                    longer request lines get 414\n"
     "  GATEWAY_WS_DEFLATE                            on                      permessage-deflate (on/off)\n"
+    "\n"
+    "Not built yet: these variables belong to features this binary does not have (gRPC, Redis backend,\n"
+    "push, response signer). Their values are checked, then ignored; setting one logs a warning at start.\n"
+    "\n"
+    "  GATEWAY_AUTHENTICATED_GRPC_ADDR               NOT BUILT (gRPC): no listener is opened\n"
+    "  GATEWAY_REDIS_MASTER_ADDR                     NOT BUILT (Redis): the embedded store is used\n"
+    "  GATEWAY_REDIS_PASSWORD                        NOT BUILT (Redis)\n"
+    "  GATEWAY_REDIS_DB                              NOT BUILT (Redis)\n"
+    "  GATEWAY_REDIS_KEY_PREFIX                      NOT BUILT (Redis)\n"
+    "  GATEWAY_REDIS_REPLICA_ADDRS                   NOT BUILT (Redis)\n"
+    "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           NOT BUILT (Redis)\n"
+    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            NOT BUILT (Redis)\n"
+    "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  NOT BUILT (response signer)\n"
+    "  GATEWAY_PUSH_QUEUE_LIMIT                      NOT BUILT (push)\n"
+    "  GATEWAY_PUSH_HISTORY_WINDOW                   NOT BUILT (push)\n"
     "\n"
     "Removed (refused when set): GATEWAY_REDIS_TLS_ENABLED, GATEWAY_REDIS_USERNAME.\n"
     "Formats: durations 250ms, 25s, 5m, 1h, 1h30m, 1.5s (a bare integer means seconds);\n"

@@ -79,6 +79,13 @@ int gw_parse_bool(const char *s, int *out);
 /* Formats an address for logs ("127.0.0.1:8080", "[::1]:8080", "unix:/p", ":8080"). */
 void gw_addr_format(const gw_addr *a, char *out, size_t cap);
 
+/* Calls fn for each variable of a feature not built yet (gRPC, Redis, push,
+ * response signer) that is set to a non-empty value; returns their number.
+ * Such values are validated by gw_config_load but have no effect: the caller
+ * warns about each at start. fn may be NULL (count only). */
+size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name),
+                         void (*fn)(const char *name, const char *feature, void *arg), void *arg);
+
 /* The help text listing every variable with its default, for --help. */
 extern const char gw_config_help[];
 
