@@ -455,8 +455,8 @@ static int load_drain(loader *L)
         }
         char q[QCAP], b[32];
         fmt_ms(c->shutdown_timeout_ms, b, sizeof b);
-        return fail(L, "GATEWAY_DRAIN_DELAY: %s is more than half of GATEWAY_SHUTDOWN_TIMEOUT (%s)", quote(v, q, sizeof q),
-                    b);
+        return fail(L, "GATEWAY_DRAIN_DELAY: %s is more than half of GATEWAY_SHUTDOWN_TIMEOUT (%s)",
+                    quote(v, q, sizeof q), b);
     }
     return GW_OK;
 }
@@ -549,8 +549,7 @@ static int load_all(loader *L)
         return GW_ERR;
 
     /* Timing and limits */
-    if (load_drain(L) ||
-        load_duration(L, "GATEWAY_WS_PING_INTERVAL", &c->ws_ping_interval_ms, 0) ||
+    if (load_drain(L) || load_duration(L, "GATEWAY_WS_PING_INTERVAL", &c->ws_ping_interval_ms, 0) ||
         load_duration(L, "GATEWAY_WS_PONG_TIMEOUT", &c->ws_pong_timeout_ms, 1))
         return GW_ERR;
     if (c->ws_ping_interval_ms && c->ws_pong_timeout_ms < c->ws_ping_interval_ms) {
@@ -626,9 +625,8 @@ static const struct {
     {"GATEWAY_PUSH_HISTORY_WINDOW", "push"},
 };
 
-size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name), void (*fn)(const char *name,
-                                                                               const char *feature, void *arg),
-                         void *arg)
+size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name),
+                         void (*fn)(const char *name, const char *feature, void *arg), void *arg)
 {
     size_t n = 0;
     for (size_t i = 0; i < GW_ARRAY_LEN(unbuilt); i++) {

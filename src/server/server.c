@@ -107,10 +107,10 @@ static void register_metrics(void)
     gw_srv.m_accepted_admin = gw_metric_get("wsgate_connections_accepted_total", GW_METRIC_COUNTER, ah,
                                             "listener=\"admin\"");
     const char *rh = "Connections refused at accept, by reason.";
-    gw_srv.m_rejected = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh,
-                                      "reason=\"max_connections\"");
-    gw_srv.m_rejected_admin = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh,
-                                            "reason=\"admin_max_connections\"");
+    gw_srv.m_rejected =
+        gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh, "reason=\"max_connections\"");
+    gw_srv.m_rejected_admin =
+        gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh, "reason=\"admin_max_connections\"");
     gw_srv.m_tls_fail = gw_metric_get("wsgate_tls_handshake_failures_total", GW_METRIC_COUNTER,
                                       "TLS handshakes that failed on the public listener.", NULL);
     gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,

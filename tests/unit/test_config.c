@@ -713,8 +713,8 @@ static void test_help(void)
         }
     }
     ok(all, "help names every variable");
-    ok(strstr(gw_config_help, ":8080") &&
-           strstr(gw_config_help, "1MiB") && strstr(gw_config_help, "25s") && strstr(gw_config_help, "50s"),
+    ok(strstr(gw_config_help, ":8080") && strstr(gw_config_help, "1MiB") && strstr(gw_config_help, "25s") &&
+           strstr(gw_config_help, "50s"),
        "help shows defaults");
     size_t n = strlen(gw_config_help);
     ok(n > 0 && gw_config_help[n - 1] == '\n', "help ends with a newline");
@@ -737,7 +737,7 @@ static void test_unbuilt(void)
         {"GATEWAY_REDIS_MASTER_ADDR", "127.0.0.1:6379"},
         {"GATEWAY_AUTHENTICATED_GRPC_ADDR", ""}, /* empty: off, nothing to warn about */
         {"GATEWAY_PUSH_QUEUE_LIMIT", "10"},
-        {"GATEWAY_WORKERS", "2"},                /* built: not reported */
+        {"GATEWAY_WORKERS", "2"}, /* built: not reported */
     };
     env_tab = set;
     env_n = GW_ARRAY_LEN(set);
@@ -749,11 +749,16 @@ static void test_unbuilt(void)
     env_n = 0;
     is_int(gw_config_unbuilt(fake_getenv, NULL, NULL), 0, "none set: none reported");
     static const char *const marked[] = {
-        "GATEWAY_AUTHENTICATED_GRPC_ADDR",  "GATEWAY_REDIS_MASTER_ADDR",
-        "GATEWAY_REDIS_PASSWORD",           "GATEWAY_REDIS_DB",
-        "GATEWAY_REDIS_KEY_PREFIX",         "GATEWAY_REDIS_REPLICA_ADDRS",
-        "GATEWAY_SESSION_EVENTS_REDIS_STREAM", "GATEWAY_CLIENT_EVENTS_REDIS_STREAM",
-        "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "GATEWAY_PUSH_QUEUE_LIMIT",
+        "GATEWAY_AUTHENTICATED_GRPC_ADDR",
+        "GATEWAY_REDIS_MASTER_ADDR",
+        "GATEWAY_REDIS_PASSWORD",
+        "GATEWAY_REDIS_DB",
+        "GATEWAY_REDIS_KEY_PREFIX",
+        "GATEWAY_REDIS_REPLICA_ADDRS",
+        "GATEWAY_SESSION_EVENTS_REDIS_STREAM",
+        "GATEWAY_CLIENT_EVENTS_REDIS_STREAM",
+        "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH",
+        "GATEWAY_PUSH_QUEUE_LIMIT",
         "GATEWAY_PUSH_HISTORY_WINDOW",
     };
     for (size_t i = 0; i < GW_ARRAY_LEN(marked); i++) {
