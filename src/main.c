@@ -50,6 +50,17 @@ static void print_help(FILE *f)
 
 static const char *env_get(const char *name) { return getenv(name); }
 
+static void warn_unbuilt(const char *name, const char *feature, void *arg)
+{
+    GW_UNUSED(arg);
+    gw_log_line *l = gw_log_begin(GW_LOG_WARN, "variable of a feature not built yet: ignored", NULL);
+    if (l) {
+        gw_log_str(l, "variable", name, 0);
+        gw_log_str(l, "feature", feature, 0);
+        gw_log_end(l);
+    }
+}
+
 static int cmd_serve(void)
 {
     /* Buffers are allocated while bytes wait and freed when they leave: keep
@@ -69,6 +80,7 @@ static int cmd_serve(void)
         return 2;
     }
     gw_log_init(cfg.log_format, cfg.log_level, "wsgate", 2);
+    gw_config_unbuilt(env_get, warn_unbuilt, NULL);
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
         if (l) {

@@ -457,6 +457,29 @@ static int check_removed(loader *L, const char *name)
                 name, quote(v, q, sizeof q));
 }
 
+/* GATEWAY_SHUTDOWN_TIMEOUT and GATEWAY_DRAIN_DELAY: the delay takes at most
+ * half the budget, so the closes and relays keep the other half. A delay set
+ * past that is refused; the default delay is cut to half a short budget. */
+static int load_drain(loader *L)
+{
+    gw_config *c = L->c;
+    if (load_duration(L, "GATEWAY_SHUTDOWN_TIMEOUT", &c->shutdown_timeout_ms, 0) ||
+        load_duration(L, "GATEWAY_DRAIN_DELAY", &c->drain_delay_ms, 0))
+        return GW_ERR;
+    if (c->drain_delay_ms > c->shutdown_timeout_ms / 2) {
+        const char *v = get(L, "GATEWAY_DRAIN_DELAY");
+        if (!v) {
+            c->drain_delay_ms = c->shutdown_timeout_ms / 2;
+            return GW_OK;
+        }
+        char q[QCAP], b[32];
+        fmt_ms(c->shutdown_timeout_ms, b, sizeof b);
+        return fail(L, "GATEWAY_DRAIN_DELAY: %s is more than half of GATEWAY_SHUTDOWN_TIMEOUT (%s)",
+                    quote(v, q, sizeof q), b);
+    }
+    return GW_OK;
+}
+
 static void set_defaults(gw_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -468,6 +491,7 @@ static void set_defaults(gw_config *c)
     snprintf(c->client_events_stream, sizeof c->client_events_stream, "wsgate:client-events");
     c->redis_db = 0;
     c->shutdown_timeout_ms = 30 * MS_PER_S;
+    c->drain_delay_ms = 5 * MS_PER_S;
     c->ws_ping_interval_ms = 25 * MS_PER_S;
     c->ws_pong_timeout_ms = 50 * MS_PER_S;
     c->ws_max_message_bytes = MIB;
@@ -478,6 +502,7 @@ static void set_defaults(gw_config *c)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     c->workers = n < 1 ? 1 : n > 256 ? 256 : (int)n;
     c->max_connections = 100000;
+    c->admin_max_connections = 128;
     c->handshake_timeout_ms = 10 * MS_PER_S;
     c->http_idle_timeout_ms = 60 * MS_PER_S;
     c->echo_idle_timeout_ms = 90 * MS_PER_S;
@@ -555,8 +580,7 @@ static int load_all(loader *L)
         return GW_ERR;
 
     /* Timing and limits */
-    if (load_duration(L, "GATEWAY_SHUTDOWN_TIMEOUT", &c->shutdown_timeout_ms, 0) ||
-        load_duration(L, "GATEWAY_WS_PING_INTERVAL", &c->ws_ping_interval_ms, 0) ||
+    if (load_drain(L) || load_duration(L, "GATEWAY_WS_PING_INTERVAL", &c->ws_ping_interval_ms, 0) ||
         load_duration(L, "GATEWAY_WS_PONG_TIMEOUT", &c->ws_pong_timeout_ms, 1))
         return GW_ERR;
     if (c->ws_ping_interval_ms && c->ws_pong_timeout_ms < c->ws_ping_interval_ms) {
@@ -591,6 +615,7 @@ static int load_all(loader *L)
         return GW_ERR;
     c->workers = (int)u;
     if (load_uint(L, "GATEWAY_MAX_CONNECTIONS", &c->max_connections, 1, 100000000) ||
+        load_uint(L, "GATEWAY_ADMIN_MAX_CONNECTIONS", &c->admin_max_connections, 1, 1000000) ||
         load_duration(L, "GATEWAY_HANDSHAKE_TIMEOUT", &c->handshake_timeout_ms, 1) ||
         load_duration(L, "GATEWAY_HTTP_IDLE_TIMEOUT", &c->http_idle_timeout_ms, 1) ||
         load_duration(L, "GATEWAY_ECHO_IDLE_TIMEOUT", &c->echo_idle_timeout_ms, 1) ||
@@ -616,15 +641,46 @@ int gw_config_load(gw_config *c, const char *(*getenv_fn)(const char *name), cha
 
 /* ------------------------------------------------------------------ */
 
+/* Variables of features not built yet (keep in step with gw_config_help). */
+static const struct {
+    const char *name, *feature;
+} unbuilt[] = {
+    {"GATEWAY_AUTHENTICATED_GRPC_ADDR", "gRPC"},
+    {"GATEWAY_REDIS_MASTER_ADDR", "Redis"},
+    {"GATEWAY_REDIS_PASSWORD", "Redis"},
+    {"GATEWAY_REDIS_DB", "Redis"},
+    {"GATEWAY_REDIS_KEY_PREFIX", "Redis"},
+    {"GATEWAY_REDIS_REPLICA_ADDRS", "Redis"},
+    {"GATEWAY_SESSION_EVENTS_REDIS_STREAM", "Redis"},
+    {"GATEWAY_CLIENT_EVENTS_REDIS_STREAM", "Redis"},
+    {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "response signer"},
+    {"GATEWAY_PUSH_QUEUE_LIMIT", "push"},
+    {"GATEWAY_PUSH_HISTORY_WINDOW", "push"},
+};
+
+size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name),
+                         void (*fn)(const char *name, const char *feature, void *arg), void *arg)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < GW_ARRAY_LEN(unbuilt); i++) {
+        const char *v = getenv_fn(unbuilt[i].name);
+        if (v && *v) {
+            n++;
+            if (fn)
+                fn(unbuilt[i].name, unbuilt[i].feature, arg);
+        }
+    }
+    return n;
+}
+
 const char gw_config_help[] =
     "Environment variables (an empty value means the default unless noted):\n"
     "\n"
     "  variable                                      default                 meaning\n"
     "  GATEWAY_PUBLIC_HTTP_ADDR                      :8080                   public listener: WebSockets, /healthz,\n"
     "                                                                        /readyz, proxied HTTP (cannot be empty)\n"
-    "  GATEWAY_AUTHENTICATED_GRPC_ADDR               :9090                   gRPC listener (h2c); empty disables\n"
-    "  GATEWAY_ADMIN_HTTP_ADDR                       (off)                   admin listener: /metrics, token mint,\n"
-    "                                                                        publish, session upsert\n"
+    "  GATEWAY_ADMIN_HTTP_ADDR                       (off)                   admin listener: /metrics, health,\n"
+    "                                                                        the terminal token mint\n"
     "  GATEWAY_ADMIN_TOKEN                           (empty)                 admin write APIs need\n"
     "                                                                        Authorization: Bearer <token>;\n"
     "                                                                        required unless the admin listener\n"
@@ -633,23 +689,18 @@ const char gw_config_help[] =
     "                                                                        public listener speaks TLS\n"
     "  GATEWAY_TLS_KEY_PATH                          (empty)                 PEM private key (set both or neither)\n"
     "  GATEWAY_ROUTES_FILE                           (empty)                 JSON route table, reloaded on SIGHUP\n"
-    "  GATEWAY_REDIS_MASTER_ADDR                     (empty: embedded)       Redis backend HOST:PORT\n"
-    "  GATEWAY_REDIS_PASSWORD                        (empty)                 Redis password (no TLS, by policy)\n"
-    "  GATEWAY_REDIS_DB                              0                       Redis database number\n"
-    "  GATEWAY_REDIS_KEY_PREFIX                      wsgate:                 prefix of every Redis key\n"
-    "  GATEWAY_REDIS_REPLICA_ADDRS                   (empty)                 accepted and reserved (unused)\n"
-    "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           wsgate:session-events   session snapshots stream\n"
-    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            wsgate:client-events    client events stream\n"
-    "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  (empty)                 Ed25519 PKCS#8 PEM; required for gRPC\n"
-    "  GATEWAY_SHUTDOWN_TIMEOUT                      30s                     drain budget after SIGTERM\n"
+    "  GATEWAY_SHUTDOWN_TIMEOUT                      30s                     drain budget after SIGTERM/SIGINT\n"
+    "  GATEWAY_DRAIN_DELAY                           5s                      after SIGTERM, /readyz answers 503\n"
+    "                                                                        while the listeners keep serving this\n"
+    "                                                                        long; then they close and WebSockets\n"
+    "                                                                        get 1001 spread over half the rest\n"
+    "                                                                        (at most half the timeout; the\n"
+    "                                                                        default is cut to that)\n"
     "  GATEWAY_WS_PING_INTERVAL                      25s                     WebSocket ping interval; 0 disables\n"
     "  GATEWAY_WS_PONG_TIMEOUT                       50s                     close when no pong by then\n"
     "                                                                        (not shorter than the ping interval)\n"
     "  GATEWAY_WS_MAX_MESSAGE_BYTES                  1MiB                    larger messages close with 1009\n"
     "                                                                        (125 bytes to 1GiB)\n"
-    "  GATEWAY_PUSH_QUEUE_LIMIT                      1024                    events queued per subscriber before\n"
-    "                                                                        overflow\n"
-    "  GATEWAY_PUSH_HISTORY_WINDOW                   5m                      how far back a resume cursor can reach\n"
     "  GATEWAY_LOG_FORMAT                            json                    json or text\n"
     "  GATEWAY_LOG_LEVEL                             info                    debug, info, warn or error\n"
     "  GATEWAY_PUBLIC_WS_BASE_URL                    (empty: same origin)    ws:// or wss:// base for served pages\n"
@@ -657,8 +708,12 @@ const char gw_config_help[] =
     "                                                                        for an agent on TCP (without it an\n"
     "                                                                        agent listens on a unix socket only)\n"
     "  GATEWAY_WORKERS                               (online CPUs)           worker threads, 1 to 256\n"
-    "  GATEWAY_MAX_CONNECTIONS                       100000                  connections per process\n"
-    "  GATEWAY_HANDSHAKE_TIMEOUT                     10s                     request head must arrive by then\n"
+    "  GATEWAY_MAX_CONNECTIONS                       100000                  public connections per process\n"
+    "  GATEWAY_ADMIN_MAX_CONNECTIONS                 128                     admin connections per process (a\n"
+    "                                                                        limit of their own)\n"
+    "  GATEWAY_HANDSHAKE_TIMEOUT                     10s                     first request head (and TLS) due this\n"
+    "                                                                        long after accept, a silent connection\n"
+    "                                                                        is closed; later heads as well\n"
     "  GATEWAY_HTTP_IDLE_TIMEOUT                     60s                     keep-alive idle limit\n"
     "  GATEWAY_ECHO_IDLE_TIMEOUT                     90s                     /probe/ws idle limit\n"
     "  GATEWAY_MAX_HEADER_BYTES                      16KiB                   larger request heads get 431\n"
@@ -666,6 +721,21 @@ const char gw_config_help[] =
     "  GATEWAY_WS_DEFLATE                            on                      permessage-deflate (on/off)\n"
     "  GATEWAY_WS_MAX_INFLATE_RATIO                  100                     inflated/compressed bytes per connection\n"
     "                                                                        (+1MiB); past it 1008; 0 disables\n"
+    "\n"
+    "Not built yet: these variables belong to features this binary does not have (gRPC, Redis backend,\n"
+    "push, response signer). Their values are checked, then ignored; setting one logs a warning at start.\n"
+    "\n"
+    "  GATEWAY_AUTHENTICATED_GRPC_ADDR               NOT BUILT (gRPC): no listener is opened\n"
+    "  GATEWAY_REDIS_MASTER_ADDR                     NOT BUILT (Redis): the embedded store is used\n"
+    "  GATEWAY_REDIS_PASSWORD                        NOT BUILT (Redis)\n"
+    "  GATEWAY_REDIS_DB                              NOT BUILT (Redis)\n"
+    "  GATEWAY_REDIS_KEY_PREFIX                      NOT BUILT (Redis)\n"
+    "  GATEWAY_REDIS_REPLICA_ADDRS                   NOT BUILT (Redis)\n"
+    "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           NOT BUILT (Redis)\n"
+    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            NOT BUILT (Redis)\n"
+    "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  NOT BUILT (response signer)\n"
+    "  GATEWAY_PUSH_QUEUE_LIMIT                      NOT BUILT (push)\n"
+    "  GATEWAY_PUSH_HISTORY_WINDOW                   NOT BUILT (push)\n"
     "\n"
     "Removed (refused when set): GATEWAY_REDIS_TLS_ENABLED, GATEWAY_REDIS_USERNAME.\n"
     "Formats: durations 250ms, 25s, 5m, 1h, 1h30m, 1.5s (a bare integer means seconds);\n"

@@ -36,6 +36,8 @@ typedef struct gw_config {
     char client_events_stream[256];  /* GATEWAY_CLIENT_EVENTS_REDIS_STREAM, default "wsgate:client-events" */
     char signer_key_path[4096];  /* GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH */
     uint64_t shutdown_timeout_ms; /* GATEWAY_SHUTDOWN_TIMEOUT, default 30s */
+    uint64_t drain_delay_ms;      /* GATEWAY_DRAIN_DELAY, default 5s (at most half the shutdown timeout):
+                                   * /readyz answers 503 while the listeners keep serving */
     uint64_t ws_ping_interval_ms; /* GATEWAY_WS_PING_INTERVAL, default 25s; 0 disables */
     uint64_t ws_pong_timeout_ms;  /* GATEWAY_WS_PONG_TIMEOUT, default 50s */
     uint64_t ws_max_message_bytes; /* GATEWAY_WS_MAX_MESSAGE_BYTES, default 1MiB */
@@ -47,7 +49,8 @@ typedef struct gw_config {
     char agent_secret[256];       /* GATEWAY_AGENT_SECRET */
     /* Core engine knobs (documented in README; defaults suit a public edge). */
     int workers;                  /* GATEWAY_WORKERS, default: online CPUs */
-    uint64_t max_connections;     /* GATEWAY_MAX_CONNECTIONS, default 100000 (per process) */
+    uint64_t max_connections;     /* GATEWAY_MAX_CONNECTIONS, default 100000 (per process, public listener) */
+    uint64_t admin_max_connections; /* GATEWAY_ADMIN_MAX_CONNECTIONS, default 128 (admin listener, its own limit) */
     uint64_t handshake_timeout_ms; /* GATEWAY_HANDSHAKE_TIMEOUT, default 10s: request head must arrive by then */
     uint64_t http_idle_timeout_ms; /* GATEWAY_HTTP_IDLE_TIMEOUT, default 60s: keep-alive idle */
     uint64_t echo_idle_timeout_ms; /* GATEWAY_ECHO_IDLE_TIMEOUT, default 90s: /probe/ws idle limit */
@@ -78,6 +81,13 @@ int gw_parse_bool(const char *s, int *out);
 void gw_addr_format(const gw_addr *a, char *out, size_t cap);
 /* 1 for a unix socket or a loopback host (127.0.0.0/8, ::1, localhost). */
 int gw_addr_is_loopback(const gw_addr *a);
+
+/* Calls fn for each variable of a feature not built yet (gRPC, Redis, push,
+ * response signer) that is set to a non-empty value; returns their number.
+ * Such values are validated by gw_config_load but have no effect: the caller
+ * warns about each at start. fn may be NULL (count only). */
+size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name),
+                         void (*fn)(const char *name, const char *feature, void *arg), void *arg);
 
 /* The help text listing every variable with its default, for --help. */
 extern const char gw_config_help[];

@@ -21,6 +21,8 @@ typedef struct posted {
 struct gw_loop {
     gw_backend *be;
     uint64_t now;
+    uint64_t (*clock)(void *arg); /* NULL: gw_mono_ms */
+    void *clock_arg;
     int stop;
     /* timers: binary min-heap on when */
     gw_timer **heap;
@@ -50,6 +52,15 @@ uint64_t gw_wall_ms(void)
 }
 
 uint64_t gw_loop_now(const gw_loop *l) { return l->now; }
+
+static uint64_t loop_clock(const gw_loop *l) { return l->clock ? l->clock(l->clock_arg) : gw_mono_ms(); }
+
+void gw_loop_set_clock(gw_loop *l, uint64_t (*clock)(void *arg), void *arg)
+{
+    l->clock = clock;
+    l->clock_arg = arg;
+    l->now = loop_clock(l);
+}
 
 /* ============================ cross-thread posts ============================ */
 
@@ -297,11 +308,15 @@ void gw_loop_run(gw_loop *l)
         if (!gw_list_empty(&l->pending))
             timeout = 0;
         else if (l->nheap) {
-            uint64_t when = l->heap[0]->when, now = gw_mono_ms();
+            uint64_t when = l->heap[0]->when, now = loop_clock(l);
             timeout = when <= now ? 0 : (int)GW_MIN(when - now, (uint64_t)60000);
         }
-        gw_backend_poll(l->be, timeout);
-        l->now = gw_mono_ms();
+        int n = gw_backend_wait(l->be, timeout);
+        /* The time after the wait, before any callback: an I/O callback that
+         * arms a timer after a long idle must count from now. */
+        l->now = loop_clock(l);
+        if (n > 0)
+            gw_backend_dispatch(l->be, n);
         run_list(&l->deferred);
         run_timers(l);
         run_list(&l->deferred);

@@ -54,8 +54,13 @@ void gw_loop_run(gw_loop *l);
 /* Asks the loop to return after the current iteration (same thread). */
 void gw_loop_stop(gw_loop *l);
 
-/* Cached monotonic time in ms, refreshed once per wakeup. */
+/* Cached monotonic time in ms, refreshed after every wait for events, before
+ * any callback of that wakeup runs (so a timer armed in an I/O callback after
+ * a long sleep counts from the time of the wakeup, not from before it). */
 uint64_t gw_loop_now(const gw_loop *l);
+/* Replaces the loop's clock (default gw_mono_ms) with clock(arg), in ms.
+ * For tests: a fake clock makes "a long idle" instant and exact. */
+void gw_loop_set_clock(gw_loop *l, uint64_t (*clock)(void *arg), void *arg);
 /* Wall-clock ms since the epoch (not cached). */
 uint64_t gw_wall_ms(void);
 uint64_t gw_mono_ms(void);

@@ -62,11 +62,16 @@ int gw_backend_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new_e
     return epoll_ctl(b->epfd, op, io->fd, &ev) == 0 ? GW_OK : GW_ERR;
 }
 
-int gw_backend_poll(gw_backend *b, int timeout_ms)
+int gw_backend_wait(gw_backend *b, int timeout_ms)
 {
     int n = epoll_wait(b->epfd, b->events, MAX_EVENTS, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -1;
+    return n;
+}
+
+void gw_backend_dispatch(gw_backend *b, int n)
+{
     for (int i = 0; i < n; i++) {
         gw_io *io = b->events[i].data.ptr;
         uint32_t e = b->events[i].events, ev = 0;
@@ -81,5 +86,4 @@ int gw_backend_poll(gw_backend *b, int timeout_ms)
         if (io->fd >= 0 && io->events)
             io->cb(io, ev);
     }
-    return n;
 }

@@ -41,7 +41,7 @@ void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, i
     gw_list_insert_tail(&w->clients, &c->node);
     if (!admin)
         w->nclients++;
-    atomic_fetch_add_explicit(&gw_srv.nconns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(admin ? &gw_srv.nconns_admin : &gw_srv.nconns, 1, memory_order_relaxed);
     gw_gauge_add(admin ? gw_srv.m_conns_admin : gw_srv.m_conns_public, 1);
     gw_counter_inc(admin ? gw_srv.m_accepted_admin : gw_srv.m_accepted_public);
     c->phase = GW_PHASE_HTTP;
@@ -74,7 +74,7 @@ void gw_client_close(gw_client *c)
     gw_worker *w = c->w;
     if (!c->admin)
         w->nclients--;
-    atomic_fetch_sub_explicit(&gw_srv.nconns, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(c->admin ? &gw_srv.nconns_admin : &gw_srv.nconns, 1, memory_order_relaxed);
     gw_gauge_add(c->admin ? gw_srv.m_conns_admin : gw_srv.m_conns_public, -1);
     gw_task_cancel(&c->task);
     c->task.fn = client_free_task;
@@ -106,6 +106,14 @@ void gw_client_finish(gw_client *c)
     gw_client_arm(c);
 }
 
+/* How long a connection with no request bytes may wait in the HTTP phase:
+ * until its first request, the handshake timeout (counted from accept); after
+ * one, the keep-alive idle timeout. */
+static uint64_t http_wait_ms(const gw_client *c)
+{
+    return c->served ? gw_srv.cfg.http_idle_timeout_ms : gw_srv.cfg.handshake_timeout_ms;
+}
+
 void gw_client_arm(gw_client *c)
 {
     const gw_config *cfg = &gw_srv.cfg;
@@ -115,10 +123,11 @@ void gw_client_arm(gw_client *c)
         at = c->phase_ms + cfg->handshake_timeout_ms;
         break;
     case GW_PHASE_HTTP:
-        /* A request under way must complete its head in the handshake
-         * timeout (slow-header defence); an idle keep-alive connection gets
-         * the idle timeout. */
-        at = c->phase_ms + (c->conn.in.len ? cfg->handshake_timeout_ms : cfg->http_idle_timeout_ms);
+        /* A request under way, and the first request of a connection, must
+         * complete its head in the handshake timeout (slow-header defence;
+         * a connection that sends nothing is no different); an idle
+         * keep-alive connection gets the idle timeout. */
+        at = c->phase_ms + (c->conn.in.len ? cfg->handshake_timeout_ms : http_wait_ms(c));
         break;
     case GW_PHASE_WS:
         at = gw_ws_serve_deadline(c);
@@ -167,7 +176,10 @@ static void client_timer(gw_timer *t)
             gw_client_finish(c);
             return;
         }
-        if (!c->conn.in.len && now >= c->phase_ms + gw_srv.cfg.http_idle_timeout_ms) {
+        if (!c->conn.in.len && now >= c->phase_ms + http_wait_ms(c)) {
+            if (!c->served)
+                gw_log_msg(GW_LOG_DEBUG, NULL, "connection from %s closed: no request within the handshake timeout",
+                           c->ip);
             gw_client_close(c);
             return;
         }
@@ -202,8 +214,10 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
         int status = 400;
         int r = gw_h1_parse_request((const char *)p + off, n - off, &req, hdrs, &gw_srv.limits, &status);
         if (r == GW_AGAIN) {
-            if (off == 0 && c->conn.in.len == 0)
-                c->phase_ms = gw_loop_now(c->w->loop); /* a new request starts */
+            /* A new keep-alive request starts; the first one's head is due
+             * within the handshake timeout of the accept. */
+            if (off == 0 && c->conn.in.len == 0 && c->served)
+                c->phase_ms = gw_loop_now(c->w->loop);
             break;
         }
         if (r < 0) {
@@ -249,6 +263,7 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
             blen = (size_t)fr.content_length;
         }
         off += (size_t)r + blen;
+        c->served = 1;
         if (gw_http_handle(c, &req, (size_t)r, body, blen) != GW_OK)
             continue; /* phase changed: loop feeds the rest to the new phase */
         c->phase_ms = gw_loop_now(c->w->loop);
@@ -414,8 +429,7 @@ static void client_io(gw_io *io, uint32_t events)
         }
         if (r == GW_AGAIN)
             return;
-        c->phase = GW_PHASE_HTTP;
-        c->phase_ms = gw_loop_now(c->w->loop);
+        c->phase = GW_PHASE_HTTP; /* phase_ms stays: the first head is due within the timeout of the accept */
         gw_conn_update(&c->conn);
         gw_client_arm(c);
         events |= GW_EV_READ; /* TLS may already hold application data */
@@ -471,7 +485,7 @@ void gw_client_drain(gw_client *c)
         c->close_after = 1;
         if (c->conn.in.len == 0 && !c->admin) {
             uint64_t grace = GW_MIN((uint64_t)1000, gw_srv.cfg.shutdown_timeout_ms / 4);
-            uint64_t idle = gw_srv.cfg.http_idle_timeout_ms;
+            uint64_t idle = http_wait_ms(c);
             c->phase_ms = gw_loop_now(c->w->loop) + grace - GW_MIN(idle, gw_loop_now(c->w->loop) + grace);
             gw_client_arm(c);
         }

@@ -279,7 +279,8 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
                          "{\"status\":\"%s\",\"uptime_s\":%llu,\"backend\":{\"overall\":\"healthy\",\"kind\":"
                          "\"embedded\"},\"connections\":%llu}",
                          draining ? "draining" : "ok", (unsigned long long)up,
-                         (unsigned long long)atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed));
+                         (unsigned long long)(atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) +
+                                              atomic_load_explicit(&gw_srv.nconns_admin, memory_order_relaxed)));
         respond_text(c, req, ids, draining ? 503 : 200, "application/json", body, (size_t)n);
     } else {
         gw_buf out = {0};
@@ -419,7 +420,9 @@ static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_rou
                        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n", &ids);
         return GW_OK;
     }
-    if (atomic_load_explicit(&gw_srv.draining, memory_order_relaxed)) {
+    /* During GATEWAY_DRAIN_DELAY upgrades are still served (the balancer
+     * still sends them here); once the worker drains they are refused. */
+    if (c->w->draining) {
         gw_counter_inc(gw_metric_handshake(r, "shutting_down"));
         error_with_ids(c, 503, "shutting_down", "the gateway is shutting down", req, NULL, &ids);
         return GW_OK;

@@ -107,8 +107,11 @@ static void register_metrics(void)
                                              "listener=\"public\"");
     gw_srv.m_accepted_admin = gw_metric_get("wsgate_connections_accepted_total", GW_METRIC_COUNTER, ah,
                                             "listener=\"admin\"");
-    gw_srv.m_rejected = gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER,
-                                      "Connections refused at accept, by reason.", "reason=\"max_connections\"");
+    const char *rh = "Connections refused at accept, by reason.";
+    gw_srv.m_rejected =
+        gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh, "reason=\"max_connections\"");
+    gw_srv.m_rejected_admin =
+        gw_metric_get("wsgate_connections_rejected_total", GW_METRIC_COUNTER, rh, "reason=\"admin_max_connections\"");
     gw_srv.m_tls_fail = gw_metric_get("wsgate_tls_handshake_failures_total", GW_METRIC_COUNTER,
                                       "TLS handshakes that failed on the public listener.", NULL);
     gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,
@@ -145,8 +148,12 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
             }
             return;
         }
-        if (!admin && atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) >= gw_srv.cfg.max_connections) {
-            gw_counter_inc(gw_srv.m_rejected);
+        /* Each listener has its own limit: admin connections (scrapes, the
+         * control plane) never use up the public ones, nor the reverse. */
+        atomic_uint_fast64_t *open = admin ? &gw_srv.nconns_admin : &gw_srv.nconns;
+        uint64_t limit = admin ? gw_srv.cfg.admin_max_connections : gw_srv.cfg.max_connections;
+        if (atomic_load_explicit(open, memory_order_relaxed) >= limit) {
+            gw_counter_inc(admin ? gw_srv.m_rejected_admin : gw_srv.m_rejected);
             close(fd);
             continue;
         }
@@ -190,6 +197,20 @@ static void worker_release(void *arg)
     gw_worker_maybe_stop(w);
 }
 
+/* Gives each of this worker's WebSockets its turn to be closed, evenly over
+ * the close window, so their clients do not all reconnect at once. */
+static void schedule_ws_closes(gw_worker *w)
+{
+    uint64_t n = 0, i = 0;
+    for (gw_list *p = w->clients.next; p != &w->clients; p = p->next)
+        n += gw_container_of(p, gw_client, node)->wsc != NULL;
+    for (gw_list *p = w->clients.next; p != &w->clients; p = p->next) {
+        gw_client *c = gw_container_of(p, gw_client, node);
+        if (c->wsc)
+            c->wsc->drain_at_ms = gw_srv.drain_close_start_ms + gw_srv.drain_close_span_ms * i++ / n;
+    }
+}
+
 static void worker_drain(void *arg)
 {
     gw_worker *w = arg;
@@ -199,6 +220,7 @@ static void worker_drain(void *arg)
         close(w->pub_lis.fd);
         w->pub_lis.fd = -1;
     }
+    schedule_ws_closes(w);
     gw_list *n = w->clients.next;
     while (n != &w->clients) {
         gw_list *next = n->next;
@@ -360,6 +382,24 @@ static int join_until(pthread_t t, uint64_t deadline_wall_ms)
     return pthread_timedjoin_np(t, NULL, &ts);
 }
 
+/* Sleeps until until_mono_ms (GATEWAY_DRAIN_DELAY) while the workers serve
+ * on. A second SIGTERM or SIGINT ends the wait early; SIGHUP is ignored now. */
+static void wait_drain_delay(const sigset_t *set, uint64_t until_mono_ms)
+{
+    for (;;) {
+        uint64_t now = gw_mono_ms();
+        if (now >= until_mono_ms)
+            return;
+        uint64_t left = until_mono_ms - now;
+        struct timespec ts = {.tv_sec = (time_t)(left / 1000), .tv_nsec = (long)(left % 1000) * 1000000L};
+        int sig = sigtimedwait(set, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT) {
+            gw_log_msg(GW_LOG_INFO, NULL, "second %s: drain delay cut short", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return;
+        }
+    }
+}
+
 int gw_server_run(void)
 {
     sigset_t set;
@@ -412,14 +452,37 @@ int gw_server_run(void)
         }
         break;
     }
+    /* The drain, as load balancers expect it:
+     * 1. at once: /readyz answers 503 (and responses say Connection: close)
+     *    while the listeners keep serving for GATEWAY_DRAIN_DELAY, the time
+     *    the balancer needs to notice and stop sending;
+     * 2. then the public listener closes and the WebSockets get their Close
+     *    1001, spread evenly over the first half of what remains of
+     *    GATEWAY_SHUTDOWN_TIMEOUT, so their reconnects arrive spread out;
+     * 3. relays and in-flight requests get the rest of the budget, less a
+     *    margin for the forced close and exit. */
     uint64_t t0 = gw_mono_ms();
+    uint64_t budget = gw_srv.cfg.shutdown_timeout_ms;
+    uint64_t margin = GW_MIN(budget / 10, (uint64_t)1000);
     atomic_store(&gw_srv.draining, 1);
     gw_gauge_set(gw_srv.m_draining, 1);
     l = gw_log_begin(GW_LOG_INFO, "draining", NULL);
     if (l) {
         gw_log_str(l, "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
-        gw_log_int(l, "timeout_ms", (int64_t)gw_srv.cfg.shutdown_timeout_ms, 0);
-        gw_log_int(l, "connections", (int64_t)atomic_load(&gw_srv.nconns), 0);
+        gw_log_int(l, "timeout_ms", (int64_t)budget, 0);
+        gw_log_int(l, "drain_delay_ms", (int64_t)gw_srv.cfg.drain_delay_ms, 0);
+        gw_log_int(l, "connections", (int64_t)(atomic_load(&gw_srv.nconns) + atomic_load(&gw_srv.nconns_admin)), 0);
+        gw_log_end(l);
+    }
+    wait_drain_delay(&set, t0 + gw_srv.cfg.drain_delay_ms);
+    uint64_t now = gw_mono_ms();
+    gw_srv.drain_end_ms = t0 + budget - margin;
+    gw_srv.drain_close_start_ms = now;
+    gw_srv.drain_close_span_ms = (t0 + budget > now ? t0 + budget - now : 0) / 2;
+    l = gw_log_begin(GW_LOG_INFO, "drain: closing listeners and connections", NULL);
+    if (l) {
+        gw_log_int(l, "close_window_ms", (int64_t)gw_srv.drain_close_span_ms, 0);
+        gw_log_int(l, "connections", (int64_t)(atomic_load(&gw_srv.nconns) + atomic_load(&gw_srv.nconns_admin)), 0);
         gw_log_end(l);
     }
     /* Worker 0 owns the admin listener: it keeps answering /metrics and
@@ -427,10 +490,7 @@ int gw_server_run(void)
     gw_srv.workers[0].hold = gw_srv.nworkers > 1;
     for (int i = 0; i < gw_srv.nworkers; i++)
         gw_loop_post(gw_srv.workers[i].loop, worker_drain, &gw_srv.workers[i]);
-    /* Keep a margin of the budget for the forced close and exit. */
-    uint64_t budget = gw_srv.cfg.shutdown_timeout_ms;
-    uint64_t margin = GW_MIN(budget / 10, (uint64_t)1000);
-    uint64_t deadline = gw_wall_ms() + budget - margin;
+    uint64_t deadline = gw_wall_ms() + (gw_srv.drain_end_ms > now ? gw_srv.drain_end_ms - now : 0);
     int forced = 0;
     for (int k = 1; k <= gw_srv.nworkers; k++) {
         int i = k % gw_srv.nworkers; /* worker 0 last */

@@ -44,6 +44,7 @@ typedef struct gw_wsconn {
     uint64_t last_msg_ms;  /* last data message or ping from the peer (idle limit) */
     uint64_t last_ping_ms; /* last ping we sent */
     uint64_t close_deadline_ms; /* after our Close: give up waiting at this time */
+    uint64_t drain_at_ms;  /* draining: our Close 1001 is due at this time (spread over the close window) */
     uint64_t flushed_in, flushed_out, flushed_bin, flushed_bout; /* counts already added to metrics */
     char corr[72];         /* correlation id of the upgrade request */
     char user[64];         /* authenticated user, "-" when anonymous */
@@ -75,6 +76,7 @@ typedef struct gw_client {
     uint8_t admin;         /* accepted on the admin listener */
     uint8_t close_after;   /* close once the current response is out */
     uint8_t freeing;       /* task is queued for the deferred free */
+    uint8_t served;        /* a request was answered: waiting for the next one is keep-alive idling */
     uint64_t phase_ms;     /* monotonic time the phase (or pending request) started */
     gw_wsconn *wsc;        /* set in GW_PHASE_WS */
     gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
@@ -99,7 +101,7 @@ struct gw_worker {
     gw_list orphans;       /* upstream legs finishing their close after the client left */
     gw_list pool;          /* idle keep-alive connections to HTTP upstreams (proxy.c) */
     uint32_t norphans;
-    int draining;
+    int draining;          /* after GATEWAY_DRAIN_DELAY: listener closed, connections being closed */
     int hold;              /* worker 0 keeps serving /metrics until the others finished draining */
     uint8_t *rbuf;         /* GW_READ_CHUNK bytes: reads land here first */
 };
@@ -109,8 +111,14 @@ typedef struct gw_server {
     void *tls_ctx;                /* SSL_CTX * for the public listener, or NULL */
     int nworkers;
     gw_worker *workers;
-    atomic_int draining;          /* set at SIGTERM: /readyz answers 503 */
-    atomic_uint_fast64_t nconns;  /* open client connections, all workers */
+    atomic_int draining;          /* set at SIGTERM: /readyz answers 503 (the listeners serve on for
+                                   * GATEWAY_DRAIN_DELAY; then each worker's draining is set) */
+    /* The drain's schedule (monotonic ms), written before the workers are
+     * told to drain: WebSocket closes are spread over [close_start,
+     * close_start + close_span); everything ends by drain_end. */
+    uint64_t drain_close_start_ms, drain_close_span_ms, drain_end_ms;
+    atomic_uint_fast64_t nconns;  /* open public client connections, all workers (GATEWAY_MAX_CONNECTIONS) */
+    atomic_uint_fast64_t nconns_admin; /* open admin connections (GATEWAY_ADMIN_MAX_CONNECTIONS) */
     uint64_t start_wall_ms;
     uint64_t start_mono_ms;
     gw_h1_limits limits;
@@ -120,7 +128,7 @@ typedef struct gw_server {
     gw_metric *m_ws_connections;  /* ws_connections (kept name) */
     gw_metric *m_conns_public, *m_conns_admin;
     gw_metric *m_accepted_public, *m_accepted_admin;
-    gw_metric *m_rejected;
+    gw_metric *m_rejected, *m_rejected_admin;
     gw_metric *m_tls_fail;
     gw_metric *m_draining;
 } gw_server;

@@ -154,6 +154,8 @@ uint64_t gw_ws_serve_deadline(gw_client *c)
     if (wsc->close_deadline_ms)
         return wsc->close_deadline_ms;
     uint64_t at = UINT64_MAX;
+    if (c->w->draining && wsc->ws.state == GW_WS_OPEN)
+        at = wsc->drain_at_ms; /* its turn in the spread of drain closes */
     if (cfg->ws_ping_interval_ms) {
         at = GW_MIN(at, wsc->last_ping_ms + cfg->ws_ping_interval_ms);
         at = GW_MIN(at, wsc->last_seen_ms + cfg->ws_pong_timeout_ms);
@@ -185,9 +187,11 @@ void gw_ws_serve_timer(gw_client *c)
             gw_client_close(c);
             return;
         }
-    } else if (c->w->draining) {
+    } else if (c->w->draining && now >= wsc->drain_at_ms) {
+        /* Its turn in the spread of drain closes; the answer is awaited at
+         * most until the drain's end. */
         gw_ws_close(ws, GW_WS_CLOSE_GOING_AWAY, "gateway is shutting down", gw_cause_shutdown);
-        wsc->close_deadline_ms = now + GW_MIN((uint64_t)GW_CLOSE_WAIT_MS, cfg->shutdown_timeout_ms);
+        wsc->close_deadline_ms = GW_MIN(now + GW_CLOSE_WAIT_MS, GW_MAX(now, gw_srv.drain_end_ms));
     } else if (cfg->ws_ping_interval_ms && now >= wsc->last_seen_ms + cfg->ws_pong_timeout_ms) {
         /* The peer answered nothing, not even our pings: it is gone. Say so
          * and close without waiting for an answer that will not come. */

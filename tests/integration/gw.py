@@ -107,6 +107,7 @@ class Gateway(LoggedProcess):
             "GATEWAY_AUTHENTICATED_GRPC_ADDR": "",
             "GATEWAY_LOG_FORMAT": "json",
             "GATEWAY_SHUTDOWN_TIMEOUT": "3s",
+            "GATEWAY_DRAIN_DELAY": "0s",  # drain tests set their own
         })
         self.tls = tls
         if tls:

@@ -427,6 +427,29 @@ def test_connect_without_bytes_closed(timeout_gateway):
         c.close()
 
 
+def test_silent_connection_closed_within_handshake_timeout(make_gateway):
+    # Issue 8 item 12: a connection that never sends a byte gets the handshake
+    # timeout (1 s here), not the keep-alive idle timeout (60 s here); once it
+    # has been served, it idles for the keep-alive timeout.
+    g = make_gateway({"GATEWAY_HANDSHAKE_TIMEOUT": "1s", "GATEWAY_HTTP_IDLE_TIMEOUT": "60s"})
+    silent = wsraw.Conn("127.0.0.1", g.port)
+    served = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        t0 = time.monotonic()
+        served.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert served.read_response().status == 200
+        assert silent.wait_closed(10.0), "a silent connection was not closed"
+        dt = time.monotonic() - t0
+        # Not before the 1 s timeout; the margin above it is for a loaded host.
+        assert 0.9 <= dt <= 3.0, dt
+        # The served connection is idling under the 60 s keep-alive limit.
+        served.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert served.read_response().status == 200
+    finally:
+        silent.close()
+        served.close()
+
+
 def test_idle_keepalive_closed(timeout_gateway):
     c = wsraw.Conn("127.0.0.1", timeout_gateway.port)
     try:

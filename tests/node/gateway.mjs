@@ -54,6 +54,7 @@ export async function startGateway({ env: extra = {}, tls = null } = {}) {
     GATEWAY_ADMIN_HTTP_ADDR: `127.0.0.1:${adminPort}`,
     GATEWAY_AUTHENTICATED_GRPC_ADDR: '',
     GATEWAY_SHUTDOWN_TIMEOUT: '3s',
+    GATEWAY_DRAIN_DELAY: '0s',
     GATEWAY_LOG_FORMAT: 'json',
   }, extra);
   if (tls) Object.assign(env, { GATEWAY_TLS_CERT_PATH: tls.cert, GATEWAY_TLS_KEY_PATH: tls.key });

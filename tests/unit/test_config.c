@@ -75,6 +75,7 @@ static void test_defaults(void)
     is_str(cfg.client_events_stream, "wsgate:client-events", "client stream");
     is_str(cfg.signer_key_path, "", "signer key empty");
     is_int(cfg.shutdown_timeout_ms, 30000, "shutdown 30s");
+    is_int(cfg.drain_delay_ms, 5000, "drain delay 5s");
     is_int(cfg.ws_ping_interval_ms, 25000, "ping 25s");
     is_int(cfg.ws_pong_timeout_ms, 50000, "pong 50s");
     is_int(cfg.ws_max_message_bytes, 1048576, "max message 1MiB");
@@ -87,6 +88,7 @@ static void test_defaults(void)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     is_int(cfg.workers, cpus < 1 ? 1 : cpus > 256 ? 256 : cpus, "workers = online CPUs");
     is_int(cfg.max_connections, 100000, "max connections");
+    is_int(cfg.admin_max_connections, 128, "admin max connections");
     is_int(cfg.handshake_timeout_ms, 10000, "handshake 10s");
     is_int(cfg.http_idle_timeout_ms, 60000, "http idle 60s");
     is_int(cfg.echo_idle_timeout_ms, 90000, "echo idle 90s");
@@ -114,6 +116,7 @@ static void test_every_variable(void)
         {"GATEWAY_CLIENT_EVENTS_REDIS_STREAM", "c-stream"},
         {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "/etc/wsgate/signer.pem"},
         {"GATEWAY_SHUTDOWN_TIMEOUT", "1m30s"},
+        {"GATEWAY_DRAIN_DELAY", "12s"},
         {"GATEWAY_WS_PING_INTERVAL", "10s"},
         {"GATEWAY_WS_PONG_TIMEOUT", "20s"},
         {"GATEWAY_WS_MAX_MESSAGE_BYTES", "64KiB"},
@@ -125,6 +128,7 @@ static void test_every_variable(void)
         {"GATEWAY_AGENT_SECRET", "agent-secret"},
         {"GATEWAY_WORKERS", "3"},
         {"GATEWAY_MAX_CONNECTIONS", "5000"},
+        {"GATEWAY_ADMIN_MAX_CONNECTIONS", "7"},
         {"GATEWAY_HANDSHAKE_TIMEOUT", "2500ms"},
         {"GATEWAY_HTTP_IDLE_TIMEOUT", "15"},
         {"GATEWAY_ECHO_IDLE_TIMEOUT", "1.5s"},
@@ -156,6 +160,7 @@ static void test_every_variable(void)
     is_str(cfg.client_events_stream, "c-stream", "client stream");
     is_str(cfg.signer_key_path, "/etc/wsgate/signer.pem", "signer");
     is_int(cfg.shutdown_timeout_ms, 90000, "shutdown");
+    is_int(cfg.drain_delay_ms, 12000, "drain delay");
     is_int(cfg.ws_ping_interval_ms, 10000, "ping");
     is_int(cfg.ws_pong_timeout_ms, 20000, "pong");
     is_int(cfg.ws_max_message_bytes, 65536, "max message");
@@ -167,6 +172,7 @@ static void test_every_variable(void)
     is_str(cfg.agent_secret, "agent-secret", "agent secret");
     is_int(cfg.workers, 3, "workers");
     is_int(cfg.max_connections, 5000, "max connections");
+    is_int(cfg.admin_max_connections, 7, "admin max connections");
     is_int(cfg.handshake_timeout_ms, 2500, "handshake");
     is_int(cfg.http_idle_timeout_ms, 15000, "http idle (bare seconds)");
     is_int(cfg.echo_idle_timeout_ms, 1500, "echo idle");
@@ -187,6 +193,7 @@ static void test_empty_values(void)
     /* Everything else: empty means the default. */
     static const char *const dflt[] = {
         "GATEWAY_SHUTDOWN_TIMEOUT",
+        "GATEWAY_DRAIN_DELAY",
         "GATEWAY_WS_PING_INTERVAL",
         "GATEWAY_WS_MAX_MESSAGE_BYTES",
         "GATEWAY_REDIS_KEY_PREFIX",
@@ -264,6 +271,7 @@ static void test_bad_values(void)
         {"GATEWAY_WORKERS", "257", "GATEWAY_WORKERS: \"257\" is out of range (1..256)"},
         {"GATEWAY_WORKERS", "four", "GATEWAY_WORKERS: cannot parse \"four\" as a non-negative integer"},
         {"GATEWAY_MAX_CONNECTIONS", "0", "GATEWAY_MAX_CONNECTIONS: \"0\" is out of range (1..100000000)"},
+        {"GATEWAY_ADMIN_MAX_CONNECTIONS", "0", "GATEWAY_ADMIN_MAX_CONNECTIONS: \"0\" is out of range (1..1000000)"},
         {"GATEWAY_MAX_CONNECTIONS", "99999999999999999999",
          "GATEWAY_MAX_CONNECTIONS: cannot parse \"99999999999999999999\" as a non-negative integer"},
         {"GATEWAY_HANDSHAKE_TIMEOUT", "0s", "GATEWAY_HANDSHAKE_TIMEOUT: \"0s\" must be greater than 0"},
@@ -341,6 +349,17 @@ static void test_cross_checks(void)
     is_int(load1("GATEWAY_WORKERS", "1"), GW_OK, "1 worker ok");
     is_int(load1("GATEWAY_LOG_LEVEL", "WARN"), GW_OK, "level case-insensitive");
     is_int(cfg.log_level, GW_LOG_WARN, "warn");
+    /* The drain delay takes at most half the shutdown budget. */
+    static const env_kv delay_half[] = {{"GATEWAY_SHUTDOWN_TIMEOUT", "10s"}, {"GATEWAY_DRAIN_DELAY", "5s"}};
+    is_int(load(delay_half, 2), GW_OK, "delay of half the budget ok");
+    is_int(cfg.drain_delay_ms, 5000, "delay kept");
+    static const env_kv delay_long[] = {{"GATEWAY_SHUTDOWN_TIMEOUT", "10s"}, {"GATEWAY_DRAIN_DELAY", "5001ms"}};
+    is_int(load(delay_long, 2), GW_ERR, "delay past half the budget refused");
+    is_str(err, "GATEWAY_DRAIN_DELAY: \"5001ms\" is more than half of GATEWAY_SHUTDOWN_TIMEOUT (10s)", "message");
+    is_int(load1("GATEWAY_SHUTDOWN_TIMEOUT", "3s"), GW_OK, "short budget with the default delay ok");
+    is_int(cfg.drain_delay_ms, 1500, "the default delay is cut to half the budget");
+    is_int(load1("GATEWAY_DRAIN_DELAY", "0"), GW_OK, "no delay ok");
+    is_int(cfg.drain_delay_ms, 0, "delay 0");
     /* The first error wins and is the only line. */
     static const env_kv two_bad[] = {{"GATEWAY_WORKERS", "0"}, {"GATEWAY_PUBLIC_HTTP_ADDR", "x"}};
     is_int(load(two_bad, 2), GW_ERR, "two bad values");
@@ -680,6 +699,7 @@ static void test_help(void)
         "GATEWAY_CLIENT_EVENTS_REDIS_STREAM",
         "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH",
         "GATEWAY_SHUTDOWN_TIMEOUT",
+        "GATEWAY_DRAIN_DELAY",
         "GATEWAY_WS_PING_INTERVAL",
         "GATEWAY_WS_PONG_TIMEOUT",
         "GATEWAY_WS_MAX_MESSAGE_BYTES",
@@ -691,6 +711,7 @@ static void test_help(void)
         "GATEWAY_AGENT_SECRET",
         "GATEWAY_WORKERS",
         "GATEWAY_MAX_CONNECTIONS",
+        "GATEWAY_ADMIN_MAX_CONNECTIONS",
         "GATEWAY_HANDSHAKE_TIMEOUT",
         "GATEWAY_HTTP_IDLE_TIMEOUT",
         "GATEWAY_ECHO_IDLE_TIMEOUT",
@@ -717,11 +738,66 @@ static void test_help(void)
         }
     }
     ok(all, "help names every variable");
-    ok(strstr(gw_config_help, "wsgate:session-events") && strstr(gw_config_help, ":8080") &&
-           strstr(gw_config_help, "1MiB") && strstr(gw_config_help, "25s") && strstr(gw_config_help, "50s"),
+    ok(strstr(gw_config_help, ":8080") && strstr(gw_config_help, "1MiB") && strstr(gw_config_help, "25s") &&
+           strstr(gw_config_help, "50s"),
        "help shows defaults");
     size_t n = strlen(gw_config_help);
     ok(n > 0 && gw_config_help[n - 1] == '\n', "help ends with a newline");
+}
+
+static char seen[8][64];
+static size_t nseen;
+static void on_unbuilt(const char *name, const char *feature, void *arg)
+{
+    GW_UNUSED(arg);
+    if (nseen < 8)
+        snprintf(seen[nseen++], sizeof seen[0], "%s=%s", name, feature);
+}
+
+/* Issue 8 item 19: variables of features not built yet are reported when
+ * set (the caller warns), and --help marks them so. */
+static void test_unbuilt(void)
+{
+    static const env_kv set[] = {
+        {"GATEWAY_REDIS_MASTER_ADDR", "127.0.0.1:6379"},
+        {"GATEWAY_AUTHENTICATED_GRPC_ADDR", ""}, /* empty: off, nothing to warn about */
+        {"GATEWAY_PUSH_QUEUE_LIMIT", "10"},
+        {"GATEWAY_WORKERS", "2"}, /* built: not reported */
+    };
+    env_tab = set;
+    env_n = GW_ARRAY_LEN(set);
+    nseen = 0;
+    is_int(gw_config_unbuilt(fake_getenv, on_unbuilt, NULL), 2, "two unbuilt variables set");
+    is_int(nseen, 2, "reported once each");
+    is_str(seen[0], "GATEWAY_REDIS_MASTER_ADDR=Redis", "Redis variable named with its feature");
+    is_str(seen[1], "GATEWAY_PUSH_QUEUE_LIMIT=push", "push variable named with its feature");
+    env_n = 0;
+    is_int(gw_config_unbuilt(fake_getenv, NULL, NULL), 0, "none set: none reported");
+    static const char *const marked[] = {
+        "GATEWAY_AUTHENTICATED_GRPC_ADDR",
+        "GATEWAY_REDIS_MASTER_ADDR",
+        "GATEWAY_REDIS_PASSWORD",
+        "GATEWAY_REDIS_DB",
+        "GATEWAY_REDIS_KEY_PREFIX",
+        "GATEWAY_REDIS_REPLICA_ADDRS",
+        "GATEWAY_SESSION_EVENTS_REDIS_STREAM",
+        "GATEWAY_CLIENT_EVENTS_REDIS_STREAM",
+        "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH",
+        "GATEWAY_PUSH_QUEUE_LIMIT",
+        "GATEWAY_PUSH_HISTORY_WINDOW",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(marked); i++) {
+        /* Its one line in the help says NOT BUILT. */
+        char line[160];
+        snprintf(line, sizeof line, "  %-46sNOT BUILT (", marked[i]);
+        ok(strstr(gw_config_help, line) != NULL, "help marks %s as not built", marked[i]);
+        /* Every variable in the set must be reported when set. */
+        env_kv one[1] = {{marked[i], "x"}};
+        env_tab = one;
+        env_n = 1;
+        is_int(gw_config_unbuilt(fake_getenv, NULL, NULL), 1, "%s is reported when set", marked[i]);
+    }
+    env_n = 0;
 }
 
 int main(void)
@@ -739,5 +815,6 @@ int main(void)
     TEST_RUN(test_parse_addr);
     TEST_RUN(test_parse_bool);
     TEST_RUN(test_help);
+    TEST_RUN(test_unbuilt);
     return test_done();
 }

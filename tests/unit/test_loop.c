@@ -83,6 +83,77 @@ static void test_io(void)
     close(sv[1]);
 }
 
+/* A fake clock: the loop reads fake_now. */
+static uint64_t fake_now;
+static uint64_t fake_clock(void *arg)
+{
+    GW_UNUSED(arg);
+    return fake_now;
+}
+
+static gw_timer deadline;
+static int deadline_fired;
+static uint64_t now_in_cb;
+
+static void on_deadline(gw_timer *t)
+{
+    GW_UNUSED(t);
+    deadline_fired++;
+}
+
+/* Like a server's accept callback: reads, then arms a 2 s deadline. */
+static void on_read_arm(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    char b[8];
+    ok(read(io->fd, b, sizeof b) == 1, "callback read the byte");
+    now_in_cb = gw_loop_now(L);
+    gw_timer_start(L, &deadline, 2000);
+    gw_io_stop(L, io);
+    gw_loop_stop(L); /* the timers of this iteration still run */
+}
+
+/* Issue 8 item 10: after a long idle the loop's time must be refreshed
+ * before I/O callbacks run, or a timer they arm starts from a stale time and
+ * fires at once. */
+static void test_clock_after_idle(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    fake_now = 1000;
+    L = gw_loop_new();
+    gw_loop_set_clock(L, fake_clock, NULL);
+    is_int(gw_loop_now(L), 1000, "the loop reads the fake clock");
+    rd.fd = sv[0];
+    rd.cb = on_read_arm;
+    rd.events = 0;
+    deadline.cb = on_deadline;
+    deadline_fired = 0;
+    gw_io_start(L, &rd, GW_EV_READ);
+    /* Ten idle seconds pass, then a byte arrives. */
+    fake_now = 11000;
+    is_int(write(sv[1], "x", 1), 1, "peer writes");
+    gw_loop_run(L);
+    is_int(now_in_cb, 11000, "the I/O callback sees the time after the wait");
+    is_int(deadline_fired, 0, "a 2 s deadline armed in the callback did not fire at once");
+    ok(gw_timer_active(&deadline), "the deadline is still armed");
+    is_int(deadline.when, 13000, "it counts from the wakeup (11 s + 2 s)");
+    /* It fires when its time comes, not before. */
+    fake_now = 12999;
+    tmr stop = {.t.cb = on_tmr, .id = 99};
+    norder = 0;
+    gw_timer_start(L, &stop.t, 0);
+    gw_loop_run(L);
+    is_int(deadline_fired, 0, "not fired 1 ms early");
+    fake_now = 13000;
+    gw_timer_start(L, &stop.t, 0);
+    gw_loop_run(L);
+    is_int(deadline_fired, 1, "fired at 13 s");
+    gw_loop_free(L);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 static gw_task t1, t2;
 static void task_fn(gw_task *t)
 {
@@ -140,6 +211,7 @@ int main(void)
 {
     TEST_RUN(test_timers);
     TEST_RUN(test_io);
+    TEST_RUN(test_clock_after_idle);
     TEST_RUN(test_tasks);
     TEST_RUN(test_post);
     return test_done();
