@@ -779,9 +779,7 @@ int gw_h1_chunked_decode(gw_h1_chunked *c, uint8_t *buf, size_t *len, size_t *co
             if (ch != '\n')
                 goto err;
             /* The body ends here: whatever follows belongs to the next
-             * message and is kept right after the decoded bytes. */
-            if (in < n && out != in)
-                memmove(buf + out, buf + in, n - in);
+             * message and stays exactly where it was, at buf + in. */
             c->state = CK_DONE;
             *len = out;
             *consumed = in;

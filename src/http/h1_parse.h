@@ -98,9 +98,11 @@ typedef struct gw_h1_chunked {
 
 /* Decodes chunked data in place: buf[0..*len) holds raw bytes on entry and the
  * decoded body bytes on return (moved to the front, *len updated).
- * Returns GW_DONE when the last chunk and trailers were consumed (bytes after
- * the body are left after the decoded data: *consumed tells how many input
- * bytes belonged to the body), GW_AGAIN when more input is needed, GW_ERR on
+ * Returns GW_DONE when the last chunk and trailers were consumed (*consumed
+ * tells how many input bytes belonged to the body; the bytes after the body,
+ * buf[*consumed..input len), are never moved or touched, so the next message
+ * starts at buf + *consumed whether or not this read carried chunk data),
+ * GW_AGAIN when more input is needed (every byte consumed), GW_ERR on
  * malformed chunks (bad hex, missing CRLF, size overflow, chunk extensions
  * with bare CR/LF, size line or trailer line over 4096 bytes). */
 int gw_h1_chunked_decode(gw_h1_chunked *c, uint8_t *buf, size_t *len, size_t *consumed);

@@ -217,11 +217,7 @@ static size_t request_body(gw_client *c, uint8_t *p, size_t n)
             gw_conn_write(&px->up->conn, "0\r\n\r\n", 5);
             px->req_done = 1;
             arm_read_timeout(px);
-            /* Bytes after the body were moved behind the decoded data:
-             * put them back in place for the next request. */
-            size_t rest = n - consumed;
-            if (rest && len)
-                memmove(p + consumed, p + len, rest);
+            /* The next request starts at p + consumed, untouched. */
             used = consumed;
         } else {
             used = n;

@@ -447,6 +447,83 @@ def test_upstream_malformed_response_502(g):
     envelope(g.get("/api/malformed"), 502, "bad_upstream_response")
 
 
+# ============================================================ chunked body, then a pipelined request
+
+def _split_points(data, body_start, body_end):
+    """Every split point inside the chunked body (and its edges) plus a dense
+    sample of the head before and the pipelined request after it."""
+    pts = set(range(body_start, body_end + 1))
+    pts.update(range(1, body_start, 11))
+    pts.update(range(body_end, len(data), 9))
+    return sorted(p for p in pts if 0 < p < len(data))
+
+
+def test_chunked_body_then_pipelined_request_every_split(g, up):
+    """Issue 8 item 1: a keep-alive chunked POST followed, on the same
+    connection, by a GET whose header value looks like a request line. Sent
+    in two writes split at every point of the body (the last chunk alone in a
+    read included): the upstream must get the POST with its body and then the
+    GET exactly as sent, never a request for the "hidden" path, and the
+    client gets two 200s."""
+    m = mark()
+    body = b"wiki" + b"pedia"
+    wire = b"4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Sum: 9\r\n\r\n"
+    sha = hashlib.sha256(body).hexdigest()
+    failures = []
+    head = request_bytes("POST", f"/api/sum?m={m}&k=K", [("Transfer-Encoding", "chunked")])
+    nxt = request_bytes("GET", f"/api/visible?m={m}&k=K", [("X-Smuggle", f"GET /api/hidden-{m} HTTP/1.1")])
+    points = _split_points(head + wire + nxt, len(head), len(head) + len(wire))
+    assert len(points) > 50
+    for k in points:
+        h = head.replace(b"k=K", b"k=%d" % k)
+        n = nxt.replace(b"k=K", b"k=%d" % k)
+        data = h + wire + n
+        c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+        try:
+            c.send(data[:k])
+            time.sleep(0.02)  # a separate read for the second part
+            c.send(data[k:])
+            r1 = c.read_response(timeout=10)
+            r2 = c.read_response(timeout=10)
+        except (wsraw.Closed, wsraw.Timeout) as e:
+            failures.append((k, repr(e)))
+            continue
+        finally:
+            c.close()
+        if r1.status != 200 or r1.json()["sha256"] != sha or r2.status != 200 or \
+                r2.json()["target"] != f"/api/visible?m={m}&k={k}":
+            failures.append((k, r1.status, r1.body[:200], r2.status, r2.body[:200]))
+    assert not failures, failures[:5]
+    # What the upstream saw: every POST with its body, every GET as sent with
+    # its header intact, never the hidden path.
+    for k in points:
+        posts = reqs(up, lambda e: e["target"] == f"/api/sum?m={m}&k={k}")
+        gets = reqs(up, lambda e: e["target"] == f"/api/visible?m={m}&k={k}")
+        assert len(posts) == 1 and posts[0]["sha256"] == sha, (k, posts)
+        assert len(gets) == 1 and hdr(gets[0], "X-Smuggle") == f"GET /api/hidden-{m} HTTP/1.1", (k, gets)
+    hidden = [e for e in up.events() if e.get("ev") in ("head", "req") and "hidden" in e.get("target", "")]
+    assert not hidden, hidden[:3]
+    assert len([e for e in up.events() if m in e.get("target", "")]) == 4 * len(points)
+
+
+def test_chunked_body_last_chunk_alone_then_plain_get(g, up):
+    """The report's second symptom: a plain pipelined GET after a body whose
+    last chunk came in a read of its own got 400."""
+    m = mark()
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        c.send(request_bytes("POST", f"/api/sum?m={m}", [("Transfer-Encoding", "chunked")]) + b"3\r\nabc\r\n")
+        up.wait_event(lambda e: e.get("ev") == "head" and e["target"] == f"/api/sum?m={m}", timeout=5,
+                      what="the POST's head upstream")
+        c.send(b"0\r\n\r\n" + request_bytes("GET", f"/api/echo?m={m}&after=1"))
+        r1 = c.read_response(timeout=10)
+        r2 = c.read_response(timeout=10)
+        assert r1.status == 200 and r1.json()["body_len"] == 3, r1
+        assert r2.status == 200 and r2.json()["target"] == f"/api/echo?m={m}&after=1", r2
+    finally:
+        c.close()
+
+
 # ============================================================ smuggling defence
 
 HOSTILE = {

@@ -568,8 +568,9 @@ static int chunked_run(const char *in, size_t n, const size_t *cuts, size_t ncut
         memcpy(out + on, piece, l);
         on += l;
         if (rc == GW_DONE) {
+            /* The next message starts at piece + consumed, untouched. */
             *tail_n = len - consumed;
-            memcpy(tail, piece + l, *tail_n);
+            memcpy(tail, piece + consumed, *tail_n);
             /* rest of input untouched by the decoder */
             memcpy(tail + *tail_n, in + to, n - to);
             *tail_n += n - to;
@@ -723,7 +724,7 @@ static void test_chunked_bad(void)
     memcpy(big, "0\r\n\r\nabc", 8);
     len = 8;
     rc = gw_h1_chunked_decode(&c, (uint8_t *)big, &len, &consumed);
-    ok(rc == GW_DONE && len == 0 && consumed == 5 && memcmp(big, "abc", 3) == 0, "done: tail moved to the front");
+    ok(rc == GW_DONE && len == 0 && consumed == 5 && memcmp(big + 5, "abc", 3) == 0, "done: tail left in place");
     len = 3;
     rc = gw_h1_chunked_decode(&c, (uint8_t *)big, &len, &consumed);
     ok(rc == GW_DONE && len == 0 && consumed == 0, "done stays done, consumes nothing");
@@ -735,6 +736,50 @@ static void test_chunked_bad(void)
     len = 5;
     rc = gw_h1_chunked_decode(&c, (uint8_t *)big, &len, &consumed);
     is_int(rc, GW_ERR, "error is sticky");
+}
+
+/* Issue 8 item 1: a chunked body whose last chunk arrives in a read with no
+ * chunk data, followed by a pipelined request. The caller (the proxy) takes
+ * the next request from buf + consumed; at every split point of the stream
+ * into two reads (and every pair, three reads) that must be the pipelined
+ * request byte for byte, and it must parse as GET /app/visible with the
+ * hostile header value intact. */
+static void test_chunked_then_pipelined(void)
+{
+    static const char body[] = "4\r\nwiki\r\n5;e=1\r\npedia\r\n0\r\nX-Sum: 1\r\n\r\n";
+    static const char next[] = "GET /app/visible HTTP/1.1\r\nHost: gw.test\r\nX-Smuggle: GET /app/hidden HTTP/1.1\r\n\r\n";
+    char in[512];
+    size_t bn = sizeof body - 1, nn = sizeof next - 1, n = bn + nn;
+    memcpy(in, body, bn);
+    memcpy(in + bn, next, nn);
+    int bad_split = -1, bad_parse = -1;
+    for (size_t i = 0; i <= n; i++) {
+        for (size_t j = i; j <= n; j++) {
+            size_t cuts[2] = {i, j};
+            char out[512], tail[512];
+            size_t on = 0, tn = 0;
+            int rc = chunked_run(in, n, cuts, 2, out, &on, tail, &tn);
+            if (rc != GW_DONE || on != 9 || memcmp(out, "wikipedia", 9) || tn != nn || memcmp(tail, next, nn)) {
+                if (bad_split < 0)
+                    bad_split = (int)(i * 1000 + j);
+                continue;
+            }
+            gw_http_header h[8];
+            gw_http_req req;
+            int st = 0;
+            int r = gw_h1_parse_request(tail, tn, &req, h, &(gw_h1_limits){8192, 16384, 8}, &st);
+            const gw_http_header *sm = r > 0 ? gw_h1_find_header(req.headers, req.num_headers, "X-Smuggle") : NULL;
+            if (r != (int)nn || !gw_str_eq(req.target, "/app/visible") || !sm ||
+                !gw_str_eq(sm->value, "GET /app/hidden HTTP/1.1"))
+                if (bad_parse < 0)
+                    bad_parse = (int)(i * 1000 + j);
+        }
+    }
+    is_int(bad_split, -1, "body then pipelined request: every pair of split points keeps the next request whole");
+    is_int(bad_parse, -1, "body then pipelined request: the next request parses as sent");
+    /* The exact shape of the report: the last chunk alone in a read. */
+    CK("3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", GW_DONE, "abc", "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+       "last chunk alone in a read, then a pipelined GET");
 }
 
 int main(void)
@@ -750,5 +795,6 @@ int main(void)
     TEST_RUN(test_request_body);
     TEST_RUN(test_chunked_valid);
     TEST_RUN(test_chunked_bad);
+    TEST_RUN(test_chunked_then_pipelined);
     return test_done();
 }
