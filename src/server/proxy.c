@@ -241,19 +241,14 @@ size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n)
     return request_body(c, p, n);
 }
 
+/* The request head toward the upstream: the client's target whole (as
+ * normalised), its end-to-end headers and the forwarding set, sized from
+ * what the client sent, so nothing is cut or dropped. */
 static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const gw_h1_body *body)
 {
-    char *out = gw_malloc(16384);
-    size_t cap = 16384;
-    char path[4096];
-    const gw_upstream *u = NULL;
     gw_upstream tmp;
     tmp.target = px->target;
-    u = &tmp;
-    gw_relay_upstream_path(px->route, u, req, path, sizeof path);
-    int n = snprintf(out, cap, "%.*s %s HTTP/1.1\r\nHost: %s\r\n", (int)req->method.n, req->method.p, path,
-                     px->target.host_header[0] ? px->target.host_header : "localhost");
-    size_t pos = n > 0 ? (size_t)n : 0;
+    char *path = gw_relay_upstream_path(px->route, &tmp, req);
     /* End-to-end headers and the forwarding set (shared with the WebSocket
      * relay), minus Expect: the gateway answers 100-continue itself. */
     gw_http_req filtered = *req;
@@ -265,21 +260,32 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
             keep[k++] = req->headers[i];
     filtered.headers = keep;
     filtered.num_headers = k;
-    size_t hn = gw_relay_build_headers(c, &filtered, px->ids.corr, px->ids.trace, NULL, out + pos, cap - pos - 64);
-    if (!hn) {
+    size_t hn = 0;
+    char *hdrs = gw_relay_build_headers(c, &filtered, px->ids.corr, px->ids.trace, NULL, &hn);
+    if (!hdrs) {
+        gw_free(path);
+        return GW_ERR;
+    }
+    char framing[64];
+    if (body->chunked)
+        snprintf(framing, sizeof framing, "Transfer-Encoding: chunked\r\n\r\n");
+    else if (body->content_length)
+        snprintf(framing, sizeof framing, "Content-Length: %" PRIu64 "\r\n\r\n", body->content_length);
+    else
+        snprintf(framing, sizeof framing, "\r\n");
+    const char *host = px->target.host_header[0] ? px->target.host_header : "localhost";
+    size_t cap = req->method.n + strlen(path) + strlen(host) + hn + strlen(framing) + 32;
+    char *out = gw_malloc(cap);
+    int n = snprintf(out, cap, "%.*s %s HTTP/1.1\r\nHost: %s\r\n%.*s%s", (int)req->method.n, req->method.p, path,
+                     host, (int)hn, hdrs, framing);
+    gw_free(path);
+    gw_free(hdrs);
+    if (n < 0 || (size_t)n >= cap) {
         gw_free(out);
         return GW_ERR;
     }
-    pos += hn;
-    if (body->chunked)
-        n = snprintf(out + pos, cap - pos, "Transfer-Encoding: chunked\r\n\r\n");
-    else if (body->content_length)
-        n = snprintf(out + pos, cap - pos, "Content-Length: %" PRIu64 "\r\n\r\n", body->content_length);
-    else
-        n = snprintf(out + pos, cap - pos, "\r\n");
-    pos += (size_t)n;
     px->head = out;
-    px->head_len = pos;
+    px->head_len = (size_t)n;
     return GW_OK;
 }
 

@@ -80,6 +80,7 @@ typedef struct gw_client {
     gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
     gw_proxy *proxy;       /* set in GW_PHASE_PROXY */
     char ip[46];           /* peer address, for logs */
+    char *norm_path;       /* the current request's path with dot segments removed (when it had any) */
 } gw_client;
 
 typedef struct gw_worker_stats {
@@ -239,9 +240,13 @@ void gw_relay_pending_abort(gw_client *c);
 /* 1 when name is listed in a Connection header of hdrs (RFC 9110 section
  * 7.6.1: such headers are hop-by-hop and never forwarded). */
 int gw_h1_connection_lists(const gw_http_header *hdrs, size_t n, gw_str name);
-size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
-                              const char *extra, char *out, size_t cap);
-void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap);
+/* The forwarded header lines toward an upstream (see relay.c), in a buffer
+ * allocated to fit whatever the client sent (gw_free it); *len its length.
+ * NULL only if the size bound is broken (a bug: callers refuse and log). */
+char *gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
+                             const char *extra, size_t *len);
+/* The request target toward the upstream, whole, allocated (gw_free it). */
+char *gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req);
 extern const gw_ws_handler gw_relay_handler;
 /* The downstream session ended: forward its close to the upstream leg. */
 void gw_relay_downstream_closed(gw_client *c);

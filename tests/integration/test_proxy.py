@@ -524,6 +524,137 @@ def test_chunked_body_last_chunk_alone_then_plain_get(g, up):
         c.close()
 
 
+# ============================================================ what reaches the upstream, whole
+
+@pytest.mark.parametrize("cookie_len", [8200, "whole head at the 16 KiB limit"])
+def test_big_header_forwarded_with_gateway_headers(g, up, cookie_len):
+    """Issue 8 item 7: a head the gateway accepts (up to
+    GATEWAY_MAX_HEADER_BYTES, 16 KiB here) goes upstream whole, with every
+    forwarding header of the gateway's own (a head near the limit was
+    refused with 431: the upstream head had 16 KiB of room in all)."""
+    m = mark()
+    corr = f"big-{m}"
+
+    def head(cookie):
+        return request_bytes("GET", f"/api/echo?m={m}", [
+            ("Cookie", cookie), ("X-Correlation-ID", corr), ("traceparent", f"00-{TRACE}-b7ad6b7169203331-01"),
+            ("X-After", "last")])
+    if isinstance(cookie_len, str):
+        cookie_len = 16384 - len(head(""))
+    cookie = "s=" + "c" * (cookie_len - 2)
+    data = head(cookie)
+    assert len(data) <= 16384
+    c, r = raw(g, data)
+    c.close()
+    assert r is not None and r.status == 200, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    assert hdr(ev, "Cookie") == cookie
+    assert hdr(ev, "X-After") == "last", ev["headers"][-8:]
+    assert hdr(ev, "X-Forwarded-For") == "127.0.0.1", ev["headers"][-8:]
+    assert hdr(ev, "X-Forwarded-Proto") == "http"
+    assert hdr(ev, "X-Correlation-ID") == corr
+    assert (hdr(ev, "traceparent") or "").startswith(f"00-{TRACE}-"), ev["headers"][-8:]
+
+
+def _line_target(n, m):
+    """A target of exactly n bytes under /api/echo ending in "&admin=false"."""
+    head, tail = f"/api/echo?m={m}&pad=", "&admin=false"
+    return head + "a" * (n - len(head) - len(tail)) + tail
+
+
+def test_long_target_forwarded_whole_then_414(g, up):
+    """Issue 8 item 8: a request line of exactly GATEWAY_MAX_REQUEST_LINE_BYTES
+    (8 KiB) reaches the upstream whole (it was cut at 4,095 bytes); one byte
+    more is refused with 414 and reaches nothing."""
+    m = mark()
+    limit = 8192
+    target = _line_target(limit - len("GET ") - len(" HTTP/1.1"), m)
+    c, r = raw(g, request_bytes("GET", target))
+    c.close()
+    assert r is not None and r.status == 200, r
+    assert r.json()["target"] == target
+    assert [e["target"] for e in reqs(up, lambda e: m in e["target"])] == [target]
+    m2 = mark()
+    target = _line_target(limit - len("GET ") - len(" HTTP/1.1") + 1, m2)
+    c, r = raw(g, request_bytes("GET", target))
+    c.close()
+    envelope(r, 414, "uri_too_long")
+    _assert_never_reached(g, up, m2)
+
+
+@pytest.mark.parametrize("sent,seen", [
+    ("/api/x/../echo?m=M", "/api/echo?m=M"),
+    ("/api/./echo/./?m=M", "/api/echo/?m=M"),
+    ("/api/a/b/%2e%2E/../echo?m=M&p=/../", "/api/echo?m=M&p=/../"),
+    ("/api/../strip/echo?m=M", "/echo?m=M"),
+    ("/strip/../api/echo?m=M", "/api/echo?m=M"),
+    ("/strip/x/../../../echo/..?m=M", None),
+])
+def test_dot_segments_normalised(g, up, sent, seen):
+    """Issue 8 item 8: dot segments are removed (RFC 3986 section 5.2.4)
+    before the route is matched, so "/api/../strip/x" is a /strip/ request
+    and nothing ever reaches an upstream with "/../" in its path."""
+    m = mark()
+    sent, seen = sent.replace("M", m), seen and seen.replace("M", m)
+    c, r = raw(g, request_bytes("GET", sent))
+    c.close()
+    if seen is None:
+        envelope(r, 404, "not_found")
+        _assert_never_reached(g, up, m)
+        return
+    assert r is not None and r.status == 200 and r.json()["target"] == seen, r
+    assert [e["target"] for e in reqs(up, lambda e: m in e["target"])] == [seen]
+
+
+@pytest.mark.parametrize("sent", ["/api/../hidden-M", "/api/%2e%2e/hidden-M", "/api/./a/../../../hidden-M",
+                                  "/api/..%2F..%2Fhidden-M/.."])
+def test_dot_segments_cannot_escape_a_route(g, up, sent):
+    m = mark()
+    c, r = raw(g, request_bytes("GET", sent.replace("M", m)))
+    c.close()
+    if sent.endswith("%2Fhidden-M/.."):
+        # An encoded slash is no separator: "..%2F..%2Fhidden" is one segment,
+        # which the final ".." removes.
+        assert r is not None and r.status == 200 and r.json()["target"] == "/api/", r
+    else:
+        envelope(r, 404, "not_found")
+    _assert_never_reached(g, up, m)
+
+
+def test_absolute_form_served_as_origin_form(g, up):
+    """Issue 8 item 13: GET http://authority/path is served like GET /path
+    (RFC 9112 section 3.2.2); the authority never makes the gateway connect
+    anywhere: here it names a listener of ours, which sees no connection."""
+    bait = socket.socket()
+    bait.bind(("127.0.0.1", 0))
+    bait.listen(8)
+    bait.setblocking(False)
+    bport = bait.getsockname()[1]
+    try:
+        m = mark()
+        for scheme in ("http", "HTTPS"):
+            target = f"{scheme}://127.0.0.1:{bport}/api/echo?m={m}&s={scheme}"
+            c, r = raw(g, request_bytes("GET", target))
+            c.close()
+            assert r is not None and r.status == 200, r
+            assert r.json()["target"] == f"/api/echo?m={m}&s={scheme}", r
+            ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}&s={scheme}")[0]
+            assert hdr(ev, "X-Forwarded-Host") == f"127.0.0.1:{bport}", ev
+        # Routing is by path only: an absolute-form path matching no route is 404.
+        c, r = raw(g, request_bytes("GET", f"http://127.0.0.1:{bport}/nowhere-{m}"))
+        c.close()
+        envelope(r, 404, "not_found")
+        # A malformed authority (userinfo) is refused.
+        c, r = raw(g, request_bytes("GET", f"http://user@127.0.0.1:{bport}/api/echo?m={m}&bad=1"))
+        c.close()
+        assert r is not None and r.status == 400, r
+        _assert_never_reached(g, up, f"m={m}&bad=1")
+        with pytest.raises(BlockingIOError):
+            bait.accept()
+    finally:
+        bait.close()
+
+
 # ============================================================ smuggling defence
 
 HOSTILE = {

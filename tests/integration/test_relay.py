@@ -301,6 +301,38 @@ def test_connection_listed_header_not_forwarded(g, ups):
     assert "x-hop-secret" not in [k.lower() for k, _ in ev["headers"]], ev["headers"]
 
 
+def test_big_header_and_long_target_toward_upstream(g, ups):
+    """Issue 8 items 7 and 8: with an 8,200-byte Cookie the upstream's request
+    had no X-Forwarded-For, X-Correlation-ID nor traceparent (its headers were
+    built in 8 KiB); a target over 2,047 bytes was cut. Both arrive whole, and
+    dot segments are removed before routing and forwarding."""
+    c = cid("bighdr")
+    cookie = "s=" + "c" * 8198
+    target = "/app/x/../big?pad=" + "p" * 3000 + "&admin=false"
+    req = (f"GET {target} HTTP/1.1\r\n"
+           f"Host: 127.0.0.1:{g.port}\r\n"
+           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {wsraw.new_key()}\r\nSec-WebSocket-Version: 13\r\n"
+           f"Cookie: {cookie}\r\n"
+           f"X-Correlation-ID: {c}\r\n"
+           f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n"
+           "\r\n")
+    conn = wsraw.Conn("127.0.0.1", g.port)
+    try:
+        conn.send(req.encode())
+        r = conn.read_response(head_only=True)
+        assert r.status == 101, r
+        ev = opened(ups["A"], c)
+        assert ev["path"] == target.replace("/x/../", "/"), ev["path"][:80] + "..." + ev["path"][-40:]
+        assert hdr(ev, "Cookie") == cookie
+        assert hdr(ev, "X-Forwarded-For") == "127.0.0.1", ev["headers"][-6:]
+        assert hdr(ev, "X-Correlation-ID") == c
+        assert (hdr(ev, "traceparent") or "").startswith(f"00-{TRACE}-")
+        conn.send(wsraw.build_frame(OP_CLOSE, wsraw.close_payload(1000)))
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("incoming", ["bad id with spaces", "x" * 300, None])
 def test_correlation_id_generated(g, ups, incoming):
     marker = uuid.uuid4().hex
@@ -840,7 +872,10 @@ def _ws_upstream_main(args):
     import http
 
     import websockets as wsl
+    import websockets.legacy.http as wsl_http
     from websockets.exceptions import ConnectionClosed
+
+    wsl_http.MAX_LINE = 64 * 1024  # heads as big as the gateway forwards (its default is 4,110 bytes a line)
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)

@@ -782,6 +782,78 @@ static void test_chunked_then_pipelined(void)
        "last chunk alone in a read, then a pipelined GET");
 }
 
+/* Issue 8 item 8: dot segments (RFC 3986 section 5.2.4 and its examples). */
+static void test_normalize_path(void)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"/a/b/c/./../../g", "/a/g"},
+        {"/mid/content=5/../6", "/mid/6"},
+        {"/app/../x", "/x"},
+        {"/app/../../../x", "/x"},
+        {"/..", "/"},
+        {"/.", "/"},
+        {"/a/b/..", "/a/"},
+        {"/a/b/.", "/a/b/"},
+        {"/a/./b", "/a/b"},
+        {"/a//../b", "/a/b"},
+        {"/a//b", "/a//b"},
+        {"/app/%2e%2E/admin", "/admin"},
+        {"/app/%2E./admin", "/admin"},
+        {"/app/.%2e", "/"},
+        {"/a/..b/c", "/a/..b/c"},
+        {"/a/.b/c.", "/a/.b/c."},
+        {"/a%2eb", "/a.b"},
+        {"/", "/"},
+        {"*", "*"},
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
+        gw_str in = gw_str_make(cases[i].in, strlen(cases[i].in));
+        char out[64];
+        size_t n = gw_h1_normalize_path(in, out);
+        is_mem(out, n, cases[i].out, strlen(cases[i].out), "normalize %s", cases[i].in);
+        is_int((int)out[n], 0, "normalize %s: NUL-terminated", cases[i].in);
+        int needs = strcmp(cases[i].in, cases[i].out) != 0;
+        is_int(gw_h1_path_needs_normalizing(in), needs, "needs normalizing: %s", cases[i].in);
+    }
+    is_int(gw_h1_path_needs_normalizing(GW_STRLIT("/a/b.c/d..e/")), 0, "dots inside segments are not dot segments");
+}
+
+/* Issue 8 item 13: absolute-form served as origin-form. */
+static void test_origin_form(void)
+{
+    static const struct {
+        const char *line, *path, *query, *authority;
+        int rc;
+    } cases[] = {
+        {"GET http://gw.test/app/x?q=1 HTTP/1.1", "/app/x", "q=1", "gw.test", GW_OK},
+        {"GET HTTPS://evil.example:8443/y HTTP/1.1", "/y", "", "evil.example:8443", GW_OK},
+        {"GET http://[::1]:80 HTTP/1.1", "/", "", "[::1]:80", GW_OK},
+        {"GET http://h?x HTTP/1.1", "/", "x", "h", GW_OK},
+        {"GET /plain?z HTTP/1.1", "/plain", "z", "", GW_OK},
+        {"GET http://user@h/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http:///p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http://h:8x/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "%s\r\nHost: gw.test\r\n\r\n", cases[i].line);
+        gw_http_header h[8];
+        gw_http_req req;
+        int st = 0;
+        int r = gw_h1_parse_request(buf, (size_t)n, &req, h, &(gw_h1_limits){8192, 16384, 8}, &st);
+        is_int(r, n, "%s: parsed", cases[i].line);
+        is_int(gw_h1_origin_form(&req), cases[i].rc, "%s: rc", cases[i].line);
+        if (cases[i].rc != GW_OK)
+            continue;
+        is_mem(req.path.p, req.path.n, cases[i].path, strlen(cases[i].path), "%s: path", cases[i].line);
+        is_mem(req.query.p, req.query.n, cases[i].query, strlen(cases[i].query), "%s: query", cases[i].line);
+        is_mem(req.authority.p, req.authority.n, cases[i].authority, strlen(cases[i].authority), "%s: authority",
+               cases[i].line);
+    }
+}
+
 int main(void)
 {
     guard_init();
@@ -796,5 +868,7 @@ int main(void)
     TEST_RUN(test_chunked_valid);
     TEST_RUN(test_chunked_bad);
     TEST_RUN(test_chunked_then_pipelined);
+    TEST_RUN(test_normalize_path);
+    TEST_RUN(test_origin_form);
     return test_done();
 }
