@@ -144,7 +144,10 @@ void gw_client_arm(gw_client *c)
          * handshake timeout mid-body is cut (slow-body defence). Once the
          * body is out, the upstream's own timeouts apply. */
         if (gw_proxy_body_pending(c)) {
+            uint64_t deadline = gw_proxy_body_deadline(c);
             at = c->phase_ms + cfg->handshake_timeout_ms;
+            if (deadline && deadline < at)
+                at = deadline;
             break;
         }
         at = c->phase_ms + 3600000;
@@ -171,9 +174,16 @@ static void client_timer(gw_timer *t)
         gw_ws_serve_timer(c);
         return;
     case GW_PHASE_PROXY:
-        if (gw_proxy_body_pending(c) && now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
-            gw_proxy_body_timeout(c);
-            return;
+        if (gw_proxy_body_pending(c)) {
+            uint64_t deadline = gw_proxy_body_deadline(c);
+            if (deadline && now >= deadline) {
+                gw_proxy_body_timeout(c, 1);
+                return;
+            }
+            if (now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
+                gw_proxy_body_timeout(c, 0);
+                return;
+            }
         }
         gw_client_arm(c);
         return;

@@ -63,6 +63,8 @@ struct gw_proxy {
     gw_h1_chunked req_dec, resp_dec;
     int status;
     uint64_t started_ms;
+    uint64_t body_start_ms; /* the client's body started being read (0: not yet) */
+    uint64_t body_rx;       /* request body bytes taken from the client (framing included) */
     uint64_t bytes_out;
     gw_req_ids ids;
 };
@@ -223,6 +225,7 @@ static size_t request_body(gw_client *c, uint8_t *p, size_t n)
             used = n;
         }
     }
+    px->body_rx += used;
     if (gw_conn_queued(&px->up->conn) > GW_OUT_HIGH)
         gw_conn_pause(&c->conn, 1); /* resumed when the upstream drains */
     return used;
@@ -310,6 +313,11 @@ static void start_send(gw_client *c)
      * send its body is the client's timeout (408), not the upstream's. */
     if (px->req_done)
         arm_read_timeout(px);
+    /* The body's deadline runs from now: the client is read from here on. */
+    if (!px->req_done && !px->body_start_ms) {
+        px->body_start_ms = gw_loop_now(c->w->loop);
+        gw_client_arm(c);
+    }
     /* Body bytes that came with the head wait in conn.in. */
     gw_conn_pause(&c->conn, 0);
     if (c->conn.in.len)
@@ -772,11 +780,29 @@ void gw_proxy_client_drained(gw_client *c)
 
 int gw_proxy_body_pending(const gw_client *c) { return c->proxy && !c->proxy->req_done; }
 
-/* The client stopped sending its request body. */
-void gw_proxy_body_timeout(gw_client *c)
+/* When the request body must have arrived (slow-body defence):
+ * GATEWAY_BODY_TIMEOUT after the gateway began reading it, plus one second
+ * per GATEWAY_BODY_MIN_RATE bytes received, so a body arriving at least that
+ * fast is never cut while a trickle (one byte every few seconds) is. 0 while
+ * the body is not being read yet. */
+uint64_t gw_proxy_body_deadline(const gw_client *c)
+{
+    const gw_proxy *px = c->proxy;
+    if (!px || px->req_done || !px->body_start_ms)
+        return 0;
+    uint64_t rate = gw_srv.cfg.body_min_rate, ext = 0;
+    if (rate)
+        ext = px->body_rx / rate * 1000 + px->body_rx % rate * 1000 / rate;
+    return px->body_start_ms + gw_srv.cfg.body_timeout_ms + ext;
+}
+
+/* The client stopped sending its request body, or sends it too slowly. The
+ * upstream connection is closed (never pooled half-written). */
+void gw_proxy_body_timeout(gw_client *c, int too_slow)
 {
     c->close_after = 1;
-    proxy_fail(c, 408, "request_timeout", "the request body stopped arriving");
+    proxy_fail(c, 408, "request_timeout",
+               too_slow ? "the request body did not arrive in time" : "the request body stopped arriving");
 }
 
 /* The client went away mid-exchange. */

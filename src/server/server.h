@@ -203,7 +203,8 @@ size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n);
 void gw_proxy_client_drained(gw_client *c);
 void gw_proxy_abort(gw_client *c);
 int gw_proxy_body_pending(const gw_client *c);
-void gw_proxy_body_timeout(gw_client *c);
+void gw_proxy_body_timeout(gw_client *c, int too_slow);
+uint64_t gw_proxy_body_deadline(const gw_client *c);
 void gw_proxy_pool_free(gw_worker *w);
 
 /* ws_serve.c */

@@ -845,6 +845,87 @@ def test_stalled_body_closed(g, up):
     assert not reqs(up, lambda e: tag in e["target"]), "the stalled request was completed upstream"
 
 
+@pytest.fixture(scope="module")
+def slowbody(env):
+    """A gateway with a short body deadline (GATEWAY_BODY_TIMEOUT 1500ms,
+    GATEWAY_BODY_MIN_RATE 200 bytes/s) and a stall limit (handshake timeout)
+    that a trickle never trips on its own."""
+    routes = [{"path": "/api/", "kind": "proxy", "upstream": env["up"].url}]
+    path = gw.write_routes(os.path.join(env["dir"], "routes-slowbody.json"), routes)
+    g2 = gw.Gateway({"GATEWAY_ROUTES_FILE": path, "GATEWAY_HANDSHAKE_TIMEOUT": "3s",
+                     "GATEWAY_BODY_TIMEOUT": "1500ms", "GATEWAY_BODY_MIN_RATE": "200"})
+    yield g2
+    rc = g2.stop()
+    os.unlink(path)
+    assert not g2.sanitizer_errors(), g2.stderr()[-6000:]
+    assert rc == 0, g2.stderr()[-3000:]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_slow_body_cut_off_408(slowbody, up, framing):
+    """Issue 8 item 14: a body trickling in (one byte every 250 ms, never
+    silent long enough for the stall limit) held the client and an upstream
+    connection for as long as it went on. It is cut at its deadline with 408
+    and the error envelope, the upstream connection is closed (never pooled),
+    and the log line carries the correlation id."""
+    m = mark()
+    corr = f"slow-{m}"
+    if framing == "length":
+        hdrs = [("Content-Length", "1000000")]
+        first, byte = b"x", b"x"
+    else:
+        hdrs = [("Transfer-Encoding", "chunked")]
+        first, byte = b"f4240\r\nx", b"x"  # one chunk of 1,000,000 bytes, sent byte by byte
+    c = wsraw.Conn("127.0.0.1", slowbody.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/api/sum?m={m}", hdrs + [("X-Correlation-ID", corr)]) + first)
+        head = up.wait_event(lambda e: e.get("ev") == "head" and e["target"] == f"/api/sum?m={m}", timeout=5,
+                             what="the slow request's head upstream")[0]
+        r = None
+        while r is None and time.monotonic() - t0 < 8:
+            time.sleep(0.25)
+            try:
+                c.send(byte)
+            except OSError:
+                pass
+            try:
+                r = c.read_response(timeout=0.01)
+            except wsraw.Timeout:
+                pass
+        took = time.monotonic() - t0
+        assert r is not None, "the trickling body was never cut"
+        body = envelope(r, 408, "request_timeout")
+        assert body["correlation_id"] == corr, body
+        assert 1.3 <= took < 4, took
+        assert c.wait_closed(3), "the connection stayed open after the 408"
+    finally:
+        c.close()
+    up.wait_event(lambda e: e.get("ev") == "aborted" and e["port"] == head["port"], timeout=5,
+                  what="the upstream connection of the cut request to be closed")
+    assert not reqs(up, lambda e: e["target"] == f"/api/sum?m={m}")
+    line = slowbody.wait_log(lambda l: l.get("correlation_id") == corr and l.get("msg") == "http proxy",
+                             what="the proxy's log line")[0]
+    assert line["status"] == 408 and line["outcome"] == "request_timeout", line
+
+
+def test_body_faster_than_min_rate_not_cut(slowbody, up):
+    """A body still arriving at its base deadline is not cut while it keeps
+    above GATEWAY_BODY_MIN_RATE: 3 s at ~600 bytes/s with a 1.5 s base."""
+    m = mark()
+    body = os.urandom(1800)
+    c = wsraw.Conn("127.0.0.1", slowbody.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/api/sum?m={m}", [("Content-Length", str(len(body)))]))
+        c.send(body, chunk=60, delay=0.1)
+        r = c.read_response(timeout=10)
+        assert time.monotonic() - t0 >= 2.5
+        assert r.status == 200 and r.json()["sha256"] == hashlib.sha256(body).hexdigest(), r
+    finally:
+        c.close()
+
+
 # ============================================================ the upstream process
 # `python3 test_proxy.py http-upstream --port P [--unix PATH] --events FILE`
 
