@@ -309,28 +309,16 @@ def test_big_header_and_long_target_toward_upstream(g, ups):
     c = cid("bighdr")
     cookie = "s=" + "c" * 8198
     target = "/app/x/../big?pad=" + "p" * 3000 + "&admin=false"
-    req = (f"GET {target} HTTP/1.1\r\n"
-           f"Host: 127.0.0.1:{g.port}\r\n"
-           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-           f"Sec-WebSocket-Key: {wsraw.new_key()}\r\nSec-WebSocket-Version: 13\r\n"
-           f"Cookie: {cookie}\r\n"
-           f"X-Correlation-ID: {c}\r\n"
-           f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n"
-           "\r\n")
-    conn = wsraw.Conn("127.0.0.1", g.port)
-    try:
-        conn.send(req.encode())
-        r = conn.read_response(head_only=True)
-        assert r.status == 101, r
+    with g.ws(path=target, headers={"Cookie": cookie, "X-Correlation-ID": c,
+                                    "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}) as w:
+        assert w.response.status == 101, w.response
         ev = opened(ups["A"], c)
         assert ev["path"] == target.replace("/x/../", "/"), ev["path"][:80] + "..." + ev["path"][-40:]
         assert hdr(ev, "Cookie") == cookie
         assert hdr(ev, "X-Forwarded-For") == "127.0.0.1", ev["headers"][-6:]
         assert hdr(ev, "X-Correlation-ID") == c
         assert (hdr(ev, "traceparent") or "").startswith(f"00-{TRACE}-")
-        conn.send(wsraw.build_frame(OP_CLOSE, wsraw.close_payload(1000)))
-    finally:
-        conn.close()
+        echo_ok(w)
 
 
 @pytest.mark.parametrize("incoming", ["bad id with spaces", "x" * 300, None])
