@@ -141,8 +141,11 @@ void gw_client_arm(gw_client *c)
         break;
     case GW_PHASE_PROXY:
         /* A request body must keep arriving: a client silent for the
-         * handshake timeout mid-body is cut (slow-body defence). Once the
-         * body is out, the upstream's own timeouts apply. */
+         * handshake timeout mid-body is cut, and so is one whose body misses
+         * its deadline (GATEWAY_BODY_TIMEOUT, extended by the bytes that
+         * came; see gw_proxy_body_deadline): the slow-body defence. The
+         * timer may fire early (the deadline only moves later); client_timer
+         * re-arms then. Once the body is out, the upstream's timeouts apply. */
         if (gw_proxy_body_pending(c)) {
             uint64_t deadline = gw_proxy_body_deadline(c);
             at = c->phase_ms + cfg->handshake_timeout_ms;
