@@ -234,8 +234,14 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     snprintf(p->user, sizeof p->user, "%s", o->user && o->user[0] ? o->user : "-");
     gw_ws_negotiate_deflate(req, &p->pmd, p->ext, sizeof p->ext);
 
-    char protocols[1024];
-    size_t pn = gw_h1_join_header(req, "Sec-WebSocket-Protocol", protocols, sizeof protocols);
+    /* The client's offer goes on whole, however long (a cut list could end
+     * mid-name or lose the protocol the upstream would pick). */
+    size_t pcap = 1;
+    for (size_t i = 0; i < req->num_headers; i++)
+        if (gw_str_ieq(req->headers[i].name, "Sec-WebSocket-Protocol"))
+            pcap += req->headers[i].value.n + 2;
+    char *protocols = gw_malloc(pcap);
+    size_t pn = gw_h1_join_header(req, "Sec-WebSocket-Protocol", protocols, pcap);
     const char *offer = o->offer_protocols ? (o->offer_protocols[0] ? o->offer_protocols : NULL)
                                            : (pn ? protocols : NULL);
     gw_wsc_opts wo = {
@@ -253,6 +259,7 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     leg->up = gw_wsc_connect(c->w->loop, NULL, &t, &wo, &up_cbs, leg, err, sizeof err);
     gw_free(headers);
     gw_free(path);
+    gw_free(protocols);
     c->pending = p;
     if (!leg->up) {
         gw_free(leg);

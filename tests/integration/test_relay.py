@@ -222,6 +222,19 @@ def test_subprotocol_from_upstream(g, ups, offer, selected):
         echo_ok(w)
 
 
+def test_long_subprotocol_offer_forwarded_whole(g, ups):
+    """Issue 8 item 7: the client's Sec-WebSocket-Protocol offer was cut at
+    1,023 bytes toward the upstream, so a protocol the upstream supports,
+    offered last, was lost (and a name could be cut in two)."""
+    c = cid("longproto")
+    offer = [f"x-proto-{i:03d}" for i in range(150)] + ["chat.v2"]
+    with g.ws(path="/app/p", protocols=offer, headers={"X-Correlation-ID": c}) as w:
+        assert w.subprotocol == "chat.v2", w.response
+        ev = opened(ups["A"], c)
+        assert [p.strip() for p in hdr(ev, "Sec-WebSocket-Protocol").split(",")] == offer
+        echo_ok(w)
+
+
 def test_headers_toward_upstream(g, ups):
     c = cid("hdrs")
     key = wsraw.new_key()
