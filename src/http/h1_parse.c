@@ -451,16 +451,17 @@ int gw_h1_path_needs_normalizing(gw_str path)
 size_t gw_h1_normalize_path(gw_str path, char *out)
 {
     /* Percent-encoded dots first, so "%2e%2E" is the dot segment it means. */
+    int absolute = path.n && path.p[0] == '/';
     size_t n = 0;
     for (size_t i = 0; i < path.n; i++) {
-        if (path.p[0] == '/' && is_pct_dot(path.p + i, path.n - i)) {
+        if (absolute && is_pct_dot(path.p + i, path.n - i)) {
             out[n++] = '.';
             i += 2;
         } else {
             out[n++] = path.p[i];
         }
     }
-    if (!n || out[0] != '/') {
+    if (!absolute) {
         out[n] = '\0';
         return n;
     }
