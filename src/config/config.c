@@ -508,6 +508,8 @@ static void set_defaults(gw_config *c)
     c->echo_idle_timeout_ms = 90 * MS_PER_S;
     c->max_header_bytes = 16 * KIB;
     c->max_request_line = 8 * KIB;
+    c->body_timeout_ms = 60 * MS_PER_S;
+    c->body_min_rate = KIB;
     c->ws_deflate = 1;
     c->ws_max_inflate_ratio = 100;
 }
@@ -620,7 +622,9 @@ static int load_all(loader *L)
         load_duration(L, "GATEWAY_HTTP_IDLE_TIMEOUT", &c->http_idle_timeout_ms, 1) ||
         load_duration(L, "GATEWAY_ECHO_IDLE_TIMEOUT", &c->echo_idle_timeout_ms, 1) ||
         load_size(L, "GATEWAY_MAX_HEADER_BYTES", &c->max_header_bytes, 256, 16 * MIB, "256 bytes to 16MiB") ||
-        load_size(L, "GATEWAY_MAX_REQUEST_LINE_BYTES", &c->max_request_line, 64, MIB, "64 bytes to 1MiB"))
+        load_size(L, "GATEWAY_MAX_REQUEST_LINE_BYTES", &c->max_request_line, 64, MIB, "64 bytes to 1MiB") ||
+        load_duration(L, "GATEWAY_BODY_TIMEOUT", &c->body_timeout_ms, 1) ||
+        load_size(L, "GATEWAY_BODY_MIN_RATE", &c->body_min_rate, 0, 1024 * MIB, "0 to 1GiB per second"))
         return GW_ERR;
     if ((v = get(L, "GATEWAY_WS_DEFLATE")) && gw_parse_bool(v, &c->ws_deflate) != GW_OK)
         return fail(L, "GATEWAY_WS_DEFLATE: cannot parse %s as a boolean (on/off, true/false, yes/no, 1/0)",
@@ -718,6 +722,11 @@ const char gw_config_help[] =
     "  GATEWAY_ECHO_IDLE_TIMEOUT                     90s                     /probe/ws idle limit\n"
     "  GATEWAY_MAX_HEADER_BYTES                      16KiB                   larger request heads get 431\n"
     "  GATEWAY_MAX_REQUEST_LINE_BYTES                8KiB                    longer request lines get 414\n"
+    "  GATEWAY_BODY_TIMEOUT                          60s                     a proxied request body must arrive in\n"
+    "                                                                        this, plus 1s per GATEWAY_BODY_MIN_RATE\n"
+    "                                                                        bytes received (else 408)\n"
+    "  GATEWAY_BODY_MIN_RATE                         1KiB                    bytes per second that extend the body\n"
+    "                                                                        deadline; 0: the deadline is fixed\n"
     "  GATEWAY_WS_DEFLATE                            on                      permessage-deflate (on/off)\n"
     "  GATEWAY_WS_MAX_INFLATE_RATIO                  100                     inflated/compressed bytes per connection\n"
     "                                                                        (+1MiB); past it 1008; 0 disables\n"

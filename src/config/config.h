@@ -56,6 +56,8 @@ typedef struct gw_config {
     uint64_t echo_idle_timeout_ms; /* GATEWAY_ECHO_IDLE_TIMEOUT, default 90s: /probe/ws idle limit */
     uint64_t max_header_bytes;    /* GATEWAY_MAX_HEADER_BYTES, default 16KiB -> 431 */
     uint64_t max_request_line;    /* GATEWAY_MAX_REQUEST_LINE_BYTES, default 8KiB -> 414 */
+    uint64_t body_timeout_ms;     /* GATEWAY_BODY_TIMEOUT, default 60s: a proxied request body's base deadline */
+    uint64_t body_min_rate;       /* GATEWAY_BODY_MIN_RATE, default 1KiB (bytes/s): each byte extends it; 0 = fixed */
     int ws_deflate;               /* GATEWAY_WS_DEFLATE, default on ("on"/"off", "true"/"false", "1"/"0") */
     uint64_t ws_max_inflate_ratio; /* GATEWAY_WS_MAX_INFLATE_RATIO, default 100; 0 = no decompression budget */
 } gw_config;

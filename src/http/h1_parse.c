@@ -206,6 +206,7 @@ int gw_h1_parse_request(const char *buf, size_t len, gw_http_req *req, gw_http_h
         req->path = req->target;
         req->query = gw_str_make(req->target.p + req->target.n, 0);
     }
+    req->authority = gw_str_make(NULL, 0);
 
     size_t n = 0;
     p = parse_headers(p, end, headers, lim->max_headers, &n, &err);
@@ -401,6 +402,98 @@ static int host_valid(gw_str v)
         if (v.p[i] < '0' || v.p[i] > '9')
             return 0;
     return 1;
+}
+
+int gw_h1_origin_form(gw_http_req *req)
+{
+    gw_str t = req->path; /* the target without its query */
+    size_t skip;
+    if (t.n >= 7 && strncasecmp(t.p, "http://", 7) == 0)
+        skip = 7;
+    else if (t.n >= 8 && strncasecmp(t.p, "https://", 8) == 0)
+        skip = 8;
+    else
+        return GW_OK;
+    const char *a = t.p + skip, *end = t.p + t.n;
+    const char *slash = memchr(a, '/', (size_t)(end - a));
+    gw_str auth = gw_str_make(a, (size_t)((slash ? slash : end) - a));
+    if (!host_valid(auth))
+        return GW_ERR;
+    req->authority = auth;
+    req->path = slash ? gw_str_make(slash, (size_t)(end - slash)) : GW_STRLIT("/");
+    return GW_OK;
+}
+
+static int is_pct_dot(const char *p, size_t left)
+{
+    return left >= 3 && p[0] == '%' && p[1] == '2' && (p[2] == 'e' || p[2] == 'E');
+}
+
+int gw_h1_path_needs_normalizing(gw_str path)
+{
+    if (!path.n || path.p[0] != '/')
+        return 0;
+    for (size_t i = 0; i < path.n; i++) {
+        if (is_pct_dot(path.p + i, path.n - i))
+            return 1;
+        if (path.p[i] != '/')
+            continue;
+        /* a segment "." or ".." after this slash */
+        size_t s = i + 1, e = s;
+        while (e < path.n && path.p[e] != '/')
+            e++;
+        if ((e - s == 1 && path.p[s] == '.') || (e - s == 2 && path.p[s] == '.' && path.p[s + 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+size_t gw_h1_normalize_path(gw_str path, char *out)
+{
+    /* Percent-encoded dots first, so "%2e%2E" is the dot segment it means. */
+    int absolute = path.n && path.p[0] == '/';
+    size_t n = 0;
+    for (size_t i = 0; i < path.n; i++) {
+        if (absolute && is_pct_dot(path.p + i, path.n - i)) {
+            out[n++] = '.';
+            i += 2;
+        } else {
+            out[n++] = path.p[i];
+        }
+    }
+    if (!absolute) {
+        out[n] = '\0';
+        return n;
+    }
+    /* RFC 3986 section 5.2.4, over segments, in place (the output never
+     * overtakes the input): each "/seg" is copied, "/." dropped, "/.."
+     * drops the last copied segment; a final "." or ".." leaves a '/'. */
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t s = i + 1, e = s;
+        while (e < n && out[e] != '/')
+            e++;
+        size_t len = e - s;
+        int dot = len == 1 && out[s] == '.', dotdot = len == 2 && out[s] == '.' && out[s + 1] == '.';
+        if (dotdot) {
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0)
+                o--;
+        }
+        if (dot || dotdot) {
+            if (e == n)
+                out[o++] = '/';
+        } else {
+            memmove(out + o, out + i, e - i);
+            o += e - i;
+        }
+        i = e;
+    }
+    if (o == 0)
+        out[o++] = '/';
+    out[o] = '\0';
+    return o;
 }
 
 /* 1*DIGIT into *out; 0 on anything else (sign, hex, spaces) or overflow. */
@@ -779,9 +872,7 @@ int gw_h1_chunked_decode(gw_h1_chunked *c, uint8_t *buf, size_t *len, size_t *co
             if (ch != '\n')
                 goto err;
             /* The body ends here: whatever follows belongs to the next
-             * message and is kept right after the decoded bytes. */
-            if (in < n && out != in)
-                memmove(buf + out, buf + in, n - in);
+             * message and stays exactly where it was, at buf + in. */
             c->state = CK_DONE;
             *len = out;
             *consumed = in;

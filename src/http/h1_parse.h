@@ -33,6 +33,7 @@ typedef struct gw_http_req {
     gw_str target;       /* request-target as sent */
     gw_str path;         /* target up to '?' (origin-form), or the whole target */
     gw_str query;        /* after '?', without it; n == 0 when absent */
+    gw_str authority;    /* absolute-form only (see gw_h1_origin_form); n == 0 otherwise */
     int minor_version;   /* 0 or 1 */
     gw_http_header *headers;
     size_t num_headers;
@@ -62,6 +63,26 @@ int gw_h1_parse_request(const char *buf, size_t len, gw_http_req *req, gw_http_h
  * 502 on GW_ERR. max_request_line bounds the status line. */
 int gw_h1_parse_response(const char *buf, size_t len, gw_http_resp *resp, gw_http_header *headers,
                          const gw_h1_limits *lim, int *status);
+
+/* Request-target forms (RFC 9112 section 3.2). An absolute-form target
+ * ("http://host[:port]/path?q" or https://, scheme case-insensitive) is
+ * served as its origin form: req->path becomes a view of its path ("/" when
+ * empty) and req->authority of its authority, which must be a valid
+ * host[:port] (no userinfo). The authority is information only: nothing ever
+ * connects to it. Origin-form and other targets are left as they are.
+ * GW_OK, or GW_ERR (400) for a malformed absolute-form. */
+int gw_h1_origin_form(gw_http_req *req);
+
+/* 1 when path (starting with '/') needs gw_h1_normalize_path: it holds a
+ * dot segment ("." or ".."), or a percent-encoded dot (%2E, either case). */
+int gw_h1_path_needs_normalizing(gw_str path);
+/* Writes path normalised into out (room for path.n + 1 bytes; NUL-terminated)
+ * and returns its length: each %2E / %2e becomes '.' (an unreserved
+ * character, RFC 3986 section 6.2.2.2), then dot segments are removed as RFC
+ * 3986 section 5.2.4 describes ("/a/b/../c/./d" -> "/a/c/d"; ".." never
+ * climbs above the root: "/../x" -> "/x"). Paths not starting with '/' are
+ * copied unchanged. */
+size_t gw_h1_normalize_path(gw_str path, char *out);
 
 /* Finds the first header named name (case-insensitive); NULL when absent. */
 const gw_http_header *gw_h1_find_header(const gw_http_header *h, size_t n, const char *name);
@@ -98,9 +119,11 @@ typedef struct gw_h1_chunked {
 
 /* Decodes chunked data in place: buf[0..*len) holds raw bytes on entry and the
  * decoded body bytes on return (moved to the front, *len updated).
- * Returns GW_DONE when the last chunk and trailers were consumed (bytes after
- * the body are left after the decoded data: *consumed tells how many input
- * bytes belonged to the body), GW_AGAIN when more input is needed, GW_ERR on
+ * Returns GW_DONE when the last chunk and trailers were consumed (*consumed
+ * tells how many input bytes belonged to the body; the bytes after the body,
+ * buf[*consumed..input len), are never moved or touched, so the next message
+ * starts at buf + *consumed whether or not this read carried chunk data),
+ * GW_AGAIN when more input is needed (every byte consumed), GW_ERR on
  * malformed chunks (bad hex, missing CRLF, size overflow, chunk extensions
  * with bare CR/LF, size line or trailer line over 4096 bytes). */
 int gw_h1_chunked_decode(gw_h1_chunked *c, uint8_t *buf, size_t *len, size_t *consumed);

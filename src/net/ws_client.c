@@ -83,6 +83,7 @@ struct gw_wsc {
 struct wsc_hs {
     gw_wsc_target t;
     char *protocols, *headers; /* owned copies of the options */
+    char *path;                /* owned copy of opts->path; NULL: t.path */
     char key[25];
     char subproto[128];
     /* response kept for refusals and bad handshakes */
@@ -112,6 +113,7 @@ static void hs_free(gw_wsc *c)
     gw_buf_release(&hs->body);
     gw_free(hs->protocols);
     gw_free(hs->headers);
+    gw_free(hs->path);
     gw_free(hs);
     c->hs = NULL;
 }
@@ -761,10 +763,11 @@ static void read_pre(gw_wsc *c)
 static void send_request(gw_wsc *c)
 {
     gw_ws_client_key(c->hs->key);
-    size_t cap = 1024 + strlen(c->hs->t.path) + strlen(c->hs->t.host_header) + (c->hs->protocols ? strlen(c->hs->protocols) : 0) +
+    const char *path = c->hs->path ? c->hs->path : c->hs->t.path;
+    size_t cap = 1024 + strlen(path) + strlen(c->hs->t.host_header) + (c->hs->protocols ? strlen(c->hs->protocols) : 0) +
                  (c->hs->headers ? strlen(c->hs->headers) : 0) + 128;
     char *req = gw_malloc(cap);
-    size_t n = gw_ws_client_request(req, cap, c->hs->t.host_header, c->hs->t.path, c->hs->key, c->hs->protocols,
+    size_t n = gw_ws_client_request(req, cap, c->hs->t.host_header, path, c->hs->key, c->hs->protocols,
                                     c->deflate ? gw_pmd_client_offer() : NULL, c->hs->headers);
     if (n == 0) {
         gw_free(req);
@@ -969,6 +972,7 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
     c->data = data;
     c->hs->protocols = opts->protocols && opts->protocols[0] ? gw_strdup(opts->protocols) : NULL;
     c->hs->headers = opts->headers && opts->headers[0] ? gw_strdup(opts->headers) : NULL;
+    c->hs->path = opts->path && opts->path[0] ? gw_strdup(opts->path) : NULL;
     c->deflate = opts->deflate;
     c->max_msg = opts->max_msg ? opts->max_msg : 1024 * 1024;
     c->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 10000;

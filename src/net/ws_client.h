@@ -56,6 +56,7 @@ int gw_wsc_parse_url(const char *url, gw_wsc_target *t, char *err, size_t errcap
 typedef struct gw_wsc_opts {
     const char *protocols;   /* subprotocols to offer, "a, b"; NULL for none */
     const char *headers;     /* extra request headers: complete "Name: value\r\n" lines; NULL for none */
+    const char *path;        /* request target to send instead of the target's path (any length); NULL: t's */
     int deflate;             /* offer permessage-deflate */
     uint64_t max_msg;        /* larger incoming messages fail with 1009; 0 = 1 MiB */
     uint64_t timeout_ms;     /* connect + TLS + upgrade must finish in this; 0 = 10 s */

@@ -21,7 +21,26 @@ static void client_timer(gw_timer *t);
 static void client_free_task(gw_task *t)
 {
     gw_client *c = gw_container_of(t, gw_client, task);
+    gw_free(c->norm_path);
     gw_free(c);
+}
+
+/* The request target as every later step sees it (routes, handlers, the
+ * upstream's request): absolute-form served as origin-form, dot segments
+ * removed (RFC 3986 section 5.2.4), so "/app/../admin" is "/admin" before a
+ * route prefix is matched and no upstream ever sees "/../". The client's
+ * buffer is left untouched (a head may be parsed again when its body is
+ * still arriving): a changed path lives in c->norm_path. */
+static int normalize_target(gw_client *c, gw_http_req *req)
+{
+    if (gw_h1_origin_form(req) != GW_OK)
+        return GW_ERR;
+    if (!gw_h1_path_needs_normalizing(req->path))
+        return GW_OK;
+    gw_free(c->norm_path);
+    c->norm_path = gw_malloc(req->path.n + 1);
+    req->path = gw_str_make(c->norm_path, gw_h1_normalize_path(req->path, c->norm_path));
+    return GW_OK;
 }
 
 void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, int admin)
@@ -134,10 +153,16 @@ void gw_client_arm(gw_client *c)
         break;
     case GW_PHASE_PROXY:
         /* A request body must keep arriving: a client silent for the
-         * handshake timeout mid-body is cut (slow-body defence). Once the
-         * body is out, the upstream's own timeouts apply. */
+         * handshake timeout mid-body is cut, and so is one whose body misses
+         * its deadline (GATEWAY_BODY_TIMEOUT, extended by the bytes that
+         * came; see gw_proxy_body_deadline): the slow-body defence. The
+         * timer may fire early (the deadline only moves later); client_timer
+         * re-arms then. Once the body is out, the upstream's timeouts apply. */
         if (gw_proxy_body_pending(c)) {
+            uint64_t deadline = gw_proxy_body_deadline(c);
             at = c->phase_ms + cfg->handshake_timeout_ms;
+            if (deadline && deadline < at)
+                at = deadline;
             break;
         }
         at = c->phase_ms + 3600000;
@@ -164,9 +189,16 @@ static void client_timer(gw_timer *t)
         gw_ws_serve_timer(c);
         return;
     case GW_PHASE_PROXY:
-        if (gw_proxy_body_pending(c) && now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
-            gw_proxy_body_timeout(c);
-            return;
+        if (gw_proxy_body_pending(c)) {
+            uint64_t deadline = gw_proxy_body_deadline(c);
+            if (deadline && now >= deadline) {
+                gw_proxy_body_timeout(c, 1);
+                return;
+            }
+            if (now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
+                gw_proxy_body_timeout(c, 0);
+                return;
+            }
         }
         gw_client_arm(c);
         return;
@@ -213,6 +245,10 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
         gw_http_req req;
         int status = 400;
         int r = gw_h1_parse_request((const char *)p + off, n - off, &req, hdrs, &gw_srv.limits, &status);
+        if (r > 0 && normalize_target(c, &req) != GW_OK) {
+            r = GW_ERR;
+            status = 400;
+        }
         if (r == GW_AGAIN) {
             /* A new keep-alive request starts; the first one's head is due
              * within the handshake timeout of the accept. */

@@ -63,6 +63,8 @@ struct gw_proxy {
     gw_h1_chunked req_dec, resp_dec;
     int status;
     uint64_t started_ms;
+    uint64_t body_start_ms; /* the client's body started being read (0: not yet) */
+    uint64_t body_rx;       /* request body bytes taken from the client (framing included) */
     uint64_t bytes_out;
     gw_req_ids ids;
 };
@@ -217,16 +219,13 @@ static size_t request_body(gw_client *c, uint8_t *p, size_t n)
             gw_conn_write(&px->up->conn, "0\r\n\r\n", 5);
             px->req_done = 1;
             arm_read_timeout(px);
-            /* Bytes after the body were moved behind the decoded data:
-             * put them back in place for the next request. */
-            size_t rest = n - consumed;
-            if (rest && len)
-                memmove(p + consumed, p + len, rest);
+            /* The next request starts at p + consumed, untouched. */
             used = consumed;
         } else {
             used = n;
         }
     }
+    px->body_rx += used;
     if (gw_conn_queued(&px->up->conn) > GW_OUT_HIGH)
         gw_conn_pause(&c->conn, 1); /* resumed when the upstream drains */
     return used;
@@ -245,19 +244,14 @@ size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n)
     return request_body(c, p, n);
 }
 
+/* The request head toward the upstream: the client's target whole (as
+ * normalised), its end-to-end headers and the forwarding set, sized from
+ * what the client sent, so nothing is cut or dropped. */
 static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const gw_h1_body *body)
 {
-    char *out = gw_malloc(16384);
-    size_t cap = 16384;
-    char path[4096];
-    const gw_upstream *u = NULL;
     gw_upstream tmp;
     tmp.target = px->target;
-    u = &tmp;
-    gw_relay_upstream_path(px->route, u, req, path, sizeof path);
-    int n = snprintf(out, cap, "%.*s %s HTTP/1.1\r\nHost: %s\r\n", (int)req->method.n, req->method.p, path,
-                     px->target.host_header[0] ? px->target.host_header : "localhost");
-    size_t pos = n > 0 ? (size_t)n : 0;
+    char *path = gw_relay_upstream_path(px->route, &tmp, req);
     /* End-to-end headers and the forwarding set (shared with the WebSocket
      * relay), minus Expect: the gateway answers 100-continue itself. */
     gw_http_req filtered = *req;
@@ -269,21 +263,32 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
             keep[k++] = req->headers[i];
     filtered.headers = keep;
     filtered.num_headers = k;
-    size_t hn = gw_relay_build_headers(c, &filtered, px->ids.corr, px->ids.trace, NULL, out + pos, cap - pos - 64);
-    if (!hn) {
+    size_t hn = 0;
+    char *hdrs = gw_relay_build_headers(c, &filtered, px->ids.corr, px->ids.trace, NULL, &hn);
+    if (!hdrs) {
+        gw_free(path);
+        return GW_ERR;
+    }
+    char framing[64];
+    if (body->chunked)
+        snprintf(framing, sizeof framing, "Transfer-Encoding: chunked\r\n\r\n");
+    else if (body->content_length)
+        snprintf(framing, sizeof framing, "Content-Length: %" PRIu64 "\r\n\r\n", body->content_length);
+    else
+        snprintf(framing, sizeof framing, "\r\n");
+    const char *host = px->target.host_header[0] ? px->target.host_header : "localhost";
+    size_t cap = req->method.n + strlen(path) + strlen(host) + hn + strlen(framing) + 32;
+    char *out = gw_malloc(cap);
+    int n = snprintf(out, cap, "%.*s %s HTTP/1.1\r\nHost: %s\r\n%.*s%s", (int)req->method.n, req->method.p, path,
+                     host, (int)hn, hdrs, framing);
+    gw_free(path);
+    gw_free(hdrs);
+    if (n < 0 || (size_t)n >= cap) {
         gw_free(out);
         return GW_ERR;
     }
-    pos += hn;
-    if (body->chunked)
-        n = snprintf(out + pos, cap - pos, "Transfer-Encoding: chunked\r\n\r\n");
-    else if (body->content_length)
-        n = snprintf(out + pos, cap - pos, "Content-Length: %" PRIu64 "\r\n\r\n", body->content_length);
-    else
-        n = snprintf(out + pos, cap - pos, "\r\n");
-    pos += (size_t)n;
     px->head = out;
-    px->head_len = pos;
+    px->head_len = (size_t)n;
     return GW_OK;
 }
 
@@ -308,6 +313,11 @@ static void start_send(gw_client *c)
      * send its body is the client's timeout (408), not the upstream's. */
     if (px->req_done)
         arm_read_timeout(px);
+    /* The body's deadline runs from now: the client is read from here on. */
+    if (!px->req_done && !px->body_start_ms) {
+        px->body_start_ms = gw_loop_now(c->w->loop);
+        gw_client_arm(c);
+    }
     /* Body bytes that came with the head wait in conn.in. */
     gw_conn_pause(&c->conn, 0);
     if (c->conn.in.len)
@@ -770,11 +780,29 @@ void gw_proxy_client_drained(gw_client *c)
 
 int gw_proxy_body_pending(const gw_client *c) { return c->proxy && !c->proxy->req_done; }
 
-/* The client stopped sending its request body. */
-void gw_proxy_body_timeout(gw_client *c)
+/* When the request body must have arrived (slow-body defence):
+ * GATEWAY_BODY_TIMEOUT after the gateway began reading it, plus one second
+ * per GATEWAY_BODY_MIN_RATE bytes received, so a body arriving at least that
+ * fast is never cut while a trickle (one byte every few seconds) is. 0 while
+ * the body is not being read yet. */
+uint64_t gw_proxy_body_deadline(const gw_client *c)
+{
+    const gw_proxy *px = c->proxy;
+    if (!px || px->req_done || !px->body_start_ms)
+        return 0;
+    uint64_t rate = gw_srv.cfg.body_min_rate, ext = 0;
+    if (rate)
+        ext = px->body_rx / rate * 1000 + px->body_rx % rate * 1000 / rate;
+    return px->body_start_ms + gw_srv.cfg.body_timeout_ms + ext;
+}
+
+/* The client stopped sending its request body, or sends it too slowly. The
+ * upstream connection is closed (never pooled half-written). */
+void gw_proxy_body_timeout(gw_client *c, int too_slow)
 {
     c->close_after = 1;
-    proxy_fail(c, 408, "request_timeout", "the request body stopped arriving");
+    proxy_fail(c, 408, "request_timeout",
+               too_slow ? "the request body did not arrive in time" : "the request body stopped arriving");
 }
 
 /* The client went away mid-exchange. */

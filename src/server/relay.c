@@ -107,10 +107,17 @@ __attribute__((format(printf, 4, 5))) static size_t appendf(char *out, size_t ca
 /* End-to-end request headers plus the forwarding set: X-Forwarded-For (the
  * client's chain plus its address), X-Forwarded-Proto and -Host,
  * X-Correlation-ID and traceparent. Connection-level and handshake headers
- * are the upstream leg's own. Returns the length, or 0 when it does not fit. */
-size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
-                              const char *extra, char *out, size_t cap)
+ * are the upstream leg's own. The buffer is sized from what the client sent
+ * (every header line at most once, each of the gateway's own lines bounded),
+ * so nothing is ever dropped for want of room, whatever
+ * GATEWAY_MAX_HEADER_BYTES allows. */
+char *gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
+                             const char *extra, size_t *len)
 {
+    size_t cap = 512 + strlen(c->ip) + strlen(corr) + strlen(trace) + (extra ? strlen(extra) : 0) + req->authority.n;
+    for (size_t i = 0; i < req->num_headers; i++)
+        cap += req->headers[i].name.n + req->headers[i].value.n + 4;
+    char *out = gw_malloc(cap);
     size_t pos = 0;
     for (size_t i = 0; i < req->num_headers; i++) {
         const gw_http_header *h = &req->headers[i];
@@ -125,9 +132,12 @@ size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const 
         pos = appendf(out, cap, pos, "X-Forwarded-For: %s\r\n", c->ip);
     const char *proto = gw_srv.tls_ctx ? "https" : "http";
     pos = appendf(out, cap, pos, "X-Forwarded-Proto: %s\r\n", proto);
+    /* RFC 9112 section 3.2.2: an absolute-form target's authority stands
+     * for the Host header (as information for the upstream only). */
     const gw_http_header *host = gw_h1_find_header(req->headers, req->num_headers, "Host");
-    if (host)
-        pos = appendf(out, cap, pos, "X-Forwarded-Host: %.*s\r\n", (int)host->value.n, host->value.p);
+    gw_str fwd_host = req->authority.n ? req->authority : host ? host->value : gw_str_make(NULL, 0);
+    if (fwd_host.n)
+        pos = appendf(out, cap, pos, "X-Forwarded-Host: %.*s\r\n", (int)fwd_host.n, fwd_host.p);
     pos = appendf(out, cap, pos, "X-Correlation-ID: %s\r\n", corr);
     /* A new span id under the same trace: the gateway is a hop. */
     char span[17];
@@ -135,13 +145,18 @@ size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const 
     pos = appendf(out, cap, pos, "traceparent: 00-%s-%s-01\r\n", trace, span);
     if (extra)
         pos = appendf(out, cap, pos, "%s", extra);
-    return pos < cap ? pos : 0;
+    if (pos >= cap) {
+        gw_free(out);
+        return NULL;
+    }
+    *len = pos;
+    return out;
 }
 
 /* The request target toward the upstream: the client's path (minus the
  * route's prefix with strip_prefix) under the upstream's base path, and the
  * query. */
-void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap)
+char *gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req)
 {
     gw_str path = req->path;
     if (r->strip_prefix) {
@@ -159,8 +174,11 @@ void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_ht
         bl = 0; /* "http://h:p" and "http://h:p/" pass the path as is */
     else if (bl && base[bl - 1] == '/' && path.n && path.p[0] == '/')
         bl--;
+    size_t cap = bl + 1 + path.n + 1 + req->query.n + 1;
+    char *out = gw_malloc(cap);
     snprintf(out, cap, "%.*s%s%.*s%s%.*s", (int)bl, base, path.n ? "" : "/", (int)path.n, path.p,
              req->query.n ? "?" : "", (int)req->query.n, req->query.p);
+    return out;
 }
 
 /* ================================ start ===================================== */
@@ -180,6 +198,7 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
         return GW_ERR;
     gw_wsc_target t;
     const char *url = o->upstream_url;
+    char *path = NULL; /* the client's target, whole, toward a route's upstream */
     if (o->target) {
         t = *o->target;
     } else {
@@ -187,8 +206,19 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
         if (!u)
             return GW_ERR;
         t = u->target;
-        gw_relay_upstream_path(r, u, req, t.path, sizeof t.path);
+        path = gw_relay_upstream_path(r, u, req);
         url = u->url;
+    }
+    size_t hn = 0;
+    char *headers = gw_relay_build_headers(c, req, ids->corr, ids->trace, o->extra_headers, &hn);
+    if (!headers) {
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "ws upstream request not built", ids->corr);
+        if (l) {
+            gw_log_str(l, "route", r->label, 0);
+            gw_log_end(l);
+        }
+        gw_free(path);
+        return GW_ERR;
     }
 
     gw_relay_pending *p = gw_calloc(1, sizeof *p);
@@ -206,15 +236,20 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     snprintf(p->user, sizeof p->user, "%s", o->user && o->user[0] ? o->user : "-");
     gw_ws_negotiate_deflate(req, &p->pmd, p->ext, sizeof p->ext);
 
-    char protocols[1024];
-    size_t pn = gw_h1_join_header(req, "Sec-WebSocket-Protocol", protocols, sizeof protocols);
+    /* The client's offer goes on whole, however long (a cut list could end
+     * mid-name or lose the protocol the upstream would pick). */
+    size_t pcap = 1;
+    for (size_t i = 0; i < req->num_headers; i++)
+        if (gw_str_ieq(req->headers[i].name, "Sec-WebSocket-Protocol"))
+            pcap += req->headers[i].value.n + 2;
+    char *protocols = gw_malloc(pcap);
+    size_t pn = gw_h1_join_header(req, "Sec-WebSocket-Protocol", protocols, pcap);
     const char *offer = o->offer_protocols ? (o->offer_protocols[0] ? o->offer_protocols : NULL)
                                            : (pn ? protocols : NULL);
-    char *headers = gw_malloc(HEADERS_MAX);
-    size_t hn = gw_relay_build_headers(c, req, ids->corr, ids->trace, o->extra_headers, headers, HEADERS_MAX);
     gw_wsc_opts wo = {
         .protocols = offer,
-        .headers = hn ? headers : NULL,
+        .headers = headers,
+        .path = path,
         .deflate = 0, /* the gateway's own hop: messages cross it uncompressed */
         .max_msg = gw_srv.cfg.ws_max_message_bytes,
         .timeout_ms = r->connect_timeout_ms ? r->connect_timeout_ms : 10000,
@@ -225,6 +260,8 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     leg->w = c->w;
     leg->up = gw_wsc_connect(c->w->loop, NULL, &t, &wo, &up_cbs, leg, err, sizeof err);
     gw_free(headers);
+    gw_free(path);
+    gw_free(protocols);
     c->pending = p;
     if (!leg->up) {
         gw_free(leg);

@@ -82,6 +82,7 @@ typedef struct gw_client {
     gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
     gw_proxy *proxy;       /* set in GW_PHASE_PROXY */
     char ip[46];           /* peer address, for logs */
+    char *norm_path;       /* the current request's path with dot segments removed (when it had any) */
 } gw_client;
 
 typedef struct gw_worker_stats {
@@ -210,7 +211,8 @@ size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n);
 void gw_proxy_client_drained(gw_client *c);
 void gw_proxy_abort(gw_client *c);
 int gw_proxy_body_pending(const gw_client *c);
-void gw_proxy_body_timeout(gw_client *c);
+void gw_proxy_body_timeout(gw_client *c, int too_slow);
+uint64_t gw_proxy_body_deadline(const gw_client *c);
 void gw_proxy_pool_free(gw_worker *w);
 
 /* ws_serve.c */
@@ -258,9 +260,13 @@ void gw_relay_pending_abort(gw_client *c);
 /* 1 when name is listed in a Connection header of hdrs (RFC 9110 section
  * 7.6.1: such headers are hop-by-hop and never forwarded). */
 int gw_h1_connection_lists(const gw_http_header *hdrs, size_t n, gw_str name);
-size_t gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
-                              const char *extra, char *out, size_t cap);
-void gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req, char *out, size_t cap);
+/* The forwarded header lines toward an upstream (see relay.c), in a buffer
+ * allocated to fit whatever the client sent (gw_free it); *len its length.
+ * NULL only if the size bound is broken (a bug: callers refuse and log). */
+char *gw_relay_build_headers(const gw_client *c, const gw_http_req *req, const char *corr, const char *trace,
+                             const char *extra, size_t *len);
+/* The request target toward the upstream, whole, allocated (gw_free it). */
+char *gw_relay_upstream_path(const gw_route *r, const gw_upstream *u, const gw_http_req *req);
 extern const gw_ws_handler gw_relay_handler;
 /* The downstream session ended: forward its close to the upstream leg. */
 void gw_relay_downstream_closed(gw_client *c);

@@ -447,6 +447,214 @@ def test_upstream_malformed_response_502(g):
     envelope(g.get("/api/malformed"), 502, "bad_upstream_response")
 
 
+# ============================================================ chunked body, then a pipelined request
+
+def _split_points(data, body_start, body_end):
+    """Every split point inside the chunked body (and its edges) plus a dense
+    sample of the head before and the pipelined request after it."""
+    pts = set(range(body_start, body_end + 1))
+    pts.update(range(1, body_start, 11))
+    pts.update(range(body_end, len(data), 9))
+    return sorted(p for p in pts if 0 < p < len(data))
+
+
+def test_chunked_body_then_pipelined_request_every_split(g, up):
+    """Issue 8 item 1: a keep-alive chunked POST followed, on the same
+    connection, by a GET whose header value looks like a request line. Sent
+    in two writes split at every point of the body (the last chunk alone in a
+    read included): the upstream must get the POST with its body and then the
+    GET exactly as sent, never a request for the "hidden" path, and the
+    client gets two 200s."""
+    m = mark()
+    body = b"wiki" + b"pedia"
+    wire = b"4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Sum: 9\r\n\r\n"
+    sha = hashlib.sha256(body).hexdigest()
+    failures = []
+    head = request_bytes("POST", f"/api/sum?m={m}&k=K", [("Transfer-Encoding", "chunked")])
+    nxt = request_bytes("GET", f"/api/visible?m={m}&k=K", [("X-Smuggle", f"GET /api/hidden-{m} HTTP/1.1")])
+    points = _split_points(head + wire + nxt, len(head), len(head) + len(wire))
+    assert len(points) > 50
+    for k in points:
+        h = head.replace(b"k=K", b"k=%d" % k)
+        n = nxt.replace(b"k=K", b"k=%d" % k)
+        data = h + wire + n
+        c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+        try:
+            c.send(data[:k])
+            time.sleep(0.02)  # a separate read for the second part
+            c.send(data[k:])
+            r1 = c.read_response(timeout=10)
+            r2 = c.read_response(timeout=10)
+        except (wsraw.Closed, wsraw.Timeout) as e:
+            failures.append((k, repr(e)))
+            continue
+        finally:
+            c.close()
+        if r1.status != 200 or r1.json()["sha256"] != sha or r2.status != 200 or \
+                r2.json()["target"] != f"/api/visible?m={m}&k={k}":
+            failures.append((k, r1.status, r1.body[:200], r2.status, r2.body[:200]))
+    assert not failures, failures[:5]
+    # What the upstream saw: every POST with its body, every GET as sent with
+    # its header intact, never the hidden path.
+    for k in points:
+        posts = reqs(up, lambda e: e["target"] == f"/api/sum?m={m}&k={k}")
+        gets = reqs(up, lambda e: e["target"] == f"/api/visible?m={m}&k={k}")
+        assert len(posts) == 1 and posts[0]["sha256"] == sha, (k, posts)
+        assert len(gets) == 1 and hdr(gets[0], "X-Smuggle") == f"GET /api/hidden-{m} HTTP/1.1", (k, gets)
+    hidden = [e for e in up.events() if e.get("ev") in ("head", "req") and "hidden" in e.get("target", "")]
+    assert not hidden, hidden[:3]
+    assert len([e for e in up.events() if m in e.get("target", "")]) == 4 * len(points)
+
+
+def test_chunked_body_last_chunk_alone_then_plain_get(g, up):
+    """The report's second symptom: a plain pipelined GET after a body whose
+    last chunk came in a read of its own got 400."""
+    m = mark()
+    c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
+    try:
+        c.send(request_bytes("POST", f"/api/sum?m={m}", [("Transfer-Encoding", "chunked")]) + b"3\r\nabc\r\n")
+        up.wait_event(lambda e: e.get("ev") == "head" and e["target"] == f"/api/sum?m={m}", timeout=5,
+                      what="the POST's head upstream")
+        c.send(b"0\r\n\r\n" + request_bytes("GET", f"/api/echo?m={m}&after=1"))
+        r1 = c.read_response(timeout=10)
+        r2 = c.read_response(timeout=10)
+        assert r1.status == 200 and r1.json()["body_len"] == 3, r1
+        assert r2.status == 200 and r2.json()["target"] == f"/api/echo?m={m}&after=1", r2
+    finally:
+        c.close()
+
+
+# ============================================================ what reaches the upstream, whole
+
+@pytest.mark.parametrize("cookie_len", [8200, "whole head at the 16 KiB limit"])
+def test_big_header_forwarded_with_gateway_headers(g, up, cookie_len):
+    """Issue 8 item 7: a head the gateway accepts (up to
+    GATEWAY_MAX_HEADER_BYTES, 16 KiB here) goes upstream whole, with every
+    forwarding header of the gateway's own (a head near the limit was
+    refused with 431: the upstream head had 16 KiB of room in all)."""
+    m = mark()
+    corr = f"big-{m}"
+
+    def head(cookie):
+        return request_bytes("GET", f"/api/echo?m={m}", [
+            ("Cookie", cookie), ("X-Correlation-ID", corr), ("traceparent", f"00-{TRACE}-b7ad6b7169203331-01"),
+            ("X-After", "last")])
+    if isinstance(cookie_len, str):
+        cookie_len = 16384 - len(head(""))
+    cookie = "s=" + "c" * (cookie_len - 2)
+    data = head(cookie)
+    assert len(data) <= 16384
+    c, r = raw(g, data)
+    c.close()
+    assert r is not None and r.status == 200, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    assert hdr(ev, "Cookie") == cookie
+    assert hdr(ev, "X-After") == "last", ev["headers"][-8:]
+    assert hdr(ev, "X-Forwarded-For") == "127.0.0.1", ev["headers"][-8:]
+    assert hdr(ev, "X-Forwarded-Proto") == "http"
+    assert hdr(ev, "X-Correlation-ID") == corr
+    assert (hdr(ev, "traceparent") or "").startswith(f"00-{TRACE}-"), ev["headers"][-8:]
+
+
+def _line_target(n, m):
+    """A target of exactly n bytes under /api/echo ending in "&admin=false"."""
+    head, tail = f"/api/echo?m={m}&pad=", "&admin=false"
+    return head + "a" * (n - len(head) - len(tail)) + tail
+
+
+def test_long_target_forwarded_whole_then_414(g, up):
+    """Issue 8 item 8: a request line of exactly GATEWAY_MAX_REQUEST_LINE_BYTES
+    (8 KiB) reaches the upstream whole (it was cut at 4,095 bytes); one byte
+    more is refused with 414 and reaches nothing."""
+    m = mark()
+    limit = 8192
+    target = _line_target(limit - len("GET ") - len(" HTTP/1.1"), m)
+    c, r = raw(g, request_bytes("GET", target))
+    c.close()
+    assert r is not None and r.status == 200, r
+    assert r.json()["target"] == target
+    assert [e["target"] for e in reqs(up, lambda e: m in e["target"])] == [target]
+    m2 = mark()
+    target = _line_target(limit - len("GET ") - len(" HTTP/1.1") + 1, m2)
+    c, r = raw(g, request_bytes("GET", target))
+    c.close()
+    envelope(r, 414, "uri_too_long")
+    _assert_never_reached(g, up, m2)
+
+
+@pytest.mark.parametrize("sent,seen", [
+    ("/api/x/../echo?m=M", "/api/echo?m=M"),
+    ("/api/./echo/./?m=M", "/api/echo/?m=M"),
+    ("/api/a/b/%2e%2E/../echo?m=M&p=/../", "/api/echo?m=M&p=/../"),
+    ("/api/../strip/echo?m=M", "/echo?m=M"),
+    ("/strip/../api/echo?m=M", "/api/echo?m=M"),
+    ("/strip/x/../../../echo/..?m=M", None),
+])
+def test_dot_segments_normalised(g, up, sent, seen):
+    """Issue 8 item 8: dot segments are removed (RFC 3986 section 5.2.4)
+    before the route is matched, so "/api/../strip/x" is a /strip/ request
+    and nothing ever reaches an upstream with "/../" in its path."""
+    m = mark()
+    sent, seen = sent.replace("M", m), seen and seen.replace("M", m)
+    c, r = raw(g, request_bytes("GET", sent))
+    c.close()
+    if seen is None:
+        envelope(r, 404, "not_found")
+        _assert_never_reached(g, up, m)
+        return
+    assert r is not None and r.status == 200 and r.json()["target"] == seen, r
+    assert [e["target"] for e in reqs(up, lambda e: m in e["target"])] == [seen]
+
+
+@pytest.mark.parametrize("sent", ["/api/../hidden-M", "/api/%2e%2e/hidden-M", "/api/./a/../../../hidden-M",
+                                  "/api/..%2F..%2Fhidden-M/.."])
+def test_dot_segments_cannot_escape_a_route(g, up, sent):
+    m = mark()
+    c, r = raw(g, request_bytes("GET", sent.replace("M", m)))
+    c.close()
+    if sent.endswith("%2Fhidden-M/.."):
+        # An encoded slash is no separator: "..%2F..%2Fhidden" is one segment,
+        # which the final ".." removes.
+        assert r is not None and r.status == 200 and r.json()["target"] == "/api/", r
+    else:
+        envelope(r, 404, "not_found")
+    _assert_never_reached(g, up, m)
+
+
+def test_absolute_form_served_as_origin_form(g, up):
+    """Issue 8 item 13: GET http://authority/path is served like GET /path
+    (RFC 9112 section 3.2.2); the authority never makes the gateway connect
+    anywhere: here it names a listener of ours, which sees no connection."""
+    bait = socket.socket()
+    bait.bind(("127.0.0.1", 0))
+    bait.listen(8)
+    bait.setblocking(False)
+    bport = bait.getsockname()[1]
+    try:
+        m = mark()
+        for scheme in ("http", "HTTPS"):
+            target = f"{scheme}://127.0.0.1:{bport}/api/echo?m={m}&s={scheme}"
+            c, r = raw(g, request_bytes("GET", target))
+            c.close()
+            assert r is not None and r.status == 200, r
+            assert r.json()["target"] == f"/api/echo?m={m}&s={scheme}", r
+            ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}&s={scheme}")[0]
+            assert hdr(ev, "X-Forwarded-Host") == f"127.0.0.1:{bport}", ev
+        # Routing is by path only: an absolute-form path matching no route is 404.
+        c, r = raw(g, request_bytes("GET", f"http://127.0.0.1:{bport}/nowhere-{m}"))
+        c.close()
+        envelope(r, 404, "not_found")
+        # A malformed authority (userinfo) is refused.
+        c, r = raw(g, request_bytes("GET", f"http://user@127.0.0.1:{bport}/api/echo?m={m}&bad=1"))
+        c.close()
+        assert r is not None and r.status == 400, r
+        _assert_never_reached(g, up, f"m={m}&bad=1")
+        with pytest.raises(BlockingIOError):
+            bait.accept()
+    finally:
+        bait.close()
+
+
 # ============================================================ smuggling defence
 
 HOSTILE = {
@@ -635,6 +843,87 @@ def test_stalled_body_closed(g, up):
         c.close()
     time.sleep(0.2)
     assert not reqs(up, lambda e: tag in e["target"]), "the stalled request was completed upstream"
+
+
+@pytest.fixture(scope="module")
+def slowbody(env):
+    """A gateway with a short body deadline (GATEWAY_BODY_TIMEOUT 1500ms,
+    GATEWAY_BODY_MIN_RATE 200 bytes/s) and a stall limit (handshake timeout)
+    that a trickle never trips on its own."""
+    routes = [{"path": "/api/", "kind": "proxy", "upstream": env["up"].url}]
+    path = gw.write_routes(os.path.join(env["dir"], "routes-slowbody.json"), routes)
+    g2 = gw.Gateway({"GATEWAY_ROUTES_FILE": path, "GATEWAY_HANDSHAKE_TIMEOUT": "3s",
+                     "GATEWAY_BODY_TIMEOUT": "1500ms", "GATEWAY_BODY_MIN_RATE": "200"})
+    yield g2
+    rc = g2.stop()
+    os.unlink(path)
+    assert not g2.sanitizer_errors(), g2.stderr()[-6000:]
+    assert rc == 0, g2.stderr()[-3000:]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_slow_body_cut_off_408(slowbody, up, framing):
+    """Issue 8 item 14: a body trickling in (one byte every 250 ms, never
+    silent long enough for the stall limit) held the client and an upstream
+    connection for as long as it went on. It is cut at its deadline with 408
+    and the error envelope, the upstream connection is closed (never pooled),
+    and the log line carries the correlation id."""
+    m = mark()
+    corr = f"slow-{m}"
+    if framing == "length":
+        hdrs = [("Content-Length", "1000000")]
+        first, byte = b"x", b"x"
+    else:
+        hdrs = [("Transfer-Encoding", "chunked")]
+        first, byte = b"f4240\r\nx", b"x"  # one chunk of 1,000,000 bytes, sent byte by byte
+    c = wsraw.Conn("127.0.0.1", slowbody.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/api/sum?m={m}", hdrs + [("X-Correlation-ID", corr)]) + first)
+        head = up.wait_event(lambda e: e.get("ev") == "head" and e["target"] == f"/api/sum?m={m}", timeout=5,
+                             what="the slow request's head upstream")[0]
+        r = None
+        while r is None and time.monotonic() - t0 < 8:
+            time.sleep(0.25)
+            try:
+                c.send(byte)
+            except OSError:
+                pass
+            try:
+                r = c.read_response(timeout=0.01)
+            except wsraw.Timeout:
+                pass
+        took = time.monotonic() - t0
+        assert r is not None, "the trickling body was never cut"
+        body = envelope(r, 408, "request_timeout")
+        assert body["correlation_id"] == corr, body
+        assert 1.3 <= took < 4, took
+        assert c.wait_closed(3), "the connection stayed open after the 408"
+    finally:
+        c.close()
+    up.wait_event(lambda e: e.get("ev") == "aborted" and e["port"] == head["port"], timeout=5,
+                  what="the upstream connection of the cut request to be closed")
+    assert not reqs(up, lambda e: e["target"] == f"/api/sum?m={m}")
+    line = slowbody.wait_log(lambda l: l.get("correlation_id") == corr and l.get("msg") == "http proxy",
+                             what="the proxy's log line")[0]
+    assert line["status"] == 408 and line["outcome"] == "request_timeout", line
+
+
+def test_body_faster_than_min_rate_not_cut(slowbody, up):
+    """A body still arriving at its base deadline is not cut while it keeps
+    above GATEWAY_BODY_MIN_RATE: 3 s at ~600 bytes/s with a 1.5 s base."""
+    m = mark()
+    body = os.urandom(1800)
+    c = wsraw.Conn("127.0.0.1", slowbody.port, timeout=10)
+    try:
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/api/sum?m={m}", [("Content-Length", str(len(body)))]))
+        c.send(body, chunk=60, delay=0.1)
+        r = c.read_response(timeout=10)
+        assert time.monotonic() - t0 >= 2.5
+        assert r.status == 200 and r.json()["sha256"] == hashlib.sha256(body).hexdigest(), r
+    finally:
+        c.close()
 
 
 # ============================================================ the upstream process

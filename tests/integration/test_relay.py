@@ -223,6 +223,19 @@ def test_subprotocol_from_upstream(g, ups, offer, selected):
         echo_ok(w)
 
 
+def test_long_subprotocol_offer_forwarded_whole(g, ups):
+    """Issue 8 item 7: the client's Sec-WebSocket-Protocol offer was cut at
+    1,023 bytes toward the upstream, so a protocol the upstream supports,
+    offered last, was lost (and a name could be cut in two)."""
+    c = cid("longproto")
+    offer = [f"x-proto-{i:03d}" for i in range(150)] + ["chat.v2"]
+    with g.ws(path="/app/p", protocols=offer, headers={"X-Correlation-ID": c}) as w:
+        assert w.subprotocol == "chat.v2", w.response
+        ev = opened(ups["A"], c)
+        assert [p.strip() for p in hdr(ev, "Sec-WebSocket-Protocol").split(",")] == offer
+        echo_ok(w)
+
+
 def test_headers_toward_upstream(g, ups):
     c = cid("hdrs")
     key = wsraw.new_key()
@@ -300,6 +313,26 @@ def test_connection_listed_header_not_forwarded(g, ups):
     finally:
         conn.close()
     assert "x-hop-secret" not in [k.lower() for k, _ in ev["headers"]], ev["headers"]
+
+
+def test_big_header_and_long_target_toward_upstream(g, ups):
+    """Issue 8 items 7 and 8: with an 8,200-byte Cookie the upstream's request
+    had no X-Forwarded-For, X-Correlation-ID nor traceparent (its headers were
+    built in 8 KiB); a target over 2,047 bytes was cut. Both arrive whole, and
+    dot segments are removed before routing and forwarding."""
+    c = cid("bighdr")
+    cookie = "s=" + "c" * 8198
+    target = "/app/x/../big?pad=" + "p" * 3000 + "&admin=false"
+    with g.ws(path=target, headers={"Cookie": cookie, "X-Correlation-ID": c,
+                                    "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}) as w:
+        assert w.response.status == 101, w.response
+        ev = opened(ups["A"], c)
+        assert ev["path"] == target.replace("/x/../", "/"), ev["path"][:80] + "..." + ev["path"][-40:]
+        assert hdr(ev, "Cookie") == cookie
+        assert hdr(ev, "X-Forwarded-For") == "127.0.0.1", ev["headers"][-6:]
+        assert hdr(ev, "X-Correlation-ID") == c
+        assert (hdr(ev, "traceparent") or "").startswith(f"00-{TRACE}-")
+        echo_ok(w)
 
 
 @pytest.mark.parametrize("incoming", ["bad id with spaces", "x" * 300, None])
@@ -1140,7 +1173,10 @@ def _ws_upstream_main(args):
     import http
 
     import websockets as wsl
+    import websockets.legacy.http as wsl_http
     from websockets.exceptions import ConnectionClosed
+
+    wsl_http.MAX_LINE = 64 * 1024  # heads as big as the gateway forwards (its default is 4,110 bytes a line)
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)

@@ -557,6 +557,21 @@ def test_relay_bytes_and_headers(tgw, agent):
     assert events(tgw, "accepted", "ok") >= 1
 
 
+def test_big_client_header_keeps_agent_secret(tgw, agent):
+    """Issue 8 item 7: with an 8,200-byte client header the agent got no
+    `Authorization` (the upstream headers were built in 8 KiB and dropped
+    whole): 401 and a burned token. The agent now gets the secret, the
+    session opens."""
+    a = agent()
+    tok = token_for(tgw, "bighdr", a.url)["token"]
+    ws = tgw.ws(path="/ws/terminal/bighdr", protocols=[SUBPROTO, tok],
+                headers={"X-Correlation-ID": "term-" + os.urandom(6).hex(), "X-Big": "b" * 8200})
+    assert ws.response.status == 101, ws.response
+    ws.send_binary(b"echo big-$((40+2))\n")
+    read_until(ws, rb"big-42")
+    ws.close()
+
+
 def test_token_alone_selects_token(tgw, agent):
     a = agent()
     tok = token_for(tgw, "alone", a.url)["token"]

@@ -94,6 +94,8 @@ static void test_defaults(void)
     is_int(cfg.echo_idle_timeout_ms, 90000, "echo idle 90s");
     is_int(cfg.max_header_bytes, 16384, "max header 16KiB");
     is_int(cfg.max_request_line, 8192, "max request line 8KiB");
+    is_int(cfg.body_timeout_ms, 60000, "body timeout 60s");
+    is_int(cfg.body_min_rate, 1024, "body min rate 1KiB/s");
     is_int(cfg.ws_deflate, 1, "deflate on");
 }
 
@@ -134,6 +136,8 @@ static void test_every_variable(void)
         {"GATEWAY_ECHO_IDLE_TIMEOUT", "1.5s"},
         {"GATEWAY_MAX_HEADER_BYTES", "32KB"},
         {"GATEWAY_MAX_REQUEST_LINE_BYTES", "4096"},
+        {"GATEWAY_BODY_TIMEOUT", "2m"},
+        {"GATEWAY_BODY_MIN_RATE", "0"},
         {"GATEWAY_WS_DEFLATE", "off"},
         {"GATEWAY_REDIS_TLS_ENABLED", ""}, /* removed, but empty is tolerated */
         {"GATEWAY_REDIS_USERNAME", ""},
@@ -178,6 +182,8 @@ static void test_every_variable(void)
     is_int(cfg.echo_idle_timeout_ms, 1500, "echo idle");
     is_int(cfg.max_header_bytes, 32000, "max header");
     is_int(cfg.max_request_line, 4096, "max request line");
+    is_int(cfg.body_timeout_ms, 120000, "body timeout");
+    is_int(cfg.body_min_rate, 0, "body min rate 0: a fixed deadline");
     is_int(cfg.ws_deflate, 0, "deflate off");
 }
 
@@ -281,6 +287,8 @@ static void test_bad_values(void)
         {"GATEWAY_MAX_HEADER_BYTES", "100", "GATEWAY_MAX_HEADER_BYTES: \"100\" is out of range (256 bytes to 16MiB)"},
         {"GATEWAY_MAX_REQUEST_LINE_BYTES", "2MiB",
          "GATEWAY_MAX_REQUEST_LINE_BYTES: \"2MiB\" is out of range (64 bytes to 1MiB)"},
+        {"GATEWAY_BODY_TIMEOUT", "0s", "GATEWAY_BODY_TIMEOUT: \"0s\" must be greater than 0"},
+        {"GATEWAY_BODY_MIN_RATE", "2GiB", "GATEWAY_BODY_MIN_RATE: \"2GiB\" is out of range (0 to 1GiB per second)"},
         {"GATEWAY_WS_DEFLATE", "maybe",
          "GATEWAY_WS_DEFLATE: cannot parse \"maybe\" as a boolean (on/off, true/false, yes/no, 1/0)"},
         {"GATEWAY_TLS_CERT_PATH", "/c.pem",
@@ -717,6 +725,8 @@ static void test_help(void)
         "GATEWAY_ECHO_IDLE_TIMEOUT",
         "GATEWAY_MAX_HEADER_BYTES",
         "GATEWAY_MAX_REQUEST_LINE_BYTES",
+        "GATEWAY_BODY_TIMEOUT",
+        "GATEWAY_BODY_MIN_RATE",
         "GATEWAY_WS_DEFLATE",
         "GATEWAY_REDIS_TLS_ENABLED",
         "GATEWAY_REDIS_USERNAME",

@@ -568,8 +568,9 @@ static int chunked_run(const char *in, size_t n, const size_t *cuts, size_t ncut
         memcpy(out + on, piece, l);
         on += l;
         if (rc == GW_DONE) {
+            /* The next message starts at piece + consumed, untouched. */
             *tail_n = len - consumed;
-            memcpy(tail, piece + l, *tail_n);
+            memcpy(tail, piece + consumed, *tail_n);
             /* rest of input untouched by the decoder */
             memcpy(tail + *tail_n, in + to, n - to);
             *tail_n += n - to;
@@ -723,7 +724,7 @@ static void test_chunked_bad(void)
     memcpy(big, "0\r\n\r\nabc", 8);
     len = 8;
     rc = gw_h1_chunked_decode(&c, (uint8_t *)big, &len, &consumed);
-    ok(rc == GW_DONE && len == 0 && consumed == 5 && memcmp(big, "abc", 3) == 0, "done: tail moved to the front");
+    ok(rc == GW_DONE && len == 0 && consumed == 5 && memcmp(big + 5, "abc", 3) == 0, "done: tail left in place");
     len = 3;
     rc = gw_h1_chunked_decode(&c, (uint8_t *)big, &len, &consumed);
     ok(rc == GW_DONE && len == 0 && consumed == 0, "done stays done, consumes nothing");
@@ -735,6 +736,122 @@ static void test_chunked_bad(void)
     len = 5;
     rc = gw_h1_chunked_decode(&c, (uint8_t *)big, &len, &consumed);
     is_int(rc, GW_ERR, "error is sticky");
+}
+
+/* Issue 8 item 1: a chunked body whose last chunk arrives in a read with no
+ * chunk data, followed by a pipelined request. The caller (the proxy) takes
+ * the next request from buf + consumed; at every split point of the stream
+ * into two reads (and every pair, three reads) that must be the pipelined
+ * request byte for byte, and it must parse as GET /app/visible with the
+ * hostile header value intact. */
+static void test_chunked_then_pipelined(void)
+{
+    static const char body[] = "4\r\nwiki\r\n5;e=1\r\npedia\r\n0\r\nX-Sum: 1\r\n\r\n";
+    static const char next[] = "GET /app/visible HTTP/1.1\r\nHost: gw.test\r\nX-Smuggle: GET /app/hidden HTTP/1.1\r\n\r\n";
+    char in[512];
+    size_t bn = sizeof body - 1, nn = sizeof next - 1, n = bn + nn;
+    memcpy(in, body, bn);
+    memcpy(in + bn, next, nn);
+    int bad_split = -1, bad_parse = -1;
+    for (size_t i = 0; i <= n; i++) {
+        for (size_t j = i; j <= n; j++) {
+            size_t cuts[2] = {i, j};
+            char out[512], tail[512];
+            size_t on = 0, tn = 0;
+            int rc = chunked_run(in, n, cuts, 2, out, &on, tail, &tn);
+            if (rc != GW_DONE || on != 9 || memcmp(out, "wikipedia", 9) || tn != nn || memcmp(tail, next, nn)) {
+                if (bad_split < 0)
+                    bad_split = (int)(i * 1000 + j);
+                continue;
+            }
+            gw_http_header h[8];
+            gw_http_req req;
+            int st = 0;
+            int r = gw_h1_parse_request(tail, tn, &req, h, &(gw_h1_limits){8192, 16384, 8}, &st);
+            const gw_http_header *sm = r > 0 ? gw_h1_find_header(req.headers, req.num_headers, "X-Smuggle") : NULL;
+            if (r != (int)nn || !gw_str_eq(req.target, "/app/visible") || !sm ||
+                !gw_str_eq(sm->value, "GET /app/hidden HTTP/1.1"))
+                if (bad_parse < 0)
+                    bad_parse = (int)(i * 1000 + j);
+        }
+    }
+    is_int(bad_split, -1, "body then pipelined request: every pair of split points keeps the next request whole");
+    is_int(bad_parse, -1, "body then pipelined request: the next request parses as sent");
+    /* The exact shape of the report: the last chunk alone in a read. */
+    CK("3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", GW_DONE, "abc", "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+       "last chunk alone in a read, then a pipelined GET");
+}
+
+/* Issue 8 item 8: dot segments (RFC 3986 section 5.2.4 and its examples). */
+static void test_normalize_path(void)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"/a/b/c/./../../g", "/a/g"},
+        {"/mid/content=5/../6", "/mid/6"},
+        {"/app/../x", "/x"},
+        {"/app/../../../x", "/x"},
+        {"/..", "/"},
+        {"/.", "/"},
+        {"/a/b/..", "/a/"},
+        {"/a/b/.", "/a/b/"},
+        {"/a/./b", "/a/b"},
+        {"/a//../b", "/a/b"},
+        {"/a//b", "/a//b"},
+        {"/app/%2e%2E/admin", "/admin"},
+        {"/app/%2E./admin", "/admin"},
+        {"/app/.%2e", "/"},
+        {"/a/..b/c", "/a/..b/c"},
+        {"/a/.b/c.", "/a/.b/c."},
+        {"/a%2eb", "/a.b"},
+        {"/", "/"},
+        {"*", "*"},
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
+        gw_str in = gw_str_make(cases[i].in, strlen(cases[i].in));
+        char out[64];
+        size_t n = gw_h1_normalize_path(in, out);
+        is_mem(out, n, cases[i].out, strlen(cases[i].out), "normalize %s", cases[i].in);
+        is_int((int)out[n], 0, "normalize %s: NUL-terminated", cases[i].in);
+        int needs = strcmp(cases[i].in, cases[i].out) != 0;
+        is_int(gw_h1_path_needs_normalizing(in), needs, "needs normalizing: %s", cases[i].in);
+    }
+    is_int(gw_h1_path_needs_normalizing(GW_STRLIT("/a/b.c/d..e/")), 0, "dots inside segments are not dot segments");
+}
+
+/* Issue 8 item 13: absolute-form served as origin-form. */
+static void test_origin_form(void)
+{
+    static const struct {
+        const char *line, *path, *query, *authority;
+        int rc;
+    } cases[] = {
+        {"GET http://gw.test/app/x?q=1 HTTP/1.1", "/app/x", "q=1", "gw.test", GW_OK},
+        {"GET HTTPS://evil.example:8443/y HTTP/1.1", "/y", "", "evil.example:8443", GW_OK},
+        {"GET http://[::1]:80 HTTP/1.1", "/", "", "[::1]:80", GW_OK},
+        {"GET http://h?x HTTP/1.1", "/", "x", "h", GW_OK},
+        {"GET /plain?z HTTP/1.1", "/plain", "z", "", GW_OK},
+        {"GET http://user@h/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http:///p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http://h:8x/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "%s\r\nHost: gw.test\r\n\r\n", cases[i].line);
+        gw_http_header h[8];
+        gw_http_req req;
+        int st = 0;
+        int r = gw_h1_parse_request(buf, (size_t)n, &req, h, &(gw_h1_limits){8192, 16384, 8}, &st);
+        is_int(r, n, "%s: parsed", cases[i].line);
+        is_int(gw_h1_origin_form(&req), cases[i].rc, "%s: rc", cases[i].line);
+        if (cases[i].rc != GW_OK)
+            continue;
+        is_mem(req.path.p, req.path.n, cases[i].path, strlen(cases[i].path), "%s: path", cases[i].line);
+        is_mem(req.query.p, req.query.n, cases[i].query, strlen(cases[i].query), "%s: query", cases[i].line);
+        is_mem(req.authority.n ? req.authority.p : "", req.authority.n, cases[i].authority, strlen(cases[i].authority), "%s: authority",
+               cases[i].line);
+    }
 }
 
 int main(void)
@@ -750,5 +867,8 @@ int main(void)
     TEST_RUN(test_request_body);
     TEST_RUN(test_chunked_valid);
     TEST_RUN(test_chunked_bad);
+    TEST_RUN(test_chunked_then_pipelined);
+    TEST_RUN(test_normalize_path);
+    TEST_RUN(test_origin_form);
     return test_done();
 }

@@ -56,7 +56,7 @@ typedef struct srv {
     char req_auth[128];   /* the Authorization header the client sent */
     char req_corr[128];   /* X-Correlation-ID */
     char req_host[128];
-    char req_path[128];
+    char req_path[8192];
 } srv;
 
 static void sconn_close(sconn *sc)
@@ -521,6 +521,29 @@ static void test_echo_and_headers(void)
     is_int(res.last_op, GW_WS_OP_BINARY, "binary opcode");
     is_mem(res.last, res.last_len, "\x00\x01\x02", 3, "binary payload");
     is_int(res.closed, 0, "no on_close yet");
+    result_free(&res);
+    spin(20);
+    srv_stop(&s);
+}
+
+/* Issue 8 item 8: a request target longer than gw_wsc_target.path (2,047
+ * bytes) goes out whole through opts.path. */
+static void test_long_path_whole(void)
+{
+    srv s;
+    uint16_t port = srv_start(&s, M_ECHO, "127.0.0.1:0");
+    char url[128], path[6000];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%u/ignored", port);
+    int n = snprintf(path, sizeof path, "/long?pad=");
+    memset(path + n, 'q', 5000);
+    snprintf(path + n + 5000, sizeof path - (size_t)n - 5000, "&admin=false");
+    result res = {.action = A_SEND_HELLO};
+    gw_wsc_opts o = {.path = path};
+    ok(connect_to(&res, url, &o) != NULL, "connect started");
+    run(3000);
+    is_int(res.opened, 1, "opened");
+    is_int((int)strlen(s.req_path), (int)strlen(path), "target length");
+    is_str(s.req_path, path, "the long target arrived whole");
     result_free(&res);
     spin(20);
     srv_stop(&s);
@@ -996,6 +1019,7 @@ int main(void)
     L = gw_loop_new();
     TEST_RUN(test_url_parse);
     TEST_RUN(test_echo_and_headers);
+    TEST_RUN(test_long_path_whole);
     TEST_RUN(test_subprotocol);
     TEST_RUN(test_refusal);
     TEST_RUN(test_bad_accept);
