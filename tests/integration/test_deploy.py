@@ -88,29 +88,47 @@ NON_NAMESPACED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentV
 
 def render_kustomization(path=K8S):
     """What `kustomize build` produces for the features this kustomization
-    uses (resources, namespace, images); anything else is refused so that a
-    new feature gets its rendering here too."""
+    uses (resources, secretGenerator without name hashes, namespace, images);
+    anything else is refused so that a new feature gets its rendering here
+    too. The generator's git-ignored inputs (secrets/secrets.env, signer.pem)
+    are read from secrets.env.example and as empty when absent."""
     with open(os.path.join(path, "kustomization.yaml")) as f:
         k = yaml.safe_load(f)
     assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and k["kind"] == "Kustomization"
-    unsupported = set(k) - {"apiVersion", "kind", "namespace", "resources", "images"}
+    unsupported = set(k) - {"apiVersion", "kind", "namespace", "resources", "images", "secretGenerator",
+                            "generatorOptions"}
     assert not unsupported, f"render_kustomization does not implement {unsupported}"
+    opts = k.get("generatorOptions", {})
+    assert opts.get("disableNameSuffixHash") is True, "name hashes are not rendered here"
     images = {i["name"]: i for i in k.get("images", [])}
-    objs = []
+    docs = []
     for res in k["resources"]:
         with open(os.path.join(path, res)) as f:
-            for doc in yaml.safe_load_all(f):
-                if doc is None:
-                    continue
-                doc["_file"] = res
-                if k.get("namespace") and doc["kind"] not in NON_NAMESPACED:
-                    doc["metadata"]["namespace"] = k["namespace"]
-                for c in pod_spec(doc).get("containers", []) + pod_spec(doc).get("initContainers", []):
-                    name, _, tag = c["image"].partition(":")
-                    if name in images:
-                        i = images[name]
-                        c["image"] = f'{i.get("newName", name)}:{i.get("newTag", tag or "latest")}'
-                objs.append(doc)
+            docs += [(res, d) for d in yaml.safe_load_all(f) if d is not None]
+    for g in k.get("secretGenerator", []):
+        assert set(g) <= {"name", "type", "envs", "files"}, g
+        data = {}
+        for e in g.get("envs", []):
+            real = os.path.join(path, e)
+            data.update(env_file(real if os.path.exists(real) else real + ".example"))
+        for spec in g.get("files", []):
+            key, _, rel = spec.rpartition("=")
+            real = os.path.join(path, rel)
+            data[key or os.path.basename(rel)] = open(real).read() if os.path.exists(real) else ""
+        docs.append(("secretGenerator", {"apiVersion": "v1", "kind": "Secret", "type": g.get("type", "Opaque"),
+                                         "metadata": {"name": g["name"], "labels": dict(opts.get("labels", {}))},
+                                         "stringData": data}))
+    objs = []
+    for res, doc in docs:
+        doc["_file"] = res
+        if k.get("namespace") and doc["kind"] not in NON_NAMESPACED:
+            doc["metadata"]["namespace"] = k["namespace"]
+        for c in pod_spec(doc).get("containers", []) + pod_spec(doc).get("initContainers", []):
+            name, _, tag = c["image"].partition(":")
+            if name in images:
+                i = images[name]
+                c["image"] = f'{i.get("newName", name)}:{i.get("newTag", tag or "latest")}'
+        objs.append(doc)
     return k, objs
 
 
@@ -274,11 +292,20 @@ def test_no_secret_in_the_configmap(k8s):
             assert not SECRETISH.search(key), f"ConfigMap {o['metadata']['name']} holds secret-like key {key}"
             assert "-----BEGIN" not in value, f"ConfigMap key {key} holds a PEM block"
             assert not any(v in value for v in SECRET_VARS), f"ConfigMap key {key} names a secret"
-    # Secrets are committed empty, and every container takes them from the Secret.
+    # No secret value is committed: the Secret is generated from git-ignored
+    # files, whose committed example has every key and no value.
+    for o in objs:
+        if o["kind"] == "Secret":
+            assert o["_file"] == "secretGenerator", f"{o['_file']}: a Secret manifest in the repository"
     sec = by[("Secret", "wsgate-secrets")]
     assert set(sec["stringData"]) == SECRET_VARS | {"signer.pem"}
-    assert all(v == "" for v in sec["stringData"].values()), "a secret value is committed"
-    assert "data" not in sec
+    example = env_file(os.path.join(K8S, "secrets", "secrets.env.example"))
+    assert set(example) == SECRET_VARS and all(v == "" for v in example.values()), "a secret value is committed"
+    with open(os.path.join(K8S, "secrets", ".gitignore")) as f:
+        assert set(f.read().split()) >= {"secrets.env", "signer.pem"}
+    tracked = subprocess.run(["git", "ls-files", os.path.join(K8S, "secrets")], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert not [t for t in tracked if t.endswith(("secrets.env", "signer.pem"))], tracked
     for o in objs:
         for c in pod_spec(o).get("containers", []):
             for e in c.get("env", []):
