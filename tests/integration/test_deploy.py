@@ -353,39 +353,56 @@ def test_network_policies_cover_public_admin_grpc_and_redis(k8s):
                                      for x in r["from"]), f"{name}: a peer other than the gateways"
 
 
-def test_configmap_settings_start_a_real_gateway(k8s, make_gateway):
-    """The ConfigMap's values are accepted by the binary: every GATEWAY_* key
-    is a variable `wsgate --help` documents, and a gateway started with them
-    (listeners moved to loopback ports; Redis, gRPC and the signer key left
-    out because those features are not built yet) becomes ready and exits 0
-    after SIGTERM within GATEWAY_SHUTDOWN_TIMEOUT."""
-    _, _, by = k8s
-    cfg = config(by)
+# Variables that deployment files set but the binary cannot use here:
+# listeners (moved to loopback ports by gw.Gateway), and the features not
+# built yet (Redis, gRPC and its signer key), which a start would otherwise
+# try to reach or load.
+LEFT_OUT = {"GATEWAY_PUBLIC_HTTP_ADDR", "GATEWAY_ADMIN_HTTP_ADDR", "GATEWAY_AUTHENTICATED_GRPC_ADDR",
+            "GATEWAY_REDIS_MASTER_ADDR", "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH"}
+# GATEWAY_DRAIN_DELAY is added to --help by the drain work (issue 8 item 11).
+HELP_PENDING = {"GATEWAY_DRAIN_DELAY"}
+
+
+def check_settings_start_a_gateway(settings, make_gateway, routes_json=None):
+    """Every GATEWAY_* key of a deployment's settings is a variable `wsgate
+    --help` documents, and a gateway started with them becomes ready, logs
+    with the configured service name, and exits 0 after SIGTERM within
+    GATEWAY_SHUTDOWN_TIMEOUT (plus slack)."""
     helptext = gw.run_cli(["--help"]).stdout.decode()
-    # GATEWAY_DRAIN_DELAY is added to --help by the drain work (issue 8 item 11).
-    pending = {"GATEWAY_DRAIN_DELAY"}
-    for key in cfg:
-        if key.startswith("GATEWAY_") and key not in pending:
+    for key in settings:
+        if key.startswith("GATEWAY_") and key not in HELP_PENDING:
             assert re.search(rf"\b{key}\b", helptext), f"{key} is not a wsgate variable"
     d = tempfile.mkdtemp(prefix="wsgate-deploy-")
     try:
-        routes = os.path.join(d, "routes.json")
-        with open(routes, "w") as f:
-            f.write(cfg["routes.json"])
-        left_out = {"GATEWAY_PUBLIC_HTTP_ADDR", "GATEWAY_ADMIN_HTTP_ADDR", "GATEWAY_AUTHENTICATED_GRPC_ADDR",
-                    "GATEWAY_REDIS_MASTER_ADDR", "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH"}
-        env = {k: v for k, v in cfg.items() if k.startswith("GATEWAY_") and k not in left_out}
-        env["GATEWAY_ROUTES_FILE"] = routes
+        env = {k: v for k, v in settings.items() if k.startswith("GATEWAY_") and k not in LEFT_OUT}
+        if routes_json is not None:
+            env["GATEWAY_ROUTES_FILE"] = os.path.join(d, "routes.json")
+            with open(env["GATEWAY_ROUTES_FILE"], "w") as f:
+                f.write(routes_json)
+        else:
+            env.pop("GATEWAY_ROUTES_FILE", None)
         g = make_gateway(env=env)
         assert g.get("/healthz").status == 200
         assert g.admin_get("/metrics").status == 200
         logs = g.logs()
-        assert logs and all(l["service"] == cfg["GATEWAY_SERVICE_NAME"] for l in logs)
-        budget = seconds(cfg["GATEWAY_SHUTDOWN_TIMEOUT"])
+        assert logs and all(l["service"] == settings.get("GATEWAY_SERVICE_NAME", "wsgate") for l in logs)
+        budget = seconds(settings.get("GATEWAY_SHUTDOWN_TIMEOUT", "30s"))
         g.signal(signal.SIGTERM)
         assert g.wait(budget + 10) == 0, g.stderr()[-3000:]
     finally:
         shutil.rmtree(d)
+
+
+def test_configmap_settings_start_a_real_gateway(k8s, make_gateway):
+    cfg = config(k8s[2])
+    check_settings_start_a_gateway(cfg, make_gateway, routes_json=cfg["routes.json"])
+
+
+def test_systemd_environment_starts_a_real_gateway(make_gateway):
+    env = env_file(os.path.join(SYSTEMD, "wsgate.env.example"))
+    # The example's admin listener is loopback, so an empty admin token is allowed.
+    assert env["GATEWAY_ADMIN_HTTP_ADDR"].startswith("127.0.0.1:") and env["GATEWAY_ADMIN_TOKEN"] == ""
+    check_settings_start_a_gateway(env, make_gateway)
 
 
 def run_agent(args, secret):
