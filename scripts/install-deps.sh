@@ -4,11 +4,15 @@
 # Debian packages via apt-get (chromium for the browser test: never a
 # downloaded browser); npm packages from the lock files in tests/node, bench/,
 # web/ (xterm.js for the terminal page) and tests/browser/ (playwright-core).
+# The deployment checks (tests/integration/test_deploy.py) need promtool
+# (Debian ships it in the prometheus package), systemd-analyze (systemd) and
+# PyYAML (python3-yaml).
 set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="build-essential pkg-config libssl-dev zlib1g-dev libjansson-dev clang libclang-rt-14-dev
-      python3 python3-pytest python3-websockets openssl curl procps util-linux chromium"
+      python3 python3-pytest python3-websockets openssl curl procps util-linux chromium
+      prometheus systemd python3-yaml"
 
 missing=""
 for p in $PKGS; do
@@ -25,6 +29,17 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    # The tests need only promtool. On a host booted with systemd the package
+    # also starts a Prometheus server (port 9090, wsgate's default gRPC port):
+    # stop and disable the one this script just installed.
+    case " $missing " in
+        *" prometheus "*)
+            if [ -d /run/systemd/system ]; then
+                echo "install-deps: disabling the prometheus service (only promtool is needed)"
+                $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+            fi
+            ;;
+    esac
 fi
 
 for dir in tests/node bench web tests/browser; do

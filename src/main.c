@@ -79,7 +79,7 @@ static int cmd_serve(void)
         }
         return 2;
     }
-    gw_log_init(cfg.log_format, cfg.log_level, "wsgate", 2);
+    gw_log_init(cfg.log_format, cfg.log_level, cfg.service_name, 2);
     gw_config_unbuilt(env_get, warn_unbuilt, NULL);
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);

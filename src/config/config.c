@@ -499,6 +499,7 @@ static void set_defaults(gw_config *c)
     c->push_history_window_ms = 5 * MS_PER_M;
     c->log_format = GW_LOG_FORMAT_JSON;
     c->log_level = GW_LOG_INFO;
+    snprintf(c->service_name, sizeof c->service_name, "wsgate");
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     c->workers = n < 1 ? 1 : n > 256 ? 256 : (int)n;
     c->max_connections = 100000;
@@ -601,6 +602,14 @@ static int load_all(loader *L)
         return fail(L, "GATEWAY_LOG_FORMAT: unknown format %s (json or text)", quote(v, q, sizeof q));
     if ((v = get(L, "GATEWAY_LOG_LEVEL")) && gw_log_parse_level(v, &c->log_level) != GW_OK)
         return fail(L, "GATEWAY_LOG_LEVEL: unknown level %s (debug, info, warn or error)", quote(v, q, sizeof q));
+    if (load_str(L, "GATEWAY_SERVICE_NAME", c->service_name, sizeof c->service_name, 0))
+        return GW_ERR;
+    /* A log label value: letters, digits, '.', '_' and '-' only, so that it
+     * needs no quoting in text logs and matches as-is in LogQL selectors. */
+    if (strspn(c->service_name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+        strlen(c->service_name))
+        return fail(L, "GATEWAY_SERVICE_NAME: %s may hold only letters, digits, '.', '_' and '-'",
+                    quote(c->service_name, q, sizeof q));
 
     if (load_str(L, "GATEWAY_PUBLIC_WS_BASE_URL", c->public_ws_base_url, sizeof c->public_ws_base_url, 0))
         return GW_ERR;
@@ -707,6 +716,8 @@ const char gw_config_help[] =
     "                                                                        (125 bytes to 1GiB)\n"
     "  GATEWAY_LOG_FORMAT                            json                    json or text\n"
     "  GATEWAY_LOG_LEVEL                             info                    debug, info, warn or error\n"
+    "  GATEWAY_SERVICE_NAME                          wsgate                  the `service` field of every log line\n"
+    "                                                                        (letters, digits, . _ -; up to 63)\n"
     "  GATEWAY_PUBLIC_WS_BASE_URL                    (empty: same origin)    ws:// or wss:// base for served pages\n"
     "  GATEWAY_AGENT_SECRET                          (empty)                 shared with `wsgate agent`; required\n"
     "                                                                        for an agent on TCP (without it an\n"

@@ -45,6 +45,7 @@ typedef struct gw_config {
     uint64_t push_history_window_ms; /* GATEWAY_PUSH_HISTORY_WINDOW, default 5m */
     gw_log_format log_format;     /* GATEWAY_LOG_FORMAT, default json */
     gw_log_level log_level;       /* GATEWAY_LOG_LEVEL, default info */
+    char service_name[64];        /* GATEWAY_SERVICE_NAME, default "wsgate": the `service` field of every log line */
     char public_ws_base_url[1024]; /* GATEWAY_PUBLIC_WS_BASE_URL */
     char agent_secret[256];       /* GATEWAY_AGENT_SECRET */
     /* Core engine knobs (documented in README; defaults suit a public edge). */

@@ -810,6 +810,28 @@ static void test_unbuilt(void)
     env_n = 0;
 }
 
+/* GATEWAY_SERVICE_NAME: the `service` field of every log line (issue 14). */
+static void test_service_name(void)
+{
+    is_int(load(NULL, 0), GW_OK, "defaults load");
+    is_str(cfg.service_name, "wsgate", "service name defaults to wsgate");
+    is_int(load1("GATEWAY_SERVICE_NAME", "edge-gw.eu_1"), GW_OK, "service name set");
+    is_str(cfg.service_name, "edge-gw.eu_1", "service name kept");
+    is_int(load1("GATEWAY_SERVICE_NAME", ""), GW_OK, "empty service name");
+    is_str(cfg.service_name, "wsgate", "empty means the default");
+    is_int(load1("GATEWAY_SERVICE_NAME", "ws gate"), GW_ERR, "space refused");
+    is_str(err, "GATEWAY_SERVICE_NAME: \"ws gate\" may hold only letters, digits, '.', '_' and '-'", "message");
+    is_int(load1("GATEWAY_SERVICE_NAME", "a\"b"), GW_ERR, "quote refused");
+    char longv[80];
+    memset(longv, 'a', sizeof longv - 1);
+    longv[sizeof longv - 1] = '\0';
+    is_int(load1("GATEWAY_SERVICE_NAME", longv), GW_ERR, "79 bytes refused");
+    ok(strstr(err, "too long (79 bytes, at most 63)") != NULL, "too long message: %.150s", err);
+    longv[63] = '\0';
+    is_int(load1("GATEWAY_SERVICE_NAME", longv), GW_OK, "63 bytes fit");
+    ok(strstr(gw_config_help, "GATEWAY_SERVICE_NAME ") != NULL, "help names GATEWAY_SERVICE_NAME");
+}
+
 int main(void)
 {
     TEST_RUN(test_defaults);
@@ -826,5 +848,6 @@ int main(void)
     TEST_RUN(test_parse_bool);
     TEST_RUN(test_help);
     TEST_RUN(test_unbuilt);
+    TEST_RUN(test_service_name);
     return test_done();
 }
