@@ -90,19 +90,24 @@ def test_garbage_clients(gw2):
         c = wsraw.Conn("127.0.0.1", gw2.port)
         try:
             c.send(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 4000))) + b"\r\n\r\n")
-            c.wait_closed(3)
-        except OSError:
-            pass
+            closed = c.wait_closed(3)
+            assert closed and closed.data.startswith(b"HTTP/1.1 400 "), (i, closed)
         finally:
             c.close()
     # Garbage after a valid upgrade.
     for i in range(20):
         w = gw2.ws()
         try:
-            w.send_raw(os.urandom(rnd.randint(1, 5000)))
-            w.wait_closed(3)
-        except OSError:
-            pass
+            w.send_raw(rnd.randbytes(rnd.randint(1, 5000)))
+            closed = w.wait_closed(3)
+            # The connection is failed: the last thing sent is a Close frame
+            # (after any pongs the random bytes asked for) with the code for
+            # malformed input (1002), bad UTF-8 (1007) or too large (1009).
+            assert closed, (i, closed)
+            at = closed.data.rfind(b"\x88")
+            assert at >= 0 and closed.data[at + 1] == len(closed.data) - at - 2, (i, closed)
+            code = int.from_bytes(closed.data[at + 2:at + 4], "big")
+            assert code in (1002, 1007, 1009), (i, code, closed)
         finally:
             w.close()
     assert gw2.get("/healthz").body == b"ok\n"

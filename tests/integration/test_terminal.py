@@ -94,9 +94,10 @@ def agent():
     yield factory
     for a in made:
         a.stop()
+    problems = []
     for a in made:
-        bad = [l for l in a.stderr().splitlines() if any(p in l for p in gw.SANITIZER_PATTERNS)]
-        assert not bad, "sanitizer report in agent stderr:\n" + a.stderr()[-6000:]
+        problems += a.check_exit("agent")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture(scope="module")
@@ -339,10 +340,16 @@ def test_tokens_not_in_logs_or_metrics(tgw, agent):
     assert ws.response.status == 101
     assert ws.subprotocol == SUBPROTO
     ws.close()
-    connect(tgw, "nolog", toks[0])  # replay
-    connect(tgw, "other", toks[1])  # mismatch
-    connect(tgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
-    time.sleep(0.2)
+    r1 = connect(tgw, "nolog", toks[0])  # replay
+    refused(tgw, r1, 403, "token_replayed")
+    r2 = connect(tgw, "other", toks[1])  # mismatch
+    refused(tgw, r2, 403, "allocation_mismatch")
+    r3 = connect(tgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
+    refused(tgw, r3, 400, "token_in_query")
+    # Every refusal has been logged before the logs are searched for tokens.
+    want = {corr_of(r) for r in (r1, r2, r3)}
+    gw.wait_until(lambda: want <= {l.get("correlation_id") for l in tgw.logs() if l.get("msg") == "terminal refused"},
+                  what="the three refusal lines")
     text = tgw.stderr() + tgw.admin_get("/metrics").body.decode()
     for t in toks:
         assert t not in text
@@ -365,8 +372,13 @@ def test_agent_refuses_without_or_with_wrong_secret(agent):
     assert ws.response.status == 403
     ws = wsraw.WS(a.port, path="/", expect_101=False, headers={"Authorization": f"Bearer {SECRET}"})
     assert ws.response.status == 101
+    # The agent serves connections in order: once the accepted one's session
+    # has started, any session a refused one started would be there too.
+    started = lambda: [l for l in a.logs() if l.get("msg") == "agent session started"]
+    gw.wait_until(started, what="the accepted connection's session")
     ws.close()
-    assert not [l for l in a.logs() if l.get("msg") == "agent session started" and False]
+    assert len(started()) == 1, started()
+    assert len(a.children()) <= 1, a.children()  # (the one shell, or none once it ended)
 
 
 def test_gateway_passes_agent_refusal(make_gateway, agent):
@@ -383,10 +395,8 @@ def test_gateway_passes_agent_refusal(make_gateway, agent):
 
 
 def test_agent_without_secret_loopback_only(tmp_path):
-    env = gw.base_env()
-    env.pop("GATEWAY_AGENT_SECRET", None)
     for addr in ("0.0.0.0:0", ":0", "[::]:0"):
-        r = subprocess.run([gw.wsgate_bin(), "agent", "--listen", addr], env=env, capture_output=True, timeout=10)
+        r = gw.run_cli(["agent", "--listen", addr])  # (base_env: no GATEWAY_AGENT_SECRET)
         assert r.returncode == 2, (addr, r)
         assert b"GATEWAY_AGENT_SECRET" in r.stderr
     # A unix socket is fine without a secret.
@@ -395,6 +405,7 @@ def test_agent_without_secret_loopback_only(tmp_path):
         assert os.path.exists(f"{tmp_path}/agent.sock")
     finally:
         a.stop()
+    assert not a.check_exit("agent"), a.check_exit("agent")
 
 
 # ------------------------------------------------------------------ sessions
@@ -509,8 +520,9 @@ def test_agent_killed(tgw, agent):
     ws.send_binary(b"echo up-$((3*3))\n")
     read_until(ws, rb"up-9")
     shell = a.children()[0][0]
+    a.expect_exit = -signal.SIGKILL
     os.kill(a.pid, signal.SIGKILL)
-    a.proc.wait(5)
+    assert a.proc.wait(5) == -signal.SIGKILL
     f = ws.expect_close(timeout=10)
     assert f.close_code == 1014, f
     close = tgw.ws_close_log(corr_of(ws), timeout=10)
