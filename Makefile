@@ -32,7 +32,8 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
 
-.PHONY: all wsgate deps unit unit-san integration fuzz-smoke fuzz test demo clean bench-echo format tools
+.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay \
+        format tools
 
 all: $(B)/wsgate
 
@@ -91,13 +92,18 @@ fuzz-smoke: $(FUZZ_BINS)
 fuzz: $(FUZZ_BINS)
 	@scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
+# Every step runs even after one fails; each writes its counts to
+# build/test-summary/<step>.txt and scripts/test-summary.sh prints the overall
+# "N passed, N failed, N skipped" line last (and fails if any step failed).
+TEST_STEPS := unit unit-san integration integration-san fuzz-smoke
 test: deps
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory unit
-	@$(MAKE) --no-print-directory unit-san
-	@$(MAKE) --no-print-directory integration
-	@$(MAKE) --no-print-directory integration-san
-	@$(MAKE) --no-print-directory fuzz-smoke
+	@rm -rf build/test-summary && mkdir -p build/test-summary
+	@for step in $(TEST_STEPS); do \
+	    SUMMARY_FILE=$(abspath build/test-summary)/$$step.txt $(MAKE) --no-print-directory $$step; \
+	    echo $$? > build/test-summary/$$step.status; \
+	done; \
+	scripts/test-summary.sh build/test-summary
 
 demo: deps all
 	@scripts/demo.sh
