@@ -583,15 +583,27 @@ def test_flow_control_bounded_memory(agent):
     read_until(ws, rb"go-25")
     base = rss()
     ws.send_binary(b"yes flood-flood-flood-flood-flood-flood\n")
-    time.sleep(2.5)  # not reading: the agent must stop reading the PTY
-    grown = rss() - base
-    assert grown < 40 * 1024, f"agent RSS grew {grown} KiB while the client did not read"
     shell = [p for p, _ in a.children()][0]
-    kids = open(f"/proc/{shell}/task/{shell}/children").read().split()
-    assert kids, "yes is running"
-    with open(f"/proc/{kids[0]}/stat") as f:
-        state = f.read().rsplit(")", 1)[1].split()[0]
-    assert state == "S", f"yes should be blocked on the PTY, is {state}"
+    kids = gw.wait_until(lambda: open(f"/proc/{shell}/task/{shell}/children").read().split(), what="yes running")
+
+    def blocked():
+        # The client reads nothing, so the agent must stop reading the PTY:
+        # `yes` then sleeps (state S) with its written-bytes count frozen.
+        # (An agent that kept reading lets it write at full speed forever.)
+        def wchar():
+            with open(f"/proc/{kids[0]}/io") as f:
+                return int([l for l in f if l.startswith("wchar:")][0].split()[1])
+        w0 = wchar()
+        time.sleep(0.2)
+        with open(f"/proc/{kids[0]}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state == "S" and wchar() == w0
+    gw.wait_until(blocked, timeout=20, interval=0.05, what="yes blocked on the PTY")
+    grown = rss() - base
+    # The bound: what the socket buffers and the agent's own queue may hold
+    # is a few MiB; an agent reading `yes` unbounded passes 40 MiB in well
+    # under a second.
+    assert grown < 40 * 1024, f"agent RSS grew {grown} KiB while the client did not read"
     ws.reset()
 
 
