@@ -658,10 +658,27 @@ def test_unknown_user_403(g, ups, user):
 
 # ============================================================ backpressure
 
-def test_backpressure_client_stops_reading(g, ups):
+@pytest.fixture(scope="module")
+def gnp(routes_file):
+    """A gateway without heartbeats: its timer never runs the relay's backstop
+    that resumes a paused leg, so a lost drain notification stalls the relay
+    for good (and the test fails) instead of being rescued 25 s later."""
+    gate = gw.Gateway({"GATEWAY_ROUTES_FILE": routes_file, "GATEWAY_WS_PING_INTERVAL": "0"})
+    yield gate
+    gate.stop()
+    problems = gate.check_exit("gateway")
+    assert not problems, "\n".join(problems)
+
+
+def test_backpressure_client_stops_reading(gnp, ups):
+    g = gnp
     n, size = 3200, 64 * 1024  # 200 MiB
     c = cid("bpd")
     w = g.ws(path="/app/bpd", headers={"X-Correlation-ID": c}, timeout=30)
+    # A large receive window lets the gateway's socket take a whole queue at
+    # once when the client reads again: a queue drained around its write
+    # event (fd623c7 undone) then never resumes the upstream.
+    w.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     echo_ok(w)
     time.sleep(0.2)
     base = gw.vm_rss_kb(g.pid)
@@ -714,7 +731,8 @@ def _masked_frame(opcode, payload):
     return head + b"\0\0\0\0" + payload
 
 
-def test_backpressure_upstream_stops_reading(g, ups):
+def test_backpressure_upstream_stops_reading(gnp, ups):
+    g = gnp
     n, size = 2048, 64 * 1024  # 128 MiB
     c = cid("bpu")
     resume = os.path.join(ups["dir"], f"resume-{c}")
