@@ -32,7 +32,8 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
 
-.PHONY: all wsgate deps unit unit-san integration fuzz-smoke fuzz test demo clean bench-echo format tools
+.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay \
+        format tools
 
 all: $(B)/wsgate
 
@@ -91,13 +92,32 @@ fuzz-smoke: $(FUZZ_BINS)
 fuzz: $(FUZZ_BINS)
 	@scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
+# Every step runs even after one fails; each writes its counts to
+# build/test-summary/<step>.txt and scripts/test-summary.sh prints the overall
+# "N passed, N failed, N skipped" line last (and fails if any step failed).
+# The two integration runs (plain and ASan+UBSan) run at the same time: they
+# mostly wait on sockets and timers (about 25 s of CPU in 2 minutes each), so
+# together they take the time of one; their logs are printed one after the
+# other. INTEGRATION_PARALLEL=0 runs them one after the other.
+INTEGRATION_PARALLEL ?= 1
+TS := build/test-summary
+run_step = SUMMARY_FILE=$(abspath $(TS))/$(1).txt $(MAKE) --no-print-directory $(1); echo $$? > $(TS)/$(1).status
 test: deps
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory unit
-	@$(MAKE) --no-print-directory unit-san
-	@$(MAKE) --no-print-directory integration
-	@$(MAKE) --no-print-directory integration-san
-	@$(MAKE) --no-print-directory fuzz-smoke
+	@rm -rf $(TS) && mkdir -p $(TS)
+	@$(call run_step,unit); $(call run_step,unit-san); \
+	if [ "$(INTEGRATION_PARALLEL)" = 1 ]; then \
+	    echo "== integration and integration-san, at the same time (logs follow)"; \
+	    ( $(call run_step,integration) ) > $(TS)/integration.log 2>&1 & \
+	    ( $(call run_step,integration-san) ) > $(TS)/integration-san.log 2>&1 & \
+	    wait; \
+	    echo "== integration"; cat $(TS)/integration.log; \
+	    echo "== integration-san"; cat $(TS)/integration-san.log; \
+	else \
+	    $(call run_step,integration); $(call run_step,integration-san); \
+	fi; \
+	$(call run_step,fuzz-smoke); \
+	scripts/test-summary.sh $(TS)
 
 demo: deps all
 	@scripts/demo.sh

@@ -57,13 +57,18 @@ after(async () => {
   if (skip) return;
   await ctx?.close();
   if (profile) rmSync(profile, { recursive: true, force: true });
-  await gw?.stop();
+  const res = await gw?.stop();
+  if (gw) assert.deepEqual(res, { code: 0, sig: null }, `gateway exit ${JSON.stringify(res)}`);
   if (agent) {
-    const exited = new Promise((r) => agent.proc.once('exit', r));
-    agent.proc.kill('SIGTERM');
-    await exited;
+    let st = { code: agent.proc.exitCode, sig: agent.proc.signalCode };
+    if (st.code === null && st.sig === null) {
+      const exited = new Promise((r) => agent.proc.once('exit', (code, sig) => r({ code, sig })));
+      agent.proc.kill('SIGTERM');
+      st = await exited;
+    }
     const err = readFileSync(agentErr, 'utf8');
     assert.doesNotMatch(err, /ERROR: (Address|Leak)Sanitizer|runtime error:/, err.slice(-3000));
+    assert.deepEqual(st, { code: 0, sig: null }, `agent exit ${JSON.stringify(st)}:\n${err.slice(-3000)}`);
   }
 });
 

@@ -2,9 +2,11 @@
 
 `gateway`: one gateway per test module, default configuration (JSON logs,
 shutdown budget 3s). `make_gateway`: a factory for tests that need their own
-configuration; every gateway it makes is stopped (SIGTERM, then SIGKILL) at
-the end of the test. After every test, the stderr of every gateway started so
-far is checked for sanitizer reports (ASan, LSan, UBSan).
+configuration; every gateway it makes is stopped with SIGTERM at the end of
+the test and must exit 0 (or the status the test set in `expect_exit`) within
+gw.STOP_DEADLINE: a hang, a crash or any other status fails the test. After
+every test, the stderr of every gateway started so far is checked for
+sanitizer reports (ASan, LSan, UBSan); `gw.run_cli` checks its own.
 """
 
 import os
@@ -29,10 +31,9 @@ def pytest_sessionstart(session):
 def gateway():
     g = gw.Gateway()
     yield g
-    rc = g.stop()
-    errs = g.sanitizer_errors()
-    assert not errs, "sanitizer report:\n" + g.stderr()[-6000:]
-    assert rc == 0, f"gateway exited {rc} at module teardown:\n{g.stderr()[-3000:]}"
+    g.stop()
+    problems = g.check_exit("gateway")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture
@@ -47,9 +48,11 @@ def make_gateway():
     yield factory
     for g in made:
         g.stop()
+    problems = []
     for g in made:
-        errs = g.sanitizer_errors()
-        assert not errs, "sanitizer report:\n" + g.stderr()[-6000:]
+        if g.proc is not None:
+            problems += g.check_exit("gateway")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,10 @@
 
 Each Gateway runs the binary from WSGATE_BIN (default build/wsgate) on free
 loopback ports, with stderr captured to a temp file so tests can assert on
-logs, and is stopped by PID (SIGTERM, then SIGKILL after a timeout).
+logs, and is stopped by PID with SIGTERM. Every process a test starts must
+end with the status it expects (`expect_exit`, 0 after SIGTERM): a process
+still running at STOP_DEADLINE after SIGTERM is hung, is killed with SIGKILL
+and fails the test (check_exit); so does a signal it did not expect.
 """
 
 import json
@@ -18,6 +21,26 @@ import wsraw
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+# How long a SIGTERMed process may take to exit before it counts as hung. The
+# gateway's own shutdown budget in these tests is 3 s (GATEWAY_SHUTDOWN_TIMEOUT)
+# and LeakSanitizer's exit scan under ASan takes a few more: 30 s is a hang
+# by a wide margin, never a slow machine.
+STOP_DEADLINE = 30.0
+
+
+def sanitizer_lines(text):
+    return [l for l in text.splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
+
+
+def describe_status(rc):
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit {rc}"
 
 
 def wsgate_bin():
@@ -54,10 +77,18 @@ def base_env():
     return env
 
 
-def run_cli(args, env=None, timeout=10):
+def run_cli(args, env=None, timeout=30):
+    """Runs `wsgate ARGS` to completion. A sanitizer report in its stderr or
+    an end by a signal (a crash, an abort) fails the calling test here; the
+    caller asserts the documented exit code."""
     e = base_env()
     e.update(env or {})
-    return subprocess.run([wsgate_bin()] + list(args), env=e, capture_output=True, timeout=timeout)
+    r = subprocess.run([wsgate_bin()] + list(args), env=e, capture_output=True, timeout=timeout)
+    err = r.stderr.decode("utf-8", "replace")
+    bad = sanitizer_lines(err)
+    assert not bad, f"sanitizer report from wsgate {' '.join(args)}:\n{err[-6000:]}"
+    assert r.returncode >= 0, f"wsgate {' '.join(args)} {describe_status(r.returncode)}:\n{err[-3000:]}"
+    return r
 
 
 ALL = []  # every Gateway started in this pytest process (for sanitizer checks)
@@ -66,7 +97,14 @@ ALL = []  # every Gateway started in this pytest process (for sanitizer checks)
 class LoggedProcess:
     """A process started by a test with its stderr in a file (self.proc,
     self.stderr_path): reading its log lines and ending it, shared by the
-    gateway, probe and agent wrappers."""
+    gateway, probe and agent wrappers.
+
+    expect_exit: the status the test expects the process to end with (0
+    after SIGTERM); a test that kills it on purpose sets it (-9 for SIGKILL).
+    hung: set when it outlived STOP_DEADLINE after SIGTERM."""
+
+    expect_exit = 0
+    hung = False
 
     def stderr(self):
         with open(self.stderr_path, "rb") as f:
@@ -84,16 +122,36 @@ class LoggedProcess:
                 pass
         return out
 
-    def terminate(self, timeout=10.0):
-        """SIGTERM, then SIGKILL after timeout; returns the exit status."""
+    def terminate(self, timeout=STOP_DEADLINE):
+        """SIGTERM and wait; a process still running after timeout is hung
+        (self.hung, see check_exit) and is killed. Returns the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.hung = True
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         return self.proc.returncode
+
+    def check_exit(self, what="process"):
+        """Problems with how the process ended (after stop/terminate), as a
+        list of messages: a hang, a status other than expect_exit, or a
+        sanitizer report in its stderr."""
+        out = []
+        tail = self.stderr()[-3000:]
+        if self.hung:
+            out.append(f"{what} {self.pid} hung: still running {STOP_DEADLINE:.0f}s after SIGTERM (killed)")
+        elif self.proc.returncode != self.expect_exit:
+            out.append(f"{what} {self.pid} ended with {describe_status(self.proc.returncode)}, "
+                       f"expected {describe_status(self.expect_exit)}")
+        bad = sanitizer_lines(self.stderr())
+        if bad:
+            out.append(f"sanitizer report in {what} {self.pid} stderr:\n" + "\n".join(bad[:20]))
+        if out:
+            out.append(f"{what} stderr tail:\n{tail}")
+        return out
 
 
 class Gateway(LoggedProcess):
@@ -144,6 +202,7 @@ class Gateway(LoggedProcess):
                 last = e
             time.sleep(0.05)
         self.kill()
+        self.expect_exit = 0  # (a gateway that never got ready is a failure, not a kill on purpose)
         raise RuntimeError(f"wsgate not ready in {self.ready_timeout}s ({last!r}):\n{self.stderr()}")
 
     def signal(self, sig):
@@ -157,20 +216,24 @@ class Gateway(LoggedProcess):
             return None
         return self.returncode
 
-    def stop(self, timeout=10.0):
-        """SIGTERM, then SIGKILL after the timeout. Returns the exit code."""
+    def stop(self, timeout=STOP_DEADLINE):
+        """SIGTERM and wait; still running after the timeout means hung
+        (self.hung) and SIGKILL. Returns the exit status."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             if self.wait(timeout) is None:
+                self.hung = True
                 self.kill()
         self.returncode = self.proc.returncode
         self._err.close()
         return self.returncode
 
     def kill(self):
+        """SIGKILL on purpose: the status expected from now on is that kill."""
         if self.proc and self.proc.poll() is None:
+            self.expect_exit = -signal.SIGKILL
             os.kill(self.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
@@ -180,7 +243,7 @@ class Gateway(LoggedProcess):
 
     # -- output
     def sanitizer_errors(self):
-        return [l for l in self.stderr().splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
+        return sanitizer_lines(self.stderr())
 
     def new_sanitizer_errors(self):
         """Sanitizer lines written since the previous call (cheap to call
@@ -192,8 +255,7 @@ class Gateway(LoggedProcess):
         # Scan whole lines only; an unfinished last line is read next time.
         end = data.rfind(b"\n") + 1
         self._scan_pos = pos + end
-        text = data[:end].decode("utf-8", "replace")
-        return [l for l in text.splitlines() if any(p in l for p in SANITIZER_PATTERNS)]
+        return sanitizer_lines(data[:end].decode("utf-8", "replace"))
 
     def wait_log(self, pred, timeout=5.0, what="log line"):
         deadline = time.monotonic() + timeout

@@ -90,19 +90,24 @@ def test_garbage_clients(gw2):
         c = wsraw.Conn("127.0.0.1", gw2.port)
         try:
             c.send(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 4000))) + b"\r\n\r\n")
-            c.wait_closed(3)
-        except OSError:
-            pass
+            closed = c.wait_closed(3)
+            assert closed and closed.data.startswith(b"HTTP/1.1 400 "), (i, closed)
         finally:
             c.close()
     # Garbage after a valid upgrade.
     for i in range(20):
         w = gw2.ws()
         try:
-            w.send_raw(os.urandom(rnd.randint(1, 5000)))
-            w.wait_closed(3)
-        except OSError:
-            pass
+            w.send_raw(rnd.randbytes(rnd.randint(1, 5000)))
+            closed = w.wait_closed(3)
+            # The connection is failed: the last thing sent is a Close frame
+            # (after any pongs the random bytes asked for) with the code for
+            # malformed input (1002), bad UTF-8 (1007) or too large (1009).
+            assert closed, (i, closed)
+            at = closed.data.rfind(b"\x88")
+            assert at >= 0 and closed.data[at + 1] == len(closed.data) - at - 2, (i, closed)
+            code = int.from_bytes(closed.data[at + 2:at + 4], "big")
+            assert code in (1002, 1007, 1009), (i, code, closed)
         finally:
             w.close()
     assert gw2.get("/healthz").body == b"ok\n"
@@ -181,24 +186,34 @@ def test_rapid_connect_close_no_leak(gw2):
 
 
 def test_healthz_during_load(gw2):
+    # Events, not a latency threshold (latency belongs to the benchmarks):
+    # the load runs until every /healthz has been answered, so a /healthz
+    # starved by the load would never be answered and the 60 s deadline
+    # fails the test; and every loaded client keeps echoing meanwhile.
+    done = asyncio.Event()
+    echoes = []
+
     async def busy():
+        n = 0
         async with websockets.connect(f"ws://127.0.0.1:{gw2.port}/probe/ws", ping_interval=None,
                                       max_size=None) as ws:
-            for _ in range(30):
-                await ws.send(os.urandom(100000))
-                await ws.recv()
+            while not done.is_set() or n == 0:
+                p = os.urandom(100000)
+                await ws.send(p)
+                assert await ws.recv() == p
+                n += 1
+        echoes.append(n)
 
     async def probe():
-        worst = 0.0
-        for _ in range(20):
-            t0 = time.monotonic()
-            r = await asyncio.get_running_loop().run_in_executor(None, gw2.get, "/healthz")
-            assert r.status == 200
-            worst = max(worst, time.monotonic() - t0)
-            await asyncio.sleep(0.05)
-        return worst
+        try:
+            for _ in range(20):
+                r = await asyncio.get_running_loop().run_in_executor(None, gw2.get, "/healthz")
+                assert r.status == 200 and r.body == b"ok\n", r
+                await asyncio.sleep(0.05)
+        finally:
+            done.set()
 
     async def main():
-        res = await asyncio.gather(probe(), *[busy() for _ in range(10)])
-        assert res[0] < 1.0, f"/healthz took {res[0]:.2f}s under load"
+        await asyncio.gather(probe(), *[busy() for _ in range(10)])
     asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(echoes) == 10 and min(echoes) >= 1, echoes

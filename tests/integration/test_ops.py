@@ -39,8 +39,17 @@ def test_help(args):
     assert "serve" in out and "version" in out
     missing = [v for v in CORE_VARS if v not in out]
     assert not missing, f"--help does not document {missing}"
-    for v in re.findall(r"GATEWAY_[A-Z0-9_]+", out):
-        assert v in out
+    # The help documents exactly the variables the source reads: every
+    # "GATEWAY_..." string literal under src/, and nothing else.
+    read = set()
+    for d, _, files in os.walk(os.path.join(gw.ROOT, "src")):
+        for f in files:
+            if f.endswith((".c", ".h")):
+                with open(os.path.join(d, f), encoding="utf-8") as fh:
+                    read |= set(re.findall(r'"(GATEWAY_[A-Z0-9_]+)"', fh.read()))
+    documented = set(re.findall(r"GATEWAY_[A-Z0-9_]+", out))
+    assert read - documented == set(), f"read by the source, not in --help: {sorted(read - documented)}"
+    assert documented - read == set(), f"in --help, read nowhere: {sorted(documented - read)}"
 
 
 UNBUILT_VARS = [
@@ -91,7 +100,8 @@ def test_version():
 
 def test_unknown_command_fails():
     r = gw.run_cli(["no-such-command"])
-    assert r.returncode != 0
+    assert r.returncode == 2, r
+    assert b'unknown command "no-such-command"' in r.stderr, r
 
 
 def test_serve_is_default(make_gateway):
@@ -134,7 +144,7 @@ def test_invalid_configuration(var, value):
     t0 = time.monotonic()
     r = gw.run_cli(["serve"], env=env, timeout=10)
     assert time.monotonic() - t0 < 5
-    assert r.returncode != 0
+    assert r.returncode == 2, r
     lines = [l for l in r.stderr.decode().splitlines() if l.strip()]
     assert len(lines) == 1, lines
     obj = json.loads(lines[0])

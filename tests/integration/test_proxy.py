@@ -318,21 +318,29 @@ def test_response_big_content_length(g):
     assert len(r.body) == n and r.body == (b"0123456789abcdef" * (n // 16)), "body differs"
 
 
-def test_response_streamed(g):
+def test_response_streamed(g, tmp_path):
+    # The upstream sends its second chunk only once the test has received the
+    # first (it waits for the flag file): a gateway that waited for the whole
+    # response would never deliver "first" and the read below would time out.
+    flag = tmp_path / "drip-go"
     c = wsraw.Conn("127.0.0.1", g.port, timeout=10)
     try:
-        c.send(request_bytes("GET", "/api/drip", [("Connection", "close")]))
+        c.send(request_bytes("GET", f"/api/drip?until={flag}", [("Connection", "close")]))
         t0 = time.monotonic()
-        head = c.read_until(b"\r\n\r\n", t0 + 5)
+        head = c.read_until(b"\r\n\r\n", t0 + 10)
         assert b" 200 " in head.split(b"\r\n")[0], head
         got = bytearray(c.buf)
         c.buf.clear()
         while b"first" not in got:
-            c._fill(t0 + 5)
+            c._fill(t0 + 10)
             got += c.buf
             c.buf.clear()
-        assert time.monotonic() - t0 < 0.8, "the first chunk waited for the whole response"
-        c.wait_closed(5)
+        assert b"second" not in got, got
+        flag.touch()
+        rest = c.wait_closed(10)
+        assert rest, rest
+        body = bytes(got) + rest.data
+        assert body == b"5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n", body
     finally:
         c.close()
 
@@ -1008,7 +1016,11 @@ def _http_upstream_main(args):
                     writer.write(response(200, "OK", base + [("Transfer-Encoding", "chunked")]))
                     writer.write(b"5\r\nfirst\r\n")
                     await writer.drain()
-                    await asyncio.sleep(1.0)
+                    until = target.split("until=", 1)[1] if "until=" in target else None
+                    for _ in range(600):  # the test's flag file, for up to 30 s
+                        if until is None or os.path.exists(until):
+                            break
+                        await asyncio.sleep(0.05)
                     writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
                 elif last == "close":
                     writer.write(response(200, "OK", base + [("Connection", "close")],

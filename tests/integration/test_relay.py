@@ -615,10 +615,17 @@ def test_cause_heartbeat_timeout(routes_file, make_gateway, ups):
 
 
 def test_cause_shutdown(routes_file, make_gateway, ups):
-    gate = make_gateway({"GATEWAY_ROUTES_FILE": routes_file, "GATEWAY_SHUTDOWN_TIMEOUT": "3s"})
+    gate = make_gateway({"GATEWAY_ROUTES_FILE": routes_file, "GATEWAY_SHUTDOWN_TIMEOUT": "10s",
+                         "GATEWAY_WORKERS": "1"})
     c = cid("sd")
     w = gate.ws(path="/app/sd", headers={"X-Correlation-ID": c})
     echo_ok(w)
+    # An HTTP request in flight to an upstream that answers in 30 s keeps the
+    # drain (and the admin listener) going after the relay closed, so the
+    # close counter can be read after the drain closed it.
+    holder = wsraw.Conn("127.0.0.1", gate.port)
+    holder.send(b"GET /app/hang HTTP/1.1\r\nHost: x\r\n\r\n")
+    ups["A"].wait_event(lambda e: e.get("ev") == "request" and e.get("path") == "/app/hang", what="held request")
     before = closes(gate, "/app/", "shutdown")
     gate.signal(signal.SIGTERM)
     f = w.expect_close(timeout=5)
@@ -628,11 +635,13 @@ def test_cause_shutdown(routes_file, make_gateway, ups):
     line = relay_close(gate, c)
     check_close_line(line, "shutdown", upstream=ups["A"].url, closed_first="gateway")
     assert line["close_code_sent"] == 1001
-    # The admin listener closes at SIGTERM with the others, so the counter
-    # cannot be scraped after this point (it was 0 before).
+    # The held request keeps the admin listener answering: the drain's close
+    # moved the counter by exactly 1.
     assert before == 0
+    assert closes(gate, "/app/", "shutdown") == 1
     w.send_close(1001)
     w.close()
+    holder.close()
     assert gate.wait(8) == 0, gate.stderr()[-2000:]
 
 
@@ -683,10 +692,27 @@ def test_unknown_user_403(g, ups, user):
 
 # ============================================================ backpressure
 
-def test_backpressure_client_stops_reading(g, ups):
+@pytest.fixture(scope="module")
+def gnp(routes_file):
+    """A gateway without heartbeats: its timer never runs the relay's backstop
+    that resumes a paused leg, so a lost drain notification stalls the relay
+    for good (and the test fails) instead of being rescued 25 s later."""
+    gate = gw.Gateway({"GATEWAY_ROUTES_FILE": routes_file, "GATEWAY_WS_PING_INTERVAL": "0"})
+    yield gate
+    gate.stop()
+    problems = gate.check_exit("gateway")
+    assert not problems, "\n".join(problems)
+
+
+def test_backpressure_client_stops_reading(gnp, ups):
+    g = gnp
     n, size = 3200, 64 * 1024  # 200 MiB
     c = cid("bpd")
     w = g.ws(path="/app/bpd", headers={"X-Correlation-ID": c}, timeout=30)
+    # A large receive window lets the gateway's socket take a whole queue at
+    # once when the client reads again: a queue drained around its write
+    # event (fd623c7 undone) then never resumes the upstream.
+    w.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     echo_ok(w)
     time.sleep(0.2)
     base = gw.vm_rss_kb(g.pid)
@@ -739,7 +765,8 @@ def _masked_frame(opcode, payload):
     return head + b"\0\0\0\0" + payload
 
 
-def test_backpressure_upstream_stops_reading(g, ups):
+def test_backpressure_upstream_stops_reading(gnp, ups):
+    g = gnp
     n, size = 2048, 64 * 1024  # 128 MiB
     c = cid("bpu")
     resume = os.path.join(ups["dir"], f"resume-{c}")
@@ -1160,7 +1187,7 @@ def test_broken_routes_file_at_startup(tmp_path, text):
     r = gw.run_cli(["serve"], env={"GATEWAY_ROUTES_FILE": str(path),
                                    "GATEWAY_PUBLIC_HTTP_ADDR": f"127.0.0.1:{gw.free_port()}",
                                    "GATEWAY_ADMIN_HTTP_ADDR": "", "GATEWAY_AUTHENTICATED_GRPC_ADDR": ""})
-    assert r.returncode != 0
+    assert r.returncode == 1, r  # startup failed (README "Exit status")
     lines = [json.loads(l) for l in r.stderr.decode().splitlines() if l.startswith("{")]
     assert [l for l in lines if l.get("msg") == "startup failed"], r.stderr
 
@@ -1193,6 +1220,7 @@ def _ws_upstream_main(args):
         out.flush()
 
     async def process_request(path, headers):
+        emit(ev="request", path=path)
         if "/refuse" in path:
             return (http.HTTPStatus.FORBIDDEN, [("X-Refuse-Reason", "nope"), ("Set-Cookie", "r=1"), ("Keep-Alive", "timeout=9"),
                           ("Content-Type", "text/plain")], b"refused by upstream\n")

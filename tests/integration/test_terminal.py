@@ -97,9 +97,10 @@ def agent():
     yield factory
     for a in made:
         a.stop()
+    problems = []
     for a in made:
-        bad = [l for l in a.stderr().splitlines() if any(p in l for p in gw.SANITIZER_PATTERNS)]
-        assert not bad, "sanitizer report in agent stderr:\n" + a.stderr()[-6000:]
+        problems += a.check_exit("agent")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture(scope="module")
@@ -342,10 +343,16 @@ def test_tokens_not_in_logs_or_metrics(tgw, agent):
     assert ws.response.status == 101
     assert ws.subprotocol == SUBPROTO
     ws.close()
-    connect(tgw, "nolog", toks[0])  # replay
-    connect(tgw, "other", toks[1])  # mismatch
-    connect(tgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
-    time.sleep(0.2)
+    r1 = connect(tgw, "nolog", toks[0])  # replay
+    refused(tgw, r1, 403, "token_replayed")
+    r2 = connect(tgw, "other", toks[1])  # mismatch
+    refused(tgw, r2, 403, "allocation_mismatch")
+    r3 = connect(tgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
+    refused(tgw, r3, 400, "token_in_query")
+    # Every refusal has been logged before the logs are searched for tokens.
+    want = {corr_of(r) for r in (r1, r2, r3)}
+    gw.wait_until(lambda: want <= {l.get("correlation_id") for l in tgw.logs() if l.get("msg") == "terminal refused"},
+                  what="the three refusal lines")
     text = tgw.stderr() + tgw.admin_get("/metrics").body.decode()
     for t in toks:
         assert t not in text
@@ -368,8 +375,13 @@ def test_agent_refuses_without_or_with_wrong_secret(agent):
     assert ws.response.status == 403
     ws = wsraw.WS(a.port, path="/", expect_101=False, headers={"Authorization": f"Bearer {SECRET}"})
     assert ws.response.status == 101
+    # The agent serves connections in order: once the accepted one's session
+    # has started, any session a refused one started would be there too.
+    started = lambda: [l for l in a.logs() if l.get("msg") == "agent session started"]
+    gw.wait_until(started, what="the accepted connection's session")
     ws.close()
-    assert not [l for l in a.logs() if l.get("msg") == "agent session started" and False]
+    assert len(started()) == 1, started()
+    assert len(a.children()) <= 1, a.children()  # (the one shell, or none once it ended)
 
 
 def test_gateway_passes_agent_refusal(make_gateway, agent):
@@ -389,15 +401,13 @@ def test_agent_tcp_needs_secret(tmp_path):
     """Issue 8 item 3: any web page can open ws://127.0.0.1:PORT, so without
     a secret the agent refuses TCP altogether, loopback included: one line,
     exit 2."""
-    env = gw.base_env()
-    env.pop("GATEWAY_AGENT_SECRET", None)
     for addr in ("127.0.0.1:0", "[::1]:0", "localhost:0", "0.0.0.0:0", ":0", "[::]:0"):
-        r = subprocess.run([gw.wsgate_bin(), "agent", "--listen", addr], env=env, capture_output=True, timeout=10)
+        r = gw.run_cli(["agent", "--listen", addr])  # (base_env: no GATEWAY_AGENT_SECRET)
         assert r.returncode == 2, (addr, r)
         lines = r.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and "GATEWAY_AGENT_SECRET is required" in lines[0], (addr, r.stderr)
     # The default --listen is TCP too.
-    r = subprocess.run([gw.wsgate_bin(), "agent"], env=env, capture_output=True, timeout=10)
+    r = gw.run_cli(["agent"])
     assert r.returncode == 2 and b"GATEWAY_AGENT_SECRET is required" in r.stderr, r
 
 
@@ -528,6 +538,7 @@ def test_shell_has_no_inherited_fds(tgw, tmp_path):
         ws.close()
     finally:
         a.stop()
+    assert not a.check_exit("agent"), a.check_exit("agent")
 
 
 # ------------------------------------------------------------------ sessions
@@ -657,8 +668,9 @@ def test_agent_killed(tgw, agent):
     ws.send_binary(b"echo up-$((3*3))\n")
     read_until(ws, rb"up-9")
     shell = a.children()[0][0]
+    a.expect_exit = -signal.SIGKILL
     os.kill(a.pid, signal.SIGKILL)
-    a.proc.wait(5)
+    assert a.proc.wait(5) == -signal.SIGKILL
     f = ws.expect_close(timeout=10)
     assert f.close_code == 1014, f
     close = tgw.ws_close_log(corr_of(ws), timeout=10)
@@ -719,15 +731,27 @@ def test_flow_control_bounded_memory(agent):
     read_until(ws, rb"go-25")
     base = rss()
     ws.send_binary(b"yes flood-flood-flood-flood-flood-flood\n")
-    time.sleep(2.5)  # not reading: the agent must stop reading the PTY
-    grown = rss() - base
-    assert grown < 40 * 1024, f"agent RSS grew {grown} KiB while the client did not read"
     shell = [p for p, _ in a.children()][0]
-    kids = open(f"/proc/{shell}/task/{shell}/children").read().split()
-    assert kids, "yes is running"
-    with open(f"/proc/{kids[0]}/stat") as f:
-        state = f.read().rsplit(")", 1)[1].split()[0]
-    assert state == "S", f"yes should be blocked on the PTY, is {state}"
+    kids = gw.wait_until(lambda: open(f"/proc/{shell}/task/{shell}/children").read().split(), what="yes running")
+
+    def blocked():
+        # The client reads nothing, so the agent must stop reading the PTY:
+        # `yes` then sleeps (state S) with its written-bytes count frozen.
+        # (An agent that kept reading lets it write at full speed forever.)
+        def wchar():
+            with open(f"/proc/{kids[0]}/io") as f:
+                return int([l for l in f if l.startswith("wchar:")][0].split()[1])
+        w0 = wchar()
+        time.sleep(0.2)
+        with open(f"/proc/{kids[0]}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state == "S" and wchar() == w0
+    gw.wait_until(blocked, timeout=20, interval=0.05, what="yes blocked on the PTY")
+    grown = rss() - base
+    # The bound: what the socket buffers and the agent's own queue may hold
+    # is a few MiB; an agent reading `yes` unbounded passes 40 MiB in well
+    # under a second.
+    assert grown < 40 * 1024, f"agent RSS grew {grown} KiB while the client did not read"
     ws.reset()
 
 

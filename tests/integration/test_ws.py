@@ -439,7 +439,12 @@ def test_heartbeat_payloads_distinct(hb_gateway):
         if f.opcode == OP_PING:
             payloads.append(f.payload)
             w.send_frame(OP_PONG, f.payload)
-    assert len(payloads) == 2 and all(len(p) <= 125 for p in payloads)
+    assert len(payloads) == 2, payloads
+    # Each ping carries the gateway's clock in ms (8 bytes, big-endian): two
+    # pings an interval apart differ, the later one larger.
+    assert all(len(p) == 8 for p in payloads), payloads
+    assert payloads[0] != payloads[1], payloads
+    assert int.from_bytes(payloads[1], "big") > int.from_bytes(payloads[0], "big"), payloads
     w.close()
 
 

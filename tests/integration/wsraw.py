@@ -167,6 +167,21 @@ class HTTPResponse:
         return f"HTTPResponse({self.status} {self.reason!r} {self.headers!r} {self.body[:200]!r})"
 
 
+class Closure:
+    """What Conn.wait_closed saw: truth value = the peer closed in time;
+    .data = the bytes received (and not read before) up to then."""
+
+    def __init__(self, closed, data):
+        self.closed = closed
+        self.data = data
+
+    def __bool__(self):
+        return self.closed
+
+    def __repr__(self):
+        return f"Closure(closed={self.closed}, data={self.data[:200]!r}{'...' if len(self.data) > 200 else ''})"
+
+
 class Conn:
     """A TCP (optionally TLS) connection with a read buffer."""
 
@@ -225,17 +240,21 @@ class Conn:
             self._fill(deadline)
 
     def wait_closed(self, timeout=5.0):
-        """True when the peer closes TCP within the timeout (data before the
-        close is discarded)."""
+        """Reads until the peer closes TCP or the timeout passes. Returns a
+        Closure: true when the peer closed, with .data holding every byte
+        that was unread or arrived before the close (so a test can assert
+        nothing, e.g. a second response, came first)."""
         deadline = time.monotonic() + timeout
         try:
             while True:
-                self.buf.clear()
                 self._fill(deadline)
         except Closed:
-            return True
+            closed = True
         except Timeout:
-            return False
+            closed = False
+        data = bytes(self.buf)
+        self.buf.clear()
+        return Closure(closed, data)
 
     def read_response(self, timeout=5.0, head_only=False):
         """Reads one HTTP/1.1 response (Content-Length or chunked bodies; no

@@ -82,8 +82,9 @@ export async function startGateway({ env: extra = {}, tls = null } = {}) {
       req.on('timeout', () => req.destroy(new Error('timeout')));
       req.end();
     }),
-    // SIGTERM, SIGKILL after 10 s; resolves with the exit code; throws on
-    // sanitizer reports in stderr.
+    // SIGTERM; resolves with {code, sig}. Throws on a hang (still running
+    // 30 s after SIGTERM: killed, a shutdown budget of 3 s makes that a hang
+    // by a wide margin) and on sanitizer reports in stderr.
     stop: async () => {
       let res;
       if (proc.exitCode !== null || proc.signalCode !== null) {
@@ -91,9 +92,11 @@ export async function startGateway({ env: extra = {}, tls = null } = {}) {
       } else {
         const exited = new Promise((r) => proc.once('exit', (code, sig) => r({ code, sig })));
         proc.kill('SIGTERM');
-        const timer = setTimeout(() => proc.kill('SIGKILL'), 10000);
+        let hung = false;
+        const timer = setTimeout(() => { hung = true; proc.kill('SIGKILL'); }, 30000);
         res = await exited;
         clearTimeout(timer);
+        if (hung) throw new Error(`wsgate hung: still running 30 s after SIGTERM:\n${g.stderr().slice(-3000)}`);
       }
       const err = g.stderr();
       if (/ERROR: (Address|Leak)Sanitizer|runtime error:/.test(err)) {

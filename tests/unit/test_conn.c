@@ -137,8 +137,12 @@ static void test_waiting_queue_left_to_its_event(void)
      * behind its event's back. */
     gw_conn_cork_deferred(&c);
     gw_conn_write(&c, big, 100000);
+    /* Exactly the waiting bytes plus the new ones: not one byte went out
+     * around the event (neither the large write nor the deferred flush). */
+    is_int(gw_conn_queued(&c), before + 100000, "a large deferred write appends behind the waiting queue");
     spin();
-    ok(gw_conn_queued(&c) >= before, "queue waiting for its event is not drained around it");
+    is_int(gw_conn_queued(&c), before + 100000, "queue waiting for its event is not drained around it");
+    is_int(drain(peer, &reads), 0, "the peer received nothing before the event");
     ok(c.io.events & GW_EV_WRITE, "write interest still on: the event will drain and notify");
     /* The event path drains it. */
     for (int i = 0; i < 2000 && gw_conn_queued(&c); i++) {

@@ -680,7 +680,11 @@ static void test_handshake_timeout(void)
     uint64_t took = gw_mono_ms() - t0;
     is_int(res.r.kind, GW_WSC_CONNECT_TIMEOUT, "connect timeout kind");
     ok(strstr(res.r.text, "upgrade") != NULL, "text says the upgrade response is missing: %.120s", res.r.text);
-    ok(took >= 190 && took < 1500, "took about the timeout (%llu ms)", (unsigned long long)took);
+    /* Never before the timeout (10 ms of slack for the ms clock); that it
+     * fired at all, rather than the 3 s guard ending the run, is the bound
+     * above it (an event, not a threshold a loaded machine could miss). */
+    ok(took >= 190, "not before the timeout (%llu ms)", (unsigned long long)took);
+    is_int(timed_out, 0, "the 200 ms timeout ended the attempt, not the 3 s guard");
     is_int(s.got_request, 1, "the server did get the request");
     result_free(&res);
     spin(10);
@@ -709,8 +713,9 @@ static void test_tcp_connect_timeout(void)
     run(3000);
     ok(res.r.kind == GW_WSC_CONNECT_TIMEOUT, "connect timeout (kind %s: %.120s)", gw_wsc_end_str(res.r.kind),
        res.r.text);
-    ok(strstr(res.r.text, "TCP connect") != NULL || strstr(res.r.text, "upgrade") != NULL,
-       "text names the step: %.120s", res.r.text);
+    /* The step that timed out is the TCP connect (the upgrade has its own
+     * text, checked in test_handshake_timeout). */
+    is_str(res.r.text, "TCP connect did not complete in 300 ms", "text names the TCP connect step");
     result_free(&res);
     for (int i = 0; i < 8; i++)
         if (fillers[i] >= 0)
