@@ -29,6 +29,7 @@
 #include "config/config.h"
 #include "http/h1_parse.h"
 #include "loop/loop.h"
+#include "net/conn.h"
 #include "ws/ws_session.h"
 
 typedef struct gw_wsc gw_wsc;
