@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config/config.h"
+#include "net/addr.h"
 #include "http/h1_parse.h"
 #include "loop/loop.h"
 #include "net/conn.h"
