@@ -388,6 +388,7 @@ static void set_defaults(gw_config *c)
     c->drain_delay_ms = 5 * MS_PER_S;
     c->ws_ping_interval_ms = 25 * MS_PER_S;
     c->ws_pong_timeout_ms = 50 * MS_PER_S;
+    c->store_timeout_ms = 2 * MS_PER_S;
     c->ws_max_message_bytes = MIB;
     c->push_queue_limit = 1024;
     c->push_history_window_ms = 5 * MS_PER_M;
@@ -477,7 +478,8 @@ static int load_all(loader *L)
 
     /* Timing and limits */
     if (load_drain(L) || load_duration(L, "GATEWAY_WS_PING_INTERVAL", &c->ws_ping_interval_ms, 0) ||
-        load_duration(L, "GATEWAY_WS_PONG_TIMEOUT", &c->ws_pong_timeout_ms, 1))
+        load_duration(L, "GATEWAY_WS_PONG_TIMEOUT", &c->ws_pong_timeout_ms, 1) ||
+        load_duration(L, "GATEWAY_STORE_TIMEOUT", &c->store_timeout_ms, 1))
         return GW_ERR;
     if (c->ws_ping_interval_ms && c->ws_pong_timeout_ms < c->ws_ping_interval_ms) {
         char a[32], b[32];
@@ -596,6 +598,7 @@ const char gw_config_help[] =
     "                                                                        default is cut to that)\n"
     "  GATEWAY_WS_PING_INTERVAL                      25s                     WebSocket ping interval; 0 disables\n"
     "  GATEWAY_WS_PONG_TIMEOUT                       50s                     close when no pong by then\n"
+    "  GATEWAY_STORE_TIMEOUT                         2s                      a request waits this long for the store (503)\n"
     "                                                                        (not shorter than the ping interval)\n"
     "  GATEWAY_WS_MAX_MESSAGE_BYTES                  1MiB                    larger messages close with 1009\n"
     "                                                                        (125 bytes to 1GiB)\n"

@@ -31,6 +31,7 @@ typedef struct gw_config {
                                    * /readyz answers 503 while the listeners keep serving */
     uint64_t ws_ping_interval_ms; /* GATEWAY_WS_PING_INTERVAL, default 25s; 0 disables */
     uint64_t ws_pong_timeout_ms;  /* GATEWAY_WS_PONG_TIMEOUT, default 50s */
+    uint64_t store_timeout_ms;    /* GATEWAY_STORE_TIMEOUT, default 2s: how long a request waits for the store */
     uint64_t ws_max_message_bytes; /* GATEWAY_WS_MAX_MESSAGE_BYTES, default 1MiB */
     uint64_t push_queue_limit;    /* GATEWAY_PUSH_QUEUE_LIMIT, default 1024 */
     uint64_t push_history_window_ms; /* GATEWAY_PUSH_HISTORY_WINDOW, default 5m */
