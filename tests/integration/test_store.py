@@ -68,13 +68,14 @@ def test_store_deadline(make_gateway):
     g.wait_log(lambda l: l.get("msg") == "terminal token refused" and l.get("correlation_id") == "mint-deadline-1"
                and l.get("reason") == "service_unavailable")
 
-    # A client that leaves while its request waits.
-    c = wsraw.Conn("127.0.0.1", g.port, timeout=5)
-    c.send(b"GET /ws/terminal/dl-3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-           b"Sec-WebSocket-Protocol: wsgate.terminal.v1, " + b"B" * 43 + b"\r\n\r\n")
-    time.sleep(0.05)
-    c.close()
+    # Clients that leave while their request waits (FIN, and RST).
+    for leave in ("close", "reset"):
+        c = wsraw.Conn("127.0.0.1", g.port, timeout=5)
+        c.send(b"GET /ws/terminal/dl-3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Protocol: wsgate.terminal.v1, " + b"B" * 43 + b"\r\n\r\n")
+        time.sleep(0.05)
+        getattr(c, leave)()
 
     time.sleep(1.8)  # every late answer has come (and was dropped)
     assert g.get("/healthz").status == 200
