@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "agent/ring.h"
-#include "terminal/tokens.h"
+#include "store/tokens.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

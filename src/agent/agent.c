@@ -816,7 +816,7 @@ static size_t handle_request(agent_conn *a, const gw_http_req *req, size_t head_
                      accept, proto.n ? "Sec-WebSocket-Protocol: " : "", proto.n ? SUBPROTOCOL : "",
                      proto.n ? "\r\n" : "");
     gw_conn_write(&a->conn, resp, (size_t)n);
-    gw_ws_init(&a->ws, &a->conn, 1, &agent_handler, a, MAX_MSG);
+    gw_ws_init(&a->ws, &gw_conn_sink, &a->conn, 1, &agent_handler, a, MAX_MSG);
     a->phase = P_WS;
     a->opened_ms = gw_loop_now(A.loop);
     gw_timer_stop(A.loop, &a->timer);

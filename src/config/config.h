@@ -8,16 +8,7 @@
 #include <stdint.h>
 
 #include "log/log.h"
-
-/* A listen or upstream address: "HOST:PORT", ":PORT" (all interfaces),
- * "[v6]:PORT", or "unix:/path". */
-typedef struct gw_addr {
-    int set;             /* 0 when the variable was empty (listener off) */
-    int is_unix;
-    char host[256];      /* "" for all interfaces; no brackets for IPv6 */
-    uint16_t port;
-    char path[108];      /* unix socket path */
-} gw_addr;
+#include "net/addr.h"
 
 typedef struct gw_config {
     gw_addr public_addr;         /* GATEWAY_PUBLIC_HTTP_ADDR, default ":8080" */
@@ -40,6 +31,7 @@ typedef struct gw_config {
                                    * /readyz answers 503 while the listeners keep serving */
     uint64_t ws_ping_interval_ms; /* GATEWAY_WS_PING_INTERVAL, default 25s; 0 disables */
     uint64_t ws_pong_timeout_ms;  /* GATEWAY_WS_PONG_TIMEOUT, default 50s */
+    uint64_t store_timeout_ms;    /* GATEWAY_STORE_TIMEOUT, default 2s: how long a request waits for the store */
     uint64_t ws_max_message_bytes; /* GATEWAY_WS_MAX_MESSAGE_BYTES, default 1MiB */
     uint64_t push_queue_limit;    /* GATEWAY_PUSH_QUEUE_LIMIT, default 1024 */
     uint64_t push_history_window_ms; /* GATEWAY_PUSH_HISTORY_WINDOW, default 5m */
@@ -78,12 +70,8 @@ int gw_config_load(gw_config *c, const char *(*getenv_fn)(const char *name), cha
 int gw_parse_duration_ms(const char *s, uint64_t *out);
 /* "1048576", "64KiB", "1MiB", "1GiB", "10KB" (=10000), "1MB". */
 int gw_parse_size(const char *s, uint64_t *out);
-int gw_parse_addr(const char *s, gw_addr *out);
 int gw_parse_bool(const char *s, int *out);
-/* Formats an address for logs ("127.0.0.1:8080", "[::1]:8080", "unix:/p", ":8080"). */
-void gw_addr_format(const gw_addr *a, char *out, size_t cap);
-/* 1 for a unix socket or a loopback host (127.0.0.0/8, ::1, localhost). */
-int gw_addr_is_loopback(const gw_addr *a);
+/* (Addresses: gw_parse_addr and gw_addr_format are in net/addr.h.) */
 
 /* Calls fn for each variable of a feature not built yet (gRPC, Redis, push,
  * response signer) that is set to a non-empty value; returns their number.

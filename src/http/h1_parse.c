@@ -6,8 +6,10 @@
  * from the start, which bounds the work per call by max_head. */
 #include "http/h1_parse.h"
 
+#include <openssl/crypto.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/common.h"
 
 /* ------------------------------------------------------------------------ */
@@ -890,4 +892,53 @@ err:
     *len = out;
     *consumed = in;
     return GW_ERR;
+}
+
+/* ============================== request copy ================================ */
+
+static gw_str clone_str(gw_str v, char **at)
+{
+    if (!v.p)
+        return v;
+    memcpy(*at, v.p, v.n);
+    gw_str out = gw_str_make(*at, v.n);
+    *at += v.n;
+    return out;
+}
+
+/* Bytes of a copy of req (gw_h1_req_clone). */
+static size_t clone_size(const gw_http_req *req)
+{
+    size_t n = req->method.n + req->target.n + req->path.n + req->query.n + req->authority.n;
+    for (size_t i = 0; i < req->num_headers; i++)
+        n += req->headers[i].name.n + req->headers[i].value.n;
+    return sizeof *req + req->num_headers * sizeof(gw_http_header) + n + 1;
+}
+
+gw_http_req *gw_h1_req_clone(const gw_http_req *req)
+{
+    size_t hsize = req->num_headers * sizeof(gw_http_header);
+    gw_http_req *out = gw_malloc(clone_size(req));
+    gw_http_header *hdrs = (gw_http_header *)(out + 1);
+    char *at = (char *)hdrs + hsize;
+    *out = *req;
+    out->headers = hdrs;
+    out->method = clone_str(req->method, &at);
+    out->target = clone_str(req->target, &at);
+    out->path = clone_str(req->path, &at);
+    out->query = clone_str(req->query, &at);
+    out->authority = clone_str(req->authority, &at);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        hdrs[i].name = clone_str(req->headers[i].name, &at);
+        hdrs[i].value = clone_str(req->headers[i].value, &at);
+    }
+    return out;
+}
+
+void gw_h1_req_clone_free(gw_http_req *copy)
+{
+    if (!copy)
+        return;
+    OPENSSL_cleanse(copy, clone_size(copy));
+    gw_free(copy);
 }

@@ -47,6 +47,13 @@ typedef struct gw_http_resp {
     size_t num_headers;
 } gw_http_resp;
 
+/* A deep copy of req in one allocation (release with gw_free): its strings
+ * and headers point into the copy. For a request answered after its bytes
+ * left the input buffer (a request waiting for a store). */
+gw_http_req *gw_h1_req_clone(const gw_http_req *req);
+/* Wipes (it may hold credentials) and frees a copy from gw_h1_req_clone. */
+void gw_h1_req_clone_free(gw_http_req *copy);
+
 /* Parses a request head at buf[0..len). headers must have room for
  * lim->max_headers entries. Returns the head's length including the final
  * CRLF CRLF (> 0); GW_AGAIN when the head is incomplete and within limits;

@@ -450,6 +450,12 @@ int gw_conn_write(gw_conn *c, const void *p, size_t n)
     return gw_conn_writev(c, &iov, 1);
 }
 
+static int sink_writev(void *io, const struct iovec *iov, int n) { return gw_conn_writev(io, iov, n); }
+
+static int sink_paused(void *io) { return (((gw_conn *)io)->flags & GW_CONN_F_PAUSED) != 0; }
+
+const gw_sink gw_conn_sink = {sink_writev, sink_paused, GW_CONN_OUT_MAX};
+
 int gw_conn_flush(gw_conn *c)
 {
     if (c->flags & GW_CONN_F_ERROR)

@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 
 #include "core/buf.h"
+#include "core/sink.h"
 #include "loop/loop.h"
 
 typedef struct gw_conn gw_conn;
@@ -90,6 +91,11 @@ void gw_conn_cork(gw_conn *c);
 void gw_conn_cork_deferred(gw_conn *c);
 int gw_conn_uncork(gw_conn *c);
 static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }
+
+/* The sink (core/sink.h) that writes through a gw_conn (io = the conn):
+ * gw_conn_writev, corking and deferral included; paused while the conn is
+ * paused (gw_conn_pause). A WebSocket session on a conn uses it. */
+extern const gw_sink gw_conn_sink;
 
 void gw_conn_want_read(gw_conn *c, int on);
 void gw_conn_pause(gw_conn *c, int paused);

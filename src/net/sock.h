@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "config/config.h"
+#include "net/addr.h"
 
 /* Creates a nonblocking, close-on-exec listening socket on a. reuseport sets
  * SO_REUSEPORT (TCP only) so each worker can own one. Returns the fd or

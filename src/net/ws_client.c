@@ -650,7 +650,7 @@ static void start_refusal(gw_wsc *c, size_t head_len)
  * the bytes that came after the head. */
 static void open_session(gw_wsc *c, size_t head_len, const gw_http_resp *resp, const gw_pmd_params *pmd)
 {
-    gw_ws_init(&c->ws, &c->conn, 0, &wsc_handler, c, c->max_msg);
+    gw_ws_init(&c->ws, &gw_conn_sink, &c->conn, 0, &wsc_handler, c, c->max_msg);
     c->ws_inited = 1;
     if (pmd && pmd->enabled)
         gw_ws_enable_pmd(&c->ws, pmd);

@@ -26,9 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config/config.h"
+#include "net/addr.h"
 #include "http/h1_parse.h"
 #include "loop/loop.h"
+#include "net/conn.h"
 #include "ws/ws_session.h"
 
 typedef struct gw_wsc gw_wsc;

@@ -86,6 +86,11 @@ void gw_client_close(gw_client *c)
         gw_relay_pending_abort(c);
     if (c->proxy)
         gw_proxy_abort(c);
+    if (c->wait) {
+        const gw_client_wait_ops *ops = c->wait;
+        c->wait = NULL;
+        ops->abort(c, c->wait_data);
+    }
     c->phase = GW_PHASE_CLOSED;
     gw_timer_stop(c->w->loop, &c->timer);
     gw_conn_close(&c->conn);
@@ -171,6 +176,9 @@ void gw_client_arm(gw_client *c)
         /* The upstream side has its own timeouts; this is a backstop. */
         at = c->phase_ms + 3600000;
         break;
+    case GW_PHASE_WAIT:
+        at = c->wait_deadline_ms;
+        break;
     case GW_PHASE_FINISH:
         at = c->phase_ms + GW_LINGER_MS;
         break;
@@ -187,6 +195,13 @@ static void client_timer(gw_timer *t)
     switch (c->phase) {
     case GW_PHASE_WS:
         gw_ws_serve_timer(c);
+        return;
+    case GW_PHASE_WAIT:
+        if (now >= c->wait_deadline_ms) {
+            c->wait->deadline(c, c->wait_data);
+            return;
+        }
+        gw_client_arm(c);
         return;
     case GW_PHASE_PROXY:
         if (gw_proxy_body_pending(c)) {
@@ -230,8 +245,8 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
     while (off < n) {
         if (c->phase == GW_PHASE_WS)
             return off + gw_ws_serve_feed(c, p + off, n - off);
-        if (c->phase == GW_PHASE_UPSTREAM)
-            return off; /* kept until the upstream answers */
+        if (c->phase == GW_PHASE_UPSTREAM || c->phase == GW_PHASE_WAIT)
+            return off; /* kept until the upstream (or the store) answers */
         if (c->phase == GW_PHASE_PROXY) {
             size_t used = gw_proxy_feed(c, p + off, n - off);
             if (c->phase == GW_PHASE_PROXY || used == 0)
@@ -384,7 +399,7 @@ static void client_read(gw_client *c)
             size_t used = process(c, p, (size_t)r);
             if (used < (size_t)r &&
                 (c->phase == GW_PHASE_HTTP || c->phase == GW_PHASE_WS || c->phase == GW_PHASE_UPSTREAM ||
-                 c->phase == GW_PHASE_PROXY) &&
+                 c->phase == GW_PHASE_WAIT || c->phase == GW_PHASE_PROXY) &&
                 gw_buf_append(&c->conn.in, p + used, (size_t)r - used, max_input(c)) != GW_OK) {
                 gw_conn_uncork(&c->conn);
                 on_peer_gone(c, 0);
@@ -443,6 +458,43 @@ static void process_buffered(gw_client *c)
         gw_client_arm(c);
 }
 
+static void client_pending_task(gw_task *t);
+
+void gw_client_wait(gw_client *c, const gw_client_wait_ops *ops, void *data, uint64_t deadline_ms)
+{
+    c->phase = GW_PHASE_WAIT;
+    c->phase_ms = gw_loop_now(c->w->loop);
+    c->wait = ops;
+    c->wait_data = data;
+    c->wait_deadline_ms = deadline_ms;
+    gw_conn_pause(&c->conn, 1);
+    gw_client_arm(c);
+}
+
+void gw_client_wait_end(gw_client *c)
+{
+    if (c->phase != GW_PHASE_WAIT)
+        return;
+    c->wait = NULL;
+    c->wait_data = NULL;
+    c->phase = GW_PHASE_HTTP;
+    c->phase_ms = gw_loop_now(c->w->loop);
+}
+
+void gw_client_resume(gw_client *c)
+{
+    if (c->phase != GW_PHASE_HTTP)
+        return;
+    if (c->close_after) {
+        gw_client_finish(c);
+        return;
+    }
+    gw_conn_pause(&c->conn, 0);
+    c->task.fn = client_pending_task;
+    gw_loop_pending(c->w->loop, &c->task);
+    gw_client_arm(c);
+}
+
 static void client_pending_task(gw_task *t)
 {
     gw_client *c = gw_container_of(t, gw_client, task);
@@ -483,7 +535,8 @@ static void client_io(gw_io *io, uint32_t events)
                 gw_relay_client_drained(c);
             if (c->proxy)
                 gw_proxy_client_drained(c);
-            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_UPSTREAM && c->phase != GW_PHASE_PROXY &&
+            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_UPSTREAM && c->phase != GW_PHASE_WAIT &&
+                c->phase != GW_PHASE_PROXY &&
                 !(c->wsc && c->wsc->up && gw_wsc_queued(c->wsc->up) > GW_OUT_HIGH)) {
                 gw_conn_pause(&c->conn, 0);
                 /* Input may be waiting in our buffer: process it again. */
@@ -527,6 +580,7 @@ void gw_client_drain(gw_client *c)
         }
         break;
     case GW_PHASE_PROXY:
+    case GW_PHASE_WAIT:
         c->close_after = 1; /* the exchange finishes, then the connection closes */
         break;
     case GW_PHASE_TLS:

@@ -562,14 +562,15 @@ static void down_message(gw_ws *ws, int opcode, uint8_t *p, size_t n)
     if (!wsc->up)
         return;
     gw_ws *uws = gw_wsc_ws(wsc->up);
-    if (uws)
-        gw_conn_cork_deferred(uws->conn);
+    gw_conn *uc = uws ? uws->io : NULL; /* the client's session writes to its conn (gw_conn_sink) */
+    if (uc)
+        gw_conn_cork_deferred(uc);
     gw_wsc_send(wsc->up, opcode, p, n);
-    if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH && uws) {
+    if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH && uc) {
         /* What stays queued has write interest, whose event (up_drain)
          * resumes us; a queue already waiting for it is left to it. */
-        if (!(uws->conn->io.events & GW_EV_WRITE))
-            gw_conn_flush(uws->conn);
+        if (!(uc->io.events & GW_EV_WRITE))
+            gw_conn_flush(uc);
         if (gw_wsc_queued(wsc->up) > GW_OUT_HIGH)
             gw_conn_pause(&c->conn, 1);
     }

@@ -30,6 +30,7 @@ enum gw_client_phase {
     GW_PHASE_UPSTREAM, /* upgrade received; waiting for the upstream's answer (reads paused) */
     GW_PHASE_WS,      /* WebSocket session */
     GW_PHASE_PROXY,   /* an HTTP request is being proxied (proxy.c) */
+    GW_PHASE_WAIT,    /* a request waits for an asynchronous answer (a store), reads paused, with a deadline */
     GW_PHASE_FINISH,  /* flushing our last bytes, then lingering for the peer's FIN */
     GW_PHASE_CLOSED,  /* socket closed, freed after the batch */
 };
@@ -66,6 +67,18 @@ enum { GW_FIRST_NONE = 0, GW_FIRST_DOWNSTREAM, GW_FIRST_UPSTREAM, GW_FIRST_GATEW
 typedef struct gw_relay_pending gw_relay_pending;
 typedef struct gw_proxy gw_proxy;
 
+/* A request waiting in GW_PHASE_WAIT (see gw_client_wait). */
+struct gw_client;
+typedef struct gw_client_wait_ops {
+    /* The deadline passed before the answer: answer the client (503,
+     * envelope, log line with correlation_id), cancel the operation, free
+     * data, then call gw_client_wait_end and gw_client_resume. */
+    void (*deadline)(struct gw_client *c, void *data);
+    /* The connection ends while waiting: cancel the operation, free data
+     * (no answer can be written any more). */
+    void (*abort)(struct gw_client *c, void *data);
+} gw_client_wait_ops;
+
 typedef struct gw_client {
     gw_conn conn;
     gw_worker *w;
@@ -81,6 +94,9 @@ typedef struct gw_client {
     gw_wsconn *wsc;        /* set in GW_PHASE_WS */
     gw_relay_pending *pending; /* set in GW_PHASE_UPSTREAM */
     gw_proxy *proxy;       /* set in GW_PHASE_PROXY */
+    const gw_client_wait_ops *wait; /* set in GW_PHASE_WAIT, with wait_data and wait_deadline_ms */
+    void *wait_data;
+    uint64_t wait_deadline_ms;
     char ip[46];           /* peer address, for logs */
     char *norm_path;       /* the current request's path with dot segments removed (when it had any) */
 } gw_client;
@@ -157,6 +173,20 @@ void gw_client_close(gw_client *c);
 void gw_client_finish(gw_client *c);
 void gw_client_drain(gw_client *c);
 void gw_client_arm(gw_client *c);
+/* Parks the connection in GW_PHASE_WAIT until the waiter's answer comes or
+ * deadline_ms (monotonic) passes: reads stay paused (pipelined bytes wait in
+ * conn.in), the deadline and the connection's end go to ops. A handler that
+ * parks returns GW_DONE; the request it answers later must be copied (its
+ * bytes leave conn.in when the handler returns). */
+void gw_client_wait(gw_client *c, const gw_client_wait_ops *ops, void *data, uint64_t deadline_ms);
+/* The answer came (or the deadline passed): back to GW_PHASE_HTTP. The
+ * waiter then writes its response or changes phase (an upgrade), and calls
+ * gw_client_resume. */
+void gw_client_wait_end(gw_client *c);
+/* After a response written outside the read path: finishes the connection
+ * when it must close, else resumes reading (buffered input first). Does
+ * nothing when the connection left GW_PHASE_HTTP. */
+void gw_client_resume(gw_client *c);
 
 /* http_serve.c */
 #define GW_SMALL_BODY_MAX (1024u * 1024) /* bodies of the gateway's own endpoints, read whole */

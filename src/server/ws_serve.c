@@ -33,7 +33,7 @@ gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *tab
     wsc->opened_ms = wsc->last_seen_ms = wsc->last_msg_ms = wsc->last_ping_ms = now;
     snprintf(wsc->corr, sizeof wsc->corr, "%s", corr);
     snprintf(wsc->user, sizeof wsc->user, "%s", user && user[0] ? user : "-");
-    gw_ws_init(&wsc->ws, &c->conn, 1, h, c, gw_srv.cfg.ws_max_message_bytes);
+    gw_ws_init(&wsc->ws, &gw_conn_sink, &c->conn, 1, h, c, gw_srv.cfg.ws_max_message_bytes);
     if (pmd && pmd->enabled)
         gw_ws_enable_pmd(&wsc->ws, pmd);
     gw_ws_set_inflate_budget(&wsc->ws, (uint32_t)gw_srv.cfg.ws_max_inflate_ratio);

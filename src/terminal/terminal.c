@@ -30,6 +30,7 @@
 #include "log/log.h"
 #include "metrics/metrics.h"
 #include "server/server.h"
+#include "store/store.h"
 
 const char gw_terminal_help[] =
     "Terminal gateway (read by the terminal module; see README):\n"
@@ -66,7 +67,9 @@ static asset assets[] = {
 };
 
 static struct {
-    gw_token_store *store;
+    gw_token_store *table;        /* the embedded token table */
+    gw_store *store;              /* the asynchronous store every request goes through */
+    uint64_t store_timeout_ms;    /* GATEWAY_STORE_TIMEOUT: a request waits this long for the store */
     char agent_auth[300];         /* "Authorization: Bearer <secret>\r\n" or "" */
     char ws_base[1024];           /* GATEWAY_PUBLIC_WS_BASE_URL without a trailing '/' */
     char token_url[1024];         /* GATEWAY_TERMINAL_TOKEN_URL */
@@ -83,7 +86,8 @@ static struct {
 static const char *const reasons[] = {"missing_token",      "unknown_token",      "expired_token",
                                       "token_replayed",     "allocation_mismatch", "token_in_query",
                                       "invalid_allocation_id", "invalid_subprotocol", "token_store_unavailable",
-                                      "upstream_unavailable", "upstream_refused", "upstream_not_allowed"};
+                                      "upstream_unavailable", "upstream_refused", "upstream_not_allowed",
+                                      "service_unavailable"};
 static gw_metric *m_rejected[GW_ARRAY_LEN(reasons)];
 
 static gw_metric *rejected_metric(const char *reason)
@@ -94,7 +98,65 @@ static gw_metric *rejected_metric(const char *reason)
     return NULL;
 }
 
-gw_token_store *gw_terminal_store(void) { return T.store; }
+gw_token_store *gw_terminal_store(void) { return T.table; }
+
+/* ============================ waiting for the store =========================
+ * A request whose answer needs the store waits in GW_PHASE_WAIT with a copy
+ * of its head; the store's callback (never inline: store.h) or the deadline
+ * ends the wait, whichever comes first; the other is then cancelled. */
+
+typedef struct term_wait term_wait;
+typedef void (*term_answer_fn)(term_wait *tw);
+
+struct term_wait {
+    gw_client *c;
+    gw_store_op *op;         /* the store operation in flight (NULL once answered) */
+    gw_http_req *req;        /* copy of the request head (gw_h1_req_clone) */
+    gw_req_ids ids;
+    uint64_t started_ms;
+    /* consume (the terminal route) */
+    const gw_route *route;
+    gw_route_table *table;   /* holds route alive */
+    char alloc[GW_TOKEN_ID_MAX + 1];
+    char token[GW_TOKEN_LEN + 1];
+    int wants_v1;
+    gw_token_result res;
+    gw_token_ctx t;
+    /* mint */
+    gw_token_ctx ctx;
+    unsigned ttl;
+    const char *source;
+    char minted[GW_TOKEN_LEN + 1];
+    int rc;
+};
+
+static term_wait *wait_new(gw_client *c, const gw_http_req *req, const gw_req_ids *ids)
+{
+    term_wait *tw = gw_calloc(1, sizeof *tw);
+    tw->c = c;
+    tw->req = gw_h1_req_clone(req);
+    tw->ids = *ids;
+    tw->started_ms = gw_loop_now(c->w->loop);
+    return tw;
+}
+
+static void wait_free(term_wait *tw)
+{
+    if (tw->op)
+        gw_store_cancel(T.store, tw->op);
+    if (tw->table)
+        gw_routes_unref(tw->table);
+    gw_h1_req_clone_free(tw->req); /* wiped: it holds the offered token */
+    OPENSSL_cleanse(tw, sizeof *tw);
+    gw_free(tw);
+}
+
+static void wait_abort(gw_client *c, void *data)
+{
+    GW_UNUSED(c);
+    wait_free(data);
+}
+
 
 int gw_terminal_id_ok(const char *s, size_t max, int user)
 {
@@ -260,9 +322,30 @@ static int upstream_allowed(const char *url)
     return ok;
 }
 
-/* Mints for ctx and answers 201 with the token's JSON. */
-static void mint_and_answer(gw_client *c, gw_http_req *req, const gw_req_ids *ids, gw_token_ctx *ctx, unsigned ttl,
-                            const char *source)
+static void answer_minted(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, gw_token_ctx *ctx,
+                          unsigned ttl, const char *source, char *tok);
+static void wait_deadline(gw_client *c, void *data);
+static const gw_client_wait_ops wait_ops = {wait_deadline, wait_abort};
+
+static void minted(void *ud, int rc)
+{
+    term_wait *tw = ud;
+    gw_client *c = tw->c;
+    tw->op = NULL;
+    gw_client_wait_end(c);
+    if (rc != GW_OK)
+        gw_http_error_ids(c, 503, "token_store_unavailable", "the token store cannot take more tokens", tw->req, NULL,
+                          &tw->ids);
+    else
+        answer_minted(c, tw->req, &tw->ids, &tw->ctx, tw->ttl, tw->source, tw->minted);
+    gw_client_resume(c);
+    wait_free(tw);
+}
+
+/* Mints for ctx and answers 201 with the token's JSON once the store kept
+ * it (the connection waits for the store). Returns what a handler returns. */
+static int mint_and_answer(gw_client *c, gw_http_req *req, const gw_req_ids *ids, gw_token_ctx *ctx, unsigned ttl,
+                           const char *source)
 {
     if (!upstream_allowed(ctx->upstream)) {
         gw_log_line *l = gw_log_begin(GW_LOG_WARN, "terminal token refused", ids->corr);
@@ -279,14 +362,21 @@ static void mint_and_answer(gw_client *c, gw_http_req *req, const gw_req_ids *id
                           "the upstream is not in the terminal route's agent_upstreams (default: loopback and unix "
                           "sockets only)",
                           req, NULL, ids);
-        return;
+        return GW_OK;
     }
-    char tok[GW_TOKEN_LEN + 1];
-    if (gw_token_mint(T.store, ctx, ttl, tok) != GW_OK) {
-        gw_http_error_ids(c, 503, "token_store_unavailable", "the token store cannot take more tokens", req, NULL,
-                          ids);
-        return;
-    }
+    term_wait *tw = wait_new(c, req, ids);
+    tw->ctx = *ctx;
+    tw->ttl = ttl;
+    tw->source = source;
+    tw->op = gw_store_mint(T.store, c->w->loop, &tw->ctx, ttl, tw->minted, minted, tw);
+    gw_client_wait(c, &wait_ops, tw, tw->started_ms + T.store_timeout_ms);
+    return GW_DONE;
+}
+
+/* Answers 201 with the minted token's JSON (tok is wiped). */
+static void answer_minted(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, gw_token_ctx *ctx,
+                          unsigned ttl, const char *source, char *tok)
+{
     char url[1400], exp[64], rn[700];
     ws_url(ctx->allocation_id, url, sizeof url);
     format_time(ctx->expires_at_ms, exp, sizeof exp);
@@ -297,7 +387,7 @@ static void mint_and_answer(gw_client *c, gw_http_req *req, const gw_req_ids *id
                           ctx->allocation_id);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    OPENSSL_cleanse(tok, sizeof tok);
+    OPENSSL_cleanse(tok, GW_TOKEN_LEN + 1);
     if (!body) {
         gw_http_error_ids(c, 500, "internal_error", "cannot encode the answer", req, NULL, ids);
         return;
@@ -329,8 +419,7 @@ static int admin_mint(gw_client *c, gw_http_req *req, const uint8_t *body, size_
         gw_http_error_ids(c, e.status, e.code, e.message, req, NULL, ids);
         return GW_OK;
     }
-    mint_and_answer(c, req, ids, &ctx, ttl, "admin");
-    return GW_OK;
+    return mint_and_answer(c, req, ids, &ctx, ttl, "admin");
 }
 
 /* The demo issuer: tokens for one allocation on one agent, for anyone who
@@ -382,8 +471,7 @@ static int demo_mint(gw_client *c, gw_http_req *req, const uint8_t *body, size_t
     snprintf(ctx.session_id, sizeof ctx.session_id, "%s", sid);
     if (!ctx.session_id[0])
         gw_rand_hex(ctx.session_id, 16);
-    mint_and_answer(c, req, ids, &ctx, GW_TOKEN_TTL_DEFAULT_S, "demo");
-    return GW_OK;
+    return mint_and_answer(c, req, ids, &ctx, GW_TOKEN_TTL_DEFAULT_S, "demo");
 }
 
 /* ================================ the page ================================== */
@@ -616,6 +704,8 @@ static void agent_result(const gw_relay_result *res)
     gw_log_end(l);
 }
 
+static void consumed(void *ud, gw_token_result res, const gw_token_ctx *t);
+
 static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids)
 {
     /* The allocation id: the path after the route's prefix. */
@@ -669,16 +759,37 @@ static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_tab
                       "offer exactly one token, alone or after wsgate.terminal.v1", alloc, NULL);
     }
 
-    gw_token_ctx t;
-    char token[GW_TOKEN_LEN + 1] = "";
+    term_wait *tw = wait_new(c, req, ids);
+    tw->route = r;
+    tw->table = table;
+    gw_routes_ref(table);
+    snprintf(tw->alloc, sizeof tw->alloc, "%s", alloc);
     if (tok.n == GW_TOKEN_LEN) {
-        memcpy(token, tok.p, tok.n);
-        token[tok.n] = '\0';
+        memcpy(tw->token, tok.p, tok.n);
+        tw->token[tok.n] = '\0';
     }
-    gw_token_result res = gw_token_consume(T.store, tok.p, tok.n, alloc, &t);
+    tw->wants_v1 = wants_v1;
+    tw->op = gw_store_consume(T.store, c->w->loop, tok.p, tok.n, alloc, consumed, tw);
     OPENSSL_cleanse(offered, sizeof offered);
+    gw_client_wait(c, &wait_ops, tw, tw->started_ms + T.store_timeout_ms);
+    return GW_DONE;
+}
+
+/* The store answered the consume: refuse, or dial the token's agent. */
+static int serve_consumed(gw_client *c, term_wait *tw)
+{
+    gw_http_req *req = tw->req;
+    const gw_route *r = tw->route;
+    gw_route_table *table = tw->table;
+    const gw_req_ids *ids = &tw->ids;
+    const char *alloc = tw->alloc;
+    char *token = tw->token;
+    int wants_v1 = tw->wants_v1;
+    gw_token_result res = tw->res;
+    gw_token_ctx t = tw->t;
+    OPENSSL_cleanse(&tw->t, sizeof tw->t);
     if (res != GW_TOKEN_OK) {
-        OPENSSL_cleanse(token, sizeof token);
+        OPENSSL_cleanse(token, GW_TOKEN_LEN + 1);
         switch (res) {
         case GW_TOKEN_EXPIRED:
             return refuse(c, req, r, ids, 401, "expired_token", "the terminal token has expired", alloc, &t);
@@ -698,12 +809,12 @@ static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_tab
     gw_wsc_target target;
     char perr[160];
     if (gw_wsc_parse_url(t.upstream, &target, perr, sizeof perr) != GW_OK) {
-        OPENSSL_cleanse(token, sizeof token);
+        OPENSSL_cleanse(token, GW_TOKEN_LEN + 1);
         return refuse(c, req, r, ids, 502, "upstream_unavailable", "the token's agent URL is unusable", alloc, &t);
     }
     /* Checked at mint time too; the routes may have been reloaded since. */
     if (!gw_route_agent_allowed(r, &target)) {
-        OPENSSL_cleanse(token, sizeof token);
+        OPENSSL_cleanse(token, GW_TOKEN_LEN + 1);
         return refuse(c, req, r, ids, 403, "upstream_not_allowed",
                       "the token's agent is not in this route's agent_upstreams", alloc, &t);
     }
@@ -747,11 +858,53 @@ static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_tab
     }
     int rc = gw_relay_ws_start(c, &to_agent, r, table, ids, &o);
     gw_free(keep);
-    OPENSSL_cleanse(token, sizeof token);
+    OPENSSL_cleanse(token, GW_TOKEN_LEN + 1);
     OPENSSL_cleanse(hdrs, sizeof hdrs);
+    OPENSSL_cleanse(&t, sizeof t);
     if (rc == GW_OK)
         return GW_DONE;
     return refuse(c, req, r, ids, 502, "upstream_unavailable", "the agent could not be reached", alloc, &t);
+}
+
+
+static void consumed(void *ud, gw_token_result res, const gw_token_ctx *t)
+{
+    term_wait *tw = ud;
+    gw_client *c = tw->c;
+    tw->op = NULL;
+    tw->res = res;
+    tw->t = *t;
+    gw_client_wait_end(c);
+    serve_consumed(c, tw);
+    gw_client_resume(c);
+    wait_free(tw);
+}
+
+/* The store did not answer in time: 503, and its late answer (a consumed
+ * token's context, maybe) is cancelled, dropped and wiped. */
+static void wait_deadline(gw_client *c, void *data)
+{
+    term_wait *tw = data;
+    gw_store_cancel(T.store, tw->op);
+    tw->op = NULL;
+    gw_client_wait_end(c);
+    if (tw->route) {
+        refuse(c, tw->req, tw->route, &tw->ids, 503, "service_unavailable", "the token store did not answer in time",
+               tw->alloc, NULL);
+    } else {
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "terminal token refused", tw->ids.corr);
+        if (l) {
+            gw_log_str(l, "reason", "service_unavailable", 0);
+            gw_log_str(l, "source", tw->source, 0);
+            gw_log_int(l, "waited_ms", (int64_t)(gw_loop_now(c->w->loop) - tw->started_ms), 0);
+            gw_log_str(l, "ip", c->ip, GW_LOG_JSON_ONLY);
+            gw_log_end(l);
+        }
+        gw_http_error_ids(c, 503, "service_unavailable", "the token store did not answer in time", tw->req, NULL,
+                          &tw->ids);
+    }
+    gw_client_resume(c);
+    wait_free(tw);
 }
 
 /* ================================== init ==================================== */
@@ -786,7 +939,19 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
 
     /* Redis (GATEWAY_REDIS_MASTER_ADDR) will provide its own store behind
      * the same interface; until then tokens live in this process. */
-    T.store = gw_token_store_embedded(NULL, 0);
+    T.table = gw_token_store_embedded(NULL, 0);
+    /* GATEWAY_TEST_STORE_DELAY (tests only): the embedded store answers
+     * that late, as a slow remote store would. */
+    uint64_t delay = 0;
+    const char *dv = getenv("GATEWAY_TEST_STORE_DELAY");
+    if (dv && dv[0] && gw_parse_duration_ms(dv, &delay) != GW_OK) {
+        snprintf(err, errcap, "GATEWAY_TEST_STORE_DELAY: \"%s\" is not a duration", dv);
+        gw_token_store_free(T.table);
+        T.table = NULL;
+        return GW_ERR;
+    }
+    T.store = gw_store_embedded(T.table, delay);
+    T.store_timeout_ms = cfg->store_timeout_ms;
 
     static const char events_help[] = "Terminal WebSocket handshakes by outcome and reason";
     T.m_accepted = gw_metric_get("terminal_gateway_ws_events_total", GW_METRIC_COUNTER, events_help,
@@ -827,8 +992,10 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
 
 void gw_terminal_shutdown(void)
 {
-    gw_token_store_free(T.store);
+    gw_store_free(T.store);
     T.store = NULL;
+    gw_token_store_free(T.table);
+    T.table = NULL;
     for (size_t i = 0; i < GW_ARRAY_LEN(assets); i++) {
         gw_free(assets[i].data);
         assets[i].data = NULL;

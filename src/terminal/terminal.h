@@ -20,7 +20,7 @@
 #include <stddef.h>
 
 #include "config/config.h"
-#include "terminal/tokens.h"
+#include "store/tokens.h"
 
 #define GW_TERMINAL_SUBPROTOCOL "wsgate.terminal.v1"
 

@@ -30,10 +30,12 @@ static _Thread_local gw_buf scratch_in;
 static _Thread_local gw_buf scratch_out;
 static uint8_t empty_payload[1];
 
-void gw_ws_init(gw_ws *ws, gw_conn *conn, int is_server, const gw_ws_handler *h, void *data, uint64_t max_msg)
+void gw_ws_init(gw_ws *ws, const gw_sink *sink, void *io, int is_server, const gw_ws_handler *h, void *data,
+                uint64_t max_msg)
 {
     memset(ws, 0, sizeof *ws);
-    ws->conn = conn;
+    ws->sink = sink;
+    ws->io = io;
     ws->is_server = (uint8_t)is_server;
     ws->h = h;
     ws->data = data;
@@ -72,21 +74,23 @@ static int send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p,
     if (ws->is_server) {
         size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, NULL);
         struct iovec iov[2] = {{hdr, hl}, {(void *)p, n}};
-        return gw_conn_writev(ws->conn, iov, n ? 2 : 1);
+        return ws->sink->writev(ws->io, iov, n ? 2 : 1);
     }
     /* Client frames are masked with a fresh unpredictable key (RFC 6455
      * section 5.3); the payload is copied so the caller's bytes stay intact. */
     uint8_t mask[4];
     gw_rand_bytes(mask, sizeof mask);
     size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, mask);
-    if (n == 0)
-        return gw_conn_write(ws->conn, hdr, hl);
+    if (n == 0) {
+        struct iovec iov = {hdr, hl};
+        return ws->sink->writev(ws->io, &iov, 1);
+    }
     scratch_out.head = scratch_out.len = 0;
-    if (gw_buf_append(&scratch_out, p, n, GW_CONN_OUT_MAX) != GW_OK)
+    if (gw_buf_append(&scratch_out, p, n, ws->sink->max_out) != GW_OK)
         return GW_ERR;
     gw_ws_mask(gw_buf_head(&scratch_out), n, mask, 0);
     struct iovec iov[2] = {{hdr, hl}, {gw_buf_head(&scratch_out), n}};
-    int rc = gw_conn_writev(ws->conn, iov, 2);
+    int rc = ws->sink->writev(ws->io, iov, 2);
     scratch_out.len = 0;
     return rc;
 }
@@ -106,7 +110,7 @@ int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n)
     ws->bytes_out += n;
     if (ws->pmd && n >= PMD_MIN_SIZE) {
         gw_buf z = {0};
-        if (gw_pmd_deflate(ws->pmd, p, n, &z, GW_CONN_OUT_MAX) != GW_OK) {
+        if (gw_pmd_deflate(ws->pmd, p, n, &z, ws->sink->max_out) != GW_OK) {
             gw_buf_release(&z);
             return GW_ERR;
         }
@@ -309,7 +313,7 @@ size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n)
     size_t off = 0;
     /* A paused connection decodes nothing more (backpressure): the check
      * runs before every frame, so a handler's pause takes effect at once. */
-    while (off < n && ws->state != GW_WS_CLOSED && !(ws->conn->flags & GW_CONN_F_PAUSED)) {
+    while (off < n && ws->state != GW_WS_CLOSED && !ws->sink->paused(ws->io)) {
         gw_ws_frame_hdr h;
         uint16_t code = 0;
         int hl = gw_ws_frame_parse_header(p + off, n - off, &h, &code);

@@ -20,7 +20,7 @@
 #include <sys/types.h>
 
 #include "core/buf.h"
-#include "net/conn.h"
+#include "core/sink.h"
 #include "ws/pmd.h"
 #include "ws/utf8.h"
 #include "ws/ws_frame.h"
@@ -62,7 +62,8 @@ extern const char gw_cause_inflate_budget[];
 #define GW_WS_INFLATE_SLACK (1024u * 1024) /* inflated bytes allowed beyond the ratio */
 
 struct gw_ws {
-    gw_conn *conn;
+    const gw_sink *sink;     /* where frames go (see core/sink.h) */
+    void *io;                /* the sink's context (the server's: a gw_conn) */
     const gw_ws_handler *h;
     void *data;              /* the owner's */
     gw_pmd *pmd;             /* NULL unless permessage-deflate was negotiated */
@@ -86,8 +87,9 @@ struct gw_ws {
     uint64_t z_in, z_out;
 };
 
-/* Initialises ws on conn. max_msg bounds a message (after inflation). */
-void gw_ws_init(gw_ws *ws, gw_conn *conn, int is_server, const gw_ws_handler *h, void *data, uint64_t max_msg);
+/* Initialises ws writing to sink with context io. max_msg bounds a message
+ * (after inflation). */
+void gw_ws_init(gw_ws *ws, const gw_sink *sink, void *io, int is_server, const gw_ws_handler *h, void *data, uint64_t max_msg);
 /* Enables permessage-deflate with negotiated parameters. */
 void gw_ws_enable_pmd(gw_ws *ws, const gw_pmd_params *p);
 void gw_ws_free(gw_ws *ws);
@@ -106,15 +108,15 @@ void gw_ws_set_inflate_budget(gw_ws *ws, uint32_t ratio);
  * a partial frame are already unmasked and validated (ws->cur_done) so the
  * work is not repeated.
  *
- * Backpressure: while ws->conn is paused (gw_conn_pause, GW_CONN_F_PAUSED),
- * no further frame is decoded: a handler that pauses the connection from
+ * Backpressure: while the sink says paused (for gw_conn_sink: the conn is
+ * paused, gw_conn_pause), no further frame is decoded: a handler that pauses the connection from
  * on_message stops the feed right after that message, and a feed on a
  * paused connection consumes nothing. Nothing is inflated or delivered for
  * a paused connection; its undecoded bytes stay with the caller. */
 size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n);
 
 /* Sends a whole message (text/binary; compressed when negotiated and worth
- * it). GW_OK or GW_ERR (connection dead or over its output cap). */
+ * it). GW_OK or GW_ERR (sink dead or over its output cap). */
 int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n);
 /* Sends one raw frame (for relays and fragmented sends); no compression. */
 int gw_ws_send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n);

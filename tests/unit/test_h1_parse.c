@@ -854,9 +854,29 @@ static void test_origin_form(void)
     }
 }
 
+/* gw_h1_req_clone: a copy that outlives the input buffer. */
+static void test_req_clone(void)
+{
+    char buf[] = "GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Protocol: p, tok\r\n\r\n";
+    gw_http_header hdrs[MAXH];
+    gw_http_req req;
+    int st = 0;
+    ok(gw_h1_parse_request(buf, strlen(buf), &req, hdrs, &dflt, &st) > 0, "parsed");
+    gw_http_req *c = gw_h1_req_clone(&req);
+    memset(buf, 'z', sizeof buf - 1); /* the input buffer is reused */
+    ok(gw_str_eq(c->method, "GET") && gw_str_eq(c->target, "/a/b?x=1") && gw_str_eq(c->path, "/a/b") &&
+           gw_str_eq(c->query, "x=1") && c->authority.n == 0 && c->minor_version == 1,
+       "request line copied");
+    ok(c->num_headers == 2 && gw_str_eq(c->headers[0].name, "Host") && gw_str_eq(c->headers[0].value, "h") &&
+           gw_str_eq(c->headers[1].value, "p, tok"),
+       "headers copied");
+    gw_h1_req_clone_free(c);
+}
+
 int main(void)
 {
     guard_init();
+    TEST_RUN(test_req_clone);
     TEST_RUN(test_valid_get);
     TEST_RUN(test_many_headers);
     TEST_RUN(test_pipelined);

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "terminal/tokens.h"
+#include "store/tokens.h"
 #include "test.h"
 
 static _Atomic uint64_t fake_now = 1700000000000ull;

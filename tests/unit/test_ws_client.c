@@ -159,7 +159,7 @@ static void srv_request(sconn *sc, const gw_http_req *req, size_t head_len)
                  accept, proto.n ? "Sec-WebSocket-Protocol: " : "", (int)proto.n, proto.n ? proto.p : "",
                  proto.n ? "\r\n" : "", pmd.enabled ? "Sec-WebSocket-Extensions: " : "", pmd.enabled ? ext : "",
                  pmd.enabled ? "\r\n" : "");
-    gw_ws_init(&sc->ws, &sc->conn, 1, &srv_handler, sc, 8u * 1024 * 1024);
+    gw_ws_init(&sc->ws, &gw_conn_sink, &sc->conn, 1, &srv_handler, sc, 8u * 1024 * 1024);
     if (pmd.enabled)
         gw_ws_enable_pmd(&sc->ws, &pmd);
     sc->ws_on = 1;

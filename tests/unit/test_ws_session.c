@@ -1,22 +1,42 @@
 /* Unit tests for ws/ws_session: the message engine fed by hand-built frames,
- * at every split point, with its output read back from a socketpair. */
-#include <fcntl.h>
+ * at every split point, with its output read back from a memory sink: bytes
+ * in, bytes out, no socket and no loop. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/common.h"
-#include "loop/loop.h"
-#include "net/conn.h"
+#include "core/sink.h"
 #include "ws/ws_session.h"
 #include "test.h"
 
-static gw_loop *L;
-static int peer;
-static gw_conn conn;
 static gw_ws ws;
+
+/* The memory sink: what the engine wrote, how many writev calls it made,
+ * whether the owner has paused decoding, and a switch to make it fail. */
+static gw_buf sunk;
+static size_t sunk_read; /* bytes of sunk already drained */
+static int sink_calls, sink_paused, sink_fail;
+
+static int mem_writev(void *io, const struct iovec *iov, int n)
+{
+    GW_UNUSED(io);
+    sink_calls++;
+    if (sink_fail)
+        return GW_ERR;
+    for (int i = 0; i < n; i++)
+        if (gw_buf_append(&sunk, iov[i].iov_base, iov[i].iov_len, 1 << 26) != GW_OK)
+            return GW_ERR;
+    return GW_OK;
+}
+
+static int mem_paused(void *io)
+{
+    GW_UNUSED(io);
+    return sink_paused;
+}
+
+static const gw_sink mem_sink = {mem_writev, mem_paused, 1 << 26};
 
 static uint8_t msgs[8][4096];
 static size_t msg_len[8];
@@ -37,36 +57,26 @@ static void on_msg(gw_ws *w, int opcode, uint8_t *p, size_t n)
     if (!no_echo)
         gw_ws_send(w, opcode, p, n); /* echo */
     if (pause_at && nmsgs == pause_at)
-        gw_conn_pause(w->conn, 1); /* as a relay does when the other leg is full */
+        sink_paused = 1; /* as a relay pauses the conn when the other leg is full */
 }
 
 static const gw_ws_handler handler = {on_msg, NULL};
 
-static void dummy_io(gw_io *io, uint32_t ev)
-{
-    GW_UNUSED(io);
-    GW_UNUSED(ev);
-}
-
 static void setup(int is_server, uint64_t max)
 {
-    int sv[2];
-    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
-    if (!L)
-        L = gw_loop_new();
-    gw_conn_init(&conn, L, sv[0], dummy_io);
-    peer = sv[1];
-    gw_ws_init(&ws, &conn, is_server, &handler, NULL, max);
+    gw_ws_init(&ws, &mem_sink, NULL, is_server, &handler, NULL, max);
     nmsgs = 0;
     no_echo = 0;
     pause_at = 0;
+    sink_calls = sink_paused = sink_fail = 0;
+    sunk.head = sunk.len = 0;
+    sunk_read = 0;
 }
 
 static void teardown(void)
 {
     gw_ws_free(&ws);
-    gw_conn_close(&conn);
-    close(peer);
+    gw_buf_release(&sunk);
 }
 
 /* Appends a client frame (masked unless mask == 0) to b. */
@@ -99,16 +109,13 @@ static size_t feed_split(const gw_buf *in, size_t split)
     return left;
 }
 
-/* Reads everything the engine wrote. */
-static size_t drain_peer(uint8_t *out, size_t cap)
+/* Reads what the engine wrote since the last drain (at most cap bytes). */
+static size_t drain_sink(uint8_t *out, size_t cap)
 {
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = read(peer, out + n, cap - n);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
+    size_t n = GW_MIN(cap, sunk.len - sunk_read);
+    if (n)
+        memcpy(out, gw_buf_head(&sunk) + sunk_read, n);
+    sunk_read += n;
     return n;
 }
 
@@ -126,7 +133,7 @@ static void test_single_and_splits(void)
         gw_buf_append(&copy, gw_buf_head(&in), in.len, 1 << 20);
         size_t left = feed_split(&copy, split);
         gw_buf_release(&copy);
-        size_t n = drain_peer(out, sizeof out);
+        size_t n = drain_sink(out, sizeof out);
         int good = left == 0 && nmsgs == 2 && msg_op[0] == GW_WS_OP_TEXT && msg_len[0] == 5 &&
                    memcmp(msgs[0], "Hello", 5) == 0 && msg_op[1] == GW_WS_OP_BINARY && msg_len[1] == 4 &&
                    memcmp(msgs[1], "abcd", 4) == 0;
@@ -143,7 +150,7 @@ static void expect_close(const char *what, gw_buf *in, size_t split, unsigned co
 {
     uint8_t out[512];
     feed_split(in, split);
-    size_t n = drain_peer(out, sizeof out);
+    size_t n = drain_sink(out, sizeof out);
     /* The last frame written must be a Close with code. */
     int found = 0;
     for (size_t i = 0; i + 3 < n; i++) {
@@ -224,7 +231,7 @@ static void test_fail_fast_utf8(void)
     size_t used = gw_ws_feed(&ws, gw_buf_head(&in), 4 + 4 + 20); /* hdr(2+2) + mask(4) + 20 */
     ok(used == 0 && ws.state == GW_WS_CLOSED, "invalid UTF-8 detected mid-frame");
     uint8_t out[64];
-    size_t n = drain_peer(out, sizeof out);
+    size_t n = drain_sink(out, sizeof out);
     ok(n >= 4 && out[0] == 0x88 && (out[2] << 8 | out[3]) == 1007, "Close 1007 sent");
     gw_buf_release(&in);
     teardown();
@@ -255,7 +262,7 @@ static void test_client_role_masks(void)
     setup(0, 1 << 20);
     is_int(gw_ws_send(&ws, GW_WS_OP_TEXT, (const uint8_t *)"masked!", 7), GW_OK, "client send");
     uint8_t out[64];
-    size_t n = drain_peer(out, sizeof out);
+    size_t n = drain_sink(out, sizeof out);
     ok(n == 2 + 4 + 7 && out[0] == 0x81 && (out[1] & 0x80) && (out[1] & 0x7f) == 7, "client frame has MASK bit");
     gw_ws_mask(out + 6, 7, out + 2, 0);
     is_mem(out + 6, 7, "masked!", 7, "unmasks to the payload");
@@ -283,7 +290,7 @@ static void test_deflate_roundtrip(void)
     ok(nmsgs == 1 && msg_len[0] == sizeof text && memcmp(msgs[0], text, sizeof text) == 0,
        "compressed text inflated and delivered");
     uint8_t out[1024];
-    size_t n = drain_peer(out, sizeof out);
+    size_t n = drain_sink(out, sizeof out);
     ok(n > 2 && (out[0] & 0x40) && (out[0] & 0x0f) == GW_WS_OP_TEXT, "echo is compressed (RSV1)");
     gw_buf plain = {0};
     uint16_t code = 0;
@@ -335,18 +342,18 @@ static void test_pause_stops_decoding(void)
     is_int((long long)ws.z_out, 1 << 20, "only that message was inflated");
     is_int((long long)ws.bytes_in, 1 << 20, "bytes_in counts that message only");
     uint8_t out[64];
-    is_int((long long)drain_peer(out, sizeof out), 0, "the ping behind the pause is not answered yet");
+    is_int((long long)drain_sink(out, sizeof out), 0, "the ping behind the pause is not answered yet");
     gw_buf_consume(&in, used);
     is_int((long long)gw_ws_feed(&ws, gw_buf_head(&in), in.len), 0, "a feed while paused consumes nothing");
     is_int(nmsgs, 1, "and delivers nothing");
     is_int((long long)ws.z_out, 1 << 20, "and inflates nothing");
-    gw_conn_pause(&conn, 0);
+    sink_paused = 0;
     pause_at = 0;
     used = gw_ws_feed(&ws, gw_buf_head(&in), in.len);
     is_int((long long)used, (long long)in.len, "after the pause ends the rest is consumed");
     is_int(nmsgs, 3, "both remaining messages delivered");
     ok(msg_len[1] == (1u << 20) && msg_len[2] == (1u << 20), "at their full size");
-    size_t n = drain_peer(out, sizeof out);
+    size_t n = drain_sink(out, sizeof out);
     ok(n == 4 && out[0] == 0x8a && out[1] == 2 && out[2] == 'p', "the ping is answered");
     gw_buf_release(&in);
     gw_pmd_free(client);
@@ -358,7 +365,7 @@ static void test_pause_stops_decoding(void)
 static unsigned read_close(char *reason, size_t cap)
 {
     static uint8_t out[1 << 16];
-    size_t n = drain_peer(out, sizeof out);
+    size_t n = drain_sink(out, sizeof out);
     for (size_t i = 0; i + 3 < n;) {
         size_t len = out[i + 1] & 0x7f, hl = 2;
         if (len == 126) {
@@ -445,6 +452,30 @@ static void test_inflate_budget(void)
     teardown();
 }
 
+/* The sink contract: one writev per frame (header and payload together, so
+ * a corking sink can batch frames without a system call each), a failing
+ * sink fails the send, and close attribution does not depend on the sink. */
+static void test_sink_contract(void)
+{
+    setup(1, 1 << 20);
+    no_echo = 1;
+    for (int i = 0; i < 3; i++)
+        is_int(gw_ws_send(&ws, GW_WS_OP_BINARY, (const uint8_t *)"abc", 3), GW_OK, "send %d", i);
+    is_int(gw_ws_ping(&ws, NULL, 0), GW_OK, "empty ping");
+    is_int(sink_calls, 4, "four frames, four writev calls");
+    uint8_t out[64];
+    static const uint8_t want[] = {0x82, 3, 'a', 'b', 'c', 0x82, 3, 'a', 'b', 'c', 0x82, 3, 'a', 'b', 'c', 0x89, 0};
+    size_t n = drain_sink(out, sizeof out);
+    is_mem(out, n, want, sizeof want, "the frames, in order");
+    sink_fail = 1;
+    is_int(gw_ws_send(&ws, GW_WS_OP_TEXT, (const uint8_t *)"x", 1), GW_ERR, "a failing sink fails the send");
+    sink_fail = 0;
+    is_int(gw_ws_close(&ws, 1001, "going_away", gw_cause_shutdown), GW_OK, "close");
+    ok(ws.state == GW_WS_CLOSE_SENT && ws.cause == gw_cause_shutdown && ws.close_sent == 1001,
+       "close attributed to its cause");
+    teardown();
+}
+
 int main(void)
 {
     TEST_RUN(test_single_and_splits);
@@ -456,6 +487,6 @@ int main(void)
     TEST_RUN(test_deflate_roundtrip);
     TEST_RUN(test_pause_stops_decoding);
     TEST_RUN(test_inflate_budget);
-    gw_loop_free(L);
+    TEST_RUN(test_sink_contract);
     return test_done();
 }

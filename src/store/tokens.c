@@ -1,5 +1,5 @@
 /* tokens.c: token minting and the embedded one-time token store. */
-#include "terminal/tokens.h"
+#include "store/tokens.h"
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -76,7 +76,7 @@ static uint64_t real_wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-int gw_token_mint(gw_token_store *s, gw_token_ctx *ctx, unsigned ttl_s, char *token_out)
+void gw_token_generate(gw_token_ctx *ctx, unsigned ttl_s, uint64_t now_ms, char *token_out, uint8_t hash[32])
 {
     if (ttl_s == 0)
         ttl_s = GW_TOKEN_TTL_DEFAULT_S;
@@ -86,9 +86,14 @@ int gw_token_mint(gw_token_store *s, gw_token_ctx *ctx, unsigned ttl_s, char *to
     gw_rand_bytes(raw, sizeof raw);
     gw_base64url_encode(raw, sizeof raw, token_out);
     OPENSSL_cleanse(raw, sizeof raw);
+    gw_token_hash(token_out, GW_TOKEN_LEN, hash);
+    ctx->expires_at_ms = now_ms + (uint64_t)ttl_s * 1000u;
+}
+
+int gw_token_mint(gw_token_store *s, gw_token_ctx *ctx, unsigned ttl_s, char *token_out)
+{
     uint8_t h[32];
-    gw_token_hash(token_out, GW_TOKEN_LEN, h);
-    ctx->expires_at_ms = s->now_ms() + (uint64_t)ttl_s * 1000u;
+    gw_token_generate(ctx, ttl_s, s->now_ms(), token_out, h);
     if (s->ops->put(s, h, ctx) != GW_OK) {
         OPENSSL_cleanse(token_out, GW_TOKEN_LEN);
         token_out[0] = '\0';

@@ -8,8 +8,10 @@
  * original expiry plus GW_TOKEN_TOMBSTONE_MARGIN_MS, so a second use is told
  * apart (GW_TOKEN_REPLAYED) from a token that never existed.
  *
- * Backends sit behind a small vtable (gw_token_store_ops) so a Redis store
- * (GETDEL plus a tombstone key, or one Lua script) can plug in next to the
+ * This is the synchronous token table (the embedded backend's engine,
+ * behind a small vtable, gw_token_store_ops). The gateway reaches tokens
+ * through the asynchronous store seam (store/store.h), which a Redis store
+ * (GETDEL plus a tombstone key, or one Lua script) implements next to the
  * embedded one. Every backend must pass tests/unit/test_tokens.c.
  *
  * Threading: a store is shared by every worker; its operations are
@@ -89,6 +91,11 @@ void gw_token_store_free(gw_token_store *s);
  * ttl_s (ttl_s 0: the default; clamped to [1, GW_TOKEN_TTL_MAX_S]). Only the
  * digest is stored. GW_OK or GW_ERR (store full or down). */
 int gw_token_mint(gw_token_store *s, gw_token_ctx *ctx, unsigned ttl_s, char *token_out);
+/* The first half of a mint: fresh random bytes, base64url into token_out,
+ * their digest into hash, ctx->expires_at_ms = now_ms + ttl (ttl_s as
+ * gw_token_mint). The caller stores hash (synchronously or through
+ * store/store.h). */
+void gw_token_generate(gw_token_ctx *ctx, unsigned ttl_s, uint64_t now_ms, char *token_out, uint8_t hash[32]);
 /* Consumes the token text tok[0..n). A string that cannot be a token
  * (length, alphabet) is GW_TOKEN_UNKNOWN without touching the store. */
 gw_token_result gw_token_consume(gw_token_store *s, const char *tok, size_t n, const char *allocation_id,

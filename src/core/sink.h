@@ -1,0 +1,26 @@
+/* sink.h: where a protocol engine's output goes (the seam between protocol
+ * code, which does no I/O, and the transport that does).
+ *
+ * A sink is an ops table plus the owner's context pointer, as wslay's
+ * send_callback plus user_data: the engine hands it whole frames as iovecs
+ * and asks it, before decoding each further input frame, whether its owner
+ * wants decoding to stop now (backpressure). The transport's own sink
+ * (gw_conn_sink, net/conn.h) queues into the connection's output buffer and
+ * keeps its corking, so the sink costs no system call per frame. */
+#ifndef GW_SINK_H
+#define GW_SINK_H
+
+#include <stddef.h>
+#include <sys/uio.h>
+
+typedef struct gw_sink {
+    /* Writes (or queues) all of iov[0..n) as one unit: GW_OK, or GW_ERR
+     * when the output is dead or would pass max_out. */
+    int (*writev)(void *io, const struct iovec *iov, int n);
+    /* Nonzero while the owner wants no further input decoded. */
+    int (*paused)(void *io);
+    /* Largest output the sink accepts at once (bounds the engine's scratch). */
+    size_t max_out;
+} gw_sink;
+
+#endif

@@ -1,0 +1,145 @@
+/* store.c: the asynchronous store seam and the embedded store (see store.h).
+ *
+ * The embedded store does the work at once on its in-process table (a
+ * consume is atomic there, as a Redis GETDEL is) and delivers the answer
+ * through the loop: queued to run before the loop next sleeps, or, with the
+ * test hook's delay, from a timer. Cancelling drops the queued answer and
+ * wipes the context it carried. */
+#include "store/store.h"
+
+#include <openssl/crypto.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/common.h"
+
+enum { OP_PUT, OP_CONSUME };
+
+struct gw_store_op {
+    gw_task task;   /* queued on loop (delay 0) */
+    gw_timer timer; /* armed on loop (test delay) */
+    gw_loop *loop;
+    int kind;
+    union {
+        gw_store_put_cb put;
+        gw_store_consume_cb consume;
+    } cb;
+    void *ud;
+    int rc;              /* put */
+    gw_token_result res; /* consume */
+    gw_token_ctx ctx;    /* consume: what the token granted (wiped on free) */
+};
+
+typedef struct embedded {
+    gw_store base;
+    gw_token_store *table;
+    uint64_t delay_ms;
+} embedded;
+
+static void op_free(gw_store_op *op)
+{
+    OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
+    gw_free(op);
+}
+
+static void op_run(gw_store_op *op)
+{
+    if (op->kind == OP_PUT)
+        op->cb.put(op->ud, op->rc);
+    else
+        op->cb.consume(op->ud, op->res, &op->ctx);
+    op_free(op);
+}
+
+static void op_task(gw_task *t) { op_run(gw_container_of(t, gw_store_op, task)); }
+static void op_timer(gw_timer *t) { op_run(gw_container_of(t, gw_store_op, timer)); }
+
+static gw_store_op *op_new(gw_loop *l, int kind, void *ud)
+{
+    gw_store_op *op = gw_calloc(1, sizeof *op);
+    op->loop = l;
+    op->kind = kind;
+    op->ud = ud;
+    op->task.fn = op_task;
+    gw_list_init(&op->task.node);
+    op->timer.cb = op_timer;
+    return op;
+}
+
+/* Delivers op's answer later, never inline (the contract in store.h). */
+static gw_store_op *op_post(embedded *e, gw_store_op *op)
+{
+    if (e && e->delay_ms)
+        gw_timer_start(op->loop, &op->timer, e->delay_ms);
+    else
+        gw_loop_pending(op->loop, &op->task);
+    return op;
+}
+
+static gw_store_op *emb_put(gw_store *s, gw_loop *l, const uint8_t hash[32], const gw_token_ctx *ctx,
+                            gw_store_put_cb cb, void *ud)
+{
+    embedded *e = (embedded *)s;
+    gw_store_op *op = op_new(l, OP_PUT, ud);
+    op->cb.put = cb;
+    op->rc = e->table->ops->put(e->table, hash, ctx);
+    return op_post(e, op);
+}
+
+static gw_store_op *emb_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], const char *allocation_id,
+                                gw_store_consume_cb cb, void *ud)
+{
+    embedded *e = (embedded *)s;
+    gw_store_op *op = op_new(l, OP_CONSUME, ud);
+    op->cb.consume = cb;
+    op->res = hash ? e->table->ops->consume(e->table, hash, allocation_id, &op->ctx) : GW_TOKEN_UNKNOWN;
+    return op_post(e, op);
+}
+
+static void emb_cancel(gw_store_op *op)
+{
+    if (!op)
+        return;
+    gw_task_cancel(&op->task);
+    if (gw_timer_active(&op->timer))
+        gw_timer_stop(op->loop, &op->timer);
+    op_free(op);
+}
+
+static void emb_free(gw_store *s) { gw_free(s); }
+
+static const gw_store_ops embedded_ops = {"embedded", emb_put, emb_consume, emb_cancel, emb_free};
+
+gw_store *gw_store_embedded(gw_token_store *table, uint64_t delay_ms)
+{
+    embedded *e = gw_calloc(1, sizeof *e);
+    e->base.ops = &embedded_ops;
+    e->base.now_ms = table->now_ms;
+    e->table = table;
+    e->delay_ms = delay_ms;
+    return &e->base;
+}
+
+void gw_store_free(gw_store *s)
+{
+    if (s)
+        s->ops->free(s);
+}
+
+gw_store_op *gw_store_mint(gw_store *s, gw_loop *l, gw_token_ctx *ctx, unsigned ttl_s, char *token_out,
+                           gw_store_put_cb cb, void *ud)
+{
+    uint8_t h[32];
+    gw_token_generate(ctx, ttl_s, s->now_ms(), token_out, h);
+    return s->ops->token_put(s, l, h, ctx, cb, ud);
+}
+
+gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n, const char *allocation_id,
+                              gw_store_consume_cb cb, void *ud)
+{
+    if (!gw_token_well_formed(tok, n))
+        return s->ops->token_consume(s, l, NULL, allocation_id, cb, ud);
+    uint8_t h[32];
+    gw_token_hash(tok, n, h);
+    return s->ops->token_consume(s, l, h, allocation_id, cb, ud);
+}

@@ -1,0 +1,87 @@
+/* store.h: the asynchronous store seam (DESIGN.md section 4; ARCHITECTURE.md
+ * "Stores are asynchronous").
+ *
+ * Every store operation completes through a callback, never by returning
+ * its answer: the embedded store answers at once and a Redis store (next:
+ * hiredis' async context attached to our loop, as hiredis' adapters/ae.h
+ * attaches to Redis' ae loop) answers a round trip later, through the same
+ * path. A backend is an ops table; each operation takes the calling worker's
+ * loop, a callback and its user data, and returns a handle (never NULL) that
+ * cancels it.
+ *
+ * Contract, for every backend:
+ *  - The callback runs on the loop passed in (the caller's worker thread),
+ *    exactly once, and NEVER inline from the call that started the
+ *    operation: the embedded store queues it to run before the loop next
+ *    sleeps (gw_loop_pending), so the caller may finish setting up its wait
+ *    phase after the call without re-entrancy surprises.
+ *  - gw_store_cancel(op) before the callback ran: the callback never runs,
+ *    and whatever the answer held (a consumed token's context) is wiped and
+ *    freed by the store when the answer comes, or at once. The operation
+ *    itself may already have taken effect (a consumed token stays consumed:
+ *    fail closed). The handle is invalid after the callback or the cancel.
+ *  - A store that cannot answer completes with GW_TOKEN_BACKEND_ERROR (or
+ *    GW_ERR for a put), through the callback as well.
+ *  - Stores are shared by every worker: operations are thread-safe.
+ *
+ * A caller waits for the answer in an explicit connection phase with a
+ * deadline (gw_client_wait, server.h); past the deadline it answers 503
+ * and cancels the operation. */
+#ifndef GW_STORE_H
+#define GW_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loop/loop.h"
+#include "store/tokens.h"
+
+typedef struct gw_store gw_store;
+typedef struct gw_store_op gw_store_op;
+
+/* A put (mint) finished: GW_OK, or GW_ERR (store full or unreachable). */
+typedef void (*gw_store_put_cb)(void *ud, int rc);
+/* A consume finished: res as gw_token_store_ops.consume; ctx (filled as it
+ * describes) is valid only during the call and wiped after it. */
+typedef void (*gw_store_consume_cb)(void *ud, gw_token_result res, const gw_token_ctx *ctx);
+
+typedef struct gw_store_ops {
+    const char *name; /* "embedded", "redis" */
+    /* Stores ctx (expires_at_ms set) under the token's digest. */
+    gw_store_op *(*token_put)(gw_store *s, gw_loop *l, const uint8_t hash[32], const gw_token_ctx *ctx,
+                              gw_store_put_cb cb, void *ud);
+    /* Atomically consumes the token under hash (allocation_id: see
+     * gw_token_store_ops.consume). hash NULL: the text cannot be a token;
+     * answer GW_TOKEN_UNKNOWN without asking the backend. */
+    gw_store_op *(*token_consume)(gw_store *s, gw_loop *l, const uint8_t hash[32], const char *allocation_id,
+                                  gw_store_consume_cb cb, void *ud);
+    /* Cancels an operation whose callback has not run (see the contract). */
+    void (*cancel)(gw_store_op *op);
+    void (*free)(gw_store *s);
+} gw_store_ops;
+
+struct gw_store {
+    const gw_store_ops *ops;
+    uint64_t (*now_ms)(void); /* the store's wall clock (ms since the epoch): token expiries use it */
+};
+
+/* The embedded store: answers from the in-process token table (not owned;
+ * it must outlive the store) at once, through the loop (see the contract).
+ * delay_ms > 0 is a test hook: the answer is computed at once but delivered
+ * delay_ms later, as a slow remote store would (GATEWAY_TEST_STORE_DELAY). */
+gw_store *gw_store_embedded(gw_token_store *table, uint64_t delay_ms);
+void gw_store_free(gw_store *s);
+
+/* Mints a token for ctx (as gw_token_mint: fresh random bytes into
+ * token_out, ctx->expires_at_ms set) and stores its digest; cb tells
+ * whether the store kept it. token_out is written before the call returns. */
+gw_store_op *gw_store_mint(gw_store *s, gw_loop *l, gw_token_ctx *ctx, unsigned ttl_s, char *token_out,
+                           gw_store_put_cb cb, void *ud);
+/* Consumes the token text tok[0..n). A string that cannot be a token
+ * completes with GW_TOKEN_UNKNOWN without asking the backend (still through
+ * the loop, never inline). */
+gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n, const char *allocation_id,
+                              gw_store_consume_cb cb, void *ud);
+static inline void gw_store_cancel(gw_store *s, gw_store_op *op) { s->ops->cancel(op); }
+
+#endif
