@@ -950,6 +950,14 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
         T.table = NULL;
         return GW_ERR;
     }
+    if (delay) {
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "test hook set: the token store answers late", NULL);
+        if (l) {
+            gw_log_str(l, "variable", "GATEWAY_TEST_STORE_DELAY", 0);
+            gw_log_int(l, "delay_ms", (int64_t)delay, 0);
+            gw_log_end(l);
+        }
+    }
     T.store = gw_store_embedded(T.table, delay);
     T.store_timeout_ms = cfg->store_timeout_ms;
 

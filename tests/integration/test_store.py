@@ -18,6 +18,8 @@ def test_waits_for_a_late_store(make_gateway, agent):  # noqa: F811
     consume that lets a terminal through."""
     g = make_gateway(env={"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_TERMINAL_WEB_DIR": WEB_DIR,
                           "GATEWAY_TEST_STORE_DELAY": "300ms", "GATEWAY_STORE_TIMEOUT": "10s"})
+    warns = [l for l in g.logs() if l.get("variable") == "GATEWAY_TEST_STORE_DELAY"]
+    assert [(l["level"], l["delay_ms"]) for l in warns] == [("warn", 300)], warns
     a = agent()
     body = json.dumps(dict(allocation_id="late-1", upstream=a.url, user_id="alice")).encode()
     c = wsraw.Conn("127.0.0.1", g.admin_port, timeout=10)
