@@ -161,8 +161,24 @@ int gw_wsc_parse_url(const char *url, gw_wsc_target *t, char *err, size_t errcap
             sep = p;
         size_t n = sep ? (size_t)(sep - s) : strlen(s);
         if (n == 0 || n >= sizeof t->addr.path || s[0] != '/') {
-            snprintf(err, errcap, "bad unix socket path in \"%s\"", url);
+            snprintf(err, errcap, "bad unix socket path in \"%s\" (want an absolute path)", url);
             return GW_ERR;
+        }
+        /* The path is matched against agent_upstreams patterns as written:
+         * it must be the one file it names, without "." or ".." segments
+         * or an empty one ("//") that would lead a match elsewhere. */
+        for (size_t i = 0; i < n; i++) {
+            if (s[i] != '/')
+                continue;
+            size_t e = i + 1;
+            while (e < n && s[e] != '/')
+                e++;
+            size_t len = e - i - 1;
+            if ((len == 0 && e < n) || (len == 1 && s[i + 1] == '.') ||
+                (len == 2 && s[i + 1] == '.' && s[i + 2] == '.')) {
+                snprintf(err, errcap, "unix socket path in \"%s\" has an empty, \".\" or \"..\" segment", url);
+                return GW_ERR;
+            }
         }
         memcpy(t->addr.path, s, n);
         t->addr.path[n] = '\0';

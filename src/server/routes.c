@@ -238,7 +238,7 @@ static int pattern_match(const gw_agent_pattern *p, const gw_wsc_target *t)
 {
     const gw_addr *a = &t->addr;
     if (a->is_unix)
-        return p->kind == GW_AGENT_PAT_UNIX && fnmatch(p->path, a->path, 0) == 0;
+        return p->kind == GW_AGENT_PAT_UNIX && fnmatch(p->path, a->path, FNM_PATHNAME) == 0;
     if (p->kind == GW_AGENT_PAT_UNIX || (p->port >= 0 && p->port != a->port))
         return 0;
     uint8_t ip[16];

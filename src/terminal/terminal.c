@@ -284,7 +284,11 @@ static int parse_mint(const uint8_t *body, size_t n, gw_token_ctx *ctx, unsigned
     if (!upstream_ok(ctx->upstream)) {
         e->status = 400;
         e->code = "invalid_upstream";
-        snprintf(e->message, sizeof e->message, "upstream must be a ws://, wss:// or unix: URL");
+        if (strncmp(ctx->upstream, "unix:", 5) == 0)
+            snprintf(e->message, sizeof e->message,
+                     "a unix: upstream names its socket by an absolute path without \".\", \"..\" or empty segments");
+        else
+            snprintf(e->message, sizeof e->message, "upstream must be a ws://, wss:// or unix: URL");
         goto out;
     }
     json_t *t = json_object_get(o, "ttl_s");

@@ -861,6 +861,46 @@ def test_agent_upstreams_field_and_reload(make_gateway, recorder, tmp_path):
     assert line["resource_name"].endswith("gpuaas/allocation:al")
 
 
+def test_agent_upstreams_unix_glob_stays_in_its_directory(make_gateway, tmp_path):
+    """Review of issue 8, finding 1: `unix:DIR/agents/*` allowed
+    `unix:DIR/agents/../evil/x.sock` (201, then dialled with the agent
+    secret). A unix socket path with ".", ".." or empty segments is refused
+    at mint (400 invalid_upstream), and a glob's `*` never crosses a '/'."""
+    (tmp_path / "agents" / "sub").mkdir(parents=True)
+    (tmp_path / "evil").mkdir()
+    listeners = []
+    for p in ("evil/x.sock", "agents/sub/x.sock"):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(tmp_path / p))
+        s.listen(4)
+        s.setblocking(False)
+        listeners.append(s)
+    routes = str(tmp_path / "routes.json")
+    gw.write_routes(routes, [{"path": "/ws/terminal/", "kind": "terminal",
+                              "agent_upstreams": [f"unix:{tmp_path}/agents/*"]}])
+    g = make_gateway(env={"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_ROUTES_FILE": routes})
+    try:
+        for up in (f"unix:{tmp_path}/agents/../evil/x.sock", f"unix:{tmp_path}/agents/./../evil/x.sock",
+                   f"unix:{tmp_path}/agents//../evil/x.sock", f"unix:{tmp_path}/agents/..",
+                   f"unix:{tmp_path}/agents/../evil/x.sock:/ws/terminal/t1"):
+            r = mint(g, "t1", up)
+            assert r.status == 400, (up, r)
+            j = r.json()
+            assert j["code"] == "invalid_upstream" and "absolute path without" in j["message"], (up, j)
+        up = f"unix:{tmp_path}/agents/sub/x.sock"
+        r = mint(g, "t1", up)
+        assert r.status == 400 and r.json()["code"] == "upstream_not_allowed", r
+        g.wait_log(lambda l: l.get("msg") == "terminal token refused" and l.get("upstream") == up)
+        assert mint(g, "t1", f"unix:{tmp_path}/agents/a1.sock").status == 201
+        time.sleep(0.2)
+        for s in listeners:
+            with pytest.raises(BlockingIOError):
+                s.accept()  # never dialled
+    finally:
+        for s in listeners:
+            s.close()
+
+
 @pytest.mark.parametrize("addr", ["0.0.0.0:{}", ":{}", "[::]:{}", "10.255.255.1:{}"])
 def test_admin_listener_needs_token_unless_loopback(addr):
     port = gw.free_port()

@@ -69,6 +69,34 @@ static void test_patterns(void)
     is_int(allowed(&r, "unix:/run/a.sock"), 0, "empty allowlist: no unix either");
 }
 
+/* A unix: glob never crosses a '/' (FNM_PATHNAME), and a socket path with
+ * dot segments never reaches the match (review of issue 8, finding 1). */
+static void test_unix_glob_segments(void)
+{
+    gw_agent_pattern p[2];
+    char err[300];
+    is_int(gw_agent_pattern_parse("unix:/run/agents/*", &p[0], err, sizeof err), GW_OK, "glob parses");
+    is_int(gw_agent_pattern_parse("unix:/srv/a?/x.sock", &p[1], err, sizeof err), GW_OK, "? glob parses");
+    gw_route r = {0};
+    r.kind = GW_ROUTE_TERMINAL;
+    r.agents = p;
+    r.nagents = 2;
+    is_int(allowed(&r, "unix:/run/agents/a1.sock"), 1, "a socket in the directory");
+    is_int(allowed(&r, "unix:/run/agents/sub/a1.sock"), 0, "* does not match a subdirectory");
+    is_int(allowed(&r, "unix:/run/agents/../evil/x.sock"), -1, ".. refused when parsed");
+    is_int(allowed(&r, "unix:/run/agents//x.sock"), -1, "// refused when parsed");
+    is_int(allowed(&r, "unix:/srv/ab/x.sock"), 1, "? matches one character");
+    is_int(allowed(&r, "unix:/srv/a//x.sock"), -1, "? never stands for a /");
+    /* Straight through the matcher, past the parser: '/' is never a glob's. */
+    gw_wsc_target t = {0};
+    t.addr.is_unix = 1;
+    t.addr.set = 1;
+    snprintf(t.addr.path, sizeof t.addr.path, "/run/agents/x/../../evil/x.sock");
+    is_int(gw_route_agent_allowed(&r, &t), 0, "* never matches across '/'");
+    snprintf(t.addr.path, sizeof t.addr.path, "/srv/a//x.sock");
+    is_int(gw_route_agent_allowed(&r, &t), 0, "? never matches a '/'");
+}
+
 static void test_bad_patterns(void)
 {
     static const char *const bad[] = {"",           "host",          "host:",         "host:0",       "host:65536",
@@ -128,6 +156,7 @@ static void test_routes_file(void)
 int main(void)
 {
     TEST_RUN(test_default_loopback_and_unix);
+    TEST_RUN(test_unix_glob_segments);
     TEST_RUN(test_patterns);
     TEST_RUN(test_bad_patterns);
     TEST_RUN(test_routes_file);

@@ -481,6 +481,19 @@ static void test_url_parse(void)
     is_int(gw_wsc_parse_url("ws://u@h/", &t, err, sizeof err), GW_ERR, "userinfo refused");
     is_int(gw_wsc_parse_url("ws://[::1/", &t, err, sizeof err), GW_ERR, "unterminated v6 refused");
     is_int(gw_wsc_parse_url("unix:relative", &t, err, sizeof err), GW_ERR, "relative unix path refused");
+    /* A socket path is matched against agent_upstreams as written: no
+     * segment may lead the match somewhere else (review of issue 8). */
+    static const char *const bad_unix[] = {
+        "unix:/run/agents/../evil/x.sock", "unix:/run/agents/./x.sock", "unix:/run/agents//x.sock",
+        "unix:/run/agents/..",             "unix:/run/agents/.",        "unix:/../run/x.sock",
+        "unix://run/x.sock",               "unix:./x.sock",             "unix:/run/agents/../x.sock:/ws/a1",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(bad_unix); i++)
+        is_int(gw_wsc_parse_url(bad_unix[i], &t, err, sizeof err), GW_ERR, "%s refused", bad_unix[i]);
+    static const char *const good_unix[] = {"unix:/run/agents/..x.sock", "unix:/run/agents/x..sock",
+                                            "unix:/run/.agents/x.sock", "unix:/run/a/x.sock:/ws/../t"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(good_unix); i++)
+        is_int(gw_wsc_parse_url(good_unix[i], &t, err, sizeof err), GW_OK, "%s accepted", good_unix[i]);
     is_int(gw_wsc_parse_url("ws://h/a b", &t, err, sizeof err), GW_ERR, "space refused");
     is_int(gw_wsc_parse_url("ws://h/a\r\nX: y", &t, err, sizeof err), GW_ERR, "CR LF refused (no header injection)");
     is_int(gw_wsc_parse_url("unix:/s.sock:/p#frag", &t, err, sizeof err), GW_OK, "unix URL with a fragment");
