@@ -68,7 +68,7 @@ static const char agent_usage[] =
     "\n"
     "Terminal agent: serves PTYs over WebSocket to the gateway (DESIGN.md section 4).\n"
     "  --listen ADDR       where to listen (default 127.0.0.1:7681, which needs GATEWAY_AGENT_SECRET);\n"
-    "                      unix:/path for a unix socket (mode 0600 when there is no secret)\n"
+    "                      unix:/abs/path for a unix socket (mode 0600; only a stale socket there is replaced)\n"
     "  --grace DURATION    how long a PTY outlives its dropped WebSocket for a re-attach (default 60s)\n"
     "  --scrollback SIZE   recent output replayed on re-attach (default 64KiB; 0 disables)\n"
     "  -- COMMAND ARGS     the program to run in each PTY (default: $SHELL, else /bin/sh)\n"
@@ -1119,6 +1119,11 @@ int gw_agent_main(int argc, char **argv)
         fprintf(stderr, "wsgate agent: --listen: cannot parse \"%s\"\n", listen_s);
         return 2;
     }
+    if (addr.is_unix && addr.path[0] != '/') {
+        /* A token names its agent's socket by an absolute path only. */
+        fprintf(stderr, "wsgate agent: --listen: \"%s\": a unix socket path must be absolute\n", listen_s);
+        return 2;
+    }
     const char *secret = getenv("GATEWAY_AGENT_SECRET");
     if (secret && secret[0]) {
         A.have_secret = 1;
@@ -1159,32 +1164,17 @@ int gw_agent_main(int argc, char **argv)
     }
     gw_list_init(&A.conns);
     gw_list_init(&A.sessions);
-    char err[256];
-    if (addr.is_unix) {
-        snprintf(A.unix_path, sizeof A.unix_path, "%s", addr.path);
-        unlink(addr.path); /* a stale socket from a previous run */
-    }
-    /* Without a secret the socket file is the only gate: mode 0600 from its
-     * creation on (the umask covers the window between bind and chmod). */
-    mode_t old_umask = 0;
-    if (addr.is_unix && !A.have_secret)
-        old_umask = umask(0177);
+    char err[300];
+    /* Without a secret the socket file is the only gate: gw_sock_listen
+     * makes it 0600 and never replaces anything but a stale socket. */
     int lfd = gw_sock_listen(&addr, 0, 128, err, sizeof err);
-    if (addr.is_unix && !A.have_secret) {
-        umask(old_umask);
-        if (lfd >= 0 && chmod(addr.path, 0600) != 0) {
-            fprintf(stderr, "wsgate agent: chmod 0600 %s: %s\n", addr.path, strerror(errno));
-            close(lfd);
-            unlink(addr.path);
-            gw_loop_free(A.loop);
-            return 1;
-        }
-    }
     if (lfd < 0) {
-        fprintf(stderr, "wsgate agent: listen %s: %s\n", listen_s, err);
+        fprintf(stderr, "wsgate agent: %s\n", err);
         gw_loop_free(A.loop);
         return 1;
     }
+    if (addr.is_unix)
+        snprintf(A.unix_path, sizeof A.unix_path, "%s", addr.path);
     A.lis.fd = lfd;
     A.lis.cb = accept_cb;
     gw_io_start(A.loop, &A.lis, GW_EV_READ);

@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -53,23 +54,74 @@ static int resolve(const gw_addr *a, int passive, struct sockaddr_storage *ss, s
     return GW_OK;
 }
 
+/* Makes room for a unix socket at un's path: nothing there, or a stale
+ * socket (a connect to it is refused: its process is gone), which is
+ * removed. A regular file, a directory, a symlink or a socket someone
+ * still accepts on is left alone and the listen fails. */
+static int unix_path_free(const struct sockaddr_un *un, const gw_addr *a, char *err, size_t cap)
+{
+    struct stat st;
+    if (lstat(un->sun_path, &st) != 0)
+        return errno == ENOENT ? GW_OK : fail(err, cap, "listen", a);
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, cap, "listen unix:%s: the path exists and is not a socket; not replacing it", un->sun_path);
+        return GW_ERR;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(err, cap, "socket", a);
+    int rc = connect(fd, (const struct sockaddr *)un, sizeof *un), e = errno;
+    close(fd);
+    if (rc == 0 || e == EAGAIN) {
+        snprintf(err, cap, "listen unix:%s: another process is listening on this socket", un->sun_path);
+        return GW_ERR;
+    }
+    if (e != ECONNREFUSED) {
+        snprintf(err, cap, "listen unix:%s: an existing socket that cannot be probed (%s); not replacing it",
+                 un->sun_path, strerror(e));
+        return GW_ERR;
+    }
+    if (unlink(un->sun_path) != 0 && errno != ENOENT)
+        return fail(err, cap, "unlink stale socket", a);
+    return GW_OK;
+}
+
+/* A unix socket is mode 0600 whatever the umask: it is chmod-ed between
+ * bind and listen. A connect is only accepted once listen has run (before,
+ * it is refused), so the umask's mode never lets anyone in, and no
+ * process-wide umask change can race other threads creating files. */
+static int listen_unix(const gw_addr *a, int backlog, char *err, size_t errcap)
+{
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    if (strlen(a->path) >= sizeof un.sun_path) {
+        snprintf(err, errcap, "listen unix:%s: the path is longer than %zu bytes", a->path, sizeof un.sun_path - 1);
+        return GW_ERR;
+    }
+    memcpy(un.sun_path, a->path, strlen(a->path) + 1);
+    if (unix_path_free(&un, a, err, errcap) != GW_OK)
+        return GW_ERR;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(err, errcap, "socket", a);
+    if (bind(fd, (struct sockaddr *)&un, sizeof un) < 0) {
+        fail(err, errcap, "listen", a);
+        close(fd);
+        return GW_ERR;
+    }
+    if (chmod(un.sun_path, 0600) < 0 || listen(fd, backlog) < 0) {
+        fail(err, errcap, "listen", a);
+        close(fd);
+        unlink(un.sun_path);
+        return GW_ERR;
+    }
+    return fd;
+}
+
 int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap)
 {
     int fd, one = 1;
-    if (a->is_unix) {
-        struct sockaddr_un un = {.sun_family = AF_UNIX};
-        snprintf(un.sun_path, sizeof un.sun_path, "%s", a->path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return fail(err, errcap, "socket", a);
-        unlink(a->path);
-        if (bind(fd, (struct sockaddr *)&un, sizeof un) < 0 || listen(fd, backlog) < 0) {
-            fail(err, errcap, "listen", a);
-            close(fd);
-            return GW_ERR;
-        }
-        return fd;
-    }
+    if (a->is_unix)
+        return listen_unix(a, backlog, err, errcap);
     struct sockaddr_storage ss;
     socklen_t len;
     if (resolve(a, 1, &ss, &len, err, errcap) != GW_OK)

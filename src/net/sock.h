@@ -10,8 +10,10 @@
 #include "net/addr.h"
 
 /* Creates a nonblocking, close-on-exec listening socket on a. reuseport sets
- * SO_REUSEPORT (TCP only) so each worker can own one. Returns the fd or
- * GW_ERR. */
+ * SO_REUSEPORT (TCP only) so each worker can own one. A unix socket gets
+ * mode 0600 whatever the umask; a stale socket at its path (connect
+ * refused) is replaced, while a live socket or any other file there makes
+ * the call fail. Returns the fd or GW_ERR. */
 int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap);
 /* The port a TCP listening socket is bound to (for ":0"), or 0. */
 uint16_t gw_sock_local_port(int fd);

@@ -936,6 +936,91 @@ def test_admin_unix_socket_without_token(make_gateway, tmp_path):
     assert data.startswith(b"HTTP/1.1 201 "), data
 
 
+def _start_failure(r, what):
+    """A start that failed with exactly one log line; returns its error."""
+    assert r.returncode == 1, r
+    lines = [json.loads(l) for l in r.stderr.decode().strip().splitlines()]
+    lines = [l for l in lines if l["level"] == "error"]
+    assert len(lines) == 1, lines
+    j = lines[0]
+    assert j["msg"] == "startup failed" and what in j["error"], j
+    return j["error"]
+
+
+def test_admin_unix_socket_mode_and_what_it_replaces(make_gateway, tmp_path):
+    """Review of issue 8, finding 3: the admin unix socket (the mint's only
+    gate without GATEWAY_ADMIN_TOKEN) is 0600 whatever the umask; at start a
+    stale socket is replaced, but a live socket or a regular file at the
+    path stops the start with one line and is left as it was."""
+    sock = str(tmp_path / "admin.sock")
+    env = {"GATEWAY_ADMIN_HTTP_ADDR": f"unix:{sock}"}
+    old = os.umask(0o002)
+    try:
+        g = make_gateway(env=env)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600, oct(os.stat(sock).st_mode)
+    # A second gateway on the same path: refused, the first keeps serving.
+    other = {"GATEWAY_PUBLIC_HTTP_ADDR": f"127.0.0.1:{gw.free_port()}", "GATEWAY_AUTHENTICATED_GRPC_ADDR": "",
+             "GATEWAY_ADMIN_HTTP_ADDR": f"unix:{sock}"}
+    _start_failure(gw.run_cli(["serve"], env=other), "another process is listening on this socket")
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.settimeout(5)
+    assert s.recv(100).startswith(b"HTTP/1.1 200 "), "the first gateway lost its socket"
+    s.close()
+    g.stop()
+    assert g.returncode == 0
+    # Its socket is stale now: the next start replaces it.
+    assert stat.S_ISSOCK(os.lstat(sock).st_mode)
+    g2 = make_gateway(env=env)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    g2.stop()
+    # A regular file (and a symlink to one) is never deleted.
+    victim = tmp_path / "important.txt"
+    victim.write_text("data\n")
+    link = tmp_path / "link.sock"
+    link.symlink_to(victim)
+    for path in (victim, link):
+        other["GATEWAY_ADMIN_HTTP_ADDR"] = f"unix:{path}"
+        _start_failure(gw.run_cli(["serve"], env=other), "the path exists and is not a socket; not replacing it")
+    assert victim.read_text() == "data\n" and link.is_symlink()
+
+
+def test_agent_unix_listen_mode_and_what_it_replaces(tmp_path):
+    """The same rules for `wsgate agent --listen unix:...` (one helper):
+    0600 with a secret too, a stale socket replaced, a live socket or a file
+    left alone (exit 1, one line), and a relative path refused (exit 2)."""
+    sock = str(tmp_path / "agent.sock")
+    a = Agent(listen=f"unix:{sock}", umask=0)
+    try:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600, oct(os.stat(sock).st_mode)
+        r = gw.run_cli(["agent", "--listen", f"unix:{sock}"], env={"GATEWAY_AGENT_SECRET": SECRET})
+        assert r.returncode == 1 and r.stderr.decode().strip().splitlines() == [
+            f"wsgate agent: listen unix:{sock}: another process is listening on this socket"], r
+    finally:
+        assert a.stop() == 0
+    # A stale socket (its agent was SIGKILLed and left it) is replaced.
+    a = Agent(listen=f"unix:{sock}")
+    a.proc.kill()
+    a.proc.wait(5)
+    a.expect_exit = -9
+    a._err.close()
+    assert stat.S_ISSOCK(os.lstat(sock).st_mode)
+    a = Agent(listen=f"unix:{sock}")
+    assert a.stop() == 0
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep\n")
+    r = gw.run_cli(["agent", "--listen", f"unix:{victim}"], env={"GATEWAY_AGENT_SECRET": SECRET})
+    assert r.returncode == 1 and r.stderr.decode().strip().splitlines() == [
+        f"wsgate agent: listen unix:{victim}: the path exists and is not a socket; not replacing it"], r
+    assert victim.read_text() == "keep\n"
+    r = gw.run_cli(["agent", "--listen", "unix:rel.sock"], env={"GATEWAY_AGENT_SECRET": SECRET})
+    assert r.returncode == 2 and r.stderr.decode().strip().splitlines() == [
+        "wsgate agent: --listen: \"unix:rel.sock\": a unix socket path must be absolute"], r
+
+
 def test_admin_token_compare(make_gateway):
     """Issue 8 item 9 (by digest): prefixes, longer values, another case,
     an empty bearer and a second Authorization header are all refused."""
