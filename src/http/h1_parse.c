@@ -147,6 +147,45 @@ static const char *line_window(const char *start, const char *end, size_t max_li
     return *limited ? start + max_line + 1 : end;
 }
 
+/* "%" HEXDIG HEXDIG of the byte c (case-insensitive) at p. */
+static int is_pct(const char *p, size_t left, char hi, char lo)
+{
+    return left >= 3 && p[0] == '%' && p[1] == hi && (p[2] | 0x20) == lo;
+}
+
+/* A target every upstream stack reads as the gateway routes it (see
+ * h1_parse.h): no fragment anywhere (RFC 9112 section 3.2 has none), and in
+ * the path no backslash (raw or %5C), no encoded '/' (%2F), and no segment
+ * that is "." or ".." followed by ';' (Tomcat-style path parameters:
+ * "..;x" is ".." there, a name here). The query is not looked at. */
+static int target_safe(gw_str target, gw_str path)
+{
+    if (memchr(target.p, '#', target.n))
+        return 0;
+    for (size_t i = 0; i < path.n; i++) {
+        const char *q = path.p + i;
+        size_t left = path.n - i;
+        if (*q == '\\' || is_pct(q, left, '2', 'f') || is_pct(q, left, '5', 'c'))
+            return 0;
+        if (i != 0 && q[-1] != '/')
+            continue;
+        /* A segment starts here: up to two dots, raw or %2E, then ';'? */
+        size_t j = 0, dots = 0;
+        while (dots < 3 && j < left) {
+            if (q[j] == '.')
+                j++;
+            else if (is_pct(q + j, left - j, '2', 'e'))
+                j += 3;
+            else
+                break;
+            dots++;
+        }
+        if ((dots == 1 || dots == 2) && j < left && (q[j] == ';' || is_pct(q + j, left - j, '3', 'b')))
+            return 0;
+    }
+    return 1;
+}
+
 int gw_h1_parse_request(const char *buf, size_t len, gw_http_req *req, gw_http_header *headers,
                         const gw_h1_limits *lim, int *status)
 {
@@ -209,6 +248,8 @@ int gw_h1_parse_request(const char *buf, size_t len, gw_http_req *req, gw_http_h
         req->query = gw_str_make(req->target.p + req->target.n, 0);
     }
     req->authority = gw_str_make(NULL, 0);
+    if (!target_safe(req->target, req->path))
+        goto bad;
 
     size_t n = 0;
     p = parse_headers(p, end, headers, lim->max_headers, &n, &err);
@@ -400,9 +441,15 @@ static int host_valid(gw_str v)
         return 1;
     if (v.p[i] != ':')
         return 0;
-    for (i++; i < v.n; i++)
+    /* port = *DIGIT (RFC 3986), and a TCP port is at most 65535. */
+    uint32_t port = 0;
+    for (i++; i < v.n; i++) {
         if (v.p[i] < '0' || v.p[i] > '9')
             return 0;
+        port = port * 10 + (uint32_t)(v.p[i] - '0');
+        if (port > 65535)
+            return 0;
+    }
     return 1;
 }
 

@@ -57,9 +57,11 @@ void gw_h1_req_clone_free(gw_http_req *copy);
 /* Parses a request head at buf[0..len). headers must have room for
  * lim->max_headers entries. Returns the head's length including the final
  * CRLF CRLF (> 0); GW_AGAIN when the head is incomplete and within limits;
- * GW_ERR with *status set to 400 (malformed), 414 (request line over
- * max_request_line, detected as soon as that many bytes arrived without a
- * line end), 431 (head over max_head or too many headers, detected as soon as
+ * GW_ERR with *status set to 400 (malformed; also a target with a '#', or a
+ * path with a backslash, %2F, %5C or a "."/".." segment followed by ';' or
+ * %3B, which upstream stacks may resolve differently from the gateway), 414
+ * (request line over max_request_line, detected as soon as that many bytes
+ * arrived without a line end), 431 (head over max_head or too many headers, detected as soon as
  * the limit is passed) or 505 (unsupported HTTP version). Leading empty lines
  * (CRLF) before a request line are skipped, as RFC 9112 section 2.2 allows. */
 int gw_h1_parse_request(const char *buf, size_t len, gw_http_req *req, gw_http_header *headers,

@@ -253,13 +253,17 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
     tmp.target = px->target;
     char *path = gw_relay_upstream_path(px->route, &tmp, req);
     /* End-to-end headers and the forwarding set (shared with the WebSocket
-     * relay), minus Expect: the gateway answers 100-continue itself. */
+     * relay), minus Expect: the gateway answers 100-continue itself. Host
+     * stays whatever Connection names: it is never copied (the upstream's
+     * Host is the target's), but X-Forwarded-Host, one of the gateway's own
+     * headers, is made from it and no client may remove that. */
     gw_http_req filtered = *req;
     gw_http_header keep[128];
     size_t k = 0;
     for (size_t i = 0; i < req->num_headers && k < GW_ARRAY_LEN(keep); i++)
-        if (!is_hop(req->headers[i].name) && !gw_str_ieq(req->headers[i].name, "Expect") &&
-            !gw_h1_connection_lists(req->headers, req->num_headers, req->headers[i].name))
+        if (gw_str_ieq(req->headers[i].name, "Host") ||
+            (!is_hop(req->headers[i].name) && !gw_str_ieq(req->headers[i].name, "Expect") &&
+             !gw_h1_connection_lists(req->headers, req->num_headers, req->headers[i].name)))
             keep[k++] = req->headers[i];
     filtered.headers = keep;
     filtered.num_headers = k;

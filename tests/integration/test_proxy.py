@@ -216,6 +216,28 @@ def test_connection_listed_header_not_forwarded(g, up):
     assert "x-hop" not in [k.lower() for k, _ in ev["headers"]], ev["headers"]
 
 
+@pytest.mark.parametrize("nominated", ["Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
+                                       "X-Correlation-ID", "traceparent",
+                                       "Host, X-Forwarded-For, X-Forwarded-Host, X-Correlation-ID, traceparent"])
+def test_connection_cannot_remove_gateway_headers(g, up, nominated):
+    """Review of issue 8: `Connection: Host` dropped X-Forwarded-Host. A
+    client's Connection header removes its own hop-by-hop headers, never the
+    forwarding set the gateway adds."""
+    m = mark()
+    c, r = raw(g, request_bytes("GET", f"/api/echo?m={m}", [("Connection", f"keep-alive, {nominated}"),
+                                                            ("X-Forwarded-For", "198.51.100.9"),
+                                                            ("X-Correlation-ID", f"cn-{m}")]))
+    c.close()
+    assert r is not None and r.status == 200, r
+    ev = reqs(up, lambda e: e["target"] == f"/api/echo?m={m}")[0]
+    assert hdr(ev, "X-Forwarded-Host") == "gw.test", ev
+    assert hdr(ev, "X-Forwarded-Proto") == "http", ev
+    assert hdr(ev, "X-Forwarded-For") in ("127.0.0.1", "198.51.100.9, 127.0.0.1"), ev
+    assert hdr(ev, "X-Correlation-ID") == r.header("X-Correlation-ID"), ev
+    assert hdr(ev, "traceparent"), ev
+    assert hdr(ev, "Host"), ev  # the upstream's own, never the client's
+
+
 def test_connection_listed_response_header_not_passed(g):
     r = g.get("/api/hop")
     assert r.status == 200, r
@@ -620,13 +642,41 @@ def test_dot_segments_cannot_escape_a_route(g, up, sent):
     m = mark()
     c, r = raw(g, request_bytes("GET", sent.replace("M", m)))
     c.close()
-    if sent.endswith("%2Fhidden-M/.."):
-        # An encoded slash is no separator: "..%2F..%2Fhidden" is one segment,
-        # which the final ".." removes.
-        assert r is not None and r.status == 200 and r.json()["target"] == "/api/", r
+    if "%2F" in sent:
+        # An encoded slash in the path is refused (upstream stacks differ on it).
+        envelope(r, 400, "bad_request")
     else:
         envelope(r, 404, "not_found")
     _assert_never_reached(g, up, m)
+
+
+@pytest.mark.parametrize("sent", [
+    "/api/..;/hidden-M", "/api/..%2fhidden-M", "/api/%2e%2e%2fhidden-M", "/api/..%5chidden-M",
+    "/api/..\\hidden-M", "/api/echo-M#frag", "/api/.%2e;/hidden-M", "/api/.;/hidden-M", "/api/..%3B/hidden-M",
+    "/api/echo?m=M#frag", "/api/a%2Fb-M", "/api/a%5Cb-M",
+])
+def test_dot_segment_lookalikes_refused(g, up, sent):
+    """Review of issue 8, finding 4: targets upstream stacks resolve outside
+    the route ("..;" as Tomcat's path parameters, %2F/%5C decoded as
+    separators, a raw backslash) and a '#' (no fragment in a request-target,
+    RFC 9112 section 3.2) are 400 and never forwarded."""
+    m = mark()
+    c, r = raw(g, request_bytes("GET", sent.replace("M", m)))
+    c.close()
+    envelope(r, 400, "bad_request")
+    _assert_never_reached(g, up, m)
+
+
+@pytest.mark.parametrize("sent", ["/api/echo;v=1?m=M", "/api/...;x/echo?m=M", "/api/.x;y?m=M",
+                                  "/api/echo?m=M&q=..;/%2F%5C\\"])
+def test_dot_segment_lookalike_names_forwarded(g, up, sent):
+    """Path parameters on a name, three dots, and anything the query holds
+    are not dot segments: forwarded as sent."""
+    m = mark()
+    sent = sent.replace("M", m)
+    c, r = raw(g, request_bytes("GET", sent))
+    c.close()
+    assert r is not None and r.status == 200 and r.json()["target"] == sent, r
 
 
 def test_absolute_form_served_as_origin_form(g, up):
@@ -657,6 +707,13 @@ def test_absolute_form_served_as_origin_form(g, up):
         c.close()
         assert r is not None and r.status == 400, r
         _assert_never_reached(g, up, f"m={m}&bad=1")
+        # A port out of range (review of issue 8) is refused, 65535 is not.
+        for port, status in ((99999, 400), (65536, 400), (65535, 200)):
+            c, r = raw(g, request_bytes("GET", f"http://127.0.0.1:{port}/api/echo?m={m}&port={port}"))
+            c.close()
+            assert r is not None and r.status == status, (port, r)
+        _assert_never_reached(g, up, f"m={m}&port=99999")
+        _assert_never_reached(g, up, f"m={m}&port=65536")
         with pytest.raises(BlockingIOError):
             bait.accept()
     finally:

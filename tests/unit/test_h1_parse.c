@@ -820,6 +820,40 @@ static void test_normalize_path(void)
     is_int(gw_h1_path_needs_normalizing(GW_STRLIT("/a/b.c/d..e/")), 0, "dots inside segments are not dot segments");
 }
 
+/* Review of issue 8, finding 4: targets that common upstream stacks
+ * resolve outside the path the gateway routes are 400; their look-alikes
+ * that are plain names, and anything in the query, are not. */
+static void test_target_lookalikes(void)
+{
+    static const char *const bad[] = {
+        "/app/..;/internal/x", "/app/..%2finternal/x", "/app/%2e%2e%2finternal/x", "/app/..%5cinternal/x",
+        "/app/..\\internal/x", "/app/x#frag", "/app/.%2e;/internal/x", "/app/.;/x", "/app/%2E;x/y",
+        "/app/..%3b/x", "/app/..%3B", "/a%2Fb", "/a%5Cb", "/a\\b", "/app/x?q=1#f", "#", "/app/..;",
+        "http://h/app/..;/x", "http://h/a%2fb",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(bad); i++) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: h\r\n\r\n", bad[i]);
+        gw_http_header h[MAXH];
+        gw_http_req req;
+        int st = 0;
+        is_int(preq(buf, (size_t)n, &req, h, &dflt, &st), GW_ERR, "%s refused", bad[i]);
+        is_int(st, 400, "%s: 400", bad[i]);
+    }
+    static const char *const good[] = {
+        "/a;v=1/b", "/app/...;x", "/app/.x;y", "/app/x.;y", "/app/;/x", "/a/..b;c", "/q?x=..;/&y=%2F&z=%5C&w=\\",
+        "/a%2eb", "/a%2Cb", "/a%20/b", "/app/../x", "/p%252F", "*",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(good); i++) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: h\r\n\r\n", good[i]);
+        gw_http_header h[MAXH];
+        gw_http_req req;
+        int st = 0;
+        is_int(preq(buf, (size_t)n, &req, h, &dflt, &st), n, "%s accepted", good[i]);
+    }
+}
+
 /* Issue 8 item 13: absolute-form served as origin-form. */
 static void test_origin_form(void)
 {
@@ -835,6 +869,10 @@ static void test_origin_form(void)
         {"GET http://user@h/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
         {"GET http:///p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
         {"GET http://h:8x/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http://h:99999/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http://h:65536/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http://h:4294967377/p HTTP/1.1", NULL, NULL, NULL, GW_ERR},
+        {"GET http://h:65535/p HTTP/1.1", "/p", "", "h:65535", GW_OK},
     };
     for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
         char buf[256];
@@ -889,6 +927,7 @@ int main(void)
     TEST_RUN(test_chunked_bad);
     TEST_RUN(test_chunked_then_pipelined);
     TEST_RUN(test_normalize_path);
+    TEST_RUN(test_target_lookalikes);
     TEST_RUN(test_origin_form);
     return test_done();
 }
