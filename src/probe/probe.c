@@ -36,7 +36,7 @@
 #include "metrics/metrics.h"
 #include "net/conn.h"
 #include "net/sock.h"
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 
 const char gw_probe_usage[] =
     "Usage: wsgate probe --leg NAME=URL [--leg NAME=URL ...] [--listen HOST:PORT] [--interval 10s]\n"

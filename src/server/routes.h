@@ -12,7 +12,7 @@
 
 #include "config/config.h"
 #include "metrics/metrics.h"
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 
 enum gw_route_kind {
     GW_ROUTE_ECHO = 1, /* /probe/ws: unauthenticated echo */

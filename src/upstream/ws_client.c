@@ -10,7 +10,7 @@
  * called then only marks the client, and the driver tears it down once the
  * callback (and the gw_ws_feed() that called it, which still reads from
  * conn.in) has returned. on_close always runs from a pending task. */
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
