@@ -450,6 +450,13 @@ int gw_conn_write(gw_conn *c, const void *p, size_t n)
     return gw_conn_writev(c, &iov, 1);
 }
 
+size_t gw_conn_try_drain(gw_conn *c)
+{
+    if (!(c->io.events & GW_EV_WRITE))
+        gw_conn_flush(c);
+    return c->out.len;
+}
+
 int gw_conn_flush(gw_conn *c)
 {
     if (c->flags & GW_CONN_F_ERROR)

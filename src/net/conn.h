@@ -90,6 +90,10 @@ void gw_conn_cork(gw_conn *c);
 void gw_conn_cork_deferred(gw_conn *c);
 int gw_conn_uncork(gw_conn *c);
 static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }
+/* Flow control for a writer with a long queue: tries the socket now, unless
+ * the queue already waits for its write event (which will send it); returns
+ * the bytes still queued. */
+size_t gw_conn_try_drain(gw_conn *c);
 
 void gw_conn_want_read(gw_conn *c, int on);
 void gw_conn_pause(gw_conn *c, int paused);
