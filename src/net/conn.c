@@ -450,6 +450,10 @@ int gw_conn_write(gw_conn *c, const void *p, size_t n)
     return gw_conn_writev(c, &iov, 1);
 }
 
+int gw_conn_await_connect(gw_conn *c) { return gw_io_update(c->loop, &c->io, GW_EV_WRITE); }
+
+void gw_conn_connected(gw_conn *c) { gw_io_update(c->loop, &c->io, 0); }
+
 size_t gw_conn_try_drain(gw_conn *c)
 {
     if (!(c->io.events & GW_EV_WRITE))

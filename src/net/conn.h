@@ -90,6 +90,12 @@ void gw_conn_cork(gw_conn *c);
 void gw_conn_cork_deferred(gw_conn *c);
 int gw_conn_uncork(gw_conn *c);
 static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }
+/* A connect in progress: the owner's callback hears when the socket is
+ * writable (then gw_sock_connect_result says how it went). GW_OK or GW_ERR. */
+int gw_conn_await_connect(gw_conn *c);
+/* The connect completed: no interest until the owner asks (want_read,
+ * writes). */
+void gw_conn_connected(gw_conn *c);
 /* Flow control for a writer with a long queue: tries the socket now, unless
  * the queue already waits for its write event (which will send it); returns
  * the bytes still queued. */

@@ -161,7 +161,7 @@ static gw_hup *hup_connect(gw_worker *w, const gw_wsc_target *t, const char *key
     gw_list_init(&h->node.node);
     snprintf(h->key, sizeof h->key, "%s", key);
     /* Connected when writable; reads start then. */
-    gw_io_update(w->loop, &h->conn.io, GW_EV_WRITE);
+    gw_conn_await_connect(&h->conn);
     return h;
 }
 
@@ -722,14 +722,11 @@ static void hup_io(gw_io *io, uint32_t events)
         return;
     }
     if (h->state == HUP_CONNECTING) {
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        getsockopt(h->conn.io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        if (soerr) {
+        if (gw_sock_connect_result(h->conn.io.fd)) {
             proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
             return;
         }
-        gw_io_update(h->w->loop, &h->conn.io, 0);
+        gw_conn_connected(&h->conn);
         start_send(c);
         return;
     }

@@ -93,8 +93,7 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
     /* Bounded work per wakeup: other connections get their turn. */
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
-        socklen_t len = sizeof ss;
-        int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = gw_sock_accept(io->fd, &ss);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
