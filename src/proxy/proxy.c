@@ -646,7 +646,7 @@ static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
 static void hup_read(gw_hup *h)
 {
     gw_client *c = h->c;
-    uint8_t *buf = h->w->rbuf;
+    uint8_t *buf = gw_conn_read_buffer();
     ssize_t r;
     int own = h->conn.in.len > 0;
     if (own) {

@@ -185,7 +185,9 @@ static void on_peer_gone(gw_client *c, int reset)
 
 static size_t max_input(const gw_client *c)
 {
-    if (c->phase != GW_PHASE_FINISH && c->proto->max_input)
+    if (c->phase == GW_PHASE_FINISH)
+        return c->conn.in.len + GW_READ_CHUNK; /* lingering: whatever comes is discarded */
+    if (c->proto->max_input)
         return c->proto->max_input(c);
     return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK + GW_SMALL_BODY_MAX;
 }
@@ -197,56 +199,46 @@ static size_t pending_need(const gw_client *c)
     return c->phase != GW_PHASE_FINISH && c->proto->need ? c->proto->need(c) : 0;
 }
 
+/* What the connection hands its bytes to: the current phase, corked, so
+ * all output produced while a read batch is processed leaves in one write. */
+static size_t client_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    gw_client *c = gw_container_of(conn, gw_client, conn);
+    if (c->phase == GW_PHASE_FINISH)
+        return n; /* lingering: discard */
+    if (c->proto->on_read)
+        c->proto->on_read(c, gw_loop_now(c->w->loop));
+    gw_conn_cork(&c->conn);
+    return process(c, p, n);
+}
+
+static size_t client_max_input(gw_conn *conn) { return max_input(gw_container_of(conn, gw_client, conn)); }
+
+static size_t client_need(gw_conn *conn) { return pending_need(gw_container_of(conn, gw_client, conn)); }
+
+static const gw_conn_reader client_reader = {client_rcv, client_max_input, client_need};
+
 static void client_read(gw_client *c)
 {
     gw_worker *w = c->w;
     for (int round = 0; round < 8 && c->phase != GW_PHASE_CLOSED; round++) {
-        int own = c->conn.in.len > 0 && c->phase != GW_PHASE_FINISH;
-        uint8_t *p;
-        size_t cap;
-        if (own) {
-            /* Room for the rest of what is pending (a frame split across
-             * reads) and a read's worth more, within the input cap. */
-            size_t want = GW_MAX((size_t)GW_READ_CHUNK / 4, pending_need(c));
-            want = GW_MIN(want, max_input(c) - c->conn.in.len);
-            if (want == 0 || gw_buf_reserve(&c->conn.in, want, max_input(c)) != GW_OK) {
-                /* Cannot happen while the parsers enforce their limits
-                 * (they fail before input passes them); be safe anyway. */
-                on_peer_gone(c, 0);
-                return;
-            }
-            p = gw_buf_tail(&c->conn.in);
-            cap = gw_buf_room(&c->conn.in);
-        } else {
-            p = w->rbuf;
-            cap = GW_READ_CHUNK;
-        }
-        ssize_t r = gw_conn_read(&c->conn, p, cap);
+        int lingering = c->phase == GW_PHASE_FINISH, filled = 0;
+        ssize_t r = gw_conn_read_into(&c->conn, &client_reader, &filled);
         if (r == GW_AGAIN)
             return;
+        if (r == GW_CONN_FULL) {
+            /* Cannot happen while the parsers enforce their limits (they
+             * fail before input passes them); be safe anyway. */
+            gw_conn_uncork(&c->conn);
+            on_peer_gone(c, 0);
+            return;
+        }
         if (r <= 0) {
             on_peer_gone(c, r < 0);
             return;
         }
-        if (c->phase == GW_PHASE_FINISH)
-            continue; /* lingering: discard */
-        if (c->proto->on_read)
-            c->proto->on_read(c, gw_loop_now(w->loop));
-        gw_conn_cork(&c->conn);
-        if (own) {
-            gw_buf_commit(&c->conn.in, (size_t)r);
-            size_t used = process(c, gw_buf_head(&c->conn.in), c->conn.in.len);
-            if (c->phase != GW_PHASE_CLOSED)
-                gw_buf_consume(&c->conn.in, used);
-        } else {
-            size_t used = process(c, p, (size_t)r);
-            if (used < (size_t)r && c->phase != GW_PHASE_FINISH && c->phase != GW_PHASE_CLOSED &&
-                gw_buf_append(&c->conn.in, p + used, (size_t)r - used, max_input(c)) != GW_OK) {
-                gw_conn_uncork(&c->conn);
-                on_peer_gone(c, 0);
-                return;
-            }
-        }
+        if (lingering)
+            continue;
         if (c->phase == GW_PHASE_CLOSED)
             return;
         if (gw_conn_uncork(&c->conn) != GW_OK) {
@@ -267,7 +259,7 @@ static void client_read(gw_client *c)
             return;
         if (c->phase == GW_PHASE_HTTP)
             gw_client_arm(c);
-        if ((size_t)r < cap && gw_conn_pending(&c->conn) == 0)
+        if (!filled && gw_conn_pending(&c->conn) == 0)
             return;
     }
     /* Budget spent with input still waiting inside TLS: come back before

@@ -14,7 +14,7 @@
 #include "loop/loop.h"
 #include "net/conn.h"
 
-#define GW_READ_CHUNK (256u * 1024)     /* one read per wakeup lands in the worker buffer */
+#define GW_READ_CHUNK GW_CONN_READ_CHUNK /* one read per wakeup lands in the thread's read buffer */
 #define GW_OUT_HIGH (1024u * 1024)      /* stop reading a peer whose output queue passes this */
 #define GW_LINGER_MS 2000               /* read and discard after our last byte before closing */
 #define GW_SMALL_BODY_MAX (1024u * 1024) /* bodies of the gateway's own endpoints, read whole */

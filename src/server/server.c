@@ -280,7 +280,6 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         gw_list_init(&w->clients);
         gw_list_init(&w->lingering);
         gw_list_init(&w->idle);
-        w->rbuf = gw_malloc(GW_READ_CHUNK);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
     if (open_listeners(err, errcap) != GW_OK)
@@ -309,7 +308,6 @@ static void server_free(void)
         if (w->admin_lis.fd >= 0)
             close(w->admin_lis.fd);
         gw_loop_free(w->loop);
-        gw_free(w->rbuf);
     }
     gw_free(gw_srv.workers);
     gw_srv.workers = NULL;

@@ -41,7 +41,6 @@ struct gw_worker {
     gw_list idle;          /* gw_linger: idle pooled upstream connections */
     int draining;          /* after GATEWAY_DRAIN_DELAY: listener closed, connections being closed */
     int hold;              /* worker 0 keeps serving /metrics until the others finished draining */
-    uint8_t *rbuf;         /* GW_READ_CHUNK bytes: reads land here first */
 };
 
 typedef struct gw_server {

@@ -85,7 +85,6 @@ static int setup(void)
     gw_list_init(&W.clients);
     gw_list_init(&W.lingering);
     gw_list_init(&W.idle);
-    W.rbuf = gw_malloc(GW_READ_CHUNK);
 
     gw_addr a;
     gw_parse_addr("127.0.0.1:0", &a);
@@ -350,7 +349,6 @@ int main(void)
     run(50);
     gw_routes_unref(gw_srv.routes);
     gw_loop_free(L);
-    gw_free(W.rbuf);
     gw_conn_thread_exit();
     gw_ws_thread_exit();
     return test_done();
