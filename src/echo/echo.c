@@ -27,7 +27,7 @@ static int echo_parse(json_t *o, gw_route *r, const gw_config *cfg, char *err, s
 
 static int echo_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids)
 {
-    return gw_ws_serve_upgrade(c, req, r, table, ids->corr, ids->trace, &echo_app, NULL) == GW_OK ? GW_DONE : GW_OK;
+    return gw_ws_serve_upgrade(c, req, r, table, ids->corr, ids->trace, &echo_app, 0) == GW_OK ? GW_DONE : GW_OK;
 }
 
 const gw_kind gw_kind_echo = {

@@ -32,10 +32,9 @@ typedef struct relay_leg {
     gw_worker *w;
 } relay_leg;
 
-/* A relayed session: the app data of the client's WebSocket phase. */
+/* A relayed session: the app state of the client's WebSocket phase. */
 typedef struct relay {
-    gw_wsc *up;            /* the upstream leg; NULL once it ended */
-    relay_leg *leg;        /* its user data */
+    relay_leg *leg;        /* the upstream leg (leg->up); NULL once it ended */
     char *up_url;          /* the upstream, for logs (owned) */
     char *resource_name;   /* terminal sessions: logged on every line (owned) */
     char *session_id;      /* terminal sessions (owned) */
@@ -45,6 +44,8 @@ typedef struct relay {
     uint8_t closed_first;  /* FIRST_*: which leg ended first */
     uint8_t up_paused;     /* upstream reads paused: the client's queue is long */
 } relay;
+
+#define RL_UP(rl) ((rl)->leg ? (rl)->leg->up : NULL)
 
 enum { FIRST_NONE = 0, FIRST_DOWNSTREAM, FIRST_UPSTREAM, FIRST_GATEWAY };
 
@@ -100,7 +101,7 @@ static const gw_ws_app relay_app;
 static relay *relay_of(gw_client *c)
 {
     gw_wsconn *wsc = c ? gw_wsconn_of(c) : NULL;
-    return wsc && wsc->app == &relay_app ? wsc->app_data : NULL;
+    return wsc && wsc->app == &relay_app ? gw_ws_app_data(wsc) : NULL;
 }
 
 /* ================================ start ===================================== */
@@ -254,8 +255,9 @@ static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *
     size_t n = gw_ws_build_101(out, sizeof out, gw_str_make(p->key, strlen(p->key)), proto,
                                p->pmd.enabled ? p->ext : NULL, p->corr, p->trace);
     gw_conn_write(&c->conn, out, n);
-    relay *rl = gw_calloc(1, sizeof *rl);
-    rl->up = up;
+    c->pdata = NULL; /* the held phase ends here: p is freed below */
+    gw_wsconn *wsc = gw_ws_serve_open(c, p->route, p->table, p->corr, p->user, &relay_app, sizeof(relay), &p->pmd);
+    relay *rl = gw_ws_app_data(wsc);
     rl->leg = leg;
     p->leg = NULL;
     rl->up_url = p->up_url;
@@ -263,8 +265,6 @@ static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *
     rl->session_id = p->session_id;
     p->up_url = p->resource_name = p->session_id = NULL;
     rl->up_last_seen_ms = rl->up_last_ping_ms = gw_loop_now(c->w->loop);
-    c->pdata = NULL; /* the held phase ends here: p is freed below */
-    gw_wsconn *wsc = gw_ws_serve_open(c, p->route, p->table, p->corr, p->user, &relay_app, rl, &p->pmd);
     /* A selected protocol given by the route's owner may be a credential
      * (the terminal token): only the gateway's own names are logged. */
     gw_str logged = proto;
@@ -392,7 +392,7 @@ static void up_close(gw_wsc *up, const gw_wsc_reason *r)
     }
     gw_wsconn *wsc = gw_wsconn_of(c);
     relay *rl = relay_of(c);
-    if (!rl || rl->up != up) {
+    if (!rl || RL_UP(rl) != up) {
         leg_free(leg);
         return;
     }
@@ -412,7 +412,6 @@ static void up_close(gw_wsc *up, const gw_wsc_reason *r)
         gw_ws_close(&wsc->ws, CLOSE_BAD_GATEWAY, "upstream_closed", gw_cause_upstream_closed);
         break;
     }
-    rl->up = NULL;
     rl->leg = NULL;
     leg_free(leg);
     gw_conn_flush(&c->conn);
@@ -466,49 +465,50 @@ static void up_drain(gw_wsc *up)
 /* The client's output queue drained: resume the upstream. */
 static void relay_drained(gw_wsconn *wsc)
 {
-    relay *rl = wsc->app_data;
-    if (rl->up && rl->up_paused) {
+    relay *rl = gw_ws_app_data(wsc);
+    if (RL_UP(rl) && rl->up_paused) {
         rl->up_paused = 0;
-        gw_wsc_pause(rl->up, 0);
+        gw_wsc_pause(RL_UP(rl), 0);
     }
 }
 
 /* The client stays paused while the upstream's queue is long. */
 static int relay_keep_paused(gw_wsconn *wsc)
 {
-    relay *rl = wsc->app_data;
-    return rl->up && gw_wsc_queued(rl->up) > GW_OUT_HIGH;
+    relay *rl = gw_ws_app_data(wsc);
+    return RL_UP(rl) && gw_wsc_queued(RL_UP(rl)) > GW_OUT_HIGH;
 }
 
 /* ============================== downstream leg ============================== */
 
 static void down_message(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n)
 {
-    relay *rl = wsc->app_data;
-    if (!rl->up)
+    relay *rl = gw_ws_app_data(wsc);
+    gw_wsc *up = RL_UP(rl);
+    if (!up)
         return;
-    gw_ws *uws = gw_wsc_ws(rl->up);
+    gw_ws *uws = gw_wsc_ws(up);
     if (uws)
         gw_conn_cork_deferred(uws->conn);
-    gw_wsc_send(rl->up, opcode, p, n);
+    gw_wsc_send(up, opcode, p, n);
     /* What stays queued has write interest, whose event (up_drain) resumes
      * us; a queue already waiting for it is left to it. */
-    if (gw_wsc_queued(rl->up) > GW_OUT_HIGH && uws && gw_conn_try_drain(uws->conn) > GW_OUT_HIGH)
+    if (gw_wsc_queued(up) > GW_OUT_HIGH && uws && gw_conn_try_drain(uws->conn) > GW_OUT_HIGH)
         gw_conn_pause(&wsc->c->conn, 1);
 }
 
 static void down_peer_close(gw_wsconn *wsc, unsigned code, const uint8_t *reason, size_t n)
 {
-    relay *rl = wsc->app_data;
+    relay *rl = gw_ws_app_data(wsc);
     rl->down_code = (uint16_t)code;
     if (!rl->closed_first)
         rl->closed_first = FIRST_DOWNSTREAM;
-    if (rl->up) {
+    if (RL_UP(rl)) {
         char why[124];
         size_t k = GW_MIN(n, sizeof why - 1);
         memcpy(why, reason, k);
         why[k] = '\0';
-        gw_wsc_close(rl->up, code == GW_WS_CLOSE_NO_STATUS ? GW_WS_CLOSE_NORMAL : code, why);
+        gw_wsc_close(RL_UP(rl), code == GW_WS_CLOSE_NO_STATUS ? GW_WS_CLOSE_NORMAL : code, why);
     }
 }
 
@@ -517,11 +517,10 @@ static void down_peer_close(gw_wsconn *wsc, unsigned code, const uint8_t *reason
  * left to finish its close on its own as an orphan on the worker. */
 static void relay_closed(gw_wsconn *wsc)
 {
-    relay *rl = wsc->app_data;
-    if (!rl->up)
+    relay *rl = gw_ws_app_data(wsc);
+    if (!rl->leg)
         return;
-    gw_wsc *up = rl->up;
-    rl->up = NULL;
+    gw_wsc *up = rl->leg->up;
     if (!rl->closed_first)
         rl->closed_first = wsc->ws.cause == gw_cause_downstream_closed || wsc->ws.cause == gw_cause_graceful
                                ? FIRST_DOWNSTREAM
@@ -543,24 +542,23 @@ static void relay_closed(gw_wsconn *wsc)
 static void relay_timer(gw_wsconn *wsc, uint64_t now)
 {
     const gw_config *cfg = &gw_srv.cfg;
-    relay *rl = wsc->app_data;
+    relay *rl = gw_ws_app_data(wsc);
     gw_client *c = wsc->c;
-    if (!rl->up || wsc->ws.state != GW_WS_OPEN)
+    if (!RL_UP(rl) || wsc->ws.state != GW_WS_OPEN)
         return;
     /* Backstop for the drain notifications: a leg paused for a queue that is
      * no longer long is resumed here at the latest. */
     if (rl->up_paused && gw_conn_queued(&c->conn) <= GW_OUT_HIGH)
         relay_drained(wsc);
-    if ((c->conn.flags & GW_CONN_F_PAUSED) && gw_wsc_queued(rl->up) <= GW_OUT_HIGH &&
+    if ((c->conn.flags & GW_CONN_F_PAUSED) && gw_wsc_queued(RL_UP(rl)) <= GW_OUT_HIGH &&
         gw_conn_queued(&c->conn) <= GW_OUT_HIGH)
-        up_drain(rl->up);
+        up_drain(RL_UP(rl));
     if (!cfg->ws_ping_interval_ms)
         return;
     if (rl->up_paused)
         rl->up_last_seen_ms = now; /* unread because we paused it, not silent */
     if (now >= rl->up_last_seen_ms + cfg->ws_pong_timeout_ms) {
         relay_leg *leg = rl->leg;
-        rl->up = NULL;
         rl->leg = NULL;
         rl->closed_first = FIRST_UPSTREAM;
         leg_free(leg);
@@ -568,7 +566,7 @@ static void relay_timer(gw_wsconn *wsc, uint64_t now)
         return;
     }
     if (now >= rl->up_last_ping_ms + cfg->ws_ping_interval_ms) {
-        gw_wsc_ping(rl->up, (const uint8_t *)"wsgate", 6);
+        gw_wsc_ping(RL_UP(rl), (const uint8_t *)"wsgate", 6);
         rl->up_last_ping_ms = now;
     }
 }
@@ -576,7 +574,7 @@ static void relay_timer(gw_wsconn *wsc, uint64_t now)
 static void relay_log_fields(gw_wsconn *wsc, gw_log_line *l, int close)
 {
     static const char *const first[] = {NULL, "downstream", "upstream", "gateway"};
-    relay *rl = wsc->app_data;
+    relay *rl = gw_ws_app_data(wsc);
     if (!close) {
         gw_log_str(l, "upstream", rl->up_url, GW_LOG_JSON_ONLY);
         if (rl->resource_name)
@@ -600,14 +598,10 @@ static void relay_log_fields(gw_wsconn *wsc, gw_log_line *l, int close)
 
 static void relay_free(gw_wsconn *wsc)
 {
-    relay *rl = wsc->app_data;
-    if (rl->leg) /* never opened toward a live leg (cannot happen once relay_closed ran) */
-        leg_free(rl->leg);
+    relay *rl = gw_ws_app_data(wsc);
     gw_free(rl->up_url);
     gw_free(rl->resource_name);
     gw_free(rl->session_id);
-    gw_free(rl);
-    wsc->app_data = NULL;
 }
 
 static const gw_ws_app relay_app = {

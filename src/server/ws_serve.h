@@ -19,7 +19,8 @@
 typedef struct gw_wsconn gw_wsconn;
 
 /* A WebSocket application on an upgraded connection. Every entry is
- * optional; app data is wsc->app_data. */
+ * optional; the app's state lives right after the gw_wsconn, in the same
+ * allocation (app_size bytes, zeroed): gw_ws_app_data(wsc). */
 typedef struct gw_ws_app {
     /* A data message from the client (see gw_ws_handler.on_message). */
     void (*message)(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n);
@@ -35,7 +36,7 @@ typedef struct gw_ws_app {
     void (*closed)(gw_wsconn *wsc);
     /* Adds the app's fields to the "ws open" (close 0) or "ws close" line. */
     void (*log_fields)(gw_wsconn *wsc, gw_log_line *l, int close);
-    /* Frees app_data (after the close line). */
+    /* Frees what the app's state holds (after the close line). */
     void (*free)(gw_wsconn *wsc);
 } gw_ws_app;
 
@@ -46,7 +47,6 @@ struct gw_wsconn {
     const gw_route *route;
     gw_route_table *table; /* holds route alive across reloads */
     const gw_ws_app *app;
-    void *app_data;
     uint64_t opened_ms;    /* monotonic, at the 101 */
     uint64_t last_seen_ms; /* last bytes from the peer */
     uint64_t last_msg_ms;  /* last data message or ping from the peer (idle limit) */
@@ -58,6 +58,9 @@ struct gw_wsconn {
     char user[64];         /* authenticated user, "-" when anonymous */
 };
 
+/* The app's state: app_size bytes right after the gw_wsconn. */
+static inline void *gw_ws_app_data(gw_wsconn *wsc) { return wsc + 1; }
+
 /* The connection's WebSocket state, or NULL outside the WebSocket phase. */
 gw_wsconn *gw_wsconn_of(const gw_client *c);
 
@@ -65,15 +68,15 @@ void gw_ws_negotiate_deflate(const gw_http_req *req, gw_pmd_params *pmd, char *e
 size_t gw_ws_build_101(char *out, size_t cap, gw_str key, gw_str proto, const char *ext, const char *corr,
                        const char *trace);
 /* Starts the WebSocket phase once the 101 is written: the session engine
- * serving app (with app_data), metrics. The caller logs "ws open" after
+ * serving app (with app_size bytes of state, zeroed), metrics. The caller logs "ws open" after
  * setting what it knows (gw_ws_serve_log_open). */
 gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *table, const char *corr,
-                            const char *user, const gw_ws_app *app, void *app_data, const gw_pmd_params *pmd);
+                            const char *user, const gw_ws_app *app, size_t app_size, const gw_pmd_params *pmd);
 void gw_ws_serve_log_open(gw_wsconn *wsc, gw_str proto, int deflate, const char *trace);
 /* Answers a checked upgrade with 101 and starts app on it: the whole
  * upgrade for a kind served by the gateway itself (echo). */
 int gw_ws_serve_upgrade(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const char *corr,
-                        const char *trace, const gw_ws_app *app, void *app_data);
+                        const char *trace, const gw_ws_app *app, size_t app_size);
 /* After the app started a close: arm the close-handshake deadline. */
 void gw_ws_serve_closing(gw_wsconn *wsc);
 
