@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -8,6 +8,8 @@
 #include "core/common.h"
 #include "log/log.h"
 #include "probe/probe.h"
+#include "echo/echo.h"
+#include "proxy/proxy.h"
 #include "server/server.h"
 #include "agent/agent.h"
 #include "terminal/terminal.h"
@@ -81,6 +83,10 @@ static int cmd_serve(void)
     }
     gw_log_init(cfg.log_format, cfg.log_level, cfg.service_name, 2);
     gw_config_unbuilt(env_get, warn_unbuilt, NULL);
+    /* The route kinds of this build: one line each. */
+    gw_kind_register(&gw_kind_echo);
+    gw_kind_register(&gw_kind_proxy);
+    gw_kind_register(&gw_kind_terminal);
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
         if (l) {

@@ -967,8 +967,7 @@ static void accept_cb(gw_io *io, uint32_t ev)
     GW_UNUSED(ev);
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
-        socklen_t len = sizeof ss;
-        int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = gw_sock_accept(io->fd, &ss);
         if (fd < 0)
             return;
         gw_sock_nodelay(fd);

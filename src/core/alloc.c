@@ -52,11 +52,6 @@ void *gw_try_malloc(size_t n)
     return malloc(n ? n : 1);
 }
 
-void *gw_try_realloc(void *p, size_t n)
-{
-    return realloc(p, n ? n : 1);
-}
-
 void gw_free(void *p)
 {
     free(p);

@@ -14,7 +14,6 @@ void *gw_realloc(void *p, size_t n);
 char *gw_strdup(const char *s);
 char *gw_strndup(const char *s, size_t n);
 __attribute__((warn_unused_result)) void *gw_try_malloc(size_t n);
-__attribute__((warn_unused_result)) void *gw_try_realloc(void *p, size_t n);
 void gw_free(void *p);
 
 #endif

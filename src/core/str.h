@@ -24,11 +24,6 @@ static inline int gw_str_ieq(gw_str a, const char *lit)
     size_t n = strlen(lit);
     return a.n == n && strncasecmp(a.p, lit, n) == 0;
 }
-static inline int gw_str_has_prefix(gw_str a, const char *lit)
-{
-    size_t n = strlen(lit);
-    return a.n >= n && memcmp(a.p, lit, n) == 0;
-}
 /* Trims spaces and horizontal tabs (HTTP optional whitespace) on both sides. */
 static inline gw_str gw_str_trim(gw_str s)
 {

@@ -276,6 +276,51 @@ ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
 
 size_t gw_conn_pending(gw_conn *c) { return c->tp->pending(c); }
 
+static _Thread_local uint8_t *read_buf; /* GW_CONN_READ_CHUNK, allocated at the thread's first read */
+
+uint8_t *gw_conn_read_buffer(void)
+{
+    if (!read_buf)
+        read_buf = gw_malloc(GW_CONN_READ_CHUNK);
+    return read_buf;
+}
+
+ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled)
+{
+    size_t max = rd->max_input(c);
+    int own = c->in.len > 0;
+    uint8_t *p;
+    size_t cap;
+    if (own) {
+        /* Room for the rest of what is pending (a frame split across reads)
+         * and a read's worth more, within the input cap. */
+        size_t want = GW_MAX((size_t)GW_CONN_READ_CHUNK / 4, rd->need ? rd->need(c) : 0);
+        want = GW_MIN(want, max > c->in.len ? max - c->in.len : 0);
+        if (want == 0 || gw_buf_reserve(&c->in, want, max) != GW_OK)
+            return GW_CONN_FULL;
+        p = gw_buf_tail(&c->in);
+        cap = gw_buf_room(&c->in);
+    } else {
+        p = gw_conn_read_buffer();
+        cap = GW_CONN_READ_CHUNK;
+    }
+    ssize_t r = gw_conn_read(c, p, cap);
+    if (r <= 0)
+        return r;
+    *filled = (size_t)r == cap;
+    if (own) {
+        gw_buf_commit(&c->in, (size_t)r);
+        size_t used = rd->rcv(c, gw_buf_head(&c->in), c->in.len);
+        if (c->io.fd >= 0)
+            gw_buf_consume(&c->in, used);
+    } else {
+        size_t used = rd->rcv(c, p, (size_t)r);
+        if (used < (size_t)r && c->io.fd >= 0 && gw_buf_append(&c->in, p + used, (size_t)r - used, max) != GW_OK)
+            return GW_CONN_FULL;
+    }
+    return r;
+}
+
 void gw_conn_update(gw_conn *c)
 {
     uint32_t ev = 0;
@@ -456,6 +501,17 @@ static int sink_paused(void *io) { return (((gw_conn *)io)->flags & GW_CONN_F_PA
 
 const gw_sink gw_conn_sink = {sink_writev, sink_paused, GW_CONN_OUT_MAX};
 
+int gw_conn_await_connect(gw_conn *c) { return gw_io_update(c->loop, &c->io, GW_EV_WRITE); }
+
+void gw_conn_connected(gw_conn *c) { gw_io_update(c->loop, &c->io, 0); }
+
+size_t gw_conn_try_drain(gw_conn *c)
+{
+    if (!(c->io.events & GW_EV_WRITE))
+        gw_conn_flush(c);
+    return c->out.len;
+}
+
 int gw_conn_flush(gw_conn *c)
 {
     if (c->flags & GW_CONN_F_ERROR)
@@ -550,6 +606,8 @@ void gw_conn_cork_deferred(gw_conn *c)
 
 void gw_conn_thread_exit(void)
 {
+    gw_free(read_buf);
+    read_buf = NULL;
     for (int i = 0; i < STAGE_SLOTS; i++) {
         gw_buf_release(&slots[i].buf);
         slots[i].owner = NULL;

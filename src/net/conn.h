@@ -64,6 +64,36 @@ struct gw_conn {
 
 extern const gw_transport gw_transport_plain;
 
+/* ================================ reading ===================================
+ * The connection owns its input: gw_conn_read_into reads once, into the
+ * thread's read buffer when nothing waits in c->in (no copy: the bytes are
+ * processed in place), else appended to c->in; it hands what waits to the
+ * reader's rcv, and keeps the tail rcv did not use in c->in (the only copy
+ * on the input side, and only for a head or frame split across reads).
+ * This is the seam a completion-based backend (io_uring with provided
+ * buffer rings) plugs into: it owns the buffers, the reader sees bytes. */
+#define GW_CONN_READ_CHUNK (256u * 1024) /* the thread's read buffer */
+#define GW_CONN_FULL (-4)                /* gw_conn_read_into: the input cap was reached */
+
+typedef struct gw_conn_reader {
+    /* n bytes at p (what waited in c->in first): returns how many it used.
+     * It may pause, finish or close the connection. */
+    size_t (*rcv)(gw_conn *c, uint8_t *p, size_t n);
+    /* Most input kept unprocessed (c->in's cap). */
+    size_t (*max_input)(gw_conn *c);
+    /* Bytes still missing from what waits in c->in (0: unknown), so one
+     * read can complete it (optional). */
+    size_t (*need)(gw_conn *c);
+} gw_conn_reader;
+
+/* One read for rd. Returns the bytes read (> 0; *filled set when the read
+ * took all the room it had, so more may be waiting), 0 at end of stream,
+ * GW_AGAIN, GW_ERR (read error) or GW_CONN_FULL (the input cap). */
+ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled);
+/* The thread's read buffer (GW_CONN_READ_CHUNK bytes), for a reader that
+ * still reads by itself (the HTTP proxy's upstream side). */
+uint8_t *gw_conn_read_buffer(void);
+
 /* Initialises c around a connected nonblocking fd; cb gets its events. The
  * caller starts reading with gw_conn_want_read(c, 1). */
 void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb);
@@ -91,6 +121,16 @@ void gw_conn_cork(gw_conn *c);
 void gw_conn_cork_deferred(gw_conn *c);
 int gw_conn_uncork(gw_conn *c);
 static inline size_t gw_conn_queued(const gw_conn *c) { return c->out.len; }
+/* A connect in progress: the owner's callback hears when the socket is
+ * writable (then gw_sock_connect_result says how it went). GW_OK or GW_ERR. */
+int gw_conn_await_connect(gw_conn *c);
+/* The connect completed: no interest until the owner asks (want_read,
+ * writes). */
+void gw_conn_connected(gw_conn *c);
+/* Flow control for a writer with a long queue: tries the socket now, unless
+ * the queue already waits for its write event (which will send it); returns
+ * the bytes still queued. */
+size_t gw_conn_try_drain(gw_conn *c);
 
 /* The sink (core/sink.h) that writes through a gw_conn (io = the conn):
  * gw_conn_writev, corking and deferral included; paused while the conn is

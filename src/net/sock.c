@@ -204,3 +204,22 @@ void gw_sock_ntop(const struct sockaddr_storage *ss, char *out, size_t cap)
         snprintf(out, cap, "unix");
     }
 }
+
+int gw_sock_accept(int lfd, struct sockaddr_storage *ss)
+{
+    struct sockaddr_storage tmp;
+    socklen_t len = sizeof tmp;
+    int fd = accept4(lfd, (struct sockaddr *)&tmp, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0 && ss)
+        *ss = tmp;
+    return fd;
+}
+
+int gw_sock_connect_result(int fd)
+{
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+        return errno;
+    return soerr;
+}

@@ -20,6 +20,14 @@ uint16_t gw_sock_local_port(int fd);
 /* Starts a nonblocking connect to a (TCP or unix). Returns the fd (connect in
  * progress or done) or GW_ERR. */
 int gw_sock_connect(const gw_addr *a, char *err, size_t errcap);
+/* Accepts one connection on the listening socket lfd, nonblocking and
+ * close-on-exec; *ss (ss may be NULL) gets the peer's address. The one
+ * accept path of the process. Returns the fd, or -1 with errno set. */
+int gw_sock_accept(int lfd, struct sockaddr_storage *ss);
+/* The outcome of a nonblocking connect once its socket reported writable:
+ * 0, or the errno it failed with (SO_ERROR). The one connect-completion
+ * path. */
+int gw_sock_connect_result(int fd);
 /* Sets TCP_NODELAY (ignored for unix sockets). */
 void gw_sock_nodelay(int fd);
 /* Formats the peer address ip (no port) into out; "unix" for unix sockets. */

@@ -36,7 +36,7 @@
 #include "metrics/metrics.h"
 #include "net/conn.h"
 #include "net/sock.h"
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 
 const char gw_probe_usage[] =
     "Usage: wsgate probe --leg NAME=URL [--leg NAME=URL ...] [--listen HOST:PORT] [--interval 10s]\n"
@@ -430,17 +430,14 @@ static void http_io(gw_io *io, uint32_t events)
     leg *g = gw_container_of(io, leg, hc.io);
     switch (g->hstate) {
     case H_CONNECTING: {
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-            soerr = errno;
+        int soerr = gw_sock_connect_result(io->fd);
         if (soerr) {
             char e[128];
             snprintf(e, sizeof e, "connect: %s", strerror(soerr));
             http_fail(g, "connect_failed", e);
             return;
         }
-        gw_io_update(P.loop, io, 0);
+        gw_conn_connected(&g->hc);
         if (g->t.tls) {
             /* An IP literal: no SNI, checked against the certificate's IPs. */
             struct in6_addr a6;
@@ -487,7 +484,7 @@ static void http_check(leg *g)
     }
     gw_conn_init(&g->hc, P.loop, fd, http_io);
     g->hstate = H_CONNECTING;
-    gw_io_start(P.loop, &g->hc.io, GW_EV_WRITE);
+    gw_conn_await_connect(&g->hc);
     gw_timer_start_at(P.loop, &g->deadline, gw_mono_ms() + P.timeout_ms);
 }
 
@@ -618,7 +615,7 @@ static void listener_cb(gw_io *io, uint32_t events)
 {
     GW_UNUSED(events);
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = gw_sock_accept(io->fd, NULL);
         if (fd < 0)
             return;
         mconn *m = gw_calloc(1, sizeof *m);

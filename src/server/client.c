@@ -1,5 +1,7 @@
 /* client.c: one accepted connection through its phases: TLS handshake,
- * HTTP requests, WebSocket session, finish (flush + linger), closed.
+ * then whatever gw_client_proto serves it (HTTP requests, a WebSocket
+ * session, a route kind's exchange), finish (flush + linger), closed. The
+ * core names no protocol and no route kind.
  *
  * Reads land in the worker's shared buffer and are processed in place; only
  * an incomplete tail (a partial head or frame) is copied into the
@@ -13,7 +15,8 @@
 #include "core/common.h"
 #include "log/log.h"
 #include "net/sock.h"
-#include "server/server.h"
+#include "server/client.h"
+#include "server/state.h"
 
 static void client_io(gw_io *io, uint32_t events);
 static void client_timer(gw_timer *t);
@@ -25,25 +28,8 @@ static void client_free_task(gw_task *t)
     gw_free(c);
 }
 
-/* The request target as every later step sees it (routes, handlers, the
- * upstream's request): absolute-form served as origin-form, dot segments
- * removed (RFC 3986 section 5.2.4), so "/app/../admin" is "/admin" before a
- * route prefix is matched and no upstream ever sees "/../". The client's
- * buffer is left untouched (a head may be parsed again when its body is
- * still arriving): a changed path lives in c->norm_path. */
-static int normalize_target(gw_client *c, gw_http_req *req)
-{
-    if (gw_h1_origin_form(req) != GW_OK)
-        return GW_ERR;
-    if (!gw_h1_path_needs_normalizing(req->path))
-        return GW_OK;
-    gw_free(c->norm_path);
-    c->norm_path = gw_malloc(req->path.n + 1);
-    req->path = gw_str_make(c->norm_path, gw_h1_normalize_path(req->path, c->norm_path));
-    return GW_OK;
-}
-
-void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, int admin)
+void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, int admin, void *tls_ctx,
+                      const gw_client_proto *http)
 {
     gw_client *c = gw_calloc(1, sizeof *c);
     gw_conn_init(&c->conn, w->loop, fd, client_io);
@@ -64,8 +50,9 @@ void gw_client_accept(gw_worker *w, int fd, const struct sockaddr_storage *ss, i
     gw_gauge_add(admin ? gw_srv.m_conns_admin : gw_srv.m_conns_public, 1);
     gw_counter_inc(admin ? gw_srv.m_accepted_admin : gw_srv.m_accepted_public);
     c->phase = GW_PHASE_HTTP;
-    if (gw_srv.tls_ctx && !admin) {
-        if (gw_conn_tls(&c->conn, gw_srv.tls_ctx, 1, NULL) != GW_OK) {
+    c->base = c->proto = http;
+    if (tls_ctx) {
+        if (gw_conn_tls(&c->conn, tls_ctx, 1, NULL) != GW_OK) {
             gw_client_close(c);
             return;
         }
@@ -80,17 +67,11 @@ void gw_client_close(gw_client *c)
 {
     if (c->phase == GW_PHASE_CLOSED)
         return;
-    if (c->wsc)
-        gw_ws_serve_closed(c);
-    if (c->pending)
-        gw_relay_pending_abort(c);
-    if (c->proxy)
-        gw_proxy_abort(c);
-    if (c->wait) {
-        const gw_client_wait_ops *ops = c->wait;
-        c->wait = NULL;
-        ops->abort(c, c->wait_data);
-    }
+    if (c->phase != GW_PHASE_FINISH && c->proto->finish)
+        c->proto->finish(c);
+    if (c->proto->end)
+        c->proto->end(c);
+    c->pdata = NULL;
     c->phase = GW_PHASE_CLOSED;
     gw_timer_stop(c->w->loop, &c->timer);
     gw_conn_close(&c->conn);
@@ -113,8 +94,8 @@ void gw_client_finish(gw_client *c)
 {
     if (c->phase == GW_PHASE_CLOSED || c->phase == GW_PHASE_FINISH)
         return;
-    if (c->wsc)
-        gw_ws_serve_closed(c);
+    if (c->proto->finish)
+        c->proto->finish(c);
     c->phase = GW_PHASE_FINISH;
     c->phase_ms = gw_loop_now(c->w->loop);
     gw_conn_uncork(&c->conn);
@@ -130,60 +111,38 @@ void gw_client_finish(gw_client *c)
     gw_client_arm(c);
 }
 
-/* How long a connection with no request bytes may wait in the HTTP phase:
- * until its first request, the handshake timeout (counted from accept); after
- * one, the keep-alive idle timeout. */
-static uint64_t http_wait_ms(const gw_client *c)
+void gw_client_enter(gw_client *c, int phase, const gw_client_proto *proto, void *pdata)
 {
-    return c->served ? gw_srv.cfg.http_idle_timeout_ms : gw_srv.cfg.handshake_timeout_ms;
+    c->phase = (uint8_t)phase;
+    c->proto = proto;
+    c->pdata = pdata;
+}
+
+void gw_client_http(gw_client *c) { gw_client_enter(c, GW_PHASE_HTTP, c->base, NULL); }
+
+void gw_client_kick(gw_client *c)
+{
+    if (c->conn.in.len)
+        gw_loop_pending(c->w->loop, &c->task);
 }
 
 void gw_client_arm(gw_client *c)
 {
-    const gw_config *cfg = &gw_srv.cfg;
     uint64_t at;
     switch (c->phase) {
     case GW_PHASE_TLS:
-        at = c->phase_ms + cfg->handshake_timeout_ms;
-        break;
-    case GW_PHASE_HTTP:
-        /* A request under way, and the first request of a connection, must
-         * complete its head in the handshake timeout (slow-header defence;
-         * a connection that sends nothing is no different); an idle
-         * keep-alive connection gets the idle timeout. */
-        at = c->phase_ms + (c->conn.in.len ? cfg->handshake_timeout_ms : http_wait_ms(c));
-        break;
-    case GW_PHASE_WS:
-        at = gw_ws_serve_deadline(c);
-        break;
-    case GW_PHASE_PROXY:
-        /* A request body must keep arriving: a client silent for the
-         * handshake timeout mid-body is cut, and so is one whose body misses
-         * its deadline (GATEWAY_BODY_TIMEOUT, extended by the bytes that
-         * came; see gw_proxy_body_deadline): the slow-body defence. The
-         * timer may fire early (the deadline only moves later); client_timer
-         * re-arms then. Once the body is out, the upstream's timeouts apply. */
-        if (gw_proxy_body_pending(c)) {
-            uint64_t deadline = gw_proxy_body_deadline(c);
-            at = c->phase_ms + cfg->handshake_timeout_ms;
-            if (deadline && deadline < at)
-                at = deadline;
-            break;
-        }
-        at = c->phase_ms + 3600000;
-        break;
-    case GW_PHASE_UPSTREAM:
-        /* The upstream side has its own timeouts; this is a backstop. */
-        at = c->phase_ms + 3600000;
-        break;
-    case GW_PHASE_WAIT:
-        at = c->wait_deadline_ms;
+        at = c->phase_ms + gw_srv.cfg.handshake_timeout_ms;
         break;
     case GW_PHASE_FINISH:
         at = c->phase_ms + GW_LINGER_MS;
         break;
-    default:
+    case GW_PHASE_CLOSED:
         return;
+    default:
+        at = c->proto->deadline ? c->proto->deadline(c) : 0;
+        if (!at)
+            at = c->phase_ms + GW_BACKSTOP_MS; /* the phase has its own timeouts; this is a backstop */
+        break;
     }
     gw_timer_start_at(c->w->loop, &c->timer, at);
 }
@@ -191,133 +150,27 @@ void gw_client_arm(gw_client *c)
 static void client_timer(gw_timer *t)
 {
     gw_client *c = gw_container_of(t, gw_client, timer);
-    uint64_t now = gw_loop_now(c->w->loop);
-    switch (c->phase) {
-    case GW_PHASE_WS:
-        gw_ws_serve_timer(c);
-        return;
-    case GW_PHASE_WAIT:
-        if (now >= c->wait_deadline_ms) {
-            c->wait->deadline(c, c->wait_data);
-            return;
-        }
-        gw_client_arm(c);
-        return;
-    case GW_PHASE_PROXY:
-        if (gw_proxy_body_pending(c)) {
-            uint64_t deadline = gw_proxy_body_deadline(c);
-            if (deadline && now >= deadline) {
-                gw_proxy_body_timeout(c, 1);
-                return;
-            }
-            if (now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
-                gw_proxy_body_timeout(c, 0);
-                return;
-            }
-        }
-        gw_client_arm(c);
-        return;
-    case GW_PHASE_HTTP:
-        if (c->conn.in.len && now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
-            gw_http_error(c, 408, "request_timeout", "the request head did not arrive in time", NULL, NULL);
-            gw_client_finish(c);
-            return;
-        }
-        if (!c->conn.in.len && now >= c->phase_ms + http_wait_ms(c)) {
-            if (!c->served)
-                gw_log_msg(GW_LOG_DEBUG, NULL, "connection from %s closed: no request within the handshake timeout",
-                           c->ip);
-            gw_client_close(c);
-            return;
-        }
-        gw_client_arm(c);
-        return;
-    default:
-        gw_client_close(c);
+    if (c->phase != GW_PHASE_TLS && c->phase != GW_PHASE_FINISH && c->proto->timer) {
+        c->proto->timer(c);
         return;
     }
+    gw_client_close(c);
 }
 
-/* Processes n bytes at p for the current phase; returns bytes consumed. */
+/* Processes n bytes at p for the current phase; returns bytes consumed.
+ * When the phase hands the connection on (HTTP to a streamed exchange and
+ * back, an upgrade to WebSocket), the rest goes to the new phase. */
 static size_t process(gw_client *c, uint8_t *p, size_t n)
 {
     size_t off = 0;
     while (off < n) {
-        if (c->phase == GW_PHASE_WS)
-            return off + gw_ws_serve_feed(c, p + off, n - off);
-        if (c->phase == GW_PHASE_UPSTREAM || c->phase == GW_PHASE_WAIT)
-            return off; /* kept until the upstream (or the store) answers */
-        if (c->phase == GW_PHASE_PROXY) {
-            size_t used = gw_proxy_feed(c, p + off, n - off);
-            if (c->phase == GW_PHASE_PROXY || used == 0)
-                return off + used;
-            off += used;
-            continue;
-        }
-        if (c->phase != GW_PHASE_HTTP)
+        if (c->phase == GW_PHASE_FINISH || c->phase == GW_PHASE_CLOSED)
             return n; /* finishing: discard */
-        gw_http_header hdrs[128];
-        gw_http_req req;
-        int status = 400;
-        int r = gw_h1_parse_request((const char *)p + off, n - off, &req, hdrs, &gw_srv.limits, &status);
-        if (r > 0 && normalize_target(c, &req) != GW_OK) {
-            r = GW_ERR;
-            status = 400;
-        }
-        if (r == GW_AGAIN) {
-            /* A new keep-alive request starts; the first one's head is due
-             * within the handshake timeout of the accept. */
-            if (off == 0 && c->conn.in.len == 0 && c->served)
-                c->phase_ms = gw_loop_now(c->w->loop);
-            break;
-        }
-        if (r < 0) {
-            static const struct {
-                int status;
-                const char *code, *msg;
-            } errs[] = {
-                {400, "bad_request", "the request is malformed"},
-                {414, "uri_too_long", "the request line is too long"},
-                {431, "request_header_fields_too_large", "the request head is too large"},
-                {505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served here"},
-            };
-            size_t i = 0;
-            while (i + 1 < GW_ARRAY_LEN(errs) && errs[i].status != status)
-                i++;
-            if (errs[i].status != status)
-                i = 0;
-            c->close_after = 1;
-            gw_http_error(c, errs[i].status, errs[i].code, errs[i].msg, NULL, NULL);
-            gw_client_finish(c);
-            return n;
-        }
-        /* The gateway's own endpoints (the admin API) read a small body
-         * whole before the handler runs: wait until all of it is here. */
-        const uint8_t *body = NULL;
-        size_t blen = 0;
-        gw_h1_body fr;
-        int st;
-        const char *why;
-        if ((c->admin || gw_http_has_handler(c, &req)) && gw_h1_request_body(&req, &fr, &st, &why) == GW_OK &&
-            (fr.chunked || fr.content_length)) {
-            if (fr.chunked || fr.content_length > GW_SMALL_BODY_MAX) {
-                c->close_after = 1;
-                gw_http_error(c, fr.chunked ? 411 : 413, fr.chunked ? "length_required" : "payload_too_large",
-                              fr.chunked ? "send the body with Content-Length" : "the body is too large", &req,
-                              NULL);
-                gw_client_finish(c);
-                return n;
-            }
-            if (n - off - (size_t)r < fr.content_length)
-                break; /* the rest of the body has not arrived */
-            body = p + off + r;
-            blen = (size_t)fr.content_length;
-        }
-        off += (size_t)r + blen;
-        c->served = 1;
-        if (gw_http_handle(c, &req, (size_t)r, body, blen) != GW_OK)
-            continue; /* phase changed: loop feeds the rest to the new phase */
-        c->phase_ms = gw_loop_now(c->w->loop);
+        const gw_client_proto *pr = c->proto;
+        int phase = c->phase;
+        off += pr->feed(c, p + off, n - off);
+        if (c->proto == pr && c->phase == phase)
+            return off;
     }
     return off;
 }
@@ -325,87 +178,67 @@ static size_t process(gw_client *c, uint8_t *p, size_t n)
 static void on_peer_gone(gw_client *c, int reset)
 {
     GW_UNUSED(reset);
-    if (c->phase == GW_PHASE_WS && c->wsc)
-        gw_ws_abort(&c->wsc->ws, gw_cause_downstream_closed);
+    if (c->phase != GW_PHASE_FINISH && c->phase != GW_PHASE_CLOSED && c->proto->gone)
+        c->proto->gone(c, GW_GONE_PEER);
     gw_client_close(c);
 }
 
 static size_t max_input(const gw_client *c)
 {
-    if (c->phase == GW_PHASE_WS)
-        return (size_t)gw_srv.cfg.ws_max_message_bytes + GW_WS_MAX_HEADER + GW_READ_CHUNK;
+    if (c->phase == GW_PHASE_FINISH)
+        return c->conn.in.len + GW_READ_CHUNK; /* lingering: whatever comes is discarded */
+    if (c->proto->max_input)
+        return c->proto->max_input(c);
     return (size_t)gw_srv.cfg.max_header_bytes + GW_READ_CHUNK + GW_SMALL_BODY_MAX;
 }
 
-/* Bytes still missing from the frame at the front of conn.in, so one read
- * can complete it (0 when unknown). */
+/* Bytes still missing from what waits in conn.in, so one read can complete
+ * it (0 when unknown). */
 static size_t pending_need(const gw_client *c)
 {
-    if (c->phase != GW_PHASE_WS || c->conn.in.len < 2)
-        return 0;
-    gw_ws_frame_hdr h;
-    uint16_t code;
-    int hl = gw_ws_frame_parse_header(gw_buf_head(&c->conn.in), c->conn.in.len, &h, &code);
-    if (hl <= 0 || h.len > gw_srv.cfg.ws_max_message_bytes)
-        return 0;
-    uint64_t total = (uint64_t)hl + h.len;
-    return total > c->conn.in.len ? (size_t)(total - c->conn.in.len) : 0;
+    return c->phase != GW_PHASE_FINISH && c->proto->need ? c->proto->need(c) : 0;
 }
+
+/* What the connection hands its bytes to: the current phase, corked, so
+ * all output produced while a read batch is processed leaves in one write. */
+static size_t client_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    gw_client *c = gw_container_of(conn, gw_client, conn);
+    if (c->phase == GW_PHASE_FINISH)
+        return n; /* lingering: discard */
+    if (c->proto->on_read)
+        c->proto->on_read(c, gw_loop_now(c->w->loop));
+    gw_conn_cork(&c->conn);
+    return process(c, p, n);
+}
+
+static size_t client_max_input(gw_conn *conn) { return max_input(gw_container_of(conn, gw_client, conn)); }
+
+static size_t client_need(gw_conn *conn) { return pending_need(gw_container_of(conn, gw_client, conn)); }
+
+static const gw_conn_reader client_reader = {client_rcv, client_max_input, client_need};
 
 static void client_read(gw_client *c)
 {
     gw_worker *w = c->w;
     for (int round = 0; round < 8 && c->phase != GW_PHASE_CLOSED; round++) {
-        int own = c->conn.in.len > 0 && c->phase != GW_PHASE_FINISH;
-        uint8_t *p;
-        size_t cap;
-        if (own) {
-            /* Room for the rest of what is pending (a frame split across
-             * reads) and a read's worth more, within the input cap. */
-            size_t want = GW_MAX((size_t)GW_READ_CHUNK / 4, pending_need(c));
-            want = GW_MIN(want, max_input(c) - c->conn.in.len);
-            if (want == 0 || gw_buf_reserve(&c->conn.in, want, max_input(c)) != GW_OK) {
-                /* Cannot happen while the parsers enforce their limits
-                 * (they fail before input passes them); be safe anyway. */
-                on_peer_gone(c, 0);
-                return;
-            }
-            p = gw_buf_tail(&c->conn.in);
-            cap = gw_buf_room(&c->conn.in);
-        } else {
-            p = w->rbuf;
-            cap = GW_READ_CHUNK;
-        }
-        ssize_t r = gw_conn_read(&c->conn, p, cap);
+        int lingering = c->phase == GW_PHASE_FINISH, filled = 0;
+        ssize_t r = gw_conn_read_into(&c->conn, &client_reader, &filled);
         if (r == GW_AGAIN)
             return;
+        if (r == GW_CONN_FULL) {
+            /* Cannot happen while the parsers enforce their limits (they
+             * fail before input passes them); be safe anyway. */
+            gw_conn_uncork(&c->conn);
+            on_peer_gone(c, 0);
+            return;
+        }
         if (r <= 0) {
             on_peer_gone(c, r < 0);
             return;
         }
-        if (c->phase == GW_PHASE_FINISH)
-            continue; /* lingering: discard */
-        if (c->wsc)
-            c->wsc->last_seen_ms = gw_loop_now(w->loop);
-        else if (c->phase == GW_PHASE_PROXY)
-            c->phase_ms = gw_loop_now(w->loop); /* the body is still arriving */
-        gw_conn_cork(&c->conn);
-        if (own) {
-            gw_buf_commit(&c->conn.in, (size_t)r);
-            size_t used = process(c, gw_buf_head(&c->conn.in), c->conn.in.len);
-            if (c->phase != GW_PHASE_CLOSED)
-                gw_buf_consume(&c->conn.in, used);
-        } else {
-            size_t used = process(c, p, (size_t)r);
-            if (used < (size_t)r &&
-                (c->phase == GW_PHASE_HTTP || c->phase == GW_PHASE_WS || c->phase == GW_PHASE_UPSTREAM ||
-                 c->phase == GW_PHASE_WAIT || c->phase == GW_PHASE_PROXY) &&
-                gw_buf_append(&c->conn.in, p + used, (size_t)r - used, max_input(c)) != GW_OK) {
-                gw_conn_uncork(&c->conn);
-                on_peer_gone(c, 0);
-                return;
-            }
-        }
+        if (lingering)
+            continue;
         if (c->phase == GW_PHASE_CLOSED)
             return;
         if (gw_conn_uncork(&c->conn) != GW_OK) {
@@ -426,7 +259,7 @@ static void client_read(gw_client *c)
             return;
         if (c->phase == GW_PHASE_HTTP)
             gw_client_arm(c);
-        if ((size_t)r < cap && gw_conn_pending(&c->conn) == 0)
+        if (!filled && gw_conn_pending(&c->conn) == 0)
             return;
     }
     /* Budget spent with input still waiting inside TLS: come back before
@@ -441,7 +274,7 @@ static void client_read(gw_client *c)
 static void process_buffered(gw_client *c)
 {
     if (!c->conn.in.len || (c->conn.flags & GW_CONN_F_PAUSED) ||
-        (c->phase != GW_PHASE_HTTP && c->phase != GW_PHASE_WS && c->phase != GW_PHASE_PROXY))
+        (c->phase != GW_PHASE_HTTP && c->phase != GW_PHASE_WS && c->phase != GW_PHASE_STREAM))
         return;
     gw_conn_cork(&c->conn);
     size_t used = process(c, gw_buf_head(&c->conn.in), c->conn.in.len);
@@ -458,11 +291,61 @@ static void process_buffered(gw_client *c)
         gw_client_arm(c);
 }
 
+/* ================ waiting for an asynchronous answer (a store) ================ */
+
+/* Reads stay paused and input waits in conn.in until the answer; the one
+ * timer carries the deadline. */
+static size_t wait_feed(gw_client *c, uint8_t *p, size_t n)
+{
+    GW_UNUSED(c);
+    GW_UNUSED(p);
+    GW_UNUSED(n);
+    return 0; /* kept until the answer */
+}
+
+static uint64_t wait_deadline(gw_client *c) { return c->wait_deadline_ms; }
+
+static void wait_timer(gw_client *c)
+{
+    if (gw_loop_now(c->w->loop) >= c->wait_deadline_ms) {
+        c->wait->deadline(c, c->wait_data);
+        return;
+    }
+    gw_client_arm(c);
+}
+
+static int wait_keep_paused(gw_client *c)
+{
+    GW_UNUSED(c);
+    return 1;
+}
+
+/* The connection ends while waiting: the operation is cancelled. */
+static void wait_end(gw_client *c)
+{
+    const gw_client_wait_ops *ops = c->wait;
+    if (!ops)
+        return;
+    c->wait = NULL;
+    ops->abort(c, c->wait_data);
+}
+
+static void wait_drain(gw_client *c) { c->close_after = 1; /* the answer comes, then the connection closes */ }
+
+static const gw_client_proto wait_proto = {
+    .feed = wait_feed,
+    .deadline = wait_deadline,
+    .timer = wait_timer,
+    .keep_paused = wait_keep_paused,
+    .end = wait_end,
+    .drain = wait_drain,
+};
+
 static void client_pending_task(gw_task *t);
 
 void gw_client_wait(gw_client *c, const gw_client_wait_ops *ops, void *data, uint64_t deadline_ms)
 {
-    c->phase = GW_PHASE_WAIT;
+    gw_client_enter(c, GW_PHASE_HELD, &wait_proto, NULL);
     c->phase_ms = gw_loop_now(c->w->loop);
     c->wait = ops;
     c->wait_data = data;
@@ -473,11 +356,11 @@ void gw_client_wait(gw_client *c, const gw_client_wait_ops *ops, void *data, uin
 
 void gw_client_wait_end(gw_client *c)
 {
-    if (c->phase != GW_PHASE_WAIT)
+    if (c->proto != &wait_proto)
         return;
     c->wait = NULL;
     c->wait_data = NULL;
-    c->phase = GW_PHASE_HTTP;
+    gw_client_http(c);
     c->phase_ms = gw_loop_now(c->w->loop);
 }
 
@@ -531,13 +414,11 @@ static void client_io(gw_io *io, uint32_t events)
         if (rc == GW_OK) {
             if (c->phase == GW_PHASE_FINISH)
                 gw_conn_shutdown(&c->conn);
-            if (c->wsc && c->wsc->up)
-                gw_relay_client_drained(c);
-            if (c->proxy)
-                gw_proxy_client_drained(c);
-            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_UPSTREAM && c->phase != GW_PHASE_WAIT &&
-                c->phase != GW_PHASE_PROXY &&
-                !(c->wsc && c->wsc->up && gw_wsc_queued(c->wsc->up) > GW_OUT_HIGH)) {
+            int serving = c->phase != GW_PHASE_FINISH;
+            if (serving && c->proto->drained)
+                c->proto->drained(c);
+            if ((c->conn.flags & GW_CONN_F_PAUSED) && c->phase != GW_PHASE_CLOSED &&
+                !(serving && c->proto->keep_paused && c->proto->keep_paused(c))) {
                 gw_conn_pause(&c->conn, 0);
                 /* Input may be waiting in our buffer: process it again. */
                 if (c->conn.in.len)
@@ -564,30 +445,17 @@ static void client_io(gw_io *io, uint32_t events)
 void gw_client_drain(gw_client *c)
 {
     switch (c->phase) {
-    case GW_PHASE_WS:
-        gw_ws_serve_timer(c); /* notices draining and starts the close */
-        break;
-    case GW_PHASE_HTTP:
-        /* An idle keep-alive connection may still ask /readyz (and learn of
-         * the drain from a 503 with Connection: close): it gets a short
-         * grace, then is closed. */
-        c->close_after = 1;
-        if (c->conn.in.len == 0 && !c->admin) {
-            uint64_t grace = GW_MIN((uint64_t)1000, gw_srv.cfg.shutdown_timeout_ms / 4);
-            uint64_t idle = http_wait_ms(c);
-            c->phase_ms = gw_loop_now(c->w->loop) + grace - GW_MIN(idle, gw_loop_now(c->w->loop) + grace);
-            gw_client_arm(c);
-        }
-        break;
-    case GW_PHASE_PROXY:
-    case GW_PHASE_WAIT:
-        c->close_after = 1; /* the exchange finishes, then the connection closes */
+    case GW_PHASE_FINISH:
+    case GW_PHASE_CLOSED:
         break;
     case GW_PHASE_TLS:
-    case GW_PHASE_UPSTREAM:
         gw_client_close(c);
         break;
     default:
+        if (c->proto->drain)
+            c->proto->drain(c);
+        else
+            gw_client_close(c);
         break;
     }
 }

@@ -4,12 +4,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "server/http_serve.h"
+
+#include "core/alloc.h"
 #include "core/common.h"
 #include "core/rand.h"
 #include "http/bearer.h"
 #include "http/ws_handshake.h"
 #include "log/log.h"
-#include "server/server.h"
+#include "server/kind.h"
+#include "server/state.h"
 
 #define ID_MAX 64
 
@@ -25,13 +29,6 @@ typedef struct handler_entry {
 
 static handler_entry handlers[32];
 static size_t nhandlers;
-static gw_route_serve_fn kind_handlers[8];
-
-void gw_route_kind_register(int kind, gw_route_serve_fn fn)
-{
-    if (kind > 0 && (size_t)kind < GW_ARRAY_LEN(kind_handlers))
-        kind_handlers[kind] = fn;
-}
 
 void gw_http_register(int listeners, const char *method, const char *path, int write, gw_http_handler fn)
 {
@@ -65,7 +62,7 @@ static const handler_entry *find_handler(const gw_client *c, const gw_http_req *
     return NULL;
 }
 
-int gw_http_has_handler(const gw_client *c, const gw_http_req *req)
+static int has_handler(const gw_client *c, const gw_http_req *req)
 {
     int mismatch;
     return find_handler(c, req, &mismatch) != NULL;
@@ -172,7 +169,7 @@ static void get_ids(const gw_http_req *req, req_ids *ids)
         gw_rand_hex(ids->trace, 16);
 }
 
-static int keep_alive(const gw_http_req *req)
+int gw_http_keep_alive(const gw_http_req *req)
 {
     if (req->minor_version == 0)
         return gw_h1_header_has_token(req->headers, req->num_headers, "Connection", "keep-alive");
@@ -299,40 +296,12 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
 static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
                        const req_ids *ids_in);
 
-/* Per-user upstreams: the user is the user_header's value up to '@'. An
- * absent header or a user without an upstream (and no default) gets 403. */
-static int resolve_user(gw_client *c, const gw_http_req *req, const gw_route *r, char *user, size_t cap,
-                        const req_ids *ids)
-{
-    const gw_http_header *h = gw_h1_find_header(req->headers, req->num_headers, r->user_header);
-    size_t n = 0;
-    if (h) {
-        while (n < h->value.n && h->value.p[n] != '@')
-            n++;
-    }
-    if (!h || n == 0 || n >= cap) {
-        if (r->upstream)
-            return GW_OK; /* no user: the default upstream serves */
-        gw_counter_inc(gw_metric_handshake(r, "unknown_user"));
-        error_with_ids(c, 403, "unknown_user", "no upstream for this user", req, NULL, ids);
-        return GW_ERR;
-    }
-    memcpy(user, h->value.p, n);
-    user[n] = '\0';
-    if (!gw_route_upstream(r, user, n) && !(r->upstream && !r->nusers)) {
-        gw_counter_inc(gw_metric_handshake(r, "unknown_user"));
-        error_with_ids(c, 403, "unknown_user", "no upstream for this user", req, NULL, ids);
-        return GW_ERR;
-    }
-    return GW_OK;
-}
-
-int gw_http_handle(gw_client *c, gw_http_req *req, size_t head_len, const uint8_t *body_p, size_t body_len)
+static int http_handle(gw_client *c, gw_http_req *req, size_t head_len, const uint8_t *body_p, size_t body_len)
 {
     GW_UNUSED(head_len);
     req_ids ids;
     get_ids(req, &ids);
-    if (!keep_alive(req))
+    if (!gw_http_keep_alive(req))
         c->close_after = 1;
 
     gw_h1_body body;
@@ -400,20 +369,8 @@ static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_rou
         error_with_ids(c, 404, "not_found", "no route matches this path", req, NULL, &ids);
         return GW_OK;
     }
-    if (r->kind == GW_ROUTE_PROXY && !gw_ws_is_upgrade(req)) {
-        char user[64] = "";
-        if (r->user_header && resolve_user(c, req, r, user, sizeof user, &ids) != GW_OK)
-            return GW_OK;
-        const gw_upstream *u = r->nusers && user[0] ? gw_route_upstream(r, user, strlen(user)) : r->upstream;
-        if (!u) {
-            error_with_ids(c, 403, "unknown_user", "no upstream for this user", req, NULL, &ids);
-            return GW_OK;
-        }
-        /* The body streams to the upstream: the connection stays usable. */
-        c->close_after = !keep_alive(req) || atomic_load_explicit(&gw_srv.draining, memory_order_relaxed);
-        gw_proxy_start(c, req, r, table, &ids, u);
-        return GW_DONE;
-    }
+    if (!gw_ws_is_upgrade(req) && (r->kind->flags & GW_KIND_HTTP))
+        return r->kind->serve(c, req, r, table, &ids);
     if (!gw_ws_is_upgrade(req)) {
         gw_counter_inc(gw_metric_handshake(r, "upgrade_required"));
         error_with_ids(c, 426, "websocket_upgrade_required", "this route only speaks WebSocket", req,
@@ -448,25 +405,157 @@ static int serve_route(gw_client *c, gw_http_req *req, const gw_route *r, gw_rou
                        req, extra, &ids);
         return GW_OK;
     }
-    if (r->kind != GW_ROUTE_ECHO && r->kind != GW_ROUTE_PROXY) {
-        if ((size_t)r->kind < GW_ARRAY_LEN(kind_handlers) && kind_handlers[r->kind])
-            return kind_handlers[r->kind](c, req, r, table, &ids);
+    if (!r->kind->serve) {
         error_with_ids(c, 404, "not_found", "this route's kind is not enabled", req, NULL, &ids);
         return GW_OK;
     }
-    if (r->kind == GW_ROUTE_PROXY) {
-        char user[64] = "";
-        if (r->user_header && resolve_user(c, req, r, user, sizeof user, &ids) != GW_OK)
-            return GW_OK;
-        gw_relay_opts ro = {.user = user[0] ? user : NULL};
-        if (gw_relay_ws_start(c, req, r, table, &ids, &ro) == GW_OK)
-            return GW_DONE;
-        gw_counter_inc(gw_metric_handshake(r, "upstream_unavailable"));
-        error_with_ids(c, 502, "upstream_unavailable", "the upstream could not be reached", req, NULL, &ids);
+    return r->kind->serve(c, req, r, table, &ids);
+}
+
+/* ============================== the HTTP phase ============================== */
+
+/* The request target as every later step sees it (routes, handlers, the
+ * upstream's request): absolute-form served as origin-form, dot segments
+ * removed (RFC 3986 section 5.2.4), so "/app/../admin" is "/admin" before a
+ * route prefix is matched and no upstream ever sees "/../". The client's
+ * buffer is left untouched (a head may be parsed again when its body is
+ * still arriving): a changed path lives in c->norm_path. */
+static int normalize_target(gw_client *c, gw_http_req *req)
+{
+    if (gw_h1_origin_form(req) != GW_OK)
+        return GW_ERR;
+    if (!gw_h1_path_needs_normalizing(req->path))
         return GW_OK;
-    }
-    if (gw_ws_serve_upgrade(c, req, r, table, ids.corr, ids.trace) == GW_OK)
-        return GW_DONE;
+    gw_free(c->norm_path);
+    c->norm_path = gw_malloc(req->path.n + 1);
+    req->path = gw_str_make(c->norm_path, gw_h1_normalize_path(req->path, c->norm_path));
     return GW_OK;
 }
 
+/* Requests in n bytes at p; returns the bytes used. Returns early when a
+ * request handed the connection to another phase. */
+static size_t http_feed(gw_client *c, uint8_t *p, size_t n)
+{
+    size_t off = 0;
+    while (off < n && c->phase == GW_PHASE_HTTP) {
+        gw_http_header hdrs[128];
+        gw_http_req req;
+        int status = 400;
+        int r = gw_h1_parse_request((const char *)p + off, n - off, &req, hdrs, &gw_srv.limits, &status);
+        if (r > 0 && normalize_target(c, &req) != GW_OK) {
+            r = GW_ERR;
+            status = 400;
+        }
+        if (r == GW_AGAIN) {
+            /* A new keep-alive request starts; the first one's head is due
+             * within the handshake timeout of the accept. */
+            if (off == 0 && c->conn.in.len == 0 && c->served)
+                c->phase_ms = gw_loop_now(c->w->loop);
+            break;
+        }
+        if (r < 0) {
+            static const struct {
+                int status;
+                const char *code, *msg;
+            } errs[] = {
+                {400, "bad_request", "the request is malformed"},
+                {414, "uri_too_long", "the request line is too long"},
+                {431, "request_header_fields_too_large", "the request head is too large"},
+                {505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served here"},
+            };
+            size_t i = 0;
+            while (i + 1 < GW_ARRAY_LEN(errs) && errs[i].status != status)
+                i++;
+            if (errs[i].status != status)
+                i = 0;
+            c->close_after = 1;
+            gw_http_error(c, errs[i].status, errs[i].code, errs[i].msg, NULL, NULL);
+            gw_client_finish(c);
+            return n;
+        }
+        /* The gateway's own endpoints (the admin API) read a small body
+         * whole before the handler runs: wait until all of it is here. */
+        const uint8_t *body = NULL;
+        size_t blen = 0;
+        gw_h1_body fr;
+        int st;
+        const char *why;
+        if ((c->admin || has_handler(c, &req)) && gw_h1_request_body(&req, &fr, &st, &why) == GW_OK &&
+            (fr.chunked || fr.content_length)) {
+            if (fr.chunked || fr.content_length > GW_SMALL_BODY_MAX) {
+                c->close_after = 1;
+                gw_http_error(c, fr.chunked ? 411 : 413, fr.chunked ? "length_required" : "payload_too_large",
+                              fr.chunked ? "send the body with Content-Length" : "the body is too large", &req,
+                              NULL);
+                gw_client_finish(c);
+                return n;
+            }
+            if (n - off - (size_t)r < fr.content_length)
+                break; /* the rest of the body has not arrived */
+            body = p + off + r;
+            blen = (size_t)fr.content_length;
+        }
+        off += (size_t)r + blen;
+        c->served = 1;
+        if (http_handle(c, &req, (size_t)r, body, blen) != GW_OK)
+            continue; /* phase changed: the rest goes to the new phase */
+        c->phase_ms = gw_loop_now(c->w->loop);
+    }
+    return off;
+}
+
+/* How long a connection with no request bytes may wait in the HTTP phase:
+ * until its first request, the handshake timeout (counted from accept); after
+ * one, the keep-alive idle timeout. */
+static uint64_t http_wait_ms(const gw_client *c)
+{
+    return c->served ? gw_srv.cfg.http_idle_timeout_ms : gw_srv.cfg.handshake_timeout_ms;
+}
+
+/* A request under way, and the first request of a connection, must complete
+ * its head in the handshake timeout (slow-header defence; a connection that
+ * sends nothing is no different); an idle keep-alive connection gets the
+ * idle timeout. */
+static uint64_t http_deadline(gw_client *c)
+{
+    return c->phase_ms + (c->conn.in.len ? gw_srv.cfg.handshake_timeout_ms : http_wait_ms(c));
+}
+
+static void http_timer(gw_client *c)
+{
+    uint64_t now = gw_loop_now(c->w->loop);
+    if (c->conn.in.len && now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
+        gw_http_error(c, 408, "request_timeout", "the request head did not arrive in time", NULL, NULL);
+        gw_client_finish(c);
+        return;
+    }
+    if (!c->conn.in.len && now >= c->phase_ms + http_wait_ms(c)) {
+        if (!c->served)
+            gw_log_msg(GW_LOG_DEBUG, NULL, "connection from %s closed: no request within the handshake timeout",
+                       c->ip);
+        gw_client_close(c);
+        return;
+    }
+    gw_client_arm(c);
+}
+
+/* An idle keep-alive connection may still ask /readyz (and learn of the
+ * drain from a 503 with Connection: close): it gets a short grace, then is
+ * closed. */
+static void http_drain(gw_client *c)
+{
+    c->close_after = 1;
+    if (c->conn.in.len == 0 && !c->admin) {
+        uint64_t grace = GW_MIN((uint64_t)1000, gw_srv.cfg.shutdown_timeout_ms / 4);
+        uint64_t idle = http_wait_ms(c);
+        c->phase_ms = gw_loop_now(c->w->loop) + grace - GW_MIN(idle, gw_loop_now(c->w->loop) + grace);
+        gw_client_arm(c);
+    }
+}
+
+const gw_client_proto gw_http_proto = {
+    .feed = http_feed,
+    .deadline = http_deadline,
+    .timer = http_timer,
+    .drain = http_drain,
+};

@@ -13,20 +13,35 @@
 #include "core/alloc.h"
 #include "core/common.h"
 
-static const char *const echo_protocols[] = {"wsgate.echo.v1", NULL};
+/* ============================== kind registry =============================== */
 
-const char *gw_route_kind_str(int kind)
+#define KINDS_MAX 16
+static const gw_kind *kinds[KINDS_MAX];
+static size_t nkinds;
+
+void gw_kind_register(const gw_kind *k)
 {
-    switch (kind) {
-    case GW_ROUTE_ECHO:
-        return "echo";
-    case GW_ROUTE_PROXY:
-        return "proxy";
-    case GW_ROUTE_TERMINAL:
-        return "terminal";
-    default:
-        return "unknown";
-    }
+    for (size_t i = 0; i < nkinds; i++)
+        if (kinds[i] == k)
+            return;
+    if (nkinds < KINDS_MAX)
+        kinds[nkinds++] = k;
+}
+
+const gw_kind *gw_kind_find(const char *name)
+{
+    for (size_t i = 0; i < nkinds; i++)
+        if (strcmp(kinds[i]->name, name) == 0)
+            return kinds[i];
+    return NULL;
+}
+
+static int kind_takes(const gw_kind *k, const char *field)
+{
+    for (size_t i = 0; k->fields && k->fields[i]; i++)
+        if (strcmp(k->fields[i], field) == 0)
+            return 1;
+    return 0;
 }
 
 static void register_route_metrics(gw_route *r)
@@ -82,7 +97,7 @@ void gw_routes_unref(gw_route_table *t)
         free_table(t);
 }
 
-static int parse_upstream(const char *url, const char *name, gw_upstream *u, char *err, size_t errcap)
+static int parse_upstream_url(const char *url, const char *name, gw_upstream *u, char *err, size_t errcap)
 {
     char e[256];
     memset(u, 0, sizeof *u);
@@ -305,11 +320,12 @@ static int duration_field(json_t *o, const char *key, uint64_t def, uint64_t *ou
     return GW_OK;
 }
 
+/* Route fields every kind takes (their meaning is the kind's). */
+static const char *const common_fields[] = {"path",         "kind",         "idle_timeout", "connect_timeout",
+                                            "read_timeout", "strip_prefix", NULL};
+
 static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, size_t errcap)
 {
-    static const char *const known[] = {"path", "kind", "upstream", "strip_prefix", "user_header", "users",
-                                        "connect_timeout", "read_timeout", "idle_timeout", "agent_upstreams",
-                                        NULL};
     const char *key;
     json_t *val;
     if (!json_is_object(o)) {
@@ -325,8 +341,10 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
     json_object_foreach(o, key, val)
     {
         int ok = 0;
-        for (size_t i = 0; known[i]; i++)
-            ok |= strcmp(key, known[i]) == 0;
+        for (size_t i = 0; common_fields[i]; i++)
+            ok |= strcmp(key, common_fields[i]) == 0;
+        for (size_t i = 0; i < nkinds; i++)
+            ok |= kind_takes(kinds[i], key);
         if (!ok) {
             snprintf(err, errcap, "route %s: unknown field \"%s\"", path, key);
             return GW_ERR;
@@ -339,22 +357,19 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
     const char *kind = json_string_value(jk);
     r->path = gw_strdup(path);
     r->label = gw_strdup(path);
-    if (strcmp(kind, "echo") == 0) {
-        r->kind = GW_ROUTE_ECHO;
-        r->protocols = echo_protocols;
-        r->idle_ms = cfg->echo_idle_timeout_ms;
-    } else if (strcmp(kind, "proxy") == 0) {
-        r->kind = GW_ROUTE_PROXY;
-    } else if (strcmp(kind, "terminal") == 0) {
-        r->kind = GW_ROUTE_TERMINAL;
-    } else {
-        snprintf(err, errcap, "route %s: kind \"%s\" is not available in this build (echo, proxy, terminal)", path,
-                 kind);
+    r->kind = gw_kind_find(kind);
+    if (!r->kind) {
+        char names[128] = "";
+        size_t pos = 0;
+        for (size_t i = 0; i < nkinds && pos < sizeof names; i++)
+            pos += (size_t)snprintf(names + pos, sizeof names - pos, "%s%s", i ? ", " : "", kinds[i]->name);
+        snprintf(err, errcap, "route %s: kind \"%s\" is not available in this build (%s)", path, kind, names);
         return GW_ERR;
     }
-    if (duration_field(o, "idle_timeout", r->idle_ms, &r->idle_ms, path, err, errcap) != GW_OK ||
-        duration_field(o, "connect_timeout", 10000, &r->connect_timeout_ms, path, err, errcap) != GW_OK ||
-        duration_field(o, "read_timeout", 60000, &r->read_timeout_ms, path, err, errcap) != GW_OK)
+    if (duration_field(o, "idle_timeout", 0, &r->idle_ms, path, err, errcap) != GW_OK ||
+        duration_field(o, "connect_timeout", GW_CONNECT_TIMEOUT_MS, &r->connect_timeout_ms, path, err, errcap) !=
+            GW_OK ||
+        duration_field(o, "read_timeout", GW_READ_TIMEOUT_MS, &r->read_timeout_ms, path, err, errcap) != GW_OK)
         return GW_ERR;
     json_t *sp = json_object_get(o, "strip_prefix");
     if (sp && !json_is_boolean(sp)) {
@@ -362,16 +377,30 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
         return GW_ERR;
     }
     r->strip_prefix = sp && json_is_true(sp);
-    json_t *ja = json_object_get(o, "agent_upstreams");
-    if (ja && r->kind != GW_ROUTE_TERMINAL) {
-        snprintf(err, errcap, "route %s: agent_upstreams is for terminal routes", path);
-        return GW_ERR;
+    /* A field that belongs to another kind, and that kind says so. */
+    json_object_foreach(o, key, val)
+    {
+        for (size_t i = 0; i < nkinds; i++) {
+            if (kinds[i] != r->kind && (kinds[i]->flags & GW_KIND_OWN_FIELDS) && kind_takes(kinds[i], key) &&
+                !kind_takes(r->kind, key)) {
+                snprintf(err, errcap, "route %s: %s is for %s routes", path, key, kinds[i]->name);
+                return GW_ERR;
+            }
+        }
     }
-    if (ja && parse_agents(ja, r, path, err, errcap) != GW_OK)
-        return GW_ERR;
-    if (r->kind != GW_ROUTE_PROXY)
-        return GW_OK;
+    return r->kind->parse ? r->kind->parse(o, r, cfg, err, errcap) : GW_OK;
+}
 
+int gw_route_parse_agents(json_t *o, gw_route *r, char *err, size_t errcap)
+{
+    json_t *ja = o ? json_object_get(o, "agent_upstreams") : NULL;
+    return ja ? parse_agents(ja, r, r->path, err, errcap) : GW_OK;
+}
+
+int gw_route_parse_upstreams(json_t *o, gw_route *r, char *err, size_t errcap)
+{
+    const char *key, *path = r->path;
+    json_t *val;
     json_t *ju = json_object_get(o, "upstream"), *jh = json_object_get(o, "user_header"),
            *jusers = json_object_get(o, "users");
     if (ju) {
@@ -380,7 +409,7 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
             return GW_ERR;
         }
         r->upstream = gw_calloc(1, sizeof *r->upstream);
-        if (parse_upstream(json_string_value(ju), NULL, r->upstream, err, errcap) != GW_OK)
+        if (parse_upstream_url(json_string_value(ju), NULL, r->upstream, err, errcap) != GW_OK)
             return GW_ERR;
     }
     if (jh) {
@@ -402,7 +431,7 @@ static int parse_route(json_t *o, gw_route *r, const gw_config *cfg, char *err, 
                 snprintf(err, errcap, "route %s: users.%s must be an upstream URL", path, key);
                 return GW_ERR;
             }
-            if (parse_upstream(json_string_value(val), key, &r->users[r->nusers], err, errcap) != GW_OK)
+            if (parse_upstream_url(json_string_value(val), key, &r->users[r->nusers], err, errcap) != GW_OK)
                 return GW_ERR;
             r->nusers++;
         }
@@ -437,8 +466,7 @@ gw_route_table *gw_routes_load(const char *file, const gw_config *cfg, char *err
         }
         nfile = json_array_size(routes);
     }
-    t->routes = gw_calloc(nfile + 2, sizeof *t->routes);
-    int have_probe = 0, have_terminal = 0;
+    t->routes = gw_calloc(nfile + nkinds, sizeof *t->routes);
     for (size_t i = 0; i < nfile; i++) {
         gw_route *r = &t->routes[t->n];
         char e[512];
@@ -458,24 +486,30 @@ gw_route_table *gw_routes_load(const char *file, const gw_config *cfg, char *err
                 return NULL;
             }
         }
-        have_probe |= strcmp(r->path, "/probe/ws") == 0;
-        have_terminal |= r->kind == GW_ROUTE_TERMINAL;
     }
     json_decref(root);
-    if (!have_terminal) {
+    /* Each kind's default route, unless the file defines its path (or,
+     * GW_KIND_DEFAULT_ONCE, any route of that kind). */
+    for (size_t k = 0; k < nkinds; k++) {
+        const gw_kind *kd = kinds[k];
+        if (!kd->default_path)
+            continue;
+        int have = 0;
+        for (size_t i = 0; i < t->n; i++)
+            have |= strcmp(t->routes[i].path, kd->default_path) == 0 ||
+                    ((kd->flags & GW_KIND_DEFAULT_ONCE) && t->routes[i].kind == kd);
+        if (have)
+            continue;
         gw_route *r = &t->routes[t->n++];
-        r->path = gw_strdup("/ws/terminal/");
-        r->label = gw_strdup("/ws/terminal/");
-        r->kind = GW_ROUTE_TERMINAL;
-        r->connect_timeout_ms = 10000;
-    }
-    if (!have_probe) {
-        gw_route *r = &t->routes[t->n++];
-        r->path = gw_strdup("/probe/ws");
-        r->label = gw_strdup("/probe/ws");
-        r->kind = GW_ROUTE_ECHO;
-        r->protocols = echo_protocols;
-        r->idle_ms = cfg->echo_idle_timeout_ms;
+        r->path = gw_strdup(kd->default_path);
+        r->label = gw_strdup(kd->default_path);
+        r->kind = kd;
+        r->connect_timeout_ms = GW_CONNECT_TIMEOUT_MS;
+        r->read_timeout_ms = GW_READ_TIMEOUT_MS;
+        if (kd->parse && kd->parse(NULL, r, cfg, err, errcap) != GW_OK) {
+            free_table(t);
+            return NULL;
+        }
     }
     for (size_t i = 0; i < t->n; i++)
         register_route_metrics(&t->routes[i]);

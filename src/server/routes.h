@@ -12,13 +12,11 @@
 
 #include "config/config.h"
 #include "metrics/metrics.h"
-#include "net/ws_client.h"
+#include "server/kind.h"
+#include "upstream/ws_client.h"
 
-enum gw_route_kind {
-    GW_ROUTE_ECHO = 1, /* /probe/ws: unauthenticated echo */
-    GW_ROUTE_PROXY,    /* HTTP and WebSocket reverse proxy */
-    GW_ROUTE_TERMINAL, /* /ws/terminal/{allocation_id} */
-};
+#define GW_CONNECT_TIMEOUT_MS 10000u /* connect + upstream handshake, unless the route says otherwise */
+#define GW_READ_TIMEOUT_MS 60000u    /* an upstream's HTTP response must start within this */
 
 typedef struct gw_upstream {
     char *name;           /* user name for per-user upstreams, NULL for the default */
@@ -45,7 +43,7 @@ enum { GW_AGENT_PAT_NAME = 1, GW_AGENT_PAT_CIDR, GW_AGENT_PAT_UNIX };
 
 typedef struct gw_route {
     char *path;                   /* exact path, or a prefix when it ends in '/' */
-    int kind;                     /* enum gw_route_kind */
+    const gw_kind *kind;          /* what serves it (kind.h) */
     char *label;                  /* route label in logs and metrics (the path) */
     const char *const *protocols; /* subprotocols the gateway itself may select (echo) */
     uint64_t idle_ms;             /* close a WebSocket after this long without a message (0: never) */
@@ -54,8 +52,8 @@ typedef struct gw_route {
     char *user_header;            /* proxy: header naming the user (part before '@') */
     gw_upstream *users;           /* proxy: per-user upstreams */
     size_t nusers;
-    uint64_t connect_timeout_ms;  /* proxy: connect + upstream handshake budget */
-    uint64_t read_timeout_ms;     /* proxy: HTTP response must start within this */
+    uint64_t connect_timeout_ms;  /* upstream connect + handshake budget (GW_CONNECT_TIMEOUT_MS) */
+    uint64_t read_timeout_ms;     /* proxy: HTTP response must start within this (GW_READ_TIMEOUT_MS) */
     gw_agent_pattern *agents;     /* terminal: agent_upstreams (NULL: the default, loopback and unix) */
     size_t nagents;
     /* metrics series of this route (shared across reloads by label) */
@@ -81,7 +79,10 @@ void gw_routes_unref(gw_route_table *t);
 const gw_route *gw_routes_match(const gw_route_table *t, const char *path, size_t n);
 /* The upstream for user (NULL: the default); NULL when there is none. */
 const gw_upstream *gw_route_upstream(const gw_route *r, const char *user, size_t n);
-const char *gw_route_kind_str(int kind);
+/* For a kind's parse function: the proxy fields (upstream, user_header,
+ * users; at least one upstream), and the terminal's agent_upstreams. */
+int gw_route_parse_upstreams(struct json_t *o, gw_route *r, char *err, size_t errcap);
+int gw_route_parse_agents(struct json_t *o, gw_route *r, char *err, size_t errcap);
 
 /* Parses one agent_upstreams entry. GW_OK, or GW_ERR with a reason. */
 int gw_agent_pattern_parse(const char *s, gw_agent_pattern *p, char *err, size_t errcap);

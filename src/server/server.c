@@ -15,19 +15,12 @@
 #include "core/common.h"
 #include "log/log.h"
 #include "net/sock.h"
-
-gw_server gw_srv;
+#include "server/client.h"
+#include "server/http_serve.h"
+#include "server/state.h"
+#include "ws/ws_session.h"
 
 /* ================================== routes ================================== */
-
-gw_route_table *gw_server_routes(void)
-{
-    pthread_mutex_lock(&gw_srv.routes_mu);
-    gw_route_table *t = gw_srv.routes;
-    gw_routes_ref(t);
-    pthread_mutex_unlock(&gw_srv.routes_mu);
-    return t;
-}
 
 static void precreate_route_series(const gw_route_table *t)
 {
@@ -37,7 +30,7 @@ static void precreate_route_series(const gw_route_table *t)
     for (size_t i = 0; i < t->n; i++) {
         gw_metric_handshake(&t->routes[i], "ok");
         for (size_t k = 0; k < GW_ARRAY_LEN(causes); k++)
-            if (t->routes[i].kind != GW_ROUTE_ECHO || strcmp(causes[k], "upstream_closed") != 0)
+            if ((t->routes[i].kind->flags & GW_KIND_UPSTREAM) || strcmp(causes[k], "upstream_closed") != 0)
                 gw_metric_close(&t->routes[i], causes[k]);
     }
 }
@@ -58,40 +51,6 @@ int gw_server_reload_routes(char *err, size_t errcap)
 }
 
 /* ================================= metrics ================================== */
-
-static gw_metric *route_metric(const char *name, gw_metric_type type, const char *help, const gw_route *r,
-                               const char *key, const char *val)
-{
-    char route[256], labels[512];
-    gw_metrics_label_escape(r ? r->label : "", route, sizeof route);
-    if (key)
-        snprintf(labels, sizeof labels, "route=\"%s\",%s=\"%s\"", route, key, val);
-    else
-        snprintf(labels, sizeof labels, "route=\"%s\"", route);
-    return gw_metric_get(name, type, help, labels);
-}
-
-gw_metric *gw_metric_handshake(const gw_route *r, const char *result)
-{
-    return route_metric("wsgate_ws_handshakes_total", GW_METRIC_COUNTER,
-                        "WebSocket upgrade attempts by route and result.", r, "result", result);
-}
-
-gw_metric *gw_metric_close(const gw_route *r, const char *cause)
-{
-    return route_metric("wsgate_ws_closes_total", GW_METRIC_COUNTER,
-                        "WebSocket sessions ended, by route and cause.", r, "cause", cause);
-}
-
-gw_metric *gw_metric_http(int admin, int status)
-{
-    /* Few distinct statuses exist; the registry lookup is cheap enough for
-     * HTTP (WebSocket messages never come here). */
-    char labels[64];
-    snprintf(labels, sizeof labels, "listener=\"%s\",code=\"%d\"", admin ? "admin" : "public", status);
-    return gw_metric_get("wsgate_http_responses_total", GW_METRIC_COUNTER,
-                         "HTTP responses sent by the gateway itself, by listener and status.", labels);
-}
 
 static void register_metrics(void)
 {
@@ -134,8 +93,7 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
     /* Bounded work per wakeup: other connections get their turn. */
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
-        socklen_t len = sizeof ss;
-        int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = gw_sock_accept(io->fd, &ss);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -157,7 +115,7 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
             close(fd);
             continue;
         }
-        gw_client_accept(w, fd, &ss, admin);
+        gw_client_accept(w, fd, &ss, admin, admin ? NULL : gw_srv.tls_ctx, &gw_http_proto);
     }
 }
 
@@ -178,16 +136,10 @@ static void stats_tick(gw_timer *t)
     gw_worker *w = gw_container_of(t, gw_worker, stats_timer);
     for (gw_list *n = w->clients.next; n != &w->clients; n = n->next) {
         gw_client *c = gw_container_of(n, gw_client, node);
-        if (c->wsc)
-            gw_ws_serve_flush_stats(c);
+        if (c->phase < GW_PHASE_FINISH && c->proto->tick)
+            c->proto->tick(c);
     }
     gw_timer_start(w->loop, t, 1000);
-}
-
-void gw_worker_maybe_stop(gw_worker *w)
-{
-    if (w->draining && !w->hold && w->nclients == 0 && w->norphans == 0)
-        gw_loop_stop(w->loop);
 }
 
 static void worker_release(void *arg)
@@ -202,12 +154,14 @@ static void worker_release(void *arg)
 static void schedule_ws_closes(gw_worker *w)
 {
     uint64_t n = 0, i = 0;
-    for (gw_list *p = w->clients.next; p != &w->clients; p = p->next)
-        n += gw_container_of(p, gw_client, node)->wsc != NULL;
     for (gw_list *p = w->clients.next; p != &w->clients; p = p->next) {
         gw_client *c = gw_container_of(p, gw_client, node);
-        if (c->wsc)
-            c->wsc->drain_at_ms = gw_srv.drain_close_start_ms + gw_srv.drain_close_span_ms * i++ / n;
+        n += c->phase < GW_PHASE_FINISH && c->proto->drain_at;
+    }
+    for (gw_list *p = w->clients.next; p != &w->clients; p = p->next) {
+        gw_client *c = gw_container_of(p, gw_client, node);
+        if (c->phase < GW_PHASE_FINISH && c->proto->drain_at)
+            c->proto->drain_at(c, gw_srv.drain_close_start_ms + gw_srv.drain_close_span_ms * i++ / n);
     }
 }
 
@@ -227,7 +181,7 @@ static void worker_drain(void *arg)
         gw_client_drain(gw_container_of(n, gw_client, node));
         n = next;
     }
-    gw_proxy_pool_free(w);
+    gw_worker_free_idle(w);
     gw_worker_maybe_stop(w);
 }
 
@@ -236,12 +190,11 @@ static void worker_stop(void *arg)
     gw_worker *w = arg;
     while (!gw_list_empty(&w->clients)) {
         gw_client *c = gw_container_of(w->clients.next, gw_client, node);
-        if (c->wsc)
-            gw_ws_abort(&c->wsc->ws, gw_cause_shutdown);
+        if (c->phase < GW_PHASE_FINISH && c->proto->gone)
+            c->proto->gone(c, GW_GONE_SHUTDOWN);
         gw_client_close(c);
     }
-    gw_relay_orphans_free(w);
-    gw_proxy_pool_free(w);
+    gw_worker_free_lingering(w);
     gw_loop_stop(w->loop);
 }
 
@@ -325,9 +278,8 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         w->accept_timer.cb = accept_resume;
         w->stats_timer.cb = stats_tick;
         gw_list_init(&w->clients);
-        gw_list_init(&w->orphans);
-        gw_list_init(&w->pool);
-        w->rbuf = gw_malloc(GW_READ_CHUNK);
+        gw_list_init(&w->lingering);
+        gw_list_init(&w->idle);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
     if (open_listeners(err, errcap) != GW_OK)
@@ -344,26 +296,18 @@ static void server_free(void)
         while (!gw_list_empty(&w->clients)) {
             gw_client *c = gw_container_of(w->clients.next, gw_client, node);
             gw_list_remove(&c->node);
-            if (c->wsc) {
-                gw_ws_free(&c->wsc->ws);
-                gw_routes_unref(c->wsc->table);
-                gw_free(c->wsc->up_url);
-                gw_free(c->wsc->resource_name);
-                gw_free(c->wsc->session_id);
-                gw_free(c->wsc);
-            }
+            if (c->phase < GW_PHASE_CLOSED && c->proto->end)
+                c->proto->end(c);
             gw_conn_close(&c->conn);
             gw_task_cancel(&c->task);
             gw_free(c);
         }
-        gw_relay_orphans_free(w);
-        gw_proxy_pool_free(w);
+        gw_worker_free_lingering(w);
         if (w->pub_lis.fd >= 0)
             close(w->pub_lis.fd);
         if (w->admin_lis.fd >= 0)
             close(w->admin_lis.fd);
         gw_loop_free(w->loop);
-        gw_free(w->rbuf);
     }
     gw_free(gw_srv.workers);
     gw_srv.workers = NULL;

@@ -29,7 +29,10 @@
 #include "http/ws_handshake.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
-#include "server/server.h"
+#include "proxy/proxy.h"
+#include "server/client.h"
+#include "server/http_serve.h"
+#include "server/state.h"
 #include "store/store.h"
 
 const char gw_terminal_help[] =
@@ -97,8 +100,6 @@ static gw_metric *rejected_metric(const char *reason)
             return m_rejected[i];
     return NULL;
 }
-
-gw_token_store *gw_terminal_store(void) { return T.table; }
 
 /* ============================ waiting for the store =========================
  * A request whose answer needs the store waits in GW_PHASE_WAIT with a copy
@@ -321,7 +322,7 @@ static int upstream_allowed(const char *url)
     gw_route_table *table = gw_server_routes();
     int ok = 0;
     for (size_t i = 0; table && i < table->n && !ok; i++)
-        ok = table->routes[i].kind == GW_ROUTE_TERMINAL && gw_route_agent_allowed(&table->routes[i], &t);
+        ok = table->routes[i].kind == &gw_kind_terminal && gw_route_agent_allowed(&table->routes[i], &t);
     gw_routes_unref(table);
     return ok;
 }
@@ -712,6 +713,10 @@ static void consumed(void *ud, gw_token_result res, const gw_token_ctx *t);
 
 static int serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids)
 {
+    if (!T.store) { /* gw_terminal_init did not run */
+        gw_http_error_ids(c, 404, "not_found", "this route's kind is not enabled", req, NULL, ids);
+        return GW_OK;
+    }
     /* The allocation id: the path after the route's prefix. */
     char alloc[GW_TOKEN_ID_MAX + 1] = "";
     size_t pl = strlen(r->path);
@@ -981,7 +986,6 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
                                     "Terminal tokens minted, by issuer", "source=\"demo\"");
 
     gw_http_register(GW_LISTENER_ADMIN, "POST", "/v1/terminal/tokens", 1, admin_mint);
-    gw_route_kind_register(GW_ROUTE_TERMINAL, serve);
     if (T.demo_upstream[0]) {
         gw_http_register(GW_LISTENER_PUBLIC, "POST", "/terminal/demo-token", 0, demo_mint);
         gw_log_line *l = gw_log_begin(GW_LOG_WARN, "DEMO TOKEN ISSUER ENABLED", NULL);
@@ -1002,16 +1006,19 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
     return GW_OK;
 }
 
-void gw_terminal_shutdown(void)
+static int terminal_parse(json_t *o, gw_route *r, const gw_config *cfg, char *err, size_t errcap)
 {
-    gw_store_free(T.store);
-    T.store = NULL;
-    gw_token_store_free(T.table);
-    T.table = NULL;
-    for (size_t i = 0; i < GW_ARRAY_LEN(assets); i++) {
-        gw_free(assets[i].data);
-        assets[i].data = NULL;
-    }
-    free(T.config_json);
-    T.config_json = NULL;
+    GW_UNUSED(cfg);
+    return gw_route_parse_agents(o, r, err, errcap);
 }
+
+static const char *const terminal_fields[] = {"agent_upstreams", NULL};
+
+const gw_kind gw_kind_terminal = {
+    .name = "terminal",
+    .flags = GW_KIND_UPSTREAM | GW_KIND_DEFAULT_ONCE | GW_KIND_OWN_FIELDS,
+    .fields = terminal_fields,
+    .default_path = "/ws/terminal/",
+    .parse = terminal_parse,
+    .serve = serve,
+};

@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "config/config.h"
+#include "server/kind.h"
 #include "store/tokens.h"
 
 #define GW_TERMINAL_SUBPROTOCOL "wsgate.terminal.v1"
@@ -28,10 +29,8 @@
  * gw_server_start. GW_OK, or GW_ERR with a one-line reason in err (a bad
  * GATEWAY_TERMINAL_* value). */
 int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap);
-/* Releases the store (after the server stopped). */
-void gw_terminal_shutdown(void);
-/* The store (tests and the CLI-less admin paths). */
-gw_token_store *gw_terminal_store(void);
+/* The route kind "terminal" (registered in main.c). */
+extern const gw_kind gw_kind_terminal;
 
 /* Field checks shared by the admin API and the demo issuer. An id is 1..max
  * characters of [A-Za-z0-9._-] (user ids also '@' and '+'): safe in paths,

@@ -16,7 +16,7 @@
 #include "http/ws_handshake.h"
 #include "loop/loop.h"
 #include "net/sock.h"
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 #include "test.h"
 #include "ws/pmd.h"
 

@@ -145,7 +145,6 @@ void gw_wsc_free(gw_wsc *c);
 void gw_wsc_pause(gw_wsc *c, int paused);
 
 void *gw_wsc_data(const gw_wsc *c);
-void gw_wsc_set_data(gw_wsc *c, void *data);
 /* Bytes of output waiting for the socket. */
 size_t gw_wsc_queued(const gw_wsc *c);
 /* 1 while the session is open (after on_open, before any close). */

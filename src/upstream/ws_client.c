@@ -10,7 +10,7 @@
  * called then only marks the client, and the driver tears it down once the
  * callback (and the gw_ws_feed() that called it, which still reads from
  * conn.in) has returned. on_close always runs from a pending task. */
-#include "net/ws_client.h"
+#include "upstream/ws_client.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -849,17 +849,14 @@ static void on_io(gw_io *io, uint32_t events)
         events |= GW_EV_READ;
     switch (c->state) {
     case S_CONNECTING: {
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        if (getsockopt(c->conn.io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-            soerr = errno;
+        int soerr = gw_sock_connect_result(c->conn.io.fd);
         if (soerr) {
             char a[300];
             gw_addr_format(&c->hs->t.addr, a, sizeof a);
             end_with(c, GW_WSC_CONNECT_FAILED, soerr, "connect %s: %s", a, strerror(soerr));
             return;
         }
-        gw_io_update(c->loop, &c->conn.io, 0);
+        gw_conn_connected(&c->conn);
         connected(c);
         return;
     }
@@ -1031,7 +1028,7 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
         return c;
     }
     gw_conn_init(&c->conn, l, fd, on_io);
-    if (gw_io_start(l, &c->conn.io, GW_EV_WRITE) != GW_OK) {
+    if (gw_conn_await_connect(&c->conn) != GW_OK) {
         end_with(c, GW_WSC_CONNECT_FAILED, errno, "cannot watch the socket: %s", strerror(errno));
         return c;
     }
@@ -1088,7 +1085,6 @@ void gw_wsc_pause(gw_wsc *c, int paused)
 }
 
 void *gw_wsc_data(const gw_wsc *c) { return c->data; }
-void gw_wsc_set_data(gw_wsc *c, void *data) { c->data = data; }
 size_t gw_wsc_queued(const gw_wsc *c) { return c->state == S_DEAD ? 0 : gw_conn_queued(&c->conn); }
 int gw_wsc_is_open(const gw_wsc *c) { return c->state == S_OPEN && c->ws.state == GW_WS_OPEN; }
 gw_ws *gw_wsc_ws(gw_wsc *c) { return c->state == S_OPEN ? &c->ws : NULL; }

@@ -20,7 +20,9 @@
 #include "core/common.h"
 #include "log/log.h"
 #include "net/sock.h"
-#include "server/server.h"
+#include "proxy/forward.h"
+#include "proxy/proxy.h"
+#include "server/state.h"
 
 #define POOL_MAX_IDLE 32         /* idle connections kept per worker and upstream */
 #define POOL_IDLE_MS 30000       /* an idle pooled connection is closed after this */
@@ -31,7 +33,7 @@ enum resp_mode { RESP_NONE, RESP_LENGTH, RESP_CHUNKED, RESP_EOF };
 
 typedef struct gw_hup {
     gw_conn conn;
-    gw_list node;        /* in the worker's pool while idle */
+    gw_linger node;      /* in the worker's idle list while pooled */
     gw_worker *w;
     gw_task task;        /* deferred free */
     gw_timer timer;      /* idle expiry, connect and read timeouts */
@@ -40,7 +42,7 @@ typedef struct gw_hup {
     gw_client *c;        /* the client being served while busy */
 } gw_hup;
 
-struct gw_proxy {
+typedef struct gw_proxy {
     gw_hup *up;
     const gw_route *route;
     gw_route_table *table;
@@ -67,7 +69,11 @@ struct gw_proxy {
     uint64_t body_rx;       /* request body bytes taken from the client (framing included) */
     uint64_t bytes_out;
     gw_req_ids ids;
-};
+} gw_proxy;
+
+static const gw_client_proto stream_proto;
+/* The exchange c is streaming, or NULL. */
+#define PX(c) ((gw_proxy *)gw_client_data((c), &stream_proto))
 
 static void hup_io(gw_io *io, uint32_t events);
 static void hup_timer(gw_timer *t);
@@ -84,7 +90,7 @@ static void hup_close(gw_hup *h)
     if (h->state == HUP_CLOSED)
         return;
     h->state = HUP_CLOSED;
-    gw_list_remove(&h->node);
+    gw_list_remove(&h->node.node);
     gw_timer_stop(h->w->loop, &h->timer);
     gw_conn_close(&h->conn);
     h->c = NULL;
@@ -100,12 +106,14 @@ static void pool_key(const gw_wsc_target *t, char *out, size_t cap)
         snprintf(out, cap, "%s:%u", t->addr.host, t->addr.port);
 }
 
+static const char pool_owner[] = "proxy pool";
+
 static gw_hup *pool_take(gw_worker *w, const char *key)
 {
-    for (gw_list *n = w->pool.next; n != &w->pool; n = n->next) {
-        gw_hup *h = gw_container_of(n, gw_hup, node);
-        if (strcmp(h->key, key) == 0) {
-            gw_list_remove(&h->node);
+    for (gw_list *n = w->idle.next; n != &w->idle; n = n->next) {
+        gw_hup *h = gw_container_of(n, gw_hup, node.node);
+        if (h->node.owner == pool_owner && strcmp(h->key, key) == 0) {
+            gw_list_remove(&h->node.node);
             gw_timer_stop(w->loop, &h->timer);
             h->state = HUP_BUSY;
             return h;
@@ -114,12 +122,17 @@ static gw_hup *pool_take(gw_worker *w, const char *key)
     return NULL;
 }
 
+/* The worker drains or stops: an idle pooled connection is closed. */
+static void pool_drop(gw_linger *l) { hup_close(gw_container_of(l, gw_hup, node)); }
+
 static void pool_put(gw_hup *h)
 {
     gw_worker *w = h->w;
     size_t same = 0;
-    for (gw_list *n = w->pool.next; n != &w->pool; n = n->next)
-        same += strcmp(gw_container_of(n, gw_hup, node)->key, h->key) == 0;
+    for (gw_list *n = w->idle.next; n != &w->idle; n = n->next) {
+        gw_hup *o = gw_container_of(n, gw_hup, node.node);
+        same += o->node.owner == pool_owner && strcmp(o->key, h->key) == 0;
+    }
     if (same >= POOL_MAX_IDLE || w->draining || h->conn.in.len || h->conn.out.len) {
         hup_close(h);
         return;
@@ -128,15 +141,12 @@ static void pool_put(gw_hup *h)
     h->c = NULL;
     gw_conn_pause(&h->conn, 0);
     gw_conn_want_read(&h->conn, 1); /* an idle connection that speaks or closes is dropped */
-    gw_list_insert_tail(&w->pool, &h->node);
+    h->node.owner = pool_owner;
+    h->node.free = pool_drop;
+    gw_list_insert_tail(&w->idle, &h->node.node);
     gw_timer_start(w->loop, &h->timer, POOL_IDLE_MS);
 }
 
-void gw_proxy_pool_free(gw_worker *w)
-{
-    while (!gw_list_empty(&w->pool))
-        hup_close(gw_container_of(w->pool.next, gw_hup, node));
-}
 
 static gw_hup *hup_connect(gw_worker *w, const gw_wsc_target *t, const char *key, char *err, size_t errcap)
 {
@@ -148,25 +158,14 @@ static gw_hup *hup_connect(gw_worker *w, const gw_wsc_target *t, const char *key
     h->w = w;
     h->timer.cb = hup_timer;
     h->state = HUP_CONNECTING;
-    gw_list_init(&h->node);
+    gw_list_init(&h->node.node);
     snprintf(h->key, sizeof h->key, "%s", key);
     /* Connected when writable; reads start then. */
-    gw_io_update(w->loop, &h->conn.io, GW_EV_WRITE);
+    gw_conn_await_connect(&h->conn);
     return h;
 }
 
 /* ============================ request toward upstream ======================= */
-
-static int is_hop(gw_str n)
-{
-    static const char *const hop[] = {"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
-                                      "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-                                      "Content-Length"};
-    for (size_t i = 0; i < GW_ARRAY_LEN(hop); i++)
-        if (gw_str_ieq(n, hop[i]))
-            return 1;
-    return 0;
-}
 
 /* Writes request bytes toward the upstream (chunk-encoding them when the
  * request is chunked). */
@@ -186,7 +185,7 @@ static int send_body(gw_proxy *px, const uint8_t *p, size_t n)
 /* Consumes request body bytes from the client. Returns bytes used. */
 static size_t request_body(gw_client *c, uint8_t *p, size_t n)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     if (px->req_done || !px->up || px->up->state == HUP_CONNECTING)
         return 0;
     size_t used = 0;
@@ -231,9 +230,9 @@ static size_t request_body(gw_client *c, uint8_t *p, size_t n)
     return used;
 }
 
-size_t gw_proxy_feed(gw_client *c, uint8_t *p, size_t n)
+static size_t stream_feed(gw_client *c, uint8_t *p, size_t n)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     if (!px)
         return 0;
     if (px->req_done) {
@@ -251,24 +250,21 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
 {
     gw_upstream tmp;
     tmp.target = px->target;
-    char *path = gw_relay_upstream_path(px->route, &tmp, req);
+    char *path = gw_fwd_target(px->route, &tmp, req);
     /* End-to-end headers and the forwarding set (shared with the WebSocket
-     * relay), minus Expect: the gateway answers 100-continue itself. Host
-     * stays whatever Connection names: it is never copied (the upstream's
-     * Host is the target's), but X-Forwarded-Host, one of the gateway's own
-     * headers, is made from it and no client may remove that. */
+     * relay), minus Expect: the gateway answers 100-continue itself. The
+     * builder reads Host from the unfiltered request, so a client's
+     * Connection: Host cannot remove X-Forwarded-Host. */
     gw_http_req filtered = *req;
     gw_http_header keep[128];
     size_t k = 0;
     for (size_t i = 0; i < req->num_headers && k < GW_ARRAY_LEN(keep); i++)
-        if (gw_str_ieq(req->headers[i].name, "Host") ||
-            (!is_hop(req->headers[i].name) && !gw_str_ieq(req->headers[i].name, "Expect") &&
-             !gw_h1_connection_lists(req->headers, req->num_headers, req->headers[i].name)))
+        if (!gw_str_ieq(req->headers[i].name, "Expect"))
             keep[k++] = req->headers[i];
     filtered.headers = keep;
     filtered.num_headers = k;
     size_t hn = 0;
-    char *hdrs = gw_relay_build_headers(c, &filtered, px->ids.corr, px->ids.trace, NULL, &hn);
+    char *hdrs = gw_fwd_headers(&filtered, c->ip, gw_srv.tls_ctx != NULL, px->ids.corr, px->ids.trace, NULL, &hn);
     if (!hdrs) {
         gw_free(path);
         return GW_ERR;
@@ -298,12 +294,12 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
 
 static void arm_read_timeout(gw_proxy *px)
 {
-    gw_timer_start(px->up->w->loop, &px->up->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : 60000);
+    gw_timer_start(px->up->w->loop, &px->up->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : GW_READ_TIMEOUT_MS);
 }
 
 static void start_send(gw_client *c)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     gw_hup *h = px->up;
     h->state = HUP_BUSY;
     h->c = c;
@@ -324,13 +320,12 @@ static void start_send(gw_client *c)
     }
     /* Body bytes that came with the head wait in conn.in. */
     gw_conn_pause(&c->conn, 0);
-    if (c->conn.in.len)
-        gw_loop_pending(c->w->loop, &c->task);
+    gw_client_kick(c);
 }
 
 static int attach_upstream(gw_client *c)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     char key[300], err[256];
     pool_key(&px->target, key, sizeof key);
     gw_hup *h = px->retried ? NULL : pool_take(c->w, key);
@@ -341,7 +336,7 @@ static int attach_upstream(gw_client *c)
             return GW_ERR;
         h->c = c;
         px->up = h;
-        gw_timer_start(c->w->loop, &h->timer, px->route->connect_timeout_ms ? px->route->connect_timeout_ms : 10000);
+        gw_timer_start(c->w->loop, &h->timer, px->route->connect_timeout_ms);
         return GW_OK;
     }
     px->up = h;
@@ -369,7 +364,7 @@ int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_t
     px->is_head = gw_str_eq(req->method, "HEAD");
     px->client_http10 = req->minor_version == 0;
     px->started_ms = gw_loop_now(c->w->loop);
-    c->proxy = px;
+    gw_client_enter(c, GW_PHASE_STREAM, &stream_proto, px);
     if (build_head(c, px, req, &body) != GW_OK) {
         proxy_fail(c, 431, "request_header_fields_too_large", "the request head is too large to forward");
         return GW_OK;
@@ -377,7 +372,6 @@ int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_t
     if ((body.chunked || body.content_length) &&
         gw_h1_header_has_token(req->headers, req->num_headers, "Expect", "100-continue"))
         gw_conn_write(&c->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    c->phase = GW_PHASE_PROXY;
     c->phase_ms = px->started_ms;
     gw_conn_pause(&c->conn, 1);
     gw_client_arm(c);
@@ -390,7 +384,7 @@ int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_t
 
 static void log_request(gw_client *c, const char *outcome)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     gw_log_line *l = gw_log_begin(px->status >= 500 || !px->head_done ? GW_LOG_WARN : GW_LOG_INFO, "http proxy",
                                   px->ids.corr);
     if (l) {
@@ -407,20 +401,20 @@ static void log_request(gw_client *c, const char *outcome)
 
 static void proxy_free(gw_client *c)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     if (!px)
         return;
     gw_routes_unref(px->table);
     gw_free(px->head);
     gw_free(px);
-    c->proxy = NULL;
+    c->pdata = NULL;
 }
 
 /* Ends the exchange: the upstream goes back to the pool or is closed; the
  * client goes back to reading requests or finishes. */
 static void proxy_end(gw_client *c, int reuse_upstream)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     gw_hup *h = px->up;
     if (h) {
         h->c = NULL;
@@ -433,8 +427,8 @@ static void proxy_end(gw_client *c, int reuse_upstream)
     px->up = NULL;
     int close_client = c->close_after || px->resp_mode == RESP_EOF || !px->req_done;
     proxy_free(c);
-    if (c->phase == GW_PHASE_PROXY)
-        c->phase = GW_PHASE_HTTP;
+    if (c->phase == GW_PHASE_STREAM)
+        gw_client_http(c);
     c->phase_ms = gw_loop_now(c->w->loop);
     if (close_client) {
         c->close_after = 1;
@@ -443,13 +437,12 @@ static void proxy_end(gw_client *c, int reuse_upstream)
     }
     gw_conn_pause(&c->conn, 0);
     gw_client_arm(c);
-    if (c->conn.in.len)
-        gw_loop_pending(c->w->loop, &c->task);
+    gw_client_kick(c);
 }
 
 static void proxy_fail(gw_client *c, int status, const char *code, const char *msg)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     px->status = status;
     if (!px->head_done) {
         c->close_after = c->close_after || !px->req_done;
@@ -470,7 +463,7 @@ static void write_client(gw_client *c, const void *p, size_t n)
 {
     if (!n)
         return;
-    c->proxy->bytes_out += n;
+    PX(c)->bytes_out += n;
     gw_conn_write(&c->conn, p, n);
 }
 
@@ -478,14 +471,14 @@ static void send_chunk(gw_client *c, const uint8_t *p, size_t n)
 {
     if (!n)
         return;
-    if (c->proxy->client_http10) {
+    if (PX(c)->client_http10) {
         write_client(c, p, n);
         return;
     }
     char hex[24];
     int hl = snprintf(hex, sizeof hex, "%zx\r\n", n);
     struct iovec iov[3] = {{hex, (size_t)hl}, {(void *)p, n}, {(void *)"\r\n", 2}};
-    c->proxy->bytes_out += n;
+    PX(c)->bytes_out += n;
     gw_conn_writev(&c->conn, iov, 3);
 }
 
@@ -493,7 +486,7 @@ static void send_chunk(gw_client *c, const uint8_t *p, size_t n)
  * bytes consumed, 0 when more is needed, or -1 on failure (handled). */
 static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     gw_http_header hdrs[128];
     gw_http_resp resp;
     int err = 502;
@@ -553,7 +546,7 @@ static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
     int has_corr = 0;
     for (size_t i = 0; i < resp.num_headers && (size_t)pos < sizeof head; i++) {
         const gw_http_header *h = &resp.headers[i];
-        if (is_hop(h->name) || gw_h1_connection_lists(resp.headers, resp.num_headers, h->name))
+        if (gw_fwd_hop_by_hop(h->name) || gw_fwd_connection_lists(resp.headers, resp.num_headers, h->name))
             continue;
         has_corr |= gw_str_ieq(h->name, "X-Correlation-ID");
         pos += snprintf(head + pos, sizeof head - (size_t)pos, "%.*s: %.*s\r\n", (int)h->name.n, h->name.p,
@@ -581,7 +574,7 @@ static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
 /* Forwards response body bytes; returns 1 when the response is complete. */
 static int response_body(gw_client *c, uint8_t *p, size_t n, size_t *used)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     *used = n;
     switch (px->resp_mode) {
     case RESP_NONE:
@@ -619,10 +612,10 @@ static int response_body(gw_client *c, uint8_t *p, size_t n, size_t *used)
 /* Processes upstream bytes at p (n of them). */
 static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     size_t off = 0;
     *left = 0;
-    while (c->proxy == px && off < n) {
+    while (PX(c) == px && off < n) {
         if (!px->head_done) {
             ssize_t r = response_head(c, p + off, n - off);
             if (r < 0)
@@ -655,7 +648,7 @@ static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
 static void hup_read(gw_hup *h)
 {
     gw_client *c = h->c;
-    uint8_t *buf = h->w->rbuf;
+    uint8_t *buf = gw_conn_read_buffer();
     ssize_t r;
     int own = h->conn.in.len > 0;
     if (own) {
@@ -669,7 +662,7 @@ static void hup_read(gw_hup *h)
     }
     if (r == GW_AGAIN)
         return;
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     if (r <= 0) {
         if (px->head_done && px->resp_mode == RESP_EOF && r == 0) {
             proxy_end(c, 0);
@@ -690,7 +683,7 @@ static void hup_read(gw_hup *h)
         proxy_fail(c, 502, "upstream_closed", "the upstream closed the connection before the response ended");
         return;
     }
-    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : 60000);
+    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : GW_READ_TIMEOUT_MS);
     gw_conn_cork(&c->conn);
     size_t left;
     if (own) {
@@ -698,12 +691,12 @@ static void hup_read(gw_hup *h)
         gw_buf tmp = h->conn.in;
         h->conn.in = (gw_buf){0};
         from_upstream(c, gw_buf_head(&tmp), tmp.len, &left);
-        if (left && c->proxy == px && px->up == h)
+        if (left && PX(c) == px && px->up == h)
             gw_buf_append(&h->conn.in, gw_buf_tail(&tmp) - left, left, RESP_HEAD_MAX + GW_READ_CHUNK);
         gw_buf_release(&tmp);
     } else {
         from_upstream(c, buf, (size_t)r, &left);
-        if (left && c->proxy == px && px->up == h)
+        if (left && PX(c) == px && px->up == h)
             gw_buf_append(&h->conn.in, buf + r - left, left, RESP_HEAD_MAX + GW_READ_CHUNK);
     }
     if (c->phase == GW_PHASE_CLOSED)
@@ -713,7 +706,7 @@ static void hup_read(gw_hup *h)
         return;
     }
     /* The client reads slower than the upstream sends: stop reading it. */
-    if (c->proxy == px && px->up == h && gw_conn_queued(&c->conn) > GW_OUT_HIGH)
+    if (PX(c) == px && px->up == h && gw_conn_queued(&c->conn) > GW_OUT_HIGH)
         gw_conn_pause(&h->conn, 1);
 }
 
@@ -726,19 +719,16 @@ static void hup_io(gw_io *io, uint32_t events)
         return;
     }
     gw_client *c = h->c;
-    if (!c || !c->proxy || c->proxy->up != h) {
+    if (!c || !PX(c) || PX(c)->up != h) {
         hup_close(h);
         return;
     }
     if (h->state == HUP_CONNECTING) {
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        getsockopt(h->conn.io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        if (soerr) {
+        if (gw_sock_connect_result(h->conn.io.fd)) {
             proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
             return;
         }
-        gw_io_update(h->w->loop, &h->conn.io, 0);
+        gw_conn_connected(&h->conn);
         start_send(c);
         return;
     }
@@ -748,10 +738,9 @@ static void hup_io(gw_io *io, uint32_t events)
             proxy_fail(c, 502, "upstream_closed", "the upstream closed the connection");
             return;
         }
-        if (rc == GW_OK && (c->conn.flags & GW_CONN_F_PAUSED) && c->phase == GW_PHASE_PROXY) {
+        if (rc == GW_OK && (c->conn.flags & GW_CONN_F_PAUSED) && c->phase == GW_PHASE_STREAM) {
             gw_conn_pause(&c->conn, 0);
-            if (c->conn.in.len)
-                gw_loop_pending(c->w->loop, &c->task);
+            gw_client_kick(c);
         }
     }
     if (events & (GW_EV_READ | GW_EV_ERROR))
@@ -761,37 +750,37 @@ static void hup_io(gw_io *io, uint32_t events)
 static void hup_timer(gw_timer *t)
 {
     gw_hup *h = gw_container_of(t, gw_hup, timer);
-    if (h->state == HUP_IDLE || !h->c || !h->c->proxy) {
+    if (h->state == HUP_IDLE || !h->c || !PX(h->c)) {
         hup_close(h);
         return;
     }
     gw_client *c = h->c;
-    if (h->state != HUP_CONNECTING && !c->proxy->req_done)
+    if (h->state != HUP_CONNECTING && !PX(c)->req_done)
         return; /* the client is still sending: its own body timeout applies */
-    if (h->state == HUP_CONNECTING || !c->proxy->head_done)
+    if (h->state == HUP_CONNECTING || !PX(c)->head_done)
         proxy_fail(c, 504, "upstream_timeout", "the upstream did not answer in time");
     else
         proxy_fail(c, 504, "upstream_timeout", "the upstream stalled mid-response");
 }
 
 /* The client's output drained: resume the upstream. */
-void gw_proxy_client_drained(gw_client *c)
+static void stream_drained(gw_client *c)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     if (px && px->up && (px->up->conn.flags & GW_CONN_F_PAUSED))
         gw_conn_pause(&px->up->conn, 0);
 }
 
-int gw_proxy_body_pending(const gw_client *c) { return c->proxy && !c->proxy->req_done; }
+static int body_pending(const gw_client *c) { return PX(c) && !PX(c)->req_done; }
 
 /* When the request body must have arrived (slow-body defence):
  * GATEWAY_BODY_TIMEOUT after the gateway began reading it, plus one second
  * per GATEWAY_BODY_MIN_RATE bytes received, so a body arriving at least that
  * fast is never cut while a trickle (one byte every few seconds) is. 0 while
  * the body is not being read yet. */
-uint64_t gw_proxy_body_deadline(const gw_client *c)
+static uint64_t body_deadline(const gw_client *c)
 {
-    const gw_proxy *px = c->proxy;
+    const gw_proxy *px = PX(c);
     if (!px || px->req_done || !px->body_start_ms)
         return 0;
     uint64_t rate = gw_srv.cfg.body_min_rate, ext = 0;
@@ -802,7 +791,7 @@ uint64_t gw_proxy_body_deadline(const gw_client *c)
 
 /* The client stopped sending its request body, or sends it too slowly. The
  * upstream connection is closed (never pooled half-written). */
-void gw_proxy_body_timeout(gw_client *c, int too_slow)
+static void body_timeout(gw_client *c, int too_slow)
 {
     c->close_after = 1;
     proxy_fail(c, 408, "request_timeout",
@@ -810,9 +799,9 @@ void gw_proxy_body_timeout(gw_client *c, int too_slow)
 }
 
 /* The client went away mid-exchange. */
-void gw_proxy_abort(gw_client *c)
+static void stream_end(gw_client *c)
 {
-    gw_proxy *px = c->proxy;
+    gw_proxy *px = PX(c);
     if (!px)
         return;
     if (px->up)
@@ -821,3 +810,58 @@ void gw_proxy_abort(gw_client *c)
     log_request(c, "client_gone");
     proxy_free(c);
 }
+
+/* A request body must keep arriving: a client silent for the handshake
+ * timeout mid-body is cut, and so is one whose body misses its deadline
+ * (GATEWAY_BODY_TIMEOUT, extended by the bytes that came; see
+ * body_deadline): the slow-body defence. The timer may fire early (the
+ * deadline only moves later); stream_timer re-arms then. Once the body is
+ * out, the upstream's timeouts apply (0: the backstop). */
+static uint64_t stream_deadline(gw_client *c)
+{
+    if (!body_pending(c))
+        return 0;
+    uint64_t deadline = body_deadline(c);
+    uint64_t at = c->phase_ms + gw_srv.cfg.handshake_timeout_ms;
+    return deadline && deadline < at ? deadline : at;
+}
+
+static void stream_timer(gw_client *c)
+{
+    uint64_t now = gw_loop_now(c->w->loop);
+    if (body_pending(c)) {
+        uint64_t deadline = body_deadline(c);
+        if (deadline && now >= deadline) {
+            body_timeout(c, 1);
+            return;
+        }
+        if (now >= c->phase_ms + gw_srv.cfg.handshake_timeout_ms) {
+            body_timeout(c, 0);
+            return;
+        }
+    }
+    gw_client_arm(c);
+}
+
+static void stream_on_read(gw_client *c, uint64_t now) { c->phase_ms = now; /* the body is still arriving */ }
+
+/* Reads stay paused by the exchange itself (resumed as the upstream drains
+ * or the response ends). */
+static int stream_keep_paused(gw_client *c)
+{
+    GW_UNUSED(c);
+    return 1;
+}
+
+static void stream_drain(gw_client *c) { c->close_after = 1; /* the exchange finishes, then the connection closes */ }
+
+static const gw_client_proto stream_proto = {
+    .feed = stream_feed,
+    .on_read = stream_on_read,
+    .deadline = stream_deadline,
+    .timer = stream_timer,
+    .drained = stream_drained,
+    .keep_paused = stream_keep_paused,
+    .end = stream_end,
+    .drain = stream_drain,
+};
