@@ -15,9 +15,9 @@ OPT := -O2
 endif
 
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-PKGS := openssl zlib jansson
+PKGS := openssl zlib jansson hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
         -Wformat=2 -Wundef -Wimplicit-fallthrough -Wvla -Wno-missing-field-initializers

@@ -15,6 +15,7 @@
 #include "core/common.h"
 #include "log/log.h"
 #include "net/sock.h"
+#include "store/store.h"
 
 gw_server gw_srv;
 
@@ -424,7 +425,7 @@ int gw_server_run(void)
         gw_log_bool(l, "tls", gw_srv.tls_ctx != NULL, 0);
         gw_log_int(l, "workers", gw_srv.nworkers, 0);
         gw_log_str(l, "version", GW_VERSION, 0);
-        gw_log_str(l, "backend", "embedded", 0);
+        gw_log_str(l, "backend", gw_store_current_name(), 0);
         gw_log_end(l);
     }
 

@@ -12,6 +12,7 @@
 
 #include "core/alloc.h"
 #include "core/common.h"
+#include "metrics/metrics.h"
 
 enum { OP_PUT, OP_CONSUME };
 
@@ -108,7 +109,13 @@ static void emb_cancel(gw_store_op *op)
 
 static void emb_free(gw_store *s) { gw_free(s); }
 
-static const gw_store_ops embedded_ops = {"embedded", emb_put, emb_consume, emb_cancel, emb_free};
+static int emb_healthy(gw_store *s)
+{
+    GW_UNUSED(s);
+    return 1;
+}
+
+static const gw_store_ops embedded_ops = {"embedded", emb_put, emb_consume, emb_cancel, emb_healthy, emb_free};
 
 gw_store *gw_store_embedded(gw_token_store *table, uint64_t delay_ms)
 {
@@ -142,4 +149,27 @@ gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n
     uint8_t h[32];
     gw_token_hash(tok, n, h);
     return s->ops->token_consume(s, l, h, allocation_id, cb, ud);
+}
+
+/* ============================== current store =============================== */
+
+static gw_store *current;
+static gw_metric *m_healthy;
+
+void gw_store_set_current(gw_store *s)
+{
+    current = s;
+    m_healthy = gw_metric_get("wsgate_backend_healthy", GW_METRIC_GAUGE,
+                              "1 while the state backend (embedded or Redis) answers, 0 while it does not", NULL);
+    gw_gauge_set(m_healthy, s ? s->ops->healthy(s) : 1);
+}
+
+const char *gw_store_current_name(void) { return current ? current->ops->name : "embedded"; }
+
+int gw_store_current_healthy(void) { return current ? current->ops->healthy(current) : 1; }
+
+void gw_store_health_changed(int healthy)
+{
+    if (m_healthy)
+        gw_gauge_set(m_healthy, healthy);
 }

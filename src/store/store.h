@@ -57,6 +57,8 @@ typedef struct gw_store_ops {
                                   gw_store_consume_cb cb, void *ud);
     /* Cancels an operation whose callback has not run (see the contract). */
     void (*cancel)(gw_store_op *op);
+    /* 1 while the backend answers (the embedded store always does). */
+    int (*healthy)(gw_store *s);
     void (*free)(gw_store *s);
 } gw_store_ops;
 
@@ -83,5 +85,15 @@ gw_store_op *gw_store_mint(gw_store *s, gw_loop *l, gw_token_ctx *ctx, unsigned 
 gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n, const char *allocation_id,
                               gw_store_consume_cb cb, void *ud);
 static inline void gw_store_cancel(gw_store *s, gw_store_op *op) { s->ops->cancel(op); }
+
+/* The process's store, for /health and the wsgate_backend_healthy gauge
+ * (set once at startup, before the workers run). */
+void gw_store_set_current(gw_store *s);
+/* "embedded" or "redis" ("embedded" before any store is set). */
+const char *gw_store_current_name(void);
+/* 1 while the current store's backend answers (store.h healthy). */
+int gw_store_current_healthy(void);
+/* Sets the wsgate_backend_healthy gauge (backends call it on a change). */
+void gw_store_health_changed(int healthy);
 
 #endif
