@@ -8,6 +8,7 @@
 #include "store/store.h"
 
 #include <openssl/crypto.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -159,8 +160,10 @@ static gw_metric *m_healthy;
 void gw_store_set_current(gw_store *s)
 {
     current = s;
+    char labels[64];
+    snprintf(labels, sizeof labels, "backend=\"%s\"", gw_store_current_name());
     m_healthy = gw_metric_get("wsgate_backend_healthy", GW_METRIC_GAUGE,
-                              "1 while the state backend (embedded or Redis) answers, 0 while it does not", NULL);
+                              "1 while the state backend (embedded or Redis) answers, 0 while it does not", labels);
     gw_gauge_set(m_healthy, s ? s->ops->healthy(s) : 1);
 }
 
