@@ -23,7 +23,11 @@
 #define RECONNECT_MAX_MS 1000u
 #define HEALTH_EVERY_MS 500u
 
-enum { OP_PUT, OP_CONSUME, OP_PING };
+enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD };
+
+#define XREAD_BLOCK_MS 1000u /* one XREAD waits this long for new entries */
+#define XREAD_COUNT "256"
+#define STREAM_MAXLEN "100000" /* XADD trims the session-events stream to about this many entries */
 
 typedef struct rstore rstore;
 typedef struct rconn rconn;
@@ -38,7 +42,8 @@ struct rconn {
     uint64_t backoff_ms;
     int up;             /* AUTH and SELECT answered on this connection */
     int down;           /* counted in st->ndown (a failure, not yet connected again) */
-    const char *role;   /* "worker" or "monitor" (logs) */
+    const char *role;   /* "worker", "monitor" or "sessions" (logs) */
+    void (*on_up)(rconn *c); /* called when the connection is (again) ready */
     rconn *next;        /* st->conns */
 };
 
@@ -60,6 +65,12 @@ struct rstore {
     pthread_t mon_thread;
     rconn *mon;
     gw_timer ping;
+    /* the session-events stream reader (monitor thread) */
+    char stream[256];
+    rconn *sess;
+    char last_id[64];   /* the last entry read: reading resumes after it */
+    int reading;        /* an XREAD is in flight */
+    gw_timer sess_retry;
 };
 
 typedef struct rop {
@@ -73,11 +84,16 @@ typedef struct rop {
     union {
         gw_store_put_cb put;
         gw_store_consume_cb consume;
+        gw_store_session_cb session;
+        gw_store_publish_cb publish;
     } cb;
     void *ud;
     int rc;
     gw_token_result res;
     gw_token_ctx ctx;
+    int found;          /* lookup */
+    gw_session sess;    /* lookup */
+    char id[64];        /* publish: the stream entry id */
 } rop;
 
 static __thread rconn *tl_conn; /* this worker's connection */
@@ -87,6 +103,9 @@ static uint64_t wall_ms(void) { return gw_wall_ms(); }
 /* ================================ health ==================================== */
 
 static void conn_connect(rconn *c);
+static void sess_after(rstore *st, int rc);
+static void sess_on_up(rconn *c);
+static void on_sess_retry(gw_timer *t);
 
 static void health_publish(rstore *st) { gw_store_health_changed(atomic_load(&st->ndown) == 0); }
 
@@ -105,6 +124,8 @@ static void conn_up(rconn *c)
             gw_log_end(l);
         }
     }
+    if (c->on_up)
+        c->on_up(c);
 }
 
 /* The connection failed (or is gone): count it down, retry after back-off. */
@@ -164,6 +185,12 @@ static void op_answer(rop *op)
             op->cb.put(op->ud, op->rc);
         else if (op->kind == OP_CONSUME)
             op->cb.consume(op->ud, op->res, &op->ctx);
+        else if (op->kind == OP_LOOKUP)
+            op->cb.session(op->ud, op->found, op->found ? &op->sess : NULL);
+        else if (op->kind == OP_PUBLISH)
+            op->cb.publish(op->ud, op->rc, op->id);
+        else if (op->kind == OP_XREAD)
+            sess_after(op->ud, op->rc);
     }
     op_free(op);
 }
@@ -232,6 +259,52 @@ static void read_consume(rconn *c, rop *op, const redisReply *r)
     log_reply_error(c, "token consume", r);
 }
 
+/* Applies the entries of an XREAD reply (nil: none arrived) to the view and
+ * moves last_id past them. GW_OK, or GW_ERR for an error reply. */
+static int read_entries(rstore *st, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_NIL)
+        return GW_OK;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+        r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+        log_reply_error(st->sess, "XREAD", r);
+        return GW_ERR;
+    }
+    const redisReply *entries = r->element[0]->element[1];
+    for (size_t i = 0; i < entries->elements; i++) {
+        const redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[0]->len >= sizeof st->last_id)
+            continue; /* not an entry: nothing to resume from */
+        memcpy(st->last_id, e->element[0]->str, e->element[0]->len);
+        st->last_id[e->element[0]->len] = '\0';
+        const redisReply *f = e->element[1];
+        const char *names[32], *vals[32];
+        size_t nl[32], vl[32], n = 0;
+        int shape = f->type == REDIS_REPLY_ARRAY && f->elements % 2 == 0 && f->elements <= 64;
+        for (size_t k = 0; shape && k < f->elements; k += 2) {
+            if (f->element[k]->type != REDIS_REPLY_STRING || f->element[k + 1]->type != REDIS_REPLY_STRING) {
+                shape = 0;
+                break;
+            }
+            names[n] = f->element[k]->str;
+            nl[n] = f->element[k]->len;
+            vals[n] = f->element[k + 1]->str;
+            vl[n] = f->element[k + 1]->len;
+            n++;
+        }
+        gw_session snap;
+        char why[160];
+        if (!shape)
+            gw_sessions_malformed("stream", st->last_id, "the entry is not field/value strings (at most 32 fields)");
+        else if (gw_session_from_fields(n, names, nl, vals, vl, &snap, why, sizeof why) != GW_OK)
+            gw_sessions_malformed("stream", st->last_id, why);
+        else
+            gw_sessions_apply(&snap);
+    }
+    return GW_OK;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     GW_UNUSED(ac);
@@ -249,6 +322,16 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
                 log_reply_error(c, "token put", r);
         } else if (op->kind == OP_CONSUME) {
             read_consume(c, op, r);
+        } else if (op->kind == OP_PUBLISH) {
+            if (r->type == REDIS_REPLY_STRING && r->len < sizeof op->id) {
+                memcpy(op->id, r->str, r->len);
+                op->id[r->len] = '\0';
+                op->rc = GW_OK;
+            } else {
+                log_reply_error(c, "XADD", r);
+            }
+        } else if (op->kind == OP_XREAD) {
+            op->rc = read_entries(c->st, r);
         } else if (!reply_is(r, "PONG")) {
             log_reply_error(c, "PING", r);
         }
@@ -272,18 +355,23 @@ static void on_watch(gw_timer *t)
 
 /* Sends a command for op on c, or answers the error through the loop when c
  * is down. Returns op (the caller's handle). */
-static rop *op_send(rconn *c, rop *op, int argc, const char **argv, const size_t *lens)
+static rop *op_send_for(rconn *c, rop *op, uint64_t extra_ms, int argc, const char **argv, const size_t *lens)
 {
     op->c = c;
     if (!c->ev.ac || redisAsyncCommandArgv(c->ev.ac, on_reply, op, argc, argv, lens) != REDIS_OK) {
         gw_loop_pending(op->loop, &op->task);
         return op;
     }
-    op->deadline = gw_loop_now(c->loop) + c->st->timeout_ms;
+    op->deadline = gw_loop_now(c->loop) + c->st->timeout_ms + extra_ms;
     gw_list_insert_tail(&c->inflight, &op->node);
     if (!gw_timer_active(&c->watch))
         gw_timer_start_at(c->loop, &c->watch, op->deadline);
     return op;
+}
+
+static rop *op_send(rconn *c, rop *op, int argc, const char **argv, const size_t *lens)
+{
+    return op_send_for(c, op, 0, argc, argv, lens);
 }
 
 /* ============================== connections ================================= */
@@ -392,6 +480,9 @@ static void mon_start(void *arg)
 {
     rstore *st = arg;
     st->mon = conn_new(st, st->mon_loop, "monitor");
+    st->sess_retry.cb = on_sess_retry;
+    st->sess = conn_new(st, st->mon_loop, "sessions");
+    st->sess->on_up = sess_on_up;
     st->ping.cb = on_ping_timer;
     gw_timer_start(st->mon_loop, &st->ping, HEALTH_EVERY_MS);
 }
@@ -402,6 +493,41 @@ static void *mon_main(void *arg)
     gw_loop_run(st->mon_loop);
     return NULL;
 }
+
+/* ========================= the session-events stream ========================
+ * One XREAD BLOCK at a time on the monitor thread's "sessions" connection,
+ * from the last entry id read (0-0 at start: the whole stream, so a new
+ * process holds the same view as the others). A dropped connection loses
+ * nothing: reading resumes from last_id once it is back (on_up). */
+
+static void sess_read(rstore *st)
+{
+    rconn *c = st->sess;
+    if (st->reading || !c->ev.ac)
+        return;
+    rop *op = op_new(st->mon_loop, OP_XREAD, st);
+    char block[16];
+    snprintf(block, sizeof block, "%u", XREAD_BLOCK_MS);
+    const char *argv[] = {"XREAD", "COUNT", XREAD_COUNT, "BLOCK", block, "STREAMS", st->stream, st->last_id};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        lens[i] = strlen(argv[i]);
+    st->reading = 1;
+    op_send_for(c, op, XREAD_BLOCK_MS, 8, argv, lens);
+}
+
+static void sess_after(rstore *st, int rc)
+{
+    st->reading = 0;
+    if (rc == GW_OK)
+        sess_read(st);
+    else if (!gw_timer_active(&st->sess_retry))
+        gw_timer_start(st->mon_loop, &st->sess_retry, RECONNECT_MAX_MS);
+}
+
+static void sess_on_up(rconn *c) { sess_read(c->st); }
+
+static void on_sess_retry(gw_timer *t) { sess_read(gw_container_of(t, rstore, sess_retry)); }
 
 /* ============================== the store ops =============================== */
 
@@ -477,6 +603,42 @@ static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], c
     return (gw_store_op *)op;
 }
 
+static gw_store_op *r_session_lookup(gw_store *s, gw_loop *l, const uint8_t token_sha256[32], gw_store_session_cb cb,
+                                     void *ud)
+{
+    GW_UNUSED(s);
+    rop *op = op_new(l, OP_LOOKUP, ud);
+    op->cb.session = cb;
+    op->found = gw_sessions_find_token(token_sha256, &op->sess); /* the view the stream keeps complete */
+    gw_loop_pending(l, &op->task);
+    return (gw_store_op *)op;
+}
+
+static gw_store_op *r_session_publish(gw_store *s, gw_loop *l, const gw_session *snap, gw_store_publish_cb cb,
+                                      void *ud)
+{
+    rstore *st = (rstore *)s;
+    rop *op = op_new(l, OP_PUBLISH, ud);
+    op->cb.publish = cb;
+    static const char hex[] = "0123456789abcdef";
+    char tok[65], ver[24];
+    for (int i = 0; i < 32; i++) {
+        tok[2 * i] = hex[snap->token_sha256[i] >> 4];
+        tok[2 * i + 1] = hex[snap->token_sha256[i] & 15];
+    }
+    tok[64] = '\0';
+    snprintf(ver, sizeof ver, "%llu", (unsigned long long)snap->version);
+    const char *argv[] = {"XADD",    st->stream,        "MAXLEN",   "~",
+                          STREAM_MAXLEN, "*",           "device_session_id", snap->device_session_id,
+                          "user_id", snap->user_id,     "status",   gw_session_status_str(snap->status),
+                          "token_sha256", tok,          "version",  ver};
+    size_t lens[16];
+    for (int i = 0; i < 16; i++)
+        lens[i] = strlen(argv[i]);
+    op_send(conn_for(st, l), op, 16, argv, lens);
+    return (gw_store_op *)op;
+}
+
 static void r_cancel(gw_store_op *o)
 {
     rop *op = (rop *)o;
@@ -498,7 +660,6 @@ static int r_healthy(gw_store *s) { return atomic_load(&((rstore *)s)->ndown) ==
 static void mon_stop(void *arg)
 {
     rstore *st = arg;
-    gw_timer_stop(st->mon_loop, &st->ping);
     gw_loop_stop(st->mon_loop);
 }
 
@@ -507,6 +668,19 @@ static void r_free(gw_store *s)
     rstore *st = (rstore *)s;
     gw_loop_post(st->mon_loop, mon_stop, st);
     pthread_join(st->mon_thread, NULL);
+    /* Free every context first (their callbacks may arm timers), then
+     * stop the timers, then free the connections. */
+    for (rconn *c = st->conns; c; c = c->next) {
+        c->on_up = NULL;
+        if (c->ev.ac) {
+            c->ev.ac->onDisconnect = NULL;
+            redisAsyncFree(c->ev.ac);
+        }
+    }
+    if (gw_timer_active(&st->sess_retry))
+        gw_timer_stop(st->mon_loop, &st->sess_retry);
+    if (gw_timer_active(&st->ping))
+        gw_timer_stop(st->mon_loop, &st->ping);
     rconn *c = st->conns;
     while (c) {
         rconn *next = c->next;
@@ -514,10 +688,8 @@ static void r_free(gw_store *s)
             gw_timer_stop(c->loop, &c->retry);
         if (gw_timer_active(&c->watch))
             gw_timer_stop(c->loop, &c->watch);
-        if (c->ev.ac) {
-            c->ev.ac->onDisconnect = NULL;
-            redisAsyncFree(c->ev.ac);
-        }
+        if (c->down)
+            atomic_fetch_sub(&st->ndown, 1);
         if (tl_conn == c)
             tl_conn = NULL;
         gw_free(c);
@@ -529,7 +701,8 @@ static void r_free(gw_store *s)
     gw_free(st);
 }
 
-static const gw_store_ops redis_ops = {"redis", r_put, r_consume, r_cancel, r_healthy, r_free};
+static const gw_store_ops redis_ops = {"redis",   r_put,     r_consume, r_session_lookup, r_session_publish,
+                                       r_cancel, r_healthy, r_free};
 
 /* ================================= startup ================================== */
 
@@ -602,6 +775,8 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     snprintf(st->password, sizeof st->password, "%s", cfg->redis_password);
     st->db = cfg->redis_db;
     snprintf(st->prefix, sizeof st->prefix, "%s", cfg->redis_key_prefix);
+    snprintf(st->stream, sizeof st->stream, "%s", cfg->session_events_stream);
+    snprintf(st->last_id, sizeof st->last_id, "0-0");
     st->timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;
     if (!a.is_unix && resolve(a.host, st->host, sizeof st->host) != GW_OK) {
         snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: cannot resolve \"%s\"; not starting", a.host);
