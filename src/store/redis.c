@@ -5,6 +5,7 @@
 #include <hiredis/hiredis.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -97,6 +98,41 @@ typedef struct rop {
 } rop;
 
 static __thread rconn *tl_conn; /* this worker's connection */
+
+/* ================================ scripts ===================================
+ * Loaded on every (re)connection (SCRIPT LOAD, queued after AUTH and
+ * SELECT, before any command) and called by digest (EVALSHA). A NOSCRIPT
+ * answer (someone ran SCRIPT FLUSH) drops the connection: the new one
+ * loads them again. */
+
+static const char put_script[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 's', 'live', 'e', ARGV[1], 'a', ARGV[2], 'c', ARGV[3])\n"
+    "redis.call('PEXPIREAT', KEYS[1], ARGV[4])\n"
+    "return 1\n";
+
+/* One round trip: the first caller turns the entry into a tombstone (its
+ * TTL unchanged) and gets the context; later ones get "replayed". */
+static const char consume_script[] =
+    "local v = redis.call('HMGET', KEYS[1], 's', 'e', 'a', 'c')\n"
+    "if not v[1] then return {'unknown', '', '0'} end\n"
+    "if v[1] == 'used' then return {'replayed', '', v[2]} end\n"
+    "if tonumber(ARGV[1]) >= tonumber(v[2]) then return {'expired', v[4], v[2]} end\n"
+    "redis.call('HSET', KEYS[1], 's', 'used')\n"
+    "redis.call('HDEL', KEYS[1], 'a', 'c')\n"
+    "if ARGV[3] == '1' and v[3] ~= ARGV[2] then return {'mismatch', v[4], v[2]} end\n"
+    "return {'ok', v[4], v[2]}\n";
+
+static char put_sha[41], consume_sha[41]; /* SHA-1 hex of the scripts */
+
+static void script_sha(const char *script, char out[41])
+{
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)script, strlen(script), d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
 
 static uint64_t wall_ms(void) { return gw_wall_ms(); }
 
@@ -314,6 +350,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     gw_list_remove(&op->node);
     if (gw_list_empty(&c->inflight) && gw_timer_active(&c->watch))
         gw_timer_stop(c->loop, &c->watch);
+    int noscript = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
     if (r) {
         if (op->kind == OP_PUT) {
             if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
@@ -337,6 +374,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
         }
     }
     op_answer(op);
+    if (noscript)
+        conn_fail(c, "NOSCRIPT: the scripts were flushed; reconnecting loads them again");
 }
 
 static void on_watch(gw_timer *t)
@@ -388,7 +427,7 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
         conn_fail(c, why);
         return;
     }
-    if (strcmp(priv, "SELECT") == 0)
+    if (strcmp(priv, "SCRIPT LOAD consume") == 0)
         conn_up(c);
 }
 
@@ -425,6 +464,8 @@ static void conn_connect(rconn *c)
     if (st->password[0])
         redisAsyncCommand(ac, on_setup, (void *)"AUTH", "AUTH %s", st->password);
     redisAsyncCommand(ac, on_setup, (void *)"SELECT", "SELECT %d", st->db);
+    redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD put", "SCRIPT LOAD %s", put_script);
+    redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD consume", "SCRIPT LOAD %s", consume_script);
 }
 
 static rconn *conn_new(rstore *st, gw_loop *l, const char *role)
@@ -531,24 +572,6 @@ static void on_sess_retry(gw_timer *t) { sess_read(gw_container_of(t, rstore, se
 
 /* ============================== the store ops =============================== */
 
-static const char put_script[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 's', 'live', 'e', ARGV[1], 'a', ARGV[2], 'c', ARGV[3])\n"
-    "redis.call('PEXPIREAT', KEYS[1], ARGV[4])\n"
-    "return 1\n";
-
-/* One round trip: the first caller turns the entry into a tombstone (its
- * TTL unchanged) and gets the context; later ones get "replayed". */
-static const char consume_script[] =
-    "local v = redis.call('HMGET', KEYS[1], 's', 'e', 'a', 'c')\n"
-    "if not v[1] then return {'unknown', '', '0'} end\n"
-    "if v[1] == 'used' then return {'replayed', '', v[2]} end\n"
-    "if tonumber(ARGV[1]) >= tonumber(v[2]) then return {'expired', v[4], v[2]} end\n"
-    "redis.call('HSET', KEYS[1], 's', 'used')\n"
-    "redis.call('HDEL', KEYS[1], 'a', 'c')\n"
-    "if ARGV[3] == '1' and v[3] ~= ARGV[2] then return {'mismatch', v[4], v[2]} end\n"
-    "return {'ok', v[4], v[2]}\n";
-
 static void token_key(const rstore *st, const uint8_t hash[32], char *out, size_t cap)
 {
     static const char hex[] = "0123456789abcdef";
@@ -573,8 +596,8 @@ static gw_store_op *r_put(gw_store *s, gw_loop *l, const uint8_t hash[32], const
     snprintf(until, sizeof until, "%llu", (unsigned long long)(ctx->expires_at_ms + GW_TOKEN_TOMBSTONE_MARGIN_MS));
     size_t plen;
     char *packed = gw_token_ctx_pack(ctx, &plen);
-    const char *argv[] = {"EVAL", put_script, "1", key, exp, ctx->allocation_id, packed, until};
-    size_t lens[] = {4, sizeof put_script - 1, 1, strlen(key), strlen(exp), strlen(ctx->allocation_id), plen,
+    const char *argv[] = {"EVALSHA", put_sha, "1", key, exp, ctx->allocation_id, packed, until};
+    size_t lens[] = {7, 40, 1, strlen(key), strlen(exp), strlen(ctx->allocation_id), plen,
                      strlen(until)};
     op_send(conn_for(st, l), op, 8, argv, lens);
     OPENSSL_cleanse(packed, plen);
@@ -597,8 +620,8 @@ static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], c
     token_key(st, hash, key, sizeof key);
     snprintf(now, sizeof now, "%llu", (unsigned long long)st->base.now_ms());
     const char *alloc = allocation_id ? allocation_id : "";
-    const char *argv[] = {"EVAL", consume_script, "1", key, now, alloc, allocation_id ? "1" : "0"};
-    size_t lens[] = {4, sizeof consume_script - 1, 1, strlen(key), strlen(now), strlen(alloc), 1};
+    const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0"};
+    size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1};
     op_send(conn_for(st, l), op, 7, argv, lens);
     return (gw_store_op *)op;
 }
@@ -777,6 +800,8 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     snprintf(st->prefix, sizeof st->prefix, "%s", cfg->redis_key_prefix);
     snprintf(st->stream, sizeof st->stream, "%s", cfg->session_events_stream);
     snprintf(st->last_id, sizeof st->last_id, "0-0");
+    script_sha(put_script, put_sha);
+    script_sha(consume_script, consume_sha);
     st->timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;
     if (!a.is_unix && resolve(a.host, st->host, sizeof st->host) != GW_OK) {
         snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: cannot resolve \"%s\"; not starting", a.host);

@@ -219,6 +219,19 @@ static gw_token_result consume(gw_store *s, const char *tok, const char *alloc)
     return nconsumed == 1 ? res : (gw_token_result)-2;
 }
 
+/* Runs the loop until the store's health is want (1 when it got there
+ * within ms). */
+static int wait_health(gw_store *s, int want, uint64_t ms)
+{
+    for (uint64_t waited = 0; waited < ms; waited += 20) {
+        if (s->ops->healthy(s) == want)
+            return 1;
+        int never = 0;
+        run_until(&never, 20);
+    }
+    return s->ops->healthy(s) == want;
+}
+
 static void test_tokens(void)
 {
     gw_store *s = store_new(1000);
@@ -247,20 +260,28 @@ static void test_tokens(void)
     is_int(nconsumed, 0, "a cancelled consume is never answered");
     is_int(consume(s, tok3, "a3"), GW_TOKEN_REPLAYED, "but it took effect (fail closed)");
     ok(s->ops->healthy(s), "healthy");
+    /* Someone flushes the scripts: the call that meets NOSCRIPT fails
+     * closed, the connection is made again (loading them), the next works. */
+    struct timeval tv = {1, 0};
+    redisContext *rc = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+    redisReply *r = redisCommand(rc, "AUTH %s", PW);
+    freeReplyObject(r);
+    r = redisCommand(rc, "SCRIPT FLUSH");
+    ok(r && r->type == REDIS_REPLY_STATUS, "SCRIPT FLUSH");
+    freeReplyObject(r);
+    redisFree(rc);
+    char tok4[GW_TOKEN_LEN + 1];
+    nput = 0;
+    gw_token_ctx c4;
+    memset(&c4, 0, sizeof c4);
+    snprintf(c4.allocation_id, sizeof c4.allocation_id, "a4");
+    gw_store_mint(s, L, &c4, 60, tok4, on_put, NULL);
+    run_until(&nput, 3000);
+    ok(nput == 1 && put_rc == GW_ERR, "the call that met NOSCRIPT failed closed");
+    ok(wait_health(s, 1, 3000), "reconnected");
+    mint(s, "a5", "frank", tok4);
+    is_int(consume(s, tok4, "a5"), GW_TOKEN_OK, "scripts loaded again: works");
     gw_store_free(s);
-}
-
-/* Runs the loop until the store's health is want (1 when it got there
- * within ms). */
-static int wait_health(gw_store *s, int want, uint64_t ms)
-{
-    for (uint64_t waited = 0; waited < ms; waited += 20) {
-        if (s->ops->healthy(s) == want)
-            return 1;
-        int never = 0;
-        run_until(&never, 20);
-    }
-    return s->ops->healthy(s) == want;
 }
 
 static void test_frozen_and_dead(void)
