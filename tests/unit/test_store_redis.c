@@ -319,6 +319,59 @@ static void test_frozen_and_dead(void)
     gw_store_free(s);
 }
 
+/* Sessions on Redis: a publish is an XADD to the session-events stream;
+ * the monitor's reader applies it (from the whole stream) to the view,
+ * where a lookup by digest finds it. */
+static int pubs, pub_rc, looked, look_found;
+static char pub_id[64];
+static void on_pub(void *ud, int rc, const char *id)
+{
+    GW_UNUSED(ud);
+    pub_rc = rc;
+    snprintf(pub_id, sizeof pub_id, "%s", id);
+    pubs++;
+}
+static void on_look(void *ud, int found, const gw_session *s)
+{
+    GW_UNUSED(ud);
+    GW_UNUSED(s);
+    look_found = found;
+    looked++;
+}
+
+static void test_sessions(void)
+{
+    gw_sessions_reset();
+    gw_store *s = store_new(1000);
+    ok(s != NULL, "store made");
+    if (!s)
+        return;
+    gw_session snap;
+    memset(&snap, 0, sizeof snap);
+    snprintf(snap.device_session_id, sizeof snap.device_session_id, "rdev-1");
+    snprintf(snap.user_id, sizeof snap.user_id, "uma");
+    snap.status = GW_SESSION_REVOKED;
+    snap.version = 4;
+    gw_token_hash("rbearer", 7, snap.token_sha256);
+    gw_store_session_publish(s, L, &snap, on_pub, NULL);
+    is_int(pubs, 0, "publish not answered inline");
+    run_until(&pubs, 3000);
+    ok(pub_rc == GW_OK && strchr(pub_id, '-') != NULL, "XADD answered an entry id (%s)", pub_id);
+    look_found = 0;
+    for (int i = 0; i < 100 && !look_found; i++) {
+        looked = 0;
+        gw_store_session_lookup(s, L, snap.token_sha256, on_look, NULL);
+        run_until(&looked, 1000);
+        if (!look_found)
+            usleep(20000); /* the monitor thread reads the stream */
+    }
+    ok(look_found, "the stream reader applied it: found by digest");
+    gw_session v;
+    ok(gw_sessions_get("rdev-1", &v) && v.version == 4 && v.status == GW_SESSION_REVOKED, "the view has v4 revoked");
+    gw_store_free(s);
+    gw_sessions_reset();
+}
+
 static void test_startup_refusals(void)
 {
     gw_config cfg;
@@ -348,6 +401,7 @@ int main(void)
     TEST_RUN(test_adapter);
     TEST_RUN(test_tokens);
     TEST_RUN(test_frozen_and_dead);
+    TEST_RUN(test_sessions);
     TEST_RUN(test_startup_refusals);
     redis_kill();
     rmdir(redis_dir);
