@@ -335,7 +335,7 @@ static void minted(void *ud, int rc)
     tw->op = NULL;
     gw_client_wait_end(c);
     if (rc != GW_OK)
-        gw_http_error_ids(c, 503, "token_store_unavailable", "the token store cannot take more tokens", tw->req, NULL,
+        gw_http_error_ids(c, 503, "token_store_unavailable", "the token store did not keep the token (full or unreachable)", tw->req, NULL,
                           &tw->ids);
     else
         answer_minted(c, tw->req, &tw->ids, &tw->ctx, tw->ttl, tw->source, tw->minted);
