@@ -190,10 +190,10 @@ static void conn_down(rconn *c, const char *why)
  * calls their callbacks with no reply), then back-off and reconnect. */
 static void conn_fail(rconn *c, const char *why)
 {
+    conn_down(c, why); /* first: the log names this cause, not the disconnect that follows */
     redisAsyncContext *ac = c->ev.ac;
     if (ac)
         redisAsyncFree(ac); /* deferred by hiredis when inside one of its callbacks */
-    conn_down(c, why);
 }
 
 static void on_retry(gw_timer *t)

@@ -253,6 +253,9 @@ def test_frozen_redis_cannot_stall_a_worker(make_gateway, make_redis, agents):
         refused(g, box["ws"], 503, "service_unavailable")
         assert 0.9 <= took < 3, took
         gw.wait_until(lambda: health(g)["overall"] == "unhealthy", timeout=10, what="unhealthy while frozen")
+        assert healthy_metric(g) == 0
+        g.wait_log(lambda l: l.get("msg") == "redis unavailable; reconnecting with back-off"
+                   and l.get("error") == "no answer within GATEWAY_STORE_TIMEOUT")
     finally:
         r.thaw()
     gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=10, what="healthy after SIGCONT")
