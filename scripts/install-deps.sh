@@ -6,13 +6,14 @@
 # web/ (xterm.js for the terminal page) and tests/browser/ (playwright-core).
 # The deployment checks (tests/integration/test_deploy.py) need promtool
 # (Debian ships it in the prometheus package), systemd-analyze (systemd) and
-# PyYAML (python3-yaml).
+# PyYAML (python3-yaml). The Redis backend links Debian's hiredis
+# (libhiredis-dev); its tests start a real redis-server.
 set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="build-essential pkg-config libssl-dev zlib1g-dev libjansson-dev clang libclang-rt-14-dev
       python3 python3-pytest python3-websockets openssl curl procps util-linux chromium
-      prometheus systemd python3-yaml"
+      prometheus systemd python3-yaml libhiredis-dev redis-server"
 
 missing=""
 for p in $PKGS; do
@@ -32,6 +33,15 @@ if [ -n "$missing" ]; then
     # The tests need only promtool. On a host booted with systemd the package
     # also starts a Prometheus server (port 9090, wsgate's default gRPC port):
     # stop and disable the one this script just installed.
+    # The tests start their own redis-server on free ports: the packaged
+    # service (port 6379) is not needed.
+    case " $missing " in
+        *" redis-server "*)
+            if [ -d /run/systemd/system ]; then
+                $SUDO systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+            fi
+            ;;
+    esac
     case " $missing " in
         *" prometheus "*)
             if [ -d /run/systemd/system ]; then

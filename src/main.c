@@ -12,6 +12,7 @@
 #include "proxy/proxy.h"
 #include "server/server.h"
 #include "agent/agent.h"
+#include "sessions/admin.h"
 #include "terminal/terminal.h"
 
 static const char usage[] =
@@ -95,6 +96,7 @@ static int cmd_serve(void)
         }
         return 2;
     }
+    gw_sessions_admin_init(cfg.store_timeout_ms);
     if (gw_server_start(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "startup failed", NULL);
         if (l) {

@@ -555,13 +555,6 @@ static const struct {
     const char *name, *feature;
 } unbuilt[] = {
     {"GATEWAY_AUTHENTICATED_GRPC_ADDR", "gRPC"},
-    {"GATEWAY_REDIS_MASTER_ADDR", "Redis"},
-    {"GATEWAY_REDIS_PASSWORD", "Redis"},
-    {"GATEWAY_REDIS_DB", "Redis"},
-    {"GATEWAY_REDIS_KEY_PREFIX", "Redis"},
-    {"GATEWAY_REDIS_REPLICA_ADDRS", "Redis"},
-    {"GATEWAY_SESSION_EVENTS_REDIS_STREAM", "Redis"},
-    {"GATEWAY_CLIENT_EVENTS_REDIS_STREAM", "Redis"},
     {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "response signer"},
     {"GATEWAY_PUSH_QUEUE_LIMIT", "push"},
     {"GATEWAY_PUSH_HISTORY_WINDOW", "push"},
@@ -589,9 +582,9 @@ const char gw_config_help[] =
     "  GATEWAY_PUBLIC_HTTP_ADDR                      :8080                   public listener: WebSockets, /healthz,\n"
     "                                                                        /readyz, proxied HTTP (cannot be empty)\n"
     "  GATEWAY_ADMIN_HTTP_ADDR                       (off)                   admin listener: /metrics, health,\n"
-    "                                                                        the terminal token mint (a unix:/path\n"
-    "                                                                        listener is mode 0600; only a stale\n"
-    "                                                                        socket at the path is replaced)\n"
+    "                                                                        the terminal token mint, sessions\n"
+    "                                                                        (a unix:/path listener is mode 0600;\n"
+    "                                                                        only a stale socket there is replaced)\n"
     "  GATEWAY_ADMIN_TOKEN                           (empty)                 admin write APIs need\n"
     "                                                                        Authorization: Bearer <token>;\n"
     "                                                                        required unless the admin listener\n"
@@ -611,6 +604,18 @@ const char gw_config_help[] =
     "  GATEWAY_WS_PONG_TIMEOUT                       50s                     close when no pong by then\n"
     "  GATEWAY_STORE_TIMEOUT                         2s                      a request waits this long for the store (503)\n"
     "                                                                        (not shorter than the ping interval)\n"
+    "  GATEWAY_REDIS_MASTER_ADDR                     (empty: embedded)       Redis HOST:PORT (or unix:/path): the\n"
+    "                                                                        state backend many processes share;\n"
+    "                                                                        must answer AUTH/SELECT/PING at start\n"
+    "                                                                        (within GATEWAY_STORE_TIMEOUT) or the\n"
+    "                                                                        start fails (never a silent fallback)\n"
+    "  GATEWAY_REDIS_PASSWORD                        (empty)                 AUTH password (no TLS, by policy)\n"
+    "  GATEWAY_REDIS_DB                              0                       SELECTed database, 0 to 2147483647\n"
+    "  GATEWAY_REDIS_KEY_PREFIX                      wsgate:                 prefix of every key wsgate writes\n"
+    "  GATEWAY_REDIS_REPLICA_ADDRS                   (empty)                 accepted and reserved (unused)\n"
+    "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           wsgate:session-events   session snapshots stream, read in full\n"
+    "                                                                        by every process\n"
+    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            wsgate:client-events    client events stream (push; reserved)\n"
     "  GATEWAY_WS_MAX_MESSAGE_BYTES                  1MiB                    larger messages close with 1009\n"
     "                                                                        (125 bytes to 1GiB)\n"
     "  GATEWAY_LOG_FORMAT                            json                    json or text\n"
@@ -641,17 +646,10 @@ const char gw_config_help[] =
     "  GATEWAY_WS_MAX_INFLATE_RATIO                  100                     inflated/compressed bytes per connection\n"
     "                                                                        (+1MiB); past it 1008; 0 disables\n"
     "\n"
-    "Not built yet: these variables belong to features this binary does not have (gRPC, Redis backend,\n"
-    "push, response signer). Their values are checked, then ignored; setting one logs a warning at start.\n"
+    "Not built yet: these variables belong to features this binary does not have (gRPC, push,\n"
+    "response signer). Their values are checked, then ignored; setting one logs a warning at start.\n"
     "\n"
     "  GATEWAY_AUTHENTICATED_GRPC_ADDR               NOT BUILT (gRPC): no listener is opened\n"
-    "  GATEWAY_REDIS_MASTER_ADDR                     NOT BUILT (Redis): the embedded store is used\n"
-    "  GATEWAY_REDIS_PASSWORD                        NOT BUILT (Redis)\n"
-    "  GATEWAY_REDIS_DB                              NOT BUILT (Redis)\n"
-    "  GATEWAY_REDIS_KEY_PREFIX                      NOT BUILT (Redis)\n"
-    "  GATEWAY_REDIS_REPLICA_ADDRS                   NOT BUILT (Redis)\n"
-    "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           NOT BUILT (Redis)\n"
-    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            NOT BUILT (Redis)\n"
     "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  NOT BUILT (response signer)\n"
     "  GATEWAY_PUSH_QUEUE_LIMIT                      NOT BUILT (push)\n"
     "  GATEWAY_PUSH_HISTORY_WINDOW                   NOT BUILT (push)\n"

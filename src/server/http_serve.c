@@ -14,6 +14,7 @@
 #include "log/log.h"
 #include "server/kind.h"
 #include "server/state.h"
+#include "store/store.h"
 
 #define ID_MAX 64
 
@@ -270,12 +271,14 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
         else
             respond_text(c, req, ids, 200, "text/plain; charset=utf-8", "ready\n", 6);
     } else if (gw_str_eq(path, "/health")) {
-        char body[256];
+        char body[320];
         uint64_t up = (gw_mono_ms() - gw_srv.start_mono_ms) / 1000;
+        int healthy = gw_store_current_healthy();
         int n = snprintf(body, sizeof body,
-                         "{\"status\":\"%s\",\"uptime_s\":%llu,\"backend\":{\"overall\":\"healthy\",\"kind\":"
-                         "\"embedded\"},\"connections\":%llu}",
-                         draining ? "draining" : "ok", (unsigned long long)up,
+                         "{\"status\":\"%s\",\"uptime_s\":%llu,\"backend\":{\"overall\":\"%s\",\"kind\":"
+                         "\"%s\"},\"connections\":%llu}",
+                         draining ? "draining" : healthy ? "ok" : "degraded", (unsigned long long)up,
+                         healthy ? "healthy" : "unhealthy", gw_store_current_name(),
                          (unsigned long long)(atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) +
                                               atomic_load_explicit(&gw_srv.nconns_admin, memory_order_relaxed)));
         respond_text(c, req, ids, draining ? 503 : 200, "application/json", body, (size_t)n);

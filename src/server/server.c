@@ -18,6 +18,7 @@
 #include "server/client.h"
 #include "server/http_serve.h"
 #include "server/state.h"
+#include "store/store.h"
 #include "ws/ws_session.h"
 
 /* ================================== routes ================================== */
@@ -368,7 +369,7 @@ int gw_server_run(void)
         gw_log_bool(l, "tls", gw_srv.tls_ctx != NULL, 0);
         gw_log_int(l, "workers", gw_srv.nworkers, 0);
         gw_log_str(l, "version", GW_VERSION, 0);
-        gw_log_str(l, "backend", "embedded", 0);
+        gw_log_str(l, "backend", gw_store_current_name(), 0);
         gw_log_end(l);
     }
 

@@ -8,12 +8,14 @@
 #include "store/store.h"
 
 #include <openssl/crypto.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/common.h"
+#include "metrics/metrics.h"
 
-enum { OP_PUT, OP_CONSUME };
+enum { OP_PUT, OP_CONSUME, OP_LOOKUP, OP_PUBLISH };
 
 struct gw_store_op {
     gw_task task;   /* queued on loop (delay 0) */
@@ -23,11 +25,15 @@ struct gw_store_op {
     union {
         gw_store_put_cb put;
         gw_store_consume_cb consume;
+        gw_store_session_cb session;
+        gw_store_publish_cb publish;
     } cb;
     void *ud;
     int rc;              /* put */
     gw_token_result res; /* consume */
     gw_token_ctx ctx;    /* consume: what the token granted (wiped on free) */
+    int found;           /* lookup */
+    gw_session sess;     /* lookup */
 };
 
 typedef struct embedded {
@@ -46,8 +52,12 @@ static void op_run(gw_store_op *op)
 {
     if (op->kind == OP_PUT)
         op->cb.put(op->ud, op->rc);
-    else
+    else if (op->kind == OP_CONSUME)
         op->cb.consume(op->ud, op->res, &op->ctx);
+    else if (op->kind == OP_LOOKUP)
+        op->cb.session(op->ud, op->found, op->found ? &op->sess : NULL);
+    else
+        op->cb.publish(op->ud, op->rc, "");
     op_free(op);
 }
 
@@ -96,6 +106,25 @@ static gw_store_op *emb_consume(gw_store *s, gw_loop *l, const uint8_t hash[32],
     return op_post(e, op);
 }
 
+static gw_store_op *emb_session_lookup(gw_store *s, gw_loop *l, const uint8_t token_sha256[32],
+                                       gw_store_session_cb cb, void *ud)
+{
+    gw_store_op *op = op_new(l, OP_LOOKUP, ud);
+    op->cb.session = cb;
+    op->found = gw_sessions_find_token(token_sha256, &op->sess);
+    return op_post((embedded *)s, op);
+}
+
+static gw_store_op *emb_session_publish(gw_store *s, gw_loop *l, const gw_session *snap, gw_store_publish_cb cb,
+                                        void *ud)
+{
+    gw_store_op *op = op_new(l, OP_PUBLISH, ud);
+    op->cb.publish = cb;
+    gw_sessions_apply(snap);
+    op->rc = GW_OK;
+    return op_post((embedded *)s, op);
+}
+
 static void emb_cancel(gw_store_op *op)
 {
     if (!op)
@@ -108,7 +137,14 @@ static void emb_cancel(gw_store_op *op)
 
 static void emb_free(gw_store *s) { gw_free(s); }
 
-static const gw_store_ops embedded_ops = {"embedded", emb_put, emb_consume, emb_cancel, emb_free};
+static int emb_healthy(gw_store *s)
+{
+    GW_UNUSED(s);
+    return 1;
+}
+
+static const gw_store_ops embedded_ops = {"embedded",          emb_put,    emb_consume, emb_session_lookup,
+                                          emb_session_publish, emb_cancel, emb_healthy, emb_free};
 
 gw_store *gw_store_embedded(gw_token_store *table, uint64_t delay_ms)
 {
@@ -142,4 +178,31 @@ gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n
     uint8_t h[32];
     gw_token_hash(tok, n, h);
     return s->ops->token_consume(s, l, h, allocation_id, cb, ud);
+}
+
+/* ============================== current store =============================== */
+
+static gw_store *current;
+static gw_metric *m_healthy;
+
+void gw_store_set_current(gw_store *s)
+{
+    current = s;
+    char labels[64];
+    snprintf(labels, sizeof labels, "backend=\"%s\"", gw_store_current_name());
+    m_healthy = gw_metric_get("wsgate_backend_healthy", GW_METRIC_GAUGE,
+                              "1 while the state backend (embedded or Redis) answers, 0 while it does not", labels);
+    gw_gauge_set(m_healthy, s ? s->ops->healthy(s) : 1);
+}
+
+gw_store *gw_store_current(void) { return current; }
+
+const char *gw_store_current_name(void) { return current ? current->ops->name : "embedded"; }
+
+int gw_store_current_healthy(void) { return current ? current->ops->healthy(current) : 1; }
+
+void gw_store_health_changed(int healthy)
+{
+    if (m_healthy)
+        gw_gauge_set(m_healthy, healthy);
 }

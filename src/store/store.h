@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "loop/loop.h"
+#include "store/sessions.h"
 #include "store/tokens.h"
 
 typedef struct gw_store gw_store;
@@ -44,6 +45,12 @@ typedef void (*gw_store_put_cb)(void *ud, int rc);
 /* A consume finished: res as gw_token_store_ops.consume; ctx (filled as it
  * describes) is valid only during the call and wiped after it. */
 typedef void (*gw_store_consume_cb)(void *ud, gw_token_result res, const gw_token_ctx *ctx);
+/* A session lookup finished: found 1 with *s (valid during the call), or 0;
+ * GW_TOKEN_BACKEND_ERROR-like failures do not exist (the view is local). */
+typedef void (*gw_store_session_cb)(void *ud, int found, const gw_session *s);
+/* A session snapshot was published: rc GW_OK (id: the stream entry id on
+ * Redis, "" on the embedded store, where it is applied at once) or GW_ERR. */
+typedef void (*gw_store_publish_cb)(void *ud, int rc, const char *id);
 
 typedef struct gw_store_ops {
     const char *name; /* "embedded", "redis" */
@@ -55,8 +62,19 @@ typedef struct gw_store_ops {
      * answer GW_TOKEN_UNKNOWN without asking the backend. */
     gw_store_op *(*token_consume)(gw_store *s, gw_loop *l, const uint8_t hash[32], const char *allocation_id,
                                   gw_store_consume_cb cb, void *ud);
+    /* The session whose bearer has this digest, from the process's view
+     * (sessions.h), which the backend keeps complete. */
+    gw_store_op *(*session_lookup)(gw_store *s, gw_loop *l, const uint8_t token_sha256[32], gw_store_session_cb cb,
+                                   void *ud);
+    /* Publishes a snapshot to every process: the embedded store applies it
+     * to the view; Redis appends it to the session-events stream (every
+     * process, this one included, applies it when it reads the entry). */
+    gw_store_op *(*session_publish)(gw_store *s, gw_loop *l, const gw_session *snap, gw_store_publish_cb cb,
+                                    void *ud);
     /* Cancels an operation whose callback has not run (see the contract). */
     void (*cancel)(gw_store_op *op);
+    /* 1 while the backend answers (the embedded store always does). */
+    int (*healthy)(gw_store *s);
     void (*free)(gw_store *s);
 } gw_store_ops;
 
@@ -83,5 +101,28 @@ gw_store_op *gw_store_mint(gw_store *s, gw_loop *l, gw_token_ctx *ctx, unsigned 
 gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n, const char *allocation_id,
                               gw_store_consume_cb cb, void *ud);
 static inline void gw_store_cancel(gw_store *s, gw_store_op *op) { s->ops->cancel(op); }
+
+static inline gw_store_op *gw_store_session_lookup(gw_store *s, gw_loop *l, const uint8_t token_sha256[32],
+                                                  gw_store_session_cb cb, void *ud)
+{
+    return s->ops->session_lookup(s, l, token_sha256, cb, ud);
+}
+static inline gw_store_op *gw_store_session_publish(gw_store *s, gw_loop *l, const gw_session *snap,
+                                                   gw_store_publish_cb cb, void *ud)
+{
+    return s->ops->session_publish(s, l, snap, cb, ud);
+}
+
+/* The process's store (NULL before gw_store_set_current). */
+gw_store *gw_store_current(void);
+/* The process's store, for /health and the wsgate_backend_healthy gauge
+ * (set once at startup, before the workers run). */
+void gw_store_set_current(gw_store *s);
+/* "embedded" or "redis" ("embedded" before any store is set). */
+const char *gw_store_current_name(void);
+/* 1 while the current store's backend answers (store.h healthy). */
+int gw_store_current_healthy(void);
+/* Sets the wsgate_backend_healthy gauge (backends call it on a change). */
+void gw_store_health_changed(int healthy);
 
 #endif

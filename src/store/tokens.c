@@ -156,7 +156,7 @@ static void ctx_fields(gw_token_ctx *c, char *f[NFIELDS], size_t cap[NFIELDS])
     f[6] = c->project_id, cap[6] = sizeof c->project_id;
 }
 
-static char *pack(const gw_token_ctx *ctx)
+static char *pack(const gw_token_ctx *ctx, size_t *total_out)
 {
     char *f[NFIELDS];
     size_t cap[NFIELDS], total = 0, len[NFIELDS];
@@ -171,7 +171,32 @@ static char *pack(const gw_token_ctx *ctx)
         o[len[i]] = '\0';
         o += len[i] + 1;
     }
+    if (total_out)
+        *total_out = total;
     return p;
+}
+
+char *gw_token_ctx_pack(const gw_token_ctx *ctx, size_t *n) { return pack(ctx, n); }
+
+int gw_token_ctx_unpack(const char *p, size_t n, uint64_t expires_at_ms, gw_token_ctx *out)
+{
+    char *f[NFIELDS];
+    size_t cap[NFIELDS];
+    memset(out, 0, sizeof *out);
+    ctx_fields(out, f, cap);
+    for (int i = 0; i < NFIELDS; i++) {
+        const char *end = memchr(p, '\0', n);
+        if (!end || (size_t)(end - p) >= cap[i]) {
+            OPENSSL_cleanse(out, sizeof *out);
+            return GW_ERR;
+        }
+        size_t k = (size_t)(end - p);
+        memcpy(f[i], p, k + 1);
+        p += k + 1;
+        n -= k + 1;
+    }
+    out->expires_at_ms = expires_at_ms;
+    return n == 0 ? GW_OK : GW_ERR;
 }
 
 static void unpack(const char *p, uint64_t expires, gw_token_ctx *out)
@@ -279,7 +304,7 @@ static int emb_put(gw_token_store *s, const uint8_t hash[32], const gw_token_ctx
     entry *x = gw_calloc(1, sizeof *x);
     memcpy(x->hash, hash, 32);
     x->expires_at_ms = ctx->expires_at_ms;
-    x->packed = pack(ctx);
+    x->packed = pack(ctx, NULL);
     size_t b = bucket_of(e, hash);
     x->next = e->buckets[b];
     e->buckets[b] = x;

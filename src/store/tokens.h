@@ -102,6 +102,12 @@ gw_token_result gw_token_consume(gw_token_store *s, const char *tok, size_t n, c
                                  gw_token_ctx *out);
 /* 1 when tok[0..n) has the shape of a token (43 base64url characters). */
 int gw_token_well_formed(const char *tok, size_t n);
+/* A context's strings back to back, each NUL-terminated (a remote store
+ * keeps this next to the digest); *n gets the length. gw_free it. */
+char *gw_token_ctx_pack(const gw_token_ctx *ctx, size_t *n);
+/* Reads what gw_token_ctx_pack wrote (p[0..n)) into out, with
+ * expires_at_ms. GW_ERR when it is not that shape (out wiped). */
+int gw_token_ctx_unpack(const char *p, size_t n, uint64_t expires_at_ms, gw_token_ctx *out);
 /* SHA-256 of the token text. */
 void gw_token_hash(const char *tok, size_t n, uint8_t out[32]);
 /* base64url without padding of p[0..n) into out (4*ceil(n/3) + 1 bytes);

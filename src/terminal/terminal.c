@@ -33,6 +33,7 @@
 #include "server/client.h"
 #include "server/http_serve.h"
 #include "server/state.h"
+#include "store/redis.h"
 #include "store/store.h"
 
 const char gw_terminal_help[] =
@@ -339,7 +340,7 @@ static void minted(void *ud, int rc)
     tw->op = NULL;
     gw_client_wait_end(c);
     if (rc != GW_OK)
-        gw_http_error_ids(c, 503, "token_store_unavailable", "the token store cannot take more tokens", tw->req, NULL,
+        gw_http_error_ids(c, 503, "token_store_unavailable", "the token store did not keep the token (full or unreachable)", tw->req, NULL,
                           &tw->ids);
     else
         answer_minted(c, tw->req, &tw->ids, &tw->ctx, tw->ttl, tw->source, tw->minted);
@@ -808,7 +809,7 @@ static int serve_consumed(gw_client *c, term_wait *tw)
             return refuse(c, req, r, ids, 403, "allocation_mismatch",
                           "the terminal token is bound to another allocation", alloc, &t);
         case GW_TOKEN_BACKEND_ERROR:
-            return refuse(c, req, r, ids, 503, "token_store_unavailable", "the token store is unavailable", alloc,
+            return refuse(c, req, r, ids, 503, "service_unavailable", "the token store is unavailable", alloc,
                           NULL);
         default:
             return refuse(c, req, r, ids, 401, "unknown_token", "the terminal token is not valid", alloc, NULL);
@@ -946,14 +947,23 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
     if (find_web_dir(err, errcap) != GW_OK)
         return GW_ERR;
 
-    /* Redis (GATEWAY_REDIS_MASTER_ADDR) will provide its own store behind
-     * the same interface; until then tokens live in this process. */
+    /* GATEWAY_REDIS_MASTER_ADDR: tokens live in Redis, shared by every
+     * process on it (and it must answer now: never a silent fallback to
+     * the embedded store); else in this process. */
     T.table = gw_token_store_embedded(NULL, 0);
+    if (cfg->redis_master_addr[0]) {
+        T.store = gw_store_redis(cfg, err, errcap);
+        if (!T.store) {
+            gw_token_store_free(T.table);
+            T.table = NULL;
+            return GW_ERR;
+        }
+    }
     /* GATEWAY_TEST_STORE_DELAY (tests only): the embedded store answers
      * that late, as a slow remote store would. */
     uint64_t delay = 0;
     const char *dv = getenv("GATEWAY_TEST_STORE_DELAY");
-    if (dv && dv[0] && gw_parse_duration_ms(dv, &delay) != GW_OK) {
+    if (!T.store && dv && dv[0] && gw_parse_duration_ms(dv, &delay) != GW_OK) {
         snprintf(err, errcap, "GATEWAY_TEST_STORE_DELAY: \"%s\" is not a duration", dv);
         gw_token_store_free(T.table);
         T.table = NULL;
@@ -967,7 +977,9 @@ int gw_terminal_init(const gw_config *cfg, char *err, size_t errcap)
             gw_log_end(l);
         }
     }
-    T.store = gw_store_embedded(T.table, delay);
+    if (!T.store)
+        T.store = gw_store_embedded(T.table, delay);
+    gw_store_set_current(T.store);
     T.store_timeout_ms = cfg->store_timeout_ms;
 
     static const char events_help[] = "Terminal WebSocket handshakes by outcome and reason";

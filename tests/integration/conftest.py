@@ -1,5 +1,7 @@
 """Fixtures for the wsgate integration tests.
 
+`redis_server` / `make_redis`: a real redis-server (redisfix.py) on a free
+loopback port with a password, killed by PID at teardown.
 `gateway`: one gateway per test module, default configuration (JSON logs,
 shutdown budget 3s). `make_gateway`: a factory for tests that need their own
 configuration; every gateway it makes is stopped with SIGTERM at the end of
@@ -19,6 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import gw  # noqa: E402
+import redisfix  # noqa: E402
 
 
 def pytest_sessionstart(session):
@@ -53,6 +56,29 @@ def make_gateway():
         if g.proc is not None:
             problems += g.check_exit("gateway")
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server shared by the tests of a session (tests that kill
+    or freeze Redis make their own with redisfix.RedisServer)."""
+    r = redisfix.RedisServer()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def make_redis():
+    made = []
+
+    def factory(**kw):
+        r = redisfix.RedisServer(**kw)
+        made.append(r)
+        return r
+
+    yield factory
+    for r in made:
+        r.stop()
 
 
 @pytest.fixture(scope="session")

@@ -680,7 +680,7 @@ def test_dashboard_parses_and_its_promql_is_valid(tmp_path):
     exprs = dashboard_exprs(d)
     titles = " ".join(p["title"] for p in d["panels"]).lower()
     for topic in ("websockets", "handshakes", "closes by cause", "bytes relayed", "legs connected",
-                  "push and backend"):
+                  "backend health"):
         assert topic in titles, f"no panel about {topic}"
     # promtool parses every expression (as recording rules, Grafana's
     # variables replaced by values).

@@ -112,6 +112,21 @@ def tgw():
     assert rc == 0, g.stderr()[-3000:]
 
 
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def tokgw(request):
+    """A terminal gateway on each backend: the token tests run on both (the
+    behaviour is the same); "redis" uses the session's real redis-server."""
+    env = {"GATEWAY_AGENT_SECRET": SECRET, "GATEWAY_TERMINAL_WEB_DIR": WEB_DIR}
+    if request.param == "redis":
+        env.update(request.getfixturevalue("redis_server").env(GATEWAY_REDIS_KEY_PREFIX="tokgw:"))
+    g = gw.Gateway(env=env)
+    assert json.loads(g.get("/health").body)["backend"]["kind"] == request.param
+    yield g
+    rc = g.stop()
+    assert not g.sanitizer_errors(), g.stderr()[-6000:]
+    assert rc == 0, g.stderr()[-3000:]
+
+
 def mint(g, alloc, upstream, user="alice", raw=None, headers=None, **extra):
     body = raw if raw is not None else json.dumps(dict(allocation_id=alloc, upstream=upstream, user_id=user,
                                                        **extra)).encode()
@@ -161,8 +176,8 @@ def corr_of(ws):
 
 # ------------------------------------------------------------------ minting
 
-def test_mint_answer_shape(tgw):
-    r = mint(tgw, "alloc-1", "ws://127.0.0.1:1/", user="bob@example.com", region="uae-north", tenant_id="t1",
+def test_mint_answer_shape(tokgw):
+    r = mint(tokgw, "alloc-1", "ws://127.0.0.1:1/", user="bob@example.com", region="uae-north", tenant_id="t1",
              project_id="p1", ttl_s=30)
     assert r.status == 201, r
     j = r.json()
@@ -175,9 +190,9 @@ def test_mint_answer_shape(tgw):
     assert re.fullmatch(r"[0-9a-f]{32}", j["session_id"])  # generated when absent
     assert j["allocation_id"] == "alloc-1"
     # The minted token is never logged.
-    line = tgw.wait_log(lambda l: l.get("msg") == "terminal token minted" and l.get("allocation_id") == "alloc-1")[0]
+    line = tokgw.wait_log(lambda l: l.get("msg") == "terminal token minted" and l.get("allocation_id") == "alloc-1")[0]
     assert line["resource_name"] == "core42:aicloud:uae-north:t1:p1:gpuaas/allocation:alloc-1"
-    assert j["token"] not in tgw.stderr()
+    assert j["token"] not in tokgw.stderr()
 
 
 @pytest.mark.parametrize("body,code", [
@@ -200,8 +215,8 @@ def test_mint_answer_shape(tgw):
     (json.dumps({"allocation_id": "a", "upstream": "ws://h:1/", "user_id": "u", "ttl_s": "60"}).encode(),
      "invalid_ttl"),
 ])
-def test_mint_bad_input(tgw, body, code):
-    r = mint(tgw, None, None, raw=body)
+def test_mint_bad_input(tokgw, body, code):
+    r = mint(tokgw, None, None, raw=body)
     assert r.status == 400, r
     j = r.json()
     assert j["code"] == code, j
@@ -257,75 +272,75 @@ def refused(g, ws, status, code):
     assert j["details"]["trace_id"] == r.header("X-Trace-ID")
 
 
-def test_refusal_missing_token(tgw):
-    before = events(tgw, "rejected", "missing_token")
-    ws = connect(tgw, "a1", None)
-    refused(tgw, ws, 401, "missing_token")
-    ws = connect(tgw, "a1", None, v1=False)  # no Sec-WebSocket-Protocol at all
-    refused(tgw, ws, 401, "missing_token")
-    assert events(tgw, "rejected", "missing_token") == before + 2
+def test_refusal_missing_token(tokgw):
+    before = events(tokgw, "rejected", "missing_token")
+    ws = connect(tokgw, "a1", None)
+    refused(tokgw, ws, 401, "missing_token")
+    ws = connect(tokgw, "a1", None, v1=False)  # no Sec-WebSocket-Protocol at all
+    refused(tokgw, ws, 401, "missing_token")
+    assert events(tokgw, "rejected", "missing_token") == before + 2
 
 
-def test_refusal_unknown_token(tgw):
-    before = events(tgw, "rejected", "unknown_token")
-    ws = connect(tgw, "a1", "A" * 43)
-    refused(tgw, ws, 401, "unknown_token")
-    ws = connect(tgw, "a1", "not-a-token")
-    refused(tgw, ws, 401, "unknown_token")
-    assert events(tgw, "rejected", "unknown_token") == before + 2
+def test_refusal_unknown_token(tokgw):
+    before = events(tokgw, "rejected", "unknown_token")
+    ws = connect(tokgw, "a1", "A" * 43)
+    refused(tokgw, ws, 401, "unknown_token")
+    ws = connect(tokgw, "a1", "not-a-token")
+    refused(tokgw, ws, 401, "unknown_token")
+    assert events(tokgw, "rejected", "unknown_token") == before + 2
 
 
-def test_refusal_expired_token(tgw, agent):
+def test_refusal_expired_token(tokgw, agent):
     a = agent()
-    tok = token_for(tgw, "exp-1", a.url, ttl_s=1)["token"]
+    tok = token_for(tokgw, "exp-1", a.url, ttl_s=1)["token"]
     time.sleep(1.3)
-    before = events(tgw, "rejected", "expired_token")
-    ws = connect(tgw, "exp-1", tok)
-    refused(tgw, ws, 401, "expired_token")
-    assert events(tgw, "rejected", "expired_token") == before + 1
+    before = events(tokgw, "rejected", "expired_token")
+    ws = connect(tokgw, "exp-1", tok)
+    refused(tokgw, ws, 401, "expired_token")
+    assert events(tokgw, "rejected", "expired_token") == before + 1
     assert not [l for l in a.logs() if l.get("msg") == "agent session started"], "agent was dialled"
 
 
-def test_refusal_replayed_token(tgw, agent):
+def test_refusal_replayed_token(tokgw, agent):
     a = agent()
-    tok = token_for(tgw, "rep-1", a.url)["token"]
-    ws = connect(tgw, "rep-1", tok)
+    tok = token_for(tokgw, "rep-1", a.url)["token"]
+    ws = connect(tokgw, "rep-1", tok)
     assert ws.response.status == 101
-    before = events(tgw, "rejected", "token_replayed")
-    before_replay = tgw.metric("terminal_token_replay_rejected_total")
-    ws2 = connect(tgw, "rep-1", tok)
-    refused(tgw, ws2, 403, "token_replayed")
-    assert events(tgw, "rejected", "token_replayed") == before + 1
-    assert tgw.metric("terminal_token_replay_rejected_total") == before_replay + 1
+    before = events(tokgw, "rejected", "token_replayed")
+    before_replay = tokgw.metric("terminal_token_replay_rejected_total")
+    ws2 = connect(tokgw, "rep-1", tok)
+    refused(tokgw, ws2, 403, "token_replayed")
+    assert events(tokgw, "rejected", "token_replayed") == before + 1
+    assert tokgw.metric("terminal_token_replay_rejected_total") == before_replay + 1
     ws.close()
 
 
-def test_refusal_token_in_query(tgw, agent):
+def test_refusal_token_in_query(tokgw, agent):
     a = agent()
-    tok = token_for(tgw, "q-1", a.url)["token"]
-    before = events(tgw, "rejected", "token_in_query")
+    tok = token_for(tokgw, "q-1", a.url)["token"]
+    before = events(tokgw, "rejected", "token_in_query")
     for q in (f"?token={tok}", f"?access_token={tok}", f"?x=1&Token={tok}"):
-        ws = connect(tgw, "q-1", tok, path=f"/ws/terminal/q-1{q}")
-        refused(tgw, ws, 400, "token_in_query")
-    assert events(tgw, "rejected", "token_in_query") == before + 3
+        ws = connect(tokgw, "q-1", tok, path=f"/ws/terminal/q-1{q}")
+        refused(tokgw, ws, 400, "token_in_query")
+    assert events(tokgw, "rejected", "token_in_query") == before + 3
     # Refused, never used: the token is still good, and never logged.
-    assert tok not in tgw.stderr()
-    ws = connect(tgw, "q-1", tok)
+    assert tok not in tokgw.stderr()
+    ws = connect(tokgw, "q-1", tok)
     assert ws.response.status == 101
     ws.close()
 
 
-def test_refusal_allocation_mismatch(tgw, agent):
+def test_refusal_allocation_mismatch(tokgw, agent):
     a = agent()
-    tok = token_for(tgw, "alloc-A", a.url)["token"]
-    before = events(tgw, "rejected", "allocation_mismatch")
-    ws = connect(tgw, "alloc-B", tok)
-    refused(tgw, ws, 403, "allocation_mismatch")
-    assert events(tgw, "rejected", "allocation_mismatch") == before + 1
+    tok = token_for(tokgw, "alloc-A", a.url)["token"]
+    before = events(tokgw, "rejected", "allocation_mismatch")
+    ws = connect(tokgw, "alloc-B", tok)
+    refused(tokgw, ws, 403, "allocation_mismatch")
+    assert events(tokgw, "rejected", "allocation_mismatch") == before + 1
     # The token was burned by the mismatched use.
-    ws = connect(tgw, "alloc-A", tok)
-    refused(tgw, ws, 403, "token_replayed")
-    line = tgw.wait_log(lambda l: l.get("msg") == "terminal refused" and l.get("reason") == "allocation_mismatch")[-1]
+    ws = connect(tokgw, "alloc-A", tok)
+    refused(tokgw, ws, 403, "token_replayed")
+    line = tokgw.wait_log(lambda l: l.get("msg") == "terminal refused" and l.get("reason") == "allocation_mismatch")[-1]
     assert line["resource_name"].endswith("gpuaas/allocation:alloc-A")
 
 
@@ -336,24 +351,24 @@ def test_refusal_bad_path(tgw):
     refused(tgw, ws, 400, "invalid_allocation_id")
 
 
-def test_tokens_not_in_logs_or_metrics(tgw, agent):
+def test_tokens_not_in_logs_or_metrics(tokgw, agent):
     a = agent()
-    toks = [token_for(tgw, "nolog", a.url)["token"] for _ in range(3)]
-    ws = connect(tgw, "nolog", toks[0])
+    toks = [token_for(tokgw, "nolog", a.url)["token"] for _ in range(3)]
+    ws = connect(tokgw, "nolog", toks[0])
     assert ws.response.status == 101
     assert ws.subprotocol == SUBPROTO
     ws.close()
-    r1 = connect(tgw, "nolog", toks[0])  # replay
-    refused(tgw, r1, 403, "token_replayed")
-    r2 = connect(tgw, "other", toks[1])  # mismatch
-    refused(tgw, r2, 403, "allocation_mismatch")
-    r3 = connect(tgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
-    refused(tgw, r3, 400, "token_in_query")
+    r1 = connect(tokgw, "nolog", toks[0])  # replay
+    refused(tokgw, r1, 403, "token_replayed")
+    r2 = connect(tokgw, "other", toks[1])  # mismatch
+    refused(tokgw, r2, 403, "allocation_mismatch")
+    r3 = connect(tokgw, "nolog", toks[2], path=f"/ws/terminal/nolog?token={toks[2]}")
+    refused(tokgw, r3, 400, "token_in_query")
     # Every refusal has been logged before the logs are searched for tokens.
     want = {corr_of(r) for r in (r1, r2, r3)}
-    gw.wait_until(lambda: want <= {l.get("correlation_id") for l in tgw.logs() if l.get("msg") == "terminal refused"},
+    gw.wait_until(lambda: want <= {l.get("correlation_id") for l in tokgw.logs() if l.get("msg") == "terminal refused"},
                   what="the three refusal lines")
-    text = tgw.stderr() + tgw.admin_get("/metrics").body.decode()
+    text = tokgw.stderr() + tokgw.admin_get("/metrics").body.decode()
     for t in toks:
         assert t not in text
     # Nor does the agent ever see it.
@@ -543,11 +558,11 @@ def test_shell_has_no_inherited_fds(tgw, tmp_path):
 
 # ------------------------------------------------------------------ sessions
 
-def test_relay_bytes_and_headers(tgw, agent):
+def test_relay_bytes_and_headers(tokgw, agent):
     a = agent()
-    j = token_for(tgw, "relay-1", a.url, user="dave", session_id="sess-relay", region="r1", tenant_id="t",
+    j = token_for(tokgw, "relay-1", a.url, user="dave", session_id="sess-relay", region="r1", tenant_id="t",
                   project_id="p")
-    ws = connect(tgw, "relay-1", j["token"])
+    ws = connect(tokgw, "relay-1", j["token"])
     assert ws.response.status == 101, ws.response
     assert ws.subprotocol == SUBPROTO
     ws.send_binary(b"echo hello-$((6*7)) $WSGATE_SESSION_ID $WSGATE_USER_ID ${GATEWAY_AGENT_SECRET:-nosecret}\n")
@@ -560,12 +575,12 @@ def test_relay_bytes_and_headers(tgw, agent):
     assert [l for l in a.logs() if l.get("msg") == "agent session attached"][-1]["correlation_id"] == corr_of(ws)
     ws.send_close(1000)
     ws.expect_close()
-    close = tgw.ws_close_log(corr_of(ws))
+    close = tokgw.ws_close_log(corr_of(ws))
     assert close["resource_name"] == "core42:aicloud:r1:t:p:gpuaas/allocation:relay-1"
     assert close["session_id"] == "sess-relay"
-    opened = tgw.wait_log(lambda l: l.get("msg") == "ws open" and l.get("correlation_id") == corr_of(ws))[0]
+    opened = tokgw.wait_log(lambda l: l.get("msg") == "ws open" and l.get("correlation_id") == corr_of(ws))[0]
     assert opened["resource_name"] == close["resource_name"] and opened["session_id"] == "sess-relay"
-    assert events(tgw, "accepted", "ok") >= 1
+    assert events(tokgw, "accepted", "ok") >= 1
 
 
 def test_big_client_header_keeps_agent_secret(tgw, agent):
@@ -583,10 +598,10 @@ def test_big_client_header_keeps_agent_secret(tgw, agent):
     ws.close()
 
 
-def test_token_alone_selects_token(tgw, agent):
+def test_token_alone_selects_token(tokgw, agent):
     a = agent()
-    tok = token_for(tgw, "alone", a.url)["token"]
-    ws = connect(tgw, "alone", tok, v1=False)
+    tok = token_for(tokgw, "alone", a.url)["token"]
+    ws = connect(tokgw, "alone", tok, v1=False)
     assert ws.response.status == 101
     assert ws.subprotocol == tok  # so browsers accept the 101
     ws.send_binary(b"echo alone-$((1+1))\n")

@@ -158,6 +158,59 @@ static void test_late_store(void)
     gw_store_free(s);
 }
 
+/* Sessions through the store: a publish applies (embedded), a lookup by the
+ * bearer's digest answers from the view, both through the loop. */
+static int sess_found = -1, sess_pub_rc = -1;
+static char sess_id[GW_SESSION_ID_MAX + 1];
+static void on_lookup(void *ud, int found, const gw_session *s)
+{
+    GW_UNUSED(ud);
+    sess_found = found;
+    snprintf(sess_id, sizeof sess_id, "%s", found ? s->device_session_id : "");
+}
+static void on_publish(void *ud, int rc, const char *id)
+{
+    GW_UNUSED(ud);
+    sess_pub_rc = rc;
+    ok(id && id[0] == '\0', "the embedded store has no entry id");
+}
+
+static void test_sessions(void)
+{
+    gw_sessions_reset();
+    gw_store *s = gw_store_embedded(table, 0);
+    gw_session snap;
+    memset(&snap, 0, sizeof snap);
+    snprintf(snap.device_session_id, sizeof snap.device_session_id, "dev-9");
+    snprintf(snap.user_id, sizeof snap.user_id, "ursula");
+    snap.status = GW_SESSION_ACTIVE;
+    snap.version = 1;
+    gw_token_hash("bearer-9", 8, snap.token_sha256);
+    uint8_t other[32];
+    gw_token_hash("bearer-x", 8, other);
+    gw_store_session_lookup(s, L, snap.token_sha256, on_lookup, NULL);
+    is_int(sess_found, -1, "lookup not answered inline");
+    run_for(1);
+    is_int(sess_found, 0, "not found before the publish");
+    gw_store_session_publish(s, L, &snap, on_publish, NULL);
+    is_int(sess_pub_rc, -1, "publish not answered inline");
+    run_for(1);
+    is_int(sess_pub_rc, GW_OK, "published");
+    gw_store_session_lookup(s, L, snap.token_sha256, on_lookup, NULL);
+    run_for(1);
+    ok(sess_found == 1 && strcmp(sess_id, "dev-9") == 0, "found by the bearer's digest");
+    gw_store_session_lookup(s, L, other, on_lookup, NULL);
+    run_for(1);
+    is_int(sess_found, 0, "another digest finds nothing");
+    gw_store_op *op = gw_store_session_lookup(s, L, snap.token_sha256, on_lookup, NULL);
+    sess_found = -1;
+    gw_store_cancel(s, op);
+    run_for(2);
+    is_int(sess_found, -1, "a cancelled lookup never calls back");
+    gw_store_free(s);
+    gw_sessions_reset();
+}
+
 int main(void)
 {
     L = gw_loop_new();
@@ -166,6 +219,7 @@ int main(void)
     TEST_RUN(test_order_and_once);
     TEST_RUN(test_cancel);
     TEST_RUN(test_late_store);
+    TEST_RUN(test_sessions);
     gw_token_store_free(table);
     gw_loop_free(L);
     return test_done();

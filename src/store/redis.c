@@ -1,0 +1,829 @@
+/* redis.c: the Redis store (see redis.h). */
+#include "store/redis.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "core/alloc.h"
+#include "core/common.h"
+#include "log/log.h"
+#include "net/addr.h"
+#include "store/redis_ev.h"
+
+#define RECONNECT_MIN_MS 100u
+#define RECONNECT_MAX_MS 1000u
+#define HEALTH_EVERY_MS 500u
+
+enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD };
+
+#define XREAD_BLOCK_MS 1000u /* one XREAD waits this long for new entries */
+#define XREAD_COUNT "256"
+#define STREAM_MAXLEN "100000" /* XADD trims the session-events stream to about this many entries */
+
+typedef struct rstore rstore;
+typedef struct rconn rconn;
+
+struct rconn {
+    rstore *st;
+    gw_loop *loop;
+    gw_redis_ev ev;
+    gw_list inflight;   /* rop.node, oldest first (Redis answers in order) */
+    gw_timer watch;     /* fires at the oldest command's deadline */
+    gw_timer retry;     /* reconnect back-off */
+    uint64_t backoff_ms;
+    int up;             /* AUTH and SELECT answered on this connection */
+    int down;           /* counted in st->ndown (a failure, not yet connected again) */
+    const char *role;   /* "worker", "monitor" or "sessions" (logs) */
+    void (*on_up)(rconn *c); /* called when the connection is (again) ready */
+    rconn *next;        /* st->conns */
+};
+
+struct rstore {
+    gw_store base;
+    int is_unix;
+    char host[256];     /* numeric, resolved at startup (no DNS on a worker) */
+    int port;
+    char path[108];
+    char addr_text[300];
+    char password[256];
+    int db;
+    char prefix[128];
+    uint64_t timeout_ms;
+    pthread_mutex_t mu;
+    rconn *conns;
+    atomic_int ndown;
+    gw_loop *mon_loop;  /* the monitor thread's loop */
+    pthread_t mon_thread;
+    rconn *mon;
+    gw_timer ping;
+    /* the session-events stream reader (monitor thread) */
+    char stream[256];
+    rconn *sess;
+    char last_id[64];   /* the last entry read: reading resumes after it */
+    int reading;        /* an XREAD is in flight */
+    gw_timer sess_retry;
+};
+
+typedef struct rop {
+    gw_task task;       /* answered without Redis: queued on loop */
+    gw_list node;       /* rconn.inflight while sent */
+    rconn *c;
+    gw_loop *loop;
+    int kind;
+    int cancelled;
+    uint64_t deadline;
+    union {
+        gw_store_put_cb put;
+        gw_store_consume_cb consume;
+        gw_store_session_cb session;
+        gw_store_publish_cb publish;
+    } cb;
+    void *ud;
+    int rc;
+    gw_token_result res;
+    gw_token_ctx ctx;
+    int found;          /* lookup */
+    gw_session sess;    /* lookup */
+    char id[64];        /* publish: the stream entry id */
+} rop;
+
+static __thread rconn *tl_conn; /* this worker's connection */
+
+/* ================================ scripts ===================================
+ * Loaded on every (re)connection (SCRIPT LOAD, queued after AUTH and
+ * SELECT, before any command) and called by digest (EVALSHA). A NOSCRIPT
+ * answer (someone ran SCRIPT FLUSH) drops the connection: the new one
+ * loads them again. */
+
+static const char put_script[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 's', 'live', 'e', ARGV[1], 'a', ARGV[2], 'c', ARGV[3])\n"
+    "redis.call('PEXPIREAT', KEYS[1], ARGV[4])\n"
+    "return 1\n";
+
+/* One round trip: the first caller turns the entry into a tombstone (its
+ * TTL unchanged) and gets the context; later ones get "replayed". */
+static const char consume_script[] =
+    "local v = redis.call('HMGET', KEYS[1], 's', 'e', 'a', 'c')\n"
+    "if not v[1] then return {'unknown', '', '0'} end\n"
+    "if v[1] == 'used' then return {'replayed', '', v[2]} end\n"
+    "if tonumber(ARGV[1]) >= tonumber(v[2]) then return {'expired', v[4], v[2]} end\n"
+    "redis.call('HSET', KEYS[1], 's', 'used')\n"
+    "redis.call('HDEL', KEYS[1], 'a', 'c')\n"
+    "if ARGV[3] == '1' and v[3] ~= ARGV[2] then return {'mismatch', v[4], v[2]} end\n"
+    "return {'ok', v[4], v[2]}\n";
+
+static char put_sha[41], consume_sha[41]; /* SHA-1 hex of the scripts */
+
+static void script_sha(const char *script, char out[41])
+{
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)script, strlen(script), d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+
+static uint64_t wall_ms(void) { return gw_wall_ms(); }
+
+/* ================================ health ==================================== */
+
+static void conn_connect(rconn *c);
+static void sess_after(rstore *st, int rc);
+static void sess_on_up(rconn *c);
+static void on_sess_retry(gw_timer *t);
+
+static void health_publish(rstore *st) { gw_store_health_changed(atomic_load(&st->ndown) == 0); }
+
+static void conn_up(rconn *c)
+{
+    c->up = 1;
+    c->backoff_ms = RECONNECT_MIN_MS;
+    if (c->down) {
+        c->down = 0;
+        atomic_fetch_sub(&c->st->ndown, 1);
+        health_publish(c->st);
+        gw_log_line *l = gw_log_begin(GW_LOG_INFO, "redis connected again", NULL);
+        if (l) {
+            gw_log_str(l, "redis", c->st->addr_text, 0);
+            gw_log_str(l, "connection", c->role, 0);
+            gw_log_end(l);
+        }
+    }
+    if (c->on_up)
+        c->on_up(c);
+}
+
+/* The connection failed (or is gone): count it down, retry after back-off. */
+static void conn_down(rconn *c, const char *why)
+{
+    c->up = 0;
+    if (!c->down) {
+        c->down = 1;
+        atomic_fetch_add(&c->st->ndown, 1);
+        health_publish(c->st);
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "redis unavailable; reconnecting with back-off", NULL);
+        if (l) {
+            gw_log_str(l, "redis", c->st->addr_text, 0);
+            gw_log_str(l, "connection", c->role, 0);
+            gw_log_str(l, "error", why, 0);
+            gw_log_end(l);
+        }
+    }
+    if (!gw_timer_active(&c->retry)) {
+        gw_timer_start(c->loop, &c->retry, c->backoff_ms);
+        c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
+    }
+}
+
+/* Drops the connection: its commands in flight answer the error (hiredis
+ * calls their callbacks with no reply), then back-off and reconnect. */
+static void conn_fail(rconn *c, const char *why)
+{
+    conn_down(c, why); /* first: the log names this cause, not the disconnect that follows */
+    redisAsyncContext *ac = c->ev.ac;
+    if (ac)
+        redisAsyncFree(ac); /* deferred by hiredis when inside one of its callbacks */
+}
+
+static void on_retry(gw_timer *t)
+{
+    rconn *c = gw_container_of(t, rconn, retry);
+    if (c->ev.ac) { /* still being freed */
+        gw_timer_start(c->loop, &c->retry, RECONNECT_MIN_MS);
+        return;
+    }
+    conn_connect(c);
+}
+
+/* =============================== operations ================================= */
+
+static void op_free(rop *op)
+{
+    OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
+    gw_free(op);
+}
+
+static void op_answer(rop *op)
+{
+    if (!op->cancelled) {
+        if (op->kind == OP_PUT)
+            op->cb.put(op->ud, op->rc);
+        else if (op->kind == OP_CONSUME)
+            op->cb.consume(op->ud, op->res, &op->ctx);
+        else if (op->kind == OP_LOOKUP)
+            op->cb.session(op->ud, op->found, op->found ? &op->sess : NULL);
+        else if (op->kind == OP_PUBLISH)
+            op->cb.publish(op->ud, op->rc, op->id);
+        else if (op->kind == OP_XREAD)
+            sess_after(op->ud, op->rc);
+    }
+    op_free(op);
+}
+
+static void op_task(gw_task *t) { op_answer(gw_container_of(t, rop, task)); }
+
+static rop *op_new(gw_loop *l, int kind, void *ud)
+{
+    rop *op = gw_calloc(1, sizeof *op);
+    op->loop = l;
+    op->kind = kind;
+    op->ud = ud;
+    op->task.fn = op_task;
+    gw_list_init(&op->task.node);
+    gw_list_init(&op->node);
+    op->rc = GW_ERR;
+    op->res = GW_TOKEN_BACKEND_ERROR;
+    return op;
+}
+
+static void log_reply_error(const rconn *c, const char *what, const redisReply *r)
+{
+    gw_log_line *l = gw_log_begin(GW_LOG_WARN, "redis command failed", NULL);
+    if (l) {
+        gw_log_str(l, "redis", c->st->addr_text, 0);
+        gw_log_str(l, "command", what, 0);
+        gw_log_str(l, "error", r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", 0);
+        gw_log_end(l);
+    }
+}
+
+static int reply_is(const redisReply *r, const char *s)
+{
+    return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) && strlen(s) == r->len &&
+           memcmp(r->str, s, r->len) == 0;
+}
+
+/* Fills op's answer from a consume script's reply {status, ctx, expiry}. */
+static void read_consume(rconn *c, rop *op, const redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[2]->type != REDIS_REPLY_STRING) {
+        log_reply_error(c, "token consume", r);
+        return;
+    }
+    static const struct {
+        const char *s;
+        gw_token_result res;
+        int has_ctx;
+    } map[] = {{"ok", GW_TOKEN_OK, 1},           {"unknown", GW_TOKEN_UNKNOWN, 0},
+               {"expired", GW_TOKEN_EXPIRED, 1}, {"replayed", GW_TOKEN_REPLAYED, 0},
+               {"mismatch", GW_TOKEN_ALLOCATION_MISMATCH, 1}};
+    for (size_t i = 0; i < GW_ARRAY_LEN(map); i++) {
+        if (!reply_is(r->element[0], map[i].s))
+            continue;
+        if (map[i].has_ctx) {
+            uint64_t exp = strtoull(r->element[2]->str, NULL, 10);
+            if (gw_token_ctx_unpack(r->element[1]->str, r->element[1]->len, exp, &op->ctx) != GW_OK) {
+                log_reply_error(c, "token consume (malformed entry)", NULL);
+                return; /* the entry is burned either way: fail closed */
+            }
+        }
+        op->res = map[i].res;
+        return;
+    }
+    log_reply_error(c, "token consume", r);
+}
+
+/* Applies the entries of an XREAD reply (nil: none arrived) to the view and
+ * moves last_id past them. GW_OK, or GW_ERR for an error reply. */
+static int read_entries(rstore *st, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_NIL)
+        return GW_OK;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+        r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+        log_reply_error(st->sess, "XREAD", r);
+        return GW_ERR;
+    }
+    const redisReply *entries = r->element[0]->element[1];
+    for (size_t i = 0; i < entries->elements; i++) {
+        const redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[0]->len >= sizeof st->last_id)
+            continue; /* not an entry: nothing to resume from */
+        memcpy(st->last_id, e->element[0]->str, e->element[0]->len);
+        st->last_id[e->element[0]->len] = '\0';
+        const redisReply *f = e->element[1];
+        const char *names[32], *vals[32];
+        size_t nl[32], vl[32], n = 0;
+        int shape = f->type == REDIS_REPLY_ARRAY && f->elements % 2 == 0 && f->elements <= 64;
+        for (size_t k = 0; shape && k < f->elements; k += 2) {
+            if (f->element[k]->type != REDIS_REPLY_STRING || f->element[k + 1]->type != REDIS_REPLY_STRING) {
+                shape = 0;
+                break;
+            }
+            names[n] = f->element[k]->str;
+            nl[n] = f->element[k]->len;
+            vals[n] = f->element[k + 1]->str;
+            vl[n] = f->element[k + 1]->len;
+            n++;
+        }
+        gw_session snap;
+        char why[160];
+        if (!shape)
+            gw_sessions_malformed("stream", st->last_id, "the entry is not field/value strings (at most 32 fields)");
+        else if (gw_session_from_fields(n, names, nl, vals, vl, &snap, why, sizeof why) != GW_OK)
+            gw_sessions_malformed("stream", st->last_id, why);
+        else
+            gw_sessions_apply(&snap);
+    }
+    return GW_OK;
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    GW_UNUSED(ac);
+    rop *op = priv;
+    rconn *c = op->c;
+    redisReply *r = reply;
+    gw_list_remove(&op->node);
+    if (gw_list_empty(&c->inflight) && gw_timer_active(&c->watch))
+        gw_timer_stop(c->loop, &c->watch);
+    int noscript = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+    if (r) {
+        if (op->kind == OP_PUT) {
+            if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+                op->rc = GW_OK;
+            else
+                log_reply_error(c, "token put", r);
+        } else if (op->kind == OP_CONSUME) {
+            read_consume(c, op, r);
+        } else if (op->kind == OP_PUBLISH) {
+            if (r->type == REDIS_REPLY_STRING && r->len < sizeof op->id) {
+                memcpy(op->id, r->str, r->len);
+                op->id[r->len] = '\0';
+                op->rc = GW_OK;
+            } else {
+                log_reply_error(c, "XADD", r);
+            }
+        } else if (op->kind == OP_XREAD) {
+            op->rc = read_entries(c->st, r);
+        } else if (!reply_is(r, "PONG")) {
+            log_reply_error(c, "PING", r);
+        }
+    }
+    op_answer(op);
+    if (noscript)
+        conn_fail(c, "NOSCRIPT: the scripts were flushed; reconnecting loads them again");
+}
+
+static void on_watch(gw_timer *t)
+{
+    rconn *c = gw_container_of(t, rconn, watch);
+    if (gw_list_empty(&c->inflight))
+        return;
+    rop *head = gw_container_of(c->inflight.next, rop, node);
+    uint64_t now = gw_loop_now(c->loop);
+    if (now < head->deadline) {
+        gw_timer_start_at(c->loop, &c->watch, head->deadline);
+        return;
+    }
+    conn_fail(c, "no answer within GATEWAY_STORE_TIMEOUT");
+}
+
+/* Sends a command for op on c, or answers the error through the loop when c
+ * is down. Returns op (the caller's handle). */
+static rop *op_send_for(rconn *c, rop *op, uint64_t extra_ms, int argc, const char **argv, const size_t *lens)
+{
+    op->c = c;
+    if (!c->ev.ac || redisAsyncCommandArgv(c->ev.ac, on_reply, op, argc, argv, lens) != REDIS_OK) {
+        gw_loop_pending(op->loop, &op->task);
+        return op;
+    }
+    op->deadline = gw_loop_now(c->loop) + c->st->timeout_ms + extra_ms;
+    gw_list_insert_tail(&c->inflight, &op->node);
+    if (!gw_timer_active(&c->watch))
+        gw_timer_start_at(c->loop, &c->watch, op->deadline);
+    return op;
+}
+
+static rop *op_send(rconn *c, rop *op, int argc, const char **argv, const size_t *lens)
+{
+    return op_send_for(c, op, 0, argc, argv, lens);
+}
+
+/* ============================== connections ================================= */
+
+static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
+{
+    rconn *c = ac->data;
+    redisReply *r = reply;
+    if (!r)
+        return; /* being freed */
+    if (r->type == REDIS_REPLY_ERROR) {
+        char why[200];
+        snprintf(why, sizeof why, "%s refused: %s", (const char *)priv, r->str);
+        conn_fail(c, why);
+        return;
+    }
+    if (strcmp(priv, "SCRIPT LOAD consume") == 0)
+        conn_up(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rconn *c = ac->data;
+    if (status != REDIS_OK)
+        conn_down(c, ac->errstr[0] ? ac->errstr : "connect failed"); /* hiredis frees the context */
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    rconn *c = ac->data;
+    conn_down(c, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "connection lost"));
+}
+
+static void conn_connect(rconn *c)
+{
+    rstore *st = c->st;
+    c->up = 0;
+    redisAsyncContext *ac = st->is_unix ? redisAsyncConnectUnix(st->path) : redisAsyncConnect(st->host, st->port);
+    if (!ac || ac->err) {
+        char why[160];
+        snprintf(why, sizeof why, "%s", ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        conn_down(c, why);
+        return;
+    }
+    ac->data = c;
+    gw_redis_ev_attach(&c->ev, c->loop, ac);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    if (st->password[0])
+        redisAsyncCommand(ac, on_setup, (void *)"AUTH", "AUTH %s", st->password);
+    redisAsyncCommand(ac, on_setup, (void *)"SELECT", "SELECT %d", st->db);
+    redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD put", "SCRIPT LOAD %s", put_script);
+    redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD consume", "SCRIPT LOAD %s", consume_script);
+}
+
+static rconn *conn_new(rstore *st, gw_loop *l, const char *role)
+{
+    rconn *c = gw_calloc(1, sizeof *c);
+    c->st = st;
+    c->loop = l;
+    c->role = role;
+    c->ev.io.fd = -1;
+    gw_list_init(&c->inflight);
+    c->watch.cb = on_watch;
+    c->retry.cb = on_retry;
+    c->backoff_ms = RECONNECT_MIN_MS;
+    pthread_mutex_lock(&st->mu);
+    c->next = st->conns;
+    st->conns = c;
+    pthread_mutex_unlock(&st->mu);
+    conn_connect(c);
+    return c;
+}
+
+/* The calling worker's connection to st, made on first use. */
+static rconn *conn_for(rstore *st, gw_loop *l)
+{
+    if (tl_conn && tl_conn->st == st && tl_conn->loop == l)
+        return tl_conn;
+    rconn *found = NULL;
+    pthread_mutex_lock(&st->mu);
+    for (rconn *c = st->conns; c && !found; c = c->next)
+        if (c->loop == l)
+            found = c;
+    pthread_mutex_unlock(&st->mu);
+    tl_conn = found ? found : conn_new(st, l, "worker");
+    return tl_conn;
+}
+
+/* ================================ monitor =================================== */
+
+static void on_ping_timer(gw_timer *t)
+{
+    rstore *st = gw_container_of(t, rstore, ping);
+    rconn *c = st->mon;
+    if (c->ev.ac && gw_list_empty(&c->inflight)) {
+        rop *op = op_new(st->mon_loop, OP_PING, NULL);
+        const char *argv[] = {"PING"};
+        size_t lens[] = {4};
+        op_send(c, op, 1, argv, lens);
+    }
+    gw_timer_start(st->mon_loop, &st->ping, HEALTH_EVERY_MS);
+}
+
+static void mon_start(void *arg)
+{
+    rstore *st = arg;
+    st->mon = conn_new(st, st->mon_loop, "monitor");
+    st->sess_retry.cb = on_sess_retry;
+    st->sess = conn_new(st, st->mon_loop, "sessions");
+    st->sess->on_up = sess_on_up;
+    st->ping.cb = on_ping_timer;
+    gw_timer_start(st->mon_loop, &st->ping, HEALTH_EVERY_MS);
+}
+
+static void *mon_main(void *arg)
+{
+    rstore *st = arg;
+    gw_loop_run(st->mon_loop);
+    return NULL;
+}
+
+/* ========================= the session-events stream ========================
+ * One XREAD BLOCK at a time on the monitor thread's "sessions" connection,
+ * from the last entry id read (0-0 at start: the whole stream, so a new
+ * process holds the same view as the others). A dropped connection loses
+ * nothing: reading resumes from last_id once it is back (on_up). */
+
+static void sess_read(rstore *st)
+{
+    rconn *c = st->sess;
+    if (st->reading || !c->ev.ac)
+        return;
+    rop *op = op_new(st->mon_loop, OP_XREAD, st);
+    char block[16];
+    snprintf(block, sizeof block, "%u", XREAD_BLOCK_MS);
+    const char *argv[] = {"XREAD", "COUNT", XREAD_COUNT, "BLOCK", block, "STREAMS", st->stream, st->last_id};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        lens[i] = strlen(argv[i]);
+    st->reading = 1;
+    op_send_for(c, op, XREAD_BLOCK_MS, 8, argv, lens);
+}
+
+static void sess_after(rstore *st, int rc)
+{
+    st->reading = 0;
+    if (rc == GW_OK)
+        sess_read(st);
+    else if (!gw_timer_active(&st->sess_retry))
+        gw_timer_start(st->mon_loop, &st->sess_retry, RECONNECT_MAX_MS);
+}
+
+static void sess_on_up(rconn *c) { sess_read(c->st); }
+
+static void on_sess_retry(gw_timer *t) { sess_read(gw_container_of(t, rstore, sess_retry)); }
+
+/* ============================== the store ops =============================== */
+
+static void token_key(const rstore *st, const uint8_t hash[32], char *out, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    char h[65];
+    for (int i = 0; i < 32; i++) {
+        h[2 * i] = hex[hash[i] >> 4];
+        h[2 * i + 1] = hex[hash[i] & 15];
+    }
+    h[64] = '\0';
+    snprintf(out, cap, "%stok:%s", st->prefix, h);
+}
+
+static gw_store_op *r_put(gw_store *s, gw_loop *l, const uint8_t hash[32], const gw_token_ctx *ctx,
+                          gw_store_put_cb cb, void *ud)
+{
+    rstore *st = (rstore *)s;
+    rop *op = op_new(l, OP_PUT, ud);
+    op->cb.put = cb;
+    char key[256], exp[24], until[24];
+    token_key(st, hash, key, sizeof key);
+    snprintf(exp, sizeof exp, "%llu", (unsigned long long)ctx->expires_at_ms);
+    snprintf(until, sizeof until, "%llu", (unsigned long long)(ctx->expires_at_ms + GW_TOKEN_TOMBSTONE_MARGIN_MS));
+    size_t plen;
+    char *packed = gw_token_ctx_pack(ctx, &plen);
+    const char *argv[] = {"EVALSHA", put_sha, "1", key, exp, ctx->allocation_id, packed, until};
+    size_t lens[] = {7, 40, 1, strlen(key), strlen(exp), strlen(ctx->allocation_id), plen,
+                     strlen(until)};
+    op_send(conn_for(st, l), op, 8, argv, lens);
+    OPENSSL_cleanse(packed, plen);
+    gw_free(packed);
+    return (gw_store_op *)op;
+}
+
+static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], const char *allocation_id,
+                              gw_store_consume_cb cb, void *ud)
+{
+    rstore *st = (rstore *)s;
+    rop *op = op_new(l, OP_CONSUME, ud);
+    op->cb.consume = cb;
+    if (!hash) {
+        op->res = GW_TOKEN_UNKNOWN;
+        gw_loop_pending(l, &op->task);
+        return (gw_store_op *)op;
+    }
+    char key[256], now[24];
+    token_key(st, hash, key, sizeof key);
+    snprintf(now, sizeof now, "%llu", (unsigned long long)st->base.now_ms());
+    const char *alloc = allocation_id ? allocation_id : "";
+    const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0"};
+    size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1};
+    op_send(conn_for(st, l), op, 7, argv, lens);
+    return (gw_store_op *)op;
+}
+
+static gw_store_op *r_session_lookup(gw_store *s, gw_loop *l, const uint8_t token_sha256[32], gw_store_session_cb cb,
+                                     void *ud)
+{
+    GW_UNUSED(s);
+    rop *op = op_new(l, OP_LOOKUP, ud);
+    op->cb.session = cb;
+    op->found = gw_sessions_find_token(token_sha256, &op->sess); /* the view the stream keeps complete */
+    gw_loop_pending(l, &op->task);
+    return (gw_store_op *)op;
+}
+
+static gw_store_op *r_session_publish(gw_store *s, gw_loop *l, const gw_session *snap, gw_store_publish_cb cb,
+                                      void *ud)
+{
+    rstore *st = (rstore *)s;
+    rop *op = op_new(l, OP_PUBLISH, ud);
+    op->cb.publish = cb;
+    static const char hex[] = "0123456789abcdef";
+    char tok[65], ver[24];
+    for (int i = 0; i < 32; i++) {
+        tok[2 * i] = hex[snap->token_sha256[i] >> 4];
+        tok[2 * i + 1] = hex[snap->token_sha256[i] & 15];
+    }
+    tok[64] = '\0';
+    snprintf(ver, sizeof ver, "%llu", (unsigned long long)snap->version);
+    const char *argv[] = {"XADD",    st->stream,        "MAXLEN",   "~",
+                          STREAM_MAXLEN, "*",           "device_session_id", snap->device_session_id,
+                          "user_id", snap->user_id,     "status",   gw_session_status_str(snap->status),
+                          "token_sha256", tok,          "version",  ver};
+    size_t lens[16];
+    for (int i = 0; i < 16; i++)
+        lens[i] = strlen(argv[i]);
+    op_send(conn_for(st, l), op, 16, argv, lens);
+    return (gw_store_op *)op;
+}
+
+static void r_cancel(gw_store_op *o)
+{
+    rop *op = (rop *)o;
+    if (!op)
+        return;
+    OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
+    if (gw_list_linked(&op->node)) {
+        op->cancelled = 1; /* freed when Redis answers or the connection drops */
+        return;
+    }
+    gw_task_cancel(&op->task);
+    op_free(op);
+}
+
+static int r_healthy(gw_store *s) { return atomic_load(&((rstore *)s)->ndown) == 0; }
+
+/* Frees the store; every loop that has a connection must be idle (stopped
+ * or this thread's). The monitor thread is stopped first. */
+static void mon_stop(void *arg)
+{
+    rstore *st = arg;
+    gw_loop_stop(st->mon_loop);
+}
+
+static void r_free(gw_store *s)
+{
+    rstore *st = (rstore *)s;
+    gw_loop_post(st->mon_loop, mon_stop, st);
+    pthread_join(st->mon_thread, NULL);
+    /* Free every context first (their callbacks may arm timers), then
+     * stop the timers, then free the connections. */
+    for (rconn *c = st->conns; c; c = c->next) {
+        c->on_up = NULL;
+        if (c->ev.ac) {
+            c->ev.ac->onDisconnect = NULL;
+            redisAsyncFree(c->ev.ac);
+        }
+    }
+    if (gw_timer_active(&st->sess_retry))
+        gw_timer_stop(st->mon_loop, &st->sess_retry);
+    if (gw_timer_active(&st->ping))
+        gw_timer_stop(st->mon_loop, &st->ping);
+    rconn *c = st->conns;
+    while (c) {
+        rconn *next = c->next;
+        if (gw_timer_active(&c->retry))
+            gw_timer_stop(c->loop, &c->retry);
+        if (gw_timer_active(&c->watch))
+            gw_timer_stop(c->loop, &c->watch);
+        if (c->down)
+            atomic_fetch_sub(&st->ndown, 1);
+        if (tl_conn == c)
+            tl_conn = NULL;
+        gw_free(c);
+        c = next;
+    }
+    gw_loop_free(st->mon_loop);
+    pthread_mutex_destroy(&st->mu);
+    OPENSSL_cleanse(st->password, sizeof st->password);
+    gw_free(st);
+}
+
+static const gw_store_ops redis_ops = {"redis",   r_put,     r_consume, r_session_lookup, r_session_publish,
+                                       r_cancel, r_healthy, r_free};
+
+/* ================================= startup ================================== */
+
+/* Resolves host once, at startup (a worker never waits for DNS). */
+static int resolve(const char *host, char *out, size_t cap)
+{
+    if (!host[0]) {
+        snprintf(out, cap, "127.0.0.1");
+        return GW_OK;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return GW_ERR;
+    int rc = getnameinfo(res->ai_addr, res->ai_addrlen, out, (socklen_t)cap, NULL, 0, NI_NUMERICHOST);
+    freeaddrinfo(res);
+    return rc == 0 ? GW_OK : GW_ERR;
+}
+
+/* One blocking connection with a timeout: AUTH, SELECT, PING. */
+static int startup_check(const rstore *st, char *err, size_t errcap)
+{
+    struct timeval tv = {(time_t)(st->timeout_ms / 1000), (suseconds_t)(st->timeout_ms % 1000) * 1000};
+    redisContext *rc = st->is_unix ? redisConnectUnixWithTimeout(st->path, tv)
+                                   : redisConnectWithTimeout(st->host, st->port, tv);
+    if (!rc || rc->err) {
+        snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: %s does not answer (%s); not starting", st->addr_text,
+                 rc ? rc->errstr : "out of memory");
+        redisFree(rc);
+        return GW_ERR;
+    }
+    redisSetTimeout(rc, tv);
+    struct {
+        const char *what;
+        redisReply *r;
+    } steps[3] = {{"AUTH", NULL}, {"SELECT", NULL}, {"PING", NULL}};
+    int ok = GW_OK;
+    for (int i = 0; i < 3 && ok == GW_OK; i++) {
+        if (i == 0 && !st->password[0])
+            continue;
+        redisReply *r = i == 0   ? redisCommand(rc, "AUTH %s", st->password)
+                        : i == 1 ? redisCommand(rc, "SELECT %d", st->db)
+                                 : redisCommand(rc, "PING");
+        if (!r || r->type == REDIS_REPLY_ERROR || (i == 2 && !reply_is(r, "PONG"))) {
+            snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: %s: %s failed (%s); not starting", st->addr_text,
+                     steps[i].what, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply")
+                                      : (rc->errstr[0] ? rc->errstr : "no answer within GATEWAY_STORE_TIMEOUT"));
+            ok = GW_ERR;
+        }
+        if (r)
+            freeReplyObject(r);
+    }
+    redisFree(rc);
+    return ok;
+}
+
+gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
+{
+    gw_addr a;
+    if (gw_parse_addr(cfg->redis_master_addr, &a) != GW_OK) {
+        snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: cannot parse \"%s\" as an address", cfg->redis_master_addr);
+        return NULL;
+    }
+    rstore *st = gw_calloc(1, sizeof *st);
+    st->base.ops = &redis_ops;
+    st->base.now_ms = wall_ms;
+    st->is_unix = a.is_unix;
+    snprintf(st->path, sizeof st->path, "%s", a.path);
+    st->port = a.port;
+    gw_addr_format(&a, st->addr_text, sizeof st->addr_text);
+    snprintf(st->password, sizeof st->password, "%s", cfg->redis_password);
+    st->db = cfg->redis_db;
+    snprintf(st->prefix, sizeof st->prefix, "%s", cfg->redis_key_prefix);
+    snprintf(st->stream, sizeof st->stream, "%s", cfg->session_events_stream);
+    snprintf(st->last_id, sizeof st->last_id, "0-0");
+    script_sha(put_script, put_sha);
+    script_sha(consume_script, consume_sha);
+    st->timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;
+    if (!a.is_unix && resolve(a.host, st->host, sizeof st->host) != GW_OK) {
+        snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: cannot resolve \"%s\"; not starting", a.host);
+        gw_free(st);
+        return NULL;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a write to a closed Redis socket is an error, not a signal */
+    if (startup_check(st, err, errcap) != GW_OK) {
+        OPENSSL_cleanse(st->password, sizeof st->password);
+        gw_free(st);
+        return NULL;
+    }
+    pthread_mutex_init(&st->mu, NULL);
+    atomic_init(&st->ndown, 0);
+    st->mon_loop = gw_loop_new();
+    gw_loop_post(st->mon_loop, mon_start, st);
+    /* Signals belong to the main thread (gw_server_run waits for them):
+     * the monitor starts with every signal blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_create(&st->mon_thread, NULL, mon_main, st);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return &st->base;
+}
