@@ -10,6 +10,7 @@
 #include "probe/probe.h"
 #include "echo/echo.h"
 #include "proxy/proxy.h"
+#include "push/push.h"
 #include "server/server.h"
 #include "agent/agent.h"
 #include "sessions/admin.h"
@@ -88,6 +89,8 @@ static int cmd_serve(void)
     gw_kind_register(&gw_kind_echo);
     gw_kind_register(&gw_kind_proxy);
     gw_kind_register(&gw_kind_terminal);
+    gw_kind_register(&gw_kind_events);
+    gw_push_init(&cfg); /* before the store: the Redis reader starts at the history window */
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
         if (l) {

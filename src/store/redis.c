@@ -24,7 +24,7 @@
 #define RECONNECT_MAX_MS 1000u
 #define HEALTH_EVERY_MS 500u
 
-enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD };
+enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD, OP_EVENT };
 
 #define XREAD_BLOCK_MS 1000u /* one XREAD waits this long for new entries */
 #define XREAD_COUNT "256"
@@ -32,6 +32,22 @@ enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD };
 
 typedef struct rstore rstore;
 typedef struct rconn rconn;
+
+/* A stream read in full by every process (monitor thread): one XREAD BLOCK
+ * at a time from the last entry id read, resumed from it after a reconnect. */
+typedef struct sreader {
+    rstore *st;
+    rconn *c;
+    const char *role;   /* the connection's role (logs) */
+    char stream[256];
+    char last_id[64];   /* the last entry read: reading resumes after it */
+    int reading;        /* an XREAD is in flight */
+    gw_timer retry;
+    /* one entry: n field/value pairs (shape already checked) */
+    void (*apply)(const char *id, size_t idn, size_t n, const char *const *names, const size_t *nl,
+                  const char *const *vals, const size_t *vl);
+    void (*malformed)(const char *source, const char *id, const char *why);
+} sreader;
 
 struct rconn {
     rstore *st;
@@ -45,6 +61,7 @@ struct rconn {
     int down;           /* counted in st->ndown (a failure, not yet connected again) */
     const char *role;   /* "worker", "monitor" or "sessions" (logs) */
     void (*on_up)(rconn *c); /* called when the connection is (again) ready */
+    sreader *rd;        /* the stream this connection reads (NULL: none) */
     rconn *next;        /* st->conns */
 };
 
@@ -66,12 +83,10 @@ struct rstore {
     pthread_t mon_thread;
     rconn *mon;
     gw_timer ping;
-    /* the session-events stream reader (monitor thread) */
-    char stream[256];
-    rconn *sess;
-    char last_id[64];   /* the last entry read: reading resumes after it */
-    int reading;        /* an XREAD is in flight */
-    gw_timer sess_retry;
+    /* the stream readers (monitor thread) */
+    sreader sess;       /* session-events */
+    sreader evr;        /* client-events */
+    char events_stream[256];
 };
 
 typedef struct rop {
@@ -139,7 +154,7 @@ static uint64_t wall_ms(void) { return gw_wall_ms(); }
 /* ================================ health ==================================== */
 
 static void conn_connect(rconn *c);
-static void sess_after(rstore *st, int rc);
+static void sess_after(sreader *rd, int rc);
 static void sess_on_up(rconn *c);
 static void on_sess_retry(gw_timer *t);
 
@@ -223,7 +238,7 @@ static void op_answer(rop *op)
             op->cb.consume(op->ud, op->res, &op->ctx);
         else if (op->kind == OP_LOOKUP)
             op->cb.session(op->ud, op->found, op->found ? &op->sess : NULL);
-        else if (op->kind == OP_PUBLISH)
+        else if (op->kind == OP_PUBLISH || op->kind == OP_EVENT)
             op->cb.publish(op->ud, op->rc, op->id);
         else if (op->kind == OP_XREAD)
             sess_after(op->ud, op->rc);
@@ -295,25 +310,43 @@ static void read_consume(rconn *c, rop *op, const redisReply *r)
     log_reply_error(c, "token consume", r);
 }
 
-/* Applies the entries of an XREAD reply (nil: none arrived) to the view and
- * moves last_id past them. GW_OK, or GW_ERR for an error reply. */
-static int read_entries(rstore *st, const redisReply *r)
+static void apply_session(const char *id, size_t idn, size_t n, const char *const *names, const size_t *nl,
+                          const char *const *vals, const size_t *vl)
+{
+    GW_UNUSED(idn);
+    gw_session snap;
+    char why[160];
+    if (gw_session_from_fields(n, names, nl, vals, vl, &snap, why, sizeof why) != GW_OK)
+        gw_sessions_malformed("stream", id, why);
+    else
+        gw_sessions_apply(&snap);
+}
+
+static void apply_event(const char *id, size_t idn, size_t n, const char *const *names, const size_t *nl,
+                        const char *const *vals, const size_t *vl)
+{
+    gw_events_append_fields(id, idn, n, names, nl, vals, vl); /* counts and logs a malformed entry */
+}
+
+/* Applies the entries of an XREAD reply (nil: none arrived) and moves
+ * last_id past them. GW_OK, or GW_ERR for an error reply. */
+static int read_entries(sreader *rd, const redisReply *r)
 {
     if (r->type == REDIS_REPLY_NIL)
         return GW_OK;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
         r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
-        log_reply_error(st->sess, "XREAD", r);
+        log_reply_error(rd->c, "XREAD", r);
         return GW_ERR;
     }
     const redisReply *entries = r->element[0]->element[1];
     for (size_t i = 0; i < entries->elements; i++) {
         const redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[0]->len >= sizeof st->last_id)
+            e->element[0]->len >= sizeof rd->last_id)
             continue; /* not an entry: nothing to resume from */
-        memcpy(st->last_id, e->element[0]->str, e->element[0]->len);
-        st->last_id[e->element[0]->len] = '\0';
+        memcpy(rd->last_id, e->element[0]->str, e->element[0]->len);
+        rd->last_id[e->element[0]->len] = '\0';
         const redisReply *f = e->element[1];
         const char *names[32], *vals[32];
         size_t nl[32], vl[32], n = 0;
@@ -329,14 +362,10 @@ static int read_entries(rstore *st, const redisReply *r)
             vl[n] = f->element[k + 1]->len;
             n++;
         }
-        gw_session snap;
-        char why[160];
         if (!shape)
-            gw_sessions_malformed("stream", st->last_id, "the entry is not field/value strings (at most 32 fields)");
-        else if (gw_session_from_fields(n, names, nl, vals, vl, &snap, why, sizeof why) != GW_OK)
-            gw_sessions_malformed("stream", st->last_id, why);
+            rd->malformed("stream", rd->last_id, "the entry is not field/value strings (at most 32 fields)");
         else
-            gw_sessions_apply(&snap);
+            rd->apply(rd->last_id, strlen(rd->last_id), n, names, nl, vals, vl);
     }
     return GW_OK;
 }
@@ -359,7 +388,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
                 log_reply_error(c, "token put", r);
         } else if (op->kind == OP_CONSUME) {
             read_consume(c, op, r);
-        } else if (op->kind == OP_PUBLISH) {
+        } else if (op->kind == OP_PUBLISH || op->kind == OP_EVENT) {
             if (r->type == REDIS_REPLY_STRING && r->len < sizeof op->id) {
                 memcpy(op->id, r->str, r->len);
                 op->id[r->len] = '\0';
@@ -368,7 +397,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
                 log_reply_error(c, "XADD", r);
             }
         } else if (op->kind == OP_XREAD) {
-            op->rc = read_entries(c->st, r);
+            op->rc = read_entries(c->rd, r);
         } else if (!reply_is(r, "PONG")) {
             log_reply_error(c, "PING", r);
         }
@@ -468,12 +497,15 @@ static void conn_connect(rconn *c)
     redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD consume", "SCRIPT LOAD %s", consume_script);
 }
 
-static rconn *conn_new(rstore *st, gw_loop *l, const char *role)
+static rconn *conn_new(rstore *st, gw_loop *l, const char *role, sreader *rd)
 {
     rconn *c = gw_calloc(1, sizeof *c);
     c->st = st;
     c->loop = l;
     c->role = role;
+    c->rd = rd;
+    if (rd)
+        c->on_up = sess_on_up;
     c->ev.io.fd = -1;
     gw_list_init(&c->inflight);
     c->watch.cb = on_watch;
@@ -498,7 +530,7 @@ static rconn *conn_for(rstore *st, gw_loop *l)
         if (c->loop == l)
             found = c;
     pthread_mutex_unlock(&st->mu);
-    tl_conn = found ? found : conn_new(st, l, "worker");
+    tl_conn = found ? found : conn_new(st, l, "worker", NULL);
     return tl_conn;
 }
 
@@ -517,13 +549,19 @@ static void on_ping_timer(gw_timer *t)
     gw_timer_start(st->mon_loop, &st->ping, HEALTH_EVERY_MS);
 }
 
+static void reader_start(rstore *st, sreader *rd)
+{
+    rd->st = st;
+    rd->retry.cb = on_sess_retry;
+    rd->c = conn_new(st, st->mon_loop, rd->role, rd);
+}
+
 static void mon_start(void *arg)
 {
     rstore *st = arg;
-    st->mon = conn_new(st, st->mon_loop, "monitor");
-    st->sess_retry.cb = on_sess_retry;
-    st->sess = conn_new(st, st->mon_loop, "sessions");
-    st->sess->on_up = sess_on_up;
+    st->mon = conn_new(st, st->mon_loop, "monitor", NULL);
+    reader_start(st, &st->sess);
+    reader_start(st, &st->evr);
     st->ping.cb = on_ping_timer;
     gw_timer_start(st->mon_loop, &st->ping, HEALTH_EVERY_MS);
 }
@@ -535,40 +573,43 @@ static void *mon_main(void *arg)
     return NULL;
 }
 
-/* ========================= the session-events stream ========================
- * One XREAD BLOCK at a time on the monitor thread's "sessions" connection,
- * from the last entry id read (0-0 at start: the whole stream, so a new
- * process holds the same view as the others). A dropped connection loses
- * nothing: reading resumes from last_id once it is back (on_up). */
+/* ============================ the stream readers ============================
+ * One XREAD BLOCK at a time per stream on its own monitor-thread connection,
+ * from the last entry id read. The session-events stream is read from 0-0
+ * (the whole stream, so a new process holds the same view as the others);
+ * the client-events stream from the start of the history window, so a
+ * (re)started process rebuilds its history and serves resumes. A dropped
+ * connection loses nothing: reading resumes from last_id once it is back
+ * (on_up). */
 
-static void sess_read(rstore *st)
+static void sess_read(sreader *rd)
 {
-    rconn *c = st->sess;
-    if (st->reading || !c->ev.ac)
+    rconn *c = rd->c;
+    if (rd->reading || !c->ev.ac)
         return;
-    rop *op = op_new(st->mon_loop, OP_XREAD, st);
+    rop *op = op_new(rd->st->mon_loop, OP_XREAD, rd);
     char block[16];
     snprintf(block, sizeof block, "%u", XREAD_BLOCK_MS);
-    const char *argv[] = {"XREAD", "COUNT", XREAD_COUNT, "BLOCK", block, "STREAMS", st->stream, st->last_id};
+    const char *argv[] = {"XREAD", "COUNT", XREAD_COUNT, "BLOCK", block, "STREAMS", rd->stream, rd->last_id};
     size_t lens[8];
     for (int i = 0; i < 8; i++)
         lens[i] = strlen(argv[i]);
-    st->reading = 1;
+    rd->reading = 1;
     op_send_for(c, op, XREAD_BLOCK_MS, 8, argv, lens);
 }
 
-static void sess_after(rstore *st, int rc)
+static void sess_after(sreader *rd, int rc)
 {
-    st->reading = 0;
+    rd->reading = 0;
     if (rc == GW_OK)
-        sess_read(st);
-    else if (!gw_timer_active(&st->sess_retry))
-        gw_timer_start(st->mon_loop, &st->sess_retry, RECONNECT_MAX_MS);
+        sess_read(rd);
+    else if (!gw_timer_active(&rd->retry))
+        gw_timer_start(rd->st->mon_loop, &rd->retry, RECONNECT_MAX_MS);
 }
 
-static void sess_on_up(rconn *c) { sess_read(c->st); }
+static void sess_on_up(rconn *c) { sess_read(c->rd); }
 
-static void on_sess_retry(gw_timer *t) { sess_read(gw_container_of(t, rstore, sess_retry)); }
+static void on_sess_retry(gw_timer *t) { sess_read(gw_container_of(t, sreader, retry)); }
 
 /* ============================== the store ops =============================== */
 
@@ -651,7 +692,7 @@ static gw_store_op *r_session_publish(gw_store *s, gw_loop *l, const gw_session 
     }
     tok[64] = '\0';
     snprintf(ver, sizeof ver, "%llu", (unsigned long long)snap->version);
-    const char *argv[] = {"XADD",    st->stream,        "MAXLEN",   "~",
+    const char *argv[] = {"XADD",    st->sess.stream,        "MAXLEN",   "~",
                           STREAM_MAXLEN, "*",           "device_session_id", snap->device_session_id,
                           "user_id", snap->user_id,     "status",   gw_session_status_str(snap->status),
                           "token_sha256", tok,          "version",  ver};
@@ -659,6 +700,26 @@ static gw_store_op *r_session_publish(gw_store *s, gw_loop *l, const gw_session 
     for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
     op_send(conn_for(st, l), op, 16, argv, lens);
+    return (gw_store_op *)op;
+}
+
+static gw_store_op *r_event_publish(gw_store *s, gw_loop *l, const gw_event_in *ev, gw_store_publish_cb cb,
+                                    void *ud)
+{
+    rstore *st = (rstore *)s;
+    rop *op = op_new(l, OP_EVENT, ud);
+    op->cb.publish = cb;
+    const char *argv[14] = {"XADD", st->events_stream, "MAXLEN", "~", STREAM_MAXLEN, "*", "user_id", ev->user_id,
+                            "type", ev->type, "payload", ev->payload ? ev->payload : "null"};
+    int argc = 12;
+    if (ev->device_session_id[0]) {
+        argv[argc++] = "device_session_id";
+        argv[argc++] = ev->device_session_id;
+    }
+    size_t lens[14];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    op_send(conn_for(st, l), op, argc, argv, lens);
     return (gw_store_op *)op;
 }
 
@@ -700,8 +761,10 @@ static void r_free(gw_store *s)
             redisAsyncFree(c->ev.ac);
         }
     }
-    if (gw_timer_active(&st->sess_retry))
-        gw_timer_stop(st->mon_loop, &st->sess_retry);
+    if (gw_timer_active(&st->sess.retry))
+        gw_timer_stop(st->mon_loop, &st->sess.retry);
+    if (gw_timer_active(&st->evr.retry))
+        gw_timer_stop(st->mon_loop, &st->evr.retry);
     if (gw_timer_active(&st->ping))
         gw_timer_stop(st->mon_loop, &st->ping);
     rconn *c = st->conns;
@@ -725,7 +788,7 @@ static void r_free(gw_store *s)
 }
 
 static const gw_store_ops redis_ops = {"redis",   r_put,     r_consume, r_session_lookup, r_session_publish,
-                                       r_cancel, r_healthy, r_free};
+                                       r_cancel, r_healthy, r_free,   r_event_publish};
 
 /* ================================= startup ================================== */
 
@@ -798,8 +861,19 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     snprintf(st->password, sizeof st->password, "%s", cfg->redis_password);
     st->db = cfg->redis_db;
     snprintf(st->prefix, sizeof st->prefix, "%s", cfg->redis_key_prefix);
-    snprintf(st->stream, sizeof st->stream, "%s", cfg->session_events_stream);
-    snprintf(st->last_id, sizeof st->last_id, "0-0");
+    snprintf(st->sess.stream, sizeof st->sess.stream, "%s", cfg->session_events_stream);
+    snprintf(st->sess.last_id, sizeof st->sess.last_id, "0-0");
+    st->sess.role = "sessions";
+    st->sess.apply = apply_session;
+    st->sess.malformed = gw_sessions_malformed;
+    snprintf(st->evr.stream, sizeof st->evr.stream, "%s", cfg->client_events_stream);
+    snprintf(st->events_stream, sizeof st->events_stream, "%s", cfg->client_events_stream);
+    gw_event_id from = gw_events_start_id(); /* the history window's start (gw_events_init ran) */
+    snprintf(st->evr.last_id, sizeof st->evr.last_id, "%llu-%llu", (unsigned long long)from.ms,
+             (unsigned long long)from.seq);
+    st->evr.role = "events";
+    st->evr.apply = apply_event;
+    st->evr.malformed = gw_events_malformed;
     script_sha(put_script, put_sha);
     script_sha(consume_script, consume_sha);
     st->timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;

@@ -15,7 +15,7 @@
 #include "core/common.h"
 #include "metrics/metrics.h"
 
-enum { OP_PUT, OP_CONSUME, OP_LOOKUP, OP_PUBLISH };
+enum { OP_PUT, OP_CONSUME, OP_LOOKUP, OP_PUBLISH, OP_EVENT };
 
 struct gw_store_op {
     gw_task task;   /* queued on loop (delay 0) */
@@ -34,6 +34,7 @@ struct gw_store_op {
     gw_token_ctx ctx;    /* consume: what the token granted (wiped on free) */
     int found;           /* lookup */
     gw_session sess;     /* lookup */
+    char id[GW_EVENT_ID_MAX]; /* event publish: the id assigned */
 };
 
 typedef struct embedded {
@@ -57,7 +58,7 @@ static void op_run(gw_store_op *op)
     else if (op->kind == OP_LOOKUP)
         op->cb.session(op->ud, op->found, op->found ? &op->sess : NULL);
     else
-        op->cb.publish(op->ud, op->rc, "");
+        op->cb.publish(op->ud, op->rc, op->id);
     op_free(op);
 }
 
@@ -125,6 +126,15 @@ static gw_store_op *emb_session_publish(gw_store *s, gw_loop *l, const gw_sessio
     return op_post((embedded *)s, op);
 }
 
+static gw_store_op *emb_event_publish(gw_store *s, gw_loop *l, const gw_event_in *ev, gw_store_publish_cb cb,
+                                      void *ud)
+{
+    gw_store_op *op = op_new(l, OP_EVENT, ud);
+    op->cb.publish = cb;
+    op->rc = gw_events_append_local(ev, op->id);
+    return op_post((embedded *)s, op);
+}
+
 static void emb_cancel(gw_store_op *op)
 {
     if (!op)
@@ -144,7 +154,8 @@ static int emb_healthy(gw_store *s)
 }
 
 static const gw_store_ops embedded_ops = {"embedded",          emb_put,    emb_consume, emb_session_lookup,
-                                          emb_session_publish, emb_cancel, emb_healthy, emb_free};
+                                          emb_session_publish, emb_cancel, emb_healthy, emb_free,
+                                          emb_event_publish};
 
 gw_store *gw_store_embedded(gw_token_store *table, uint64_t delay_ms)
 {

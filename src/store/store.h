@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "loop/loop.h"
+#include "store/events.h"
 #include "store/sessions.h"
 #include "store/tokens.h"
 
@@ -76,6 +77,11 @@ typedef struct gw_store_ops {
     /* 1 while the backend answers (the embedded store always does). */
     int (*healthy)(gw_store *s);
     void (*free)(gw_store *s);
+    /* Appends an event to the client-events stream: the embedded store
+     * appends to the history at once (id: the id it assigned); Redis XADDs
+     * it (id: the entry id) and every process reads it from the stream.
+     * rc GW_ERR: refused (malformed) or the store is unavailable. */
+    gw_store_op *(*event_publish)(gw_store *s, gw_loop *l, const gw_event_in *ev, gw_store_publish_cb cb, void *ud);
 } gw_store_ops;
 
 struct gw_store {
@@ -111,6 +117,12 @@ static inline gw_store_op *gw_store_session_publish(gw_store *s, gw_loop *l, con
                                                    gw_store_publish_cb cb, void *ud)
 {
     return s->ops->session_publish(s, l, snap, cb, ud);
+}
+
+static inline gw_store_op *gw_store_event_publish(gw_store *s, gw_loop *l, const gw_event_in *ev,
+                                                 gw_store_publish_cb cb, void *ud)
+{
+    return s->ops->event_publish(s, l, ev, cb, ud);
 }
 
 /* The process's store (NULL before gw_store_set_current). */

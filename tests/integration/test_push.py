@@ -1,0 +1,304 @@
+"""Push events (DESIGN.md section 5): /ws/events subscriptions authenticated by
+the session bearer, events published with POST /v1/events (or XADD on Redis),
+targeting, ordering, resume with a cursor (same process, another process,
+a too-old cursor), overflow, revocation, shutdown, malformed entries; both
+backends, real websockets clients."""
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+
+import pytest
+import websockets
+
+import gw
+import wsraw
+
+ADMIN = "admin-token-for-push-tests"
+
+
+def snap(sid, user, version=1, status="active"):
+    return {"device_session_id": sid, "user_id": user, "status": status, "version": version,
+            "token_sha256": hashlib.sha256(f"bearer-{sid}".encode()).hexdigest()}
+
+
+def admin_post(g, path, body):
+    return wsraw.http_request(g.admin_port, "POST", path, body=json.dumps(body).encode(),
+                              headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN}"})
+
+
+def session(g, sid, user, **kw):
+    r = admin_post(g, "/v1/sessions", snap(sid, user, **kw))
+    assert r.status == 202, r
+    want = kw.get("status", "active")
+
+    def applied():
+        v = wsraw.http_request(g.admin_port, "GET", f"/v1/sessions/{sid}",
+                               headers={"Authorization": f"Bearer {ADMIN}"})
+        return v.status == 200 and json.loads(v.body)["status"] == want
+    gw.wait_until(applied, what=f"session {sid} {want}")
+
+
+def publish(g, user, typ, payload=None, dev=None):
+    body = {"user_id": user, "type": typ, "payload": payload if payload is not None else {"n": 0}}
+    if dev:
+        body["device_session_id"] = dev
+    r = admin_post(g, "/v1/events", body)
+    assert r.status == 201, r
+    return json.loads(r.body)["id"]
+
+
+def url(g, cursor=None):
+    return f"ws://127.0.0.1:{g.port}/ws/events" + (f"?cursor={cursor}" if cursor else "")
+
+
+async def connect(g, sid, cursor=None, header=False, **kw):
+    if header:
+        return await websockets.connect(url(g, cursor), extra_headers={"Authorization": f"Bearer bearer-{sid}"},
+                                        ping_interval=None, **kw)
+    return await websockets.connect(url(g, cursor), subprotocols=[f"bearer-{sid}"], ping_interval=None, **kw)
+
+
+async def recv_json(ws, timeout=5):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def subscribe(g, sid, **kw):
+    ws = await connect(g, sid, **kw)
+    first = await recv_json(ws)
+    assert first["type"] == "gateway.server_time" and isinstance(first["payload"]["server_time_ms"], int)
+    return ws
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend(request):
+    if request.param == "embedded":
+        return {}
+    r = request.getfixturevalue("redis_server")
+    tag = os.urandom(4).hex()
+    return r.env(GATEWAY_SESSION_EVENTS_REDIS_STREAM=f"sess-{tag}", GATEWAY_CLIENT_EVENTS_REDIS_STREAM=f"ev-{tag}")
+
+
+def gateway(make_gateway, backend, **env):
+    return make_gateway(env=dict(backend, GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_WORKERS="2", **env))
+
+
+def test_targeting_and_order(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pa1", "alice")
+    session(g, "pa2", "alice")
+    session(g, "pb1", "bob")
+
+    async def body():
+        a1 = await subscribe(g, "pa1")
+        a2 = await subscribe(g, "pa2", header=True)
+        b1 = await subscribe(g, "pb1")
+        ids = [publish(g, "alice", "note", {"n": i}) for i in range(20)]
+        only = publish(g, "alice", "direct", {"to": "pa2"}, dev="pa2")
+        bid = publish(g, "bob", "hello", json.dumps("text"))  # a string payload field holds JSON text
+        for ws in (a1, a2):
+            got = [await recv_json(ws) for _ in range(20)]
+            assert [e["id"] for e in got] == ids
+            assert [e["payload"]["n"] for e in got] == list(range(20))
+            assert all(e["type"] == "note" and e["created_at_ms"] == int(e["id"].split("-")[0]) for e in got)
+        e = await recv_json(a2)
+        assert e["id"] == only and e["type"] == "direct"
+        e = await recv_json(b1)
+        assert e == {"id": bid, "type": "hello", "payload": "text", "created_at_ms": int(bid.split("-")[0])}
+        # a1 got nothing else (the direct event was for pa2 only)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(a1.recv(), 0.5)
+        for ws in (a1, a2, b1):
+            await ws.close()
+    run(body())
+    gw.wait_until(lambda: g.metric("wsgate_push_deliveries_total") == 42, what="deliveries counted")
+
+
+def test_refusals(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pr1", "rita")
+    session(g, "pr2", "rita", status="revoked")
+
+    async def body():
+        for sid, status in (("nobody", 401), ("pr2", 403)):
+            with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
+                await connect(g, sid)
+            assert e.value.status_code == status
+    run(body())
+    r = wsraw.http_request(g.port, "GET", "/ws/events", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert r.status == 401 and json.loads(r.body)["code"] == "missing_bearer"
+    # publishing is admin only, and the fields are checked
+    r = wsraw.http_request(g.admin_port, "POST", "/v1/events", body=b'{"user_id":"u","type":"t"}')
+    assert r.status == 401
+    assert admin_post(g, "/v1/events", {"type": "t"}).status == 400
+    assert admin_post(g, "/v1/events", {"user_id": "u", "type": "t", "payload": "{not json"}).status == 400
+
+
+def test_resume_same_process(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pc1", "carol")
+
+    async def body():
+        ws = await subscribe(g, "pc1")
+        first = publish(g, "carol", "e", {"n": 0})
+        assert (await recv_json(ws))["id"] == first
+        await ws.close()
+        missed = [publish(g, "carol", "e", {"n": i}) for i in range(1, 6)]
+        ws = await subscribe(g, "pc1", cursor=first)
+        got = [(await recv_json(ws))["id"] for _ in range(5)]
+        assert got == missed
+        live = publish(g, "carol", "e", {"n": 6})
+        assert (await recv_json(ws))["id"] == live  # no duplicate, no gap
+        await ws.close()
+        # Last-Event-ID works the same way
+        ws = await websockets.connect(url(g), subprotocols=["bearer-pc1"], ping_interval=None,
+                                      extra_headers={"Last-Event-ID": missed[-1]})
+        assert (await recv_json(ws))["type"] == "gateway.server_time"
+        assert (await recv_json(ws))["id"] == live
+        await ws.close()
+    run(body())
+    assert g.metric("wsgate_push_resumes_total", result="replayed") == 2
+
+
+def test_too_old_cursor_resync(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pd1", "dave")
+
+    async def body():
+        ws = await subscribe(g, "pd1", cursor="1-0")
+        e = await recv_json(ws)
+        assert e["type"] == "gateway.resync_required" and e["payload"]["cursor"] == "1-0"
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as cl:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert cl.value.rcvd.code == 4409
+    run(body())
+    assert g.metric("wsgate_push_resumes_total", result="resync") == 1
+
+
+def test_revocation_closes_streams(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pe1", "erin")
+
+    async def body():
+        s1 = await subscribe(g, "pe1")
+        s2 = await subscribe(g, "pe1", header=True)
+        session(g, "pe1", "erin", version=2, status="revoked")
+        for ws in (s1, s2):
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as cl:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert cl.value.rcvd.code == 1008 and cl.value.rcvd.reason == "device session is revoked"
+        with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
+            await connect(g, "pe1")
+        assert e.value.status_code == 403
+    run(body())
+    g.wait_log(lambda l: l.get("msg") == "ws close" and l.get("cause") == "revoked")
+
+
+def test_overflow_then_resume(make_gateway, backend):
+    g = gateway(make_gateway, backend, GATEWAY_PUSH_QUEUE_LIMIT="50")
+    session(g, "pf1", "frank")
+    big = "x" * 60000
+
+    async def body():
+        # a subscriber that does not read: a tiny receive buffer and no reads
+        ws = await subscribe(g, "pf1", max_size=None, read_limit=2**16, max_queue=1)
+        ws.transport.pause_reading()
+        last_seen = None
+        ids = []
+        for i in range(400):
+            ids.append(publish(g, "frank", "big", {"n": i, "pad": big}))
+            if g.metric("wsgate_push_overflows_total") >= 1:
+                break
+        gw.wait_until(lambda: g.metric("wsgate_push_overflows_total") == 1, what="overflow")
+        ws.transport.resume_reading()
+        got = []
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as cl:
+            while True:
+                got.append(await recv_json(ws, timeout=10))
+        assert cl.value.rcvd.code == 1013 and cl.value.rcvd.reason == "push stream overflowed"
+        assert [e["id"] for e in got] == ids[:len(got)]
+        last_seen = got[-1]["id"] if got else None
+        # resume from the last event received: everything else, in order
+        ws = await subscribe(g, "pf1", cursor=last_seen or "0-0", max_size=None) if last_seen else None
+        if ws is None:
+            return
+        rest = [(await recv_json(ws, timeout=10))["id"] for _ in range(len(ids) - len(got))]
+        assert rest == ids[len(got):]
+        await ws.close()
+    run(body())
+    g.wait_log(lambda l: l.get("msg") == "ws close" and l.get("cause") == "overflow")
+
+
+def test_shutdown_message_then_1001(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pg1", "gina")
+
+    async def body():
+        ws = await subscribe(g, "pg1")
+        g.signal(signal.SIGTERM)
+        e = await recv_json(ws, timeout=10)
+        assert e["type"] == "gateway.shutdown"
+        assert 500 <= e["payload"]["reconnect_delay_ms"] < 5000
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as cl:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert cl.value.rcvd.code == 1001
+    run(body())
+    assert g.wait(10) == 0
+
+
+def test_malformed_entries_are_dropped(make_gateway, redis_server):
+    tag = os.urandom(4).hex()
+    stream = f"ev-{tag}"
+    g = make_gateway(env=redis_server.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_SESSION_EVENTS_REDIS_STREAM=f"s-{tag}",
+                                          GATEWAY_CLIENT_EVENTS_REDIS_STREAM=stream))
+    session(g, "ph1", "hank")
+
+    async def body():
+        ws = await subscribe(g, "ph1")
+        redis_server.cli("XADD", stream, "*", "type", "no-user")
+        redis_server.cli("XADD", stream, "*", "user_id", "hank", "type", "t", "payload", "{bad json")
+        good = redis_server.cli("XADD", stream, "*", "user_id", "hank", "type", "ok", "payload", '{"a":1}').strip()
+        e = await recv_json(ws)
+        assert e["id"] == good and e["payload"] == {"a": 1}
+        await ws.close()
+    run(body())
+    assert g.metric("wsgate_push_malformed_entries_total") == 2
+    assert g.alive
+
+
+def test_resume_on_another_and_a_restarted_process(make_gateway, redis_server):
+    tag = os.urandom(4).hex()
+    env = redis_server.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_SESSION_EVENTS_REDIS_STREAM=f"s-{tag}",
+                           GATEWAY_CLIENT_EVENTS_REDIS_STREAM=f"ev-{tag}")
+    g1 = make_gateway(env=env)
+    g2 = make_gateway(env=env)
+    session(g1, "pi1", "ivy")
+    gw.wait_until(lambda: wsraw.http_request(g2.admin_port, "GET", "/v1/sessions/pi1",
+                                             headers={"Authorization": f"Bearer {ADMIN}"}).status == 200)
+
+    async def body():
+        ws = await subscribe(g1, "pi1")
+        first = publish(g1, "ivy", "e", {"n": 0})
+        assert (await recv_json(ws))["id"] == first
+        await ws.close()
+        missed = [publish(g1, "ivy", "e", {"n": i}) for i in range(1, 4)]
+        ws = await subscribe(g2, "pi1", cursor=first)
+        assert [(await recv_json(ws))["id"] for _ in range(3)] == missed
+        await ws.close()
+        # a process started after the events rebuilds its history from the stream
+        g3 = make_gateway(env=env)
+        gw.wait_until(lambda: wsraw.http_request(g3.admin_port, "GET", "/v1/sessions/pi1",
+                                                 headers={"Authorization": f"Bearer {ADMIN}"}).status == 200)
+        ws = await subscribe(g3, "pi1", cursor=first)
+        assert [(await recv_json(ws))["id"] for _ in range(3)] == missed
+        await ws.close()
+    run(body())
