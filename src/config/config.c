@@ -556,8 +556,6 @@ static const struct {
 } unbuilt[] = {
     {"GATEWAY_AUTHENTICATED_GRPC_ADDR", "gRPC"},
     {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "response signer"},
-    {"GATEWAY_PUSH_QUEUE_LIMIT", "push"},
-    {"GATEWAY_PUSH_HISTORY_WINDOW", "push"},
 };
 
 size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name),
@@ -615,7 +613,13 @@ const char gw_config_help[] =
     "  GATEWAY_REDIS_REPLICA_ADDRS                   (empty)                 accepted and reserved (unused)\n"
     "  GATEWAY_SESSION_EVENTS_REDIS_STREAM           wsgate:session-events   session snapshots stream, read in full\n"
     "                                                                        by every process\n"
-    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            wsgate:client-events    client events stream (push; reserved)\n"
+    "  GATEWAY_CLIENT_EVENTS_REDIS_STREAM            wsgate:client-events    client events stream (push): read by\n"
+    "                                                                        every process from the history window\n"
+    "  GATEWAY_PUSH_QUEUE_LIMIT                      1024                    events queued unsent per /ws/events\n"
+    "                                                                        subscriber; past it 1013 (overflow)\n"
+    "  GATEWAY_PUSH_HISTORY_WINDOW                   5m                      events kept for resume (?cursor=,\n"
+    "                                                                        Last-Event-ID); older cursors get\n"
+    "                                                                        gateway.resync_required\n"
     "  GATEWAY_WS_MAX_MESSAGE_BYTES                  1MiB                    larger messages close with 1009\n"
     "                                                                        (125 bytes to 1GiB)\n"
     "  GATEWAY_LOG_FORMAT                            json                    json or text\n"
@@ -646,13 +650,11 @@ const char gw_config_help[] =
     "  GATEWAY_WS_MAX_INFLATE_RATIO                  100                     inflated/compressed bytes per connection\n"
     "                                                                        (+1MiB); past it 1008; 0 disables\n"
     "\n"
-    "Not built yet: these variables belong to features this binary does not have (gRPC, push,\n"
+    "Not built yet: these variables belong to features this binary does not have (gRPC,\n"
     "response signer). Their values are checked, then ignored; setting one logs a warning at start.\n"
     "\n"
     "  GATEWAY_AUTHENTICATED_GRPC_ADDR               NOT BUILT (gRPC): no listener is opened\n"
     "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  NOT BUILT (response signer)\n"
-    "  GATEWAY_PUSH_QUEUE_LIMIT                      NOT BUILT (push)\n"
-    "  GATEWAY_PUSH_HISTORY_WINDOW                   NOT BUILT (push)\n"
     "\n"
     "Testing only (never set in production; setting it logs a warning at start):\n"
     "\n"

@@ -53,9 +53,10 @@ def test_help(args):
 
 
 UNBUILT_VARS = [
-    "GATEWAY_AUTHENTICATED_GRPC_ADDR", "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "GATEWAY_PUSH_QUEUE_LIMIT",
-    "GATEWAY_PUSH_HISTORY_WINDOW",
+    "GATEWAY_AUTHENTICATED_GRPC_ADDR", "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH",
 ]
+# Built with push events (issue 11): documented, never marked.
+PUSH_VARS = ["GATEWAY_PUSH_QUEUE_LIMIT", "GATEWAY_PUSH_HISTORY_WINDOW", "GATEWAY_CLIENT_EVENTS_REDIS_STREAM"]
 # Built with the Redis backend (issue 10): documented, never marked.
 REDIS_VARS = [
     "GATEWAY_REDIS_MASTER_ADDR", "GATEWAY_REDIS_PASSWORD", "GATEWAY_REDIS_DB", "GATEWAY_REDIS_KEY_PREFIX",
@@ -73,18 +74,17 @@ def test_help_marks_unbuilt_features():
         assert len(mine) == 1, (v, mine)
         assert "NOT BUILT" in mine[0], mine[0]
     # No built variable is marked.
-    for v in CORE_VARS + REDIS_VARS:
+    for v in CORE_VARS + REDIS_VARS + PUSH_VARS:
         assert not any(re.match(rf"^\s+{v}\s.*NOT BUILT", l) for l in lines), v
 
 
 def test_unbuilt_variable_set_warns_once(make_gateway):
-    g = make_gateway({"GATEWAY_PUSH_QUEUE_LIMIT": "64",
+    g = make_gateway({"GATEWAY_PUSH_QUEUE_LIMIT": "64",  # built now: no warning
                       "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH": "/nonexistent/key.pem",
                       "GATEWAY_AUTHENTICATED_GRPC_ADDR": ""})  # empty: the listener is off, nothing to say
     assert g.get("/healthz").status == 200
     warns = [l for l in g.logs() if l.get("msg") == "variable of a feature not built yet: ignored"]
     assert sorted((l["level"], l["variable"], l["feature"]) for l in warns) == [
-        ("warn", "GATEWAY_PUSH_QUEUE_LIMIT", "push"),
         ("warn", "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "response signer"),
     ], warns
     assert g.stop() == 0
