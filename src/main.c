@@ -24,7 +24,8 @@ static const char usage[] =
     "Commands:\n"
     "  serve      run the gateway (the default): public listener with /healthz, /readyz,\n"
     "             /health, the echo route /probe/ws (and /probe/healthz), the terminal\n"
-    "             route /ws/terminal/{allocation_id} and page /terminal/, and the proxy\n"
+    "             route /ws/terminal/{allocation_id} and page /terminal/, push events on\n"
+    "             /ws/events (POST /v1/events on the admin listener), and the proxy\n"
     "             routes of GATEWAY_ROUTES_FILE (WebSocket relay and HTTP reverse proxy;\n"
     "             SIGHUP reloads it); admin listener with /metrics and the token mint\n"
     "             when GATEWAY_ADMIN_HTTP_ADDR is set. SIGTERM/SIGINT drain and exit 0\n"
@@ -39,6 +40,9 @@ static const char usage[] =
     "  token      mint a one-time terminal token through the admin listener\n"
     "             (`wsgate token --allocation ID --upstream URL --user U [--session S]\n"
     "             [--ttl S]`; see `wsgate token --help`)\n"
+    "  publish    append an event to the client-events stream through the admin listener\n"
+    "             (`wsgate publish --user U --type T [--payload JSON] [--session ID]`);\n"
+    "             subscribers read it on /ws/events (see `wsgate publish --help`)\n"
     "  version    print the version\n"
     "  help       print this text\n"
     "\n"
@@ -120,6 +124,8 @@ int main(int argc, char **argv)
         return gw_agent_main(argc - 1, argv + 1); /* it has its own --help */
     if (strcmp(cmd, "token") == 0)
         return gw_token_cli_main(argc - 1, argv + 1); /* it has its own --help */
+    if (strcmp(cmd, "publish") == 0)
+        return gw_publish_cli_main(argc - 1, argv + 1); /* it has its own --help */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_help(stdout);

@@ -302,3 +302,26 @@ def test_resume_on_another_and_a_restarted_process(make_gateway, redis_server):
         assert [(await recv_json(ws))["id"] for _ in range(3)] == missed
         await ws.close()
     run(body())
+
+
+def test_publish_cli(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pj1", "jane")
+    env = {"GATEWAY_ADMIN_HTTP_ADDR": f"127.0.0.1:{g.admin_port}", "GATEWAY_ADMIN_TOKEN": ADMIN}
+
+    async def body():
+        ws = await subscribe(g, "pj1")
+        r = gw.run_cli(["publish", "--user", "jane", "--type", "cli", "--payload", '{"k":[1]}', "--session", "pj1"],
+                       env=env)
+        assert r.returncode == 0, r.stderr
+        eid = json.loads(r.stdout)["id"]
+        e = await recv_json(ws)
+        assert e["id"] == eid and e["type"] == "cli" and e["payload"] == {"k": [1]}
+        await ws.close()
+    run(body())
+    r = gw.run_cli(["publish", "--user", "jane", "--type", "cli", "--payload", "{bad"], env=env)
+    assert r.returncode == 1 and b"400" in r.stderr
+    r = gw.run_cli(["publish", "--user", "jane"], env=env)
+    assert r.returncode == 2
+    r = gw.run_cli(["publish", "--user", "jane", "--type", "t"], env=dict(env, GATEWAY_ADMIN_TOKEN="wrong"))
+    assert r.returncode == 1 and b"401" in r.stderr
