@@ -660,6 +660,8 @@ const char gw_config_help[] =
     "\n"
     "  GATEWAY_TEST_STORE_DELAY                      0                       the embedded store answers this late,\n"
     "                                                                        as a slow remote store would\n"
+    "  GATEWAY_TEST_PRESENCE_TTL                     60s                     push presence entries expire this soon\n"
+    "                                                                        (refreshed every third of it)\n"
     "\n"
     "Removed (refused when set): GATEWAY_REDIS_TLS_ENABLED, GATEWAY_REDIS_USERNAME.\n"
     "Formats: durations 250ms, 25s, 5m, 1h, 1h30m, 1.5s (a bare integer means seconds);\n"

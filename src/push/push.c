@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <strings.h>
@@ -39,6 +40,7 @@
 #include "store/store.h"
 
 #define FLUSH_IOV 64
+#define GW_PRESENCE_TTL_MS 60000u /* presence hash TTL; refreshed every 20 s */
 #define SHUTDOWN_DELAY_MIN_MS 500u
 #define SHUTDOWN_DELAY_SPREAD_MS 4500u
 
@@ -49,6 +51,8 @@ static const char cause_write_error[] = "write_error";
 
 static struct {
     uint64_t queue_limit;
+    uint64_t presence_ttl_ms; /* the presence hash's TTL; refreshed every third of it */
+    char instance_id[128];    /* this process in presence entries: <hostname>-<pid> */
     uint64_t store_timeout_ms;
     gw_metric *m_deliveries, *m_overflows, *m_subscribers, *m_write_errors, *m_latency;
     gw_metric *m_drop_overflow, *m_drop_closed;
@@ -67,6 +71,7 @@ typedef struct pworker {
     gw_list subs;  /* sub.node */
     gw_list dirty; /* sub.dirty_node: frames to write */
     gw_task flush; /* before the loop sleeps */
+    gw_timer presence; /* refreshes this worker's subscribers' presence */
     gw_loop *loop;
 } pworker;
 
@@ -88,9 +93,12 @@ struct sub {
     int shutdown_sent;
     char cursor[GW_EVENT_ID_MAX];
     const char *resume; /* "live", "replayed", "resync" */
+    uint64_t connected_at_ms; /* wall clock */
+    int present;        /* a presence entry was written */
 };
 
 static void flush_task(gw_task *t);
+static void presence_tick(gw_timer *t);
 
 static void q_push(sub *s, gw_event *e)
 {
@@ -254,6 +262,7 @@ static int pw_setup(void)
             gw_list_init(&PW[i].dirty);
             gw_list_init(&PW[i].flush.node);
             PW[i].flush.fn = flush_task;
+            PW[i].presence.cb = presence_tick;
             PW[i].loop = gw_srv.workers[i].loop;
             pthread_mutex_init(&PW[i].mu, NULL);
         }
@@ -334,6 +343,40 @@ static void on_revoke(const gw_session *snap, void *arg)
             gw_loop_post(PW[i].loop, revoke_on_worker, m);
 }
 
+/* =============================== presence ==================================== */
+
+static void presence_field(const sub *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s:%s", P.instance_id, s->wsc->corr);
+}
+
+static void presence_write(sub *s, int present)
+{
+    gw_store *st = gw_store_current();
+    if (!st)
+        return;
+    char field[256], value[512];
+    presence_field(s, field, sizeof field);
+    if (present) {
+        snprintf(value, sizeof value, "{\"instance_id\":\"%s\",\"connected_at_ms\":%llu,\"last_seen_ms\":%llu}",
+                 P.instance_id, (unsigned long long)s->connected_at_ms, (unsigned long long)gw_wall_ms());
+    }
+    st->ops->presence_put(st, s->pw->loop, s->user_id, field, present ? value : NULL, P.presence_ttl_ms);
+    s->present = present;
+}
+
+static void presence_tick(gw_timer *t)
+{
+    pworker *pw = gw_container_of(t, pworker, presence);
+    for (gw_list *it = pw->subs.next; it != &pw->subs; it = it->next) {
+        sub *s = gw_container_of(it, sub, node);
+        if (!s->closing && s->present)
+            presence_write(s, 1);
+    }
+    if (!gw_list_empty(&pw->subs))
+        gw_timer_start(pw->loop, &pw->presence, GW_MAX(P.presence_ttl_ms / 3, 1));
+}
+
 /* ============================== the WebSocket =============================== */
 
 /* A gateway message: {"type":"gateway.X","payload":{...}}. */
@@ -376,6 +419,8 @@ static void app_closed(gw_wsconn *wsc)
     gw_list_remove(&s->node);
     gw_list_remove(&s->dirty_node);
     q_clear(s);
+    if (s->present)
+        presence_write(s, 0);
     gw_gauge_add(P.m_subscribers, -1);
 }
 
@@ -493,6 +538,7 @@ static void subscribe(gw_client *c, push_wait *w, const gw_session *sess)
     snprintf(s->cursor, sizeof s->cursor, "%s", w->cursor_text);
     gw_gauge_add(P.m_subscribers, 1);
     gw_list_insert_tail(&s->pw->subs, &s->node);
+    s->connected_at_ms = gw_wall_ms();
     /* The bootstrap first, then what the cursor missed, then live. The
      * replay and the high-water mark come under the history's lock: an
      * event appended after it reaches this worker's inbox after now. */
@@ -506,6 +552,9 @@ static void subscribe(gw_client *c, push_wait *w, const gw_session *sess)
         sub_close(s, 4409, "resync required: the cursor is older than the history", cause_resync);
         return;
     }
+    presence_write(s, 1);
+    if (!gw_timer_active(&s->pw->presence))
+        gw_timer_start(s->pw->loop, &s->pw->presence, GW_MAX(P.presence_ttl_ms / 3, 1));
     s->resume = !w->has_cursor ? "live" : "replayed";
     gw_counter_inc(w->has_cursor ? P.m_resume_replayed : P.m_resume_live);
     gw_ws_serve_log_open(wsc, proto, 0, w->ids.trace);
@@ -729,12 +778,97 @@ static int post_event(gw_client *c, gw_http_req *req, const uint8_t *body, size_
     return GW_DONE;
 }
 
+/* ========================= GET /v1/presence/USER ============================ */
+
+typedef struct pres_wait {
+    gw_client *c;
+    gw_store_op *op;
+    gw_http_req *req;
+    gw_req_ids ids;
+    char user[GW_SESSION_ID_MAX + 1];
+} pres_wait;
+
+static void pres_free(pres_wait *w)
+{
+    if (w->op)
+        gw_store_cancel(gw_store_current(), w->op);
+    gw_h1_req_clone_free(w->req);
+    gw_free(w);
+}
+
+static void pres_abort(gw_client *c, void *data)
+{
+    GW_UNUSED(c);
+    pres_free(data);
+}
+
+static void pres_deadline(gw_client *c, void *data)
+{
+    pres_wait *w = data;
+    gw_client_wait_end(c);
+    gw_http_error_ids(c, 503, "service_unavailable", "the store did not answer in time", w->req, NULL, &w->ids);
+    gw_client_resume(c);
+    pres_free(w);
+}
+
+static const gw_client_wait_ops pres_ops = {pres_deadline, pres_abort};
+
+static void pres_answer(void *ud, int rc, const char *text)
+{
+    pres_wait *w = ud;
+    gw_client *c = w->c;
+    w->op = NULL;
+    gw_client_wait_end(c);
+    json_t *conns = rc == GW_OK && text ? json_loads(text, 0, NULL) : NULL;
+    json_t *o = conns ? json_pack("{s:s, s:o}", "user_id", w->user, "connections", conns) : NULL;
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (body)
+        gw_http_respond(c, w->req, &w->ids, 200, "application/json", body, strlen(body), NULL);
+    else
+        gw_http_error_ids(c, 503, "service_unavailable", "the store is unavailable", w->req, NULL, &w->ids);
+    free(body);
+    gw_client_resume(c);
+    pres_free(w);
+}
+
+static int get_presence(gw_client *c, gw_http_req *req, const uint8_t *body, size_t n, const gw_req_ids *ids)
+{
+    GW_UNUSED(body);
+    GW_UNUSED(n);
+    static const char pfx[] = "/v1/presence/";
+    size_t un = req->path.n - (sizeof pfx - 1);
+    if (un == 0 || un > GW_SESSION_ID_MAX) {
+        gw_http_error_ids(c, 404, "not_found", "GET /v1/presence/USER_ID", req, NULL, ids);
+        return GW_OK;
+    }
+    pres_wait *w = gw_calloc(1, sizeof *w);
+    memcpy(w->user, req->path.p + sizeof pfx - 1, un);
+    w->c = c;
+    w->req = gw_h1_req_clone(req);
+    w->ids = *ids;
+    gw_store *st = gw_store_current();
+    uint64_t now = gw_loop_now(c->w->loop);
+    w->op = st->ops->presence_get(st, c->w->loop, w->user, P.presence_ttl_ms, pres_answer, w);
+    gw_client_wait(c, &pres_ops, w, now + P.store_timeout_ms);
+    return GW_DONE;
+}
+
 /* ================================== init ==================================== */
 
 void gw_push_init(const gw_config *cfg)
 {
     P.queue_limit = cfg->push_queue_limit;
     P.store_timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;
+    P.presence_ttl_ms = GW_PRESENCE_TTL_MS;
+    const char *pt = getenv("GATEWAY_TEST_PRESENCE_TTL"); /* tests only: expiry in seconds, not a minute */
+    uint64_t ptv;
+    if (pt && pt[0] && gw_parse_duration_ms(pt, &ptv) == GW_OK && ptv >= 30)
+        P.presence_ttl_ms = ptv;
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    snprintf(P.instance_id, sizeof P.instance_id, "%s-%d", host, (int)getpid());
     uint64_t now = gw_wall_ms();
     /* With Redis the history is rebuilt from the stream's last window; the
      * embedded stream starts empty now. */
@@ -765,4 +899,5 @@ void gw_push_init(const gw_config *cfg)
                                    "Time from reading an event off the stream to writing it to a subscriber", NULL,
                                    lat_buckets, GW_ARRAY_LEN(lat_buckets));
     gw_http_register(GW_LISTENER_ADMIN, "POST", "/v1/events", 1, post_event);
+    gw_http_register(GW_LISTENER_ADMIN, "GET", "/v1/presence/", 1, get_presence);
 }

@@ -3,6 +3,7 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -24,7 +25,7 @@
 #define RECONNECT_MAX_MS 1000u
 #define HEALTH_EVERY_MS 500u
 
-enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD, OP_EVENT };
+enum { OP_PUT, OP_CONSUME, OP_PING, OP_LOOKUP, OP_PUBLISH, OP_XREAD, OP_EVENT, OP_PRESENCE, OP_PRESENCE_GET };
 
 #define XREAD_BLOCK_MS 1000u /* one XREAD waits this long for new entries */
 #define XREAD_COUNT "256"
@@ -110,6 +111,7 @@ typedef struct rop {
     int found;          /* lookup */
     gw_session sess;    /* lookup */
     char id[64];        /* publish: the stream entry id */
+    char *text;         /* presence get: the answer (freed with the op) */
 } rop;
 
 static __thread rconn *tl_conn; /* this worker's connection */
@@ -225,6 +227,7 @@ static void on_retry(gw_timer *t)
 
 static void op_free(rop *op)
 {
+    free(op->text);
     OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
     gw_free(op);
 }
@@ -242,6 +245,8 @@ static void op_answer(rop *op)
             op->cb.publish(op->ud, op->rc, op->id);
         else if (op->kind == OP_XREAD)
             sess_after(op->ud, op->rc);
+        else if (op->kind == OP_PRESENCE_GET)
+            op->cb.publish(op->ud, op->text ? GW_OK : GW_ERR, op->text);
     }
     op_free(op);
 }
@@ -370,6 +375,27 @@ static int read_entries(sreader *rd, const redisReply *r)
     return GW_OK;
 }
 
+/* A presence script's reply: {field, value, ...} -> a JSON object text. */
+static void read_presence(rconn *c, rop *op, const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
+        log_reply_error(c, "presence", r);
+        return;
+    }
+    json_t *o = json_object();
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *f = r->element[i], *v = r->element[i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        char field[512];
+        snprintf(field, sizeof field, "%.*s", (int)GW_MIN(f->len, sizeof field - 1), f->str);
+        json_t *jv = json_loadb(v->str, v->len, 0, NULL);
+        json_object_set_new(o, field, jv ? jv : json_stringn(v->str, v->len));
+    }
+    op->text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     GW_UNUSED(ac);
@@ -398,6 +424,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
             }
         } else if (op->kind == OP_XREAD) {
             op->rc = read_entries(c->rd, r);
+        } else if (op->kind == OP_PRESENCE) {
+            if (r->type == REDIS_REPLY_ERROR)
+                log_reply_error(c, "presence", r);
+        } else if (op->kind == OP_PRESENCE_GET) {
+            read_presence(c, op, r);
         } else if (!reply_is(r, "PONG")) {
             log_reply_error(c, "PING", r);
         }
@@ -723,6 +754,54 @@ static gw_store_op *r_event_publish(gw_store *s, gw_loop *l, const gw_event_in *
     return (gw_store_op *)op;
 }
 
+/* Presence: one script per change, one round trip: set or delete the
+ * connection's field, renew the key's TTL, drop fields whose last_seen_ms
+ * is older than the TTL (a dead process's connections), and answer the
+ * fields left (presence get runs it with no change). */
+static const char presence_script[] =
+    "if ARGV[2] ~= '' then\n"
+    "  if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[2])\n"
+    "  else redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]); redis.call('PEXPIRE', KEYS[1], ARGV[1]) end\n"
+    "end\n"
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local live = {}\n"
+    "for i = 1, #all, 2 do\n"
+    "  local ok, v = pcall(cjson.decode, all[i + 1])\n"
+    "  if ok and type(v) == 'table' and tonumber(v.last_seen_ms or 0) + tonumber(ARGV[1]) >= tonumber(ARGV[4]) then\n"
+    "    live[#live + 1] = all[i]; live[#live + 1] = all[i + 1]\n"
+    "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
+    "end\n"
+    "return live\n";
+
+static rop *presence_send(rstore *st, gw_loop *l, int kind, void *ud, const char *user, const char *field,
+                          const char *value, uint64_t ttl_ms)
+{
+    rop *op = op_new(l, kind, ud);
+    char key[512], ttl[24], now[24];
+    snprintf(key, sizeof key, "%spresence:%s", st->prefix, user);
+    snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)ttl_ms);
+    snprintf(now, sizeof now, "%llu", (unsigned long long)gw_wall_ms());
+    const char *argv[] = {"EVAL", presence_script, "1", key, ttl, field, value ? value : "", now};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        lens[i] = strlen(argv[i]);
+    return op_send(conn_for(st, l), op, 8, argv, lens);
+}
+
+static void r_presence_put(gw_store *s, gw_loop *l, const char *user, const char *field, const char *value,
+                           uint64_t ttl_ms)
+{
+    presence_send((rstore *)s, l, OP_PRESENCE, NULL, user, field, value, ttl_ms);
+}
+
+static gw_store_op *r_presence_get(gw_store *s, gw_loop *l, const char *user, uint64_t ttl_ms,
+                                   gw_store_publish_cb cb, void *ud)
+{
+    rop *op = presence_send((rstore *)s, l, OP_PRESENCE_GET, ud, user, "", NULL, ttl_ms);
+    op->cb.publish = cb;
+    return (gw_store_op *)op;
+}
+
 static void r_cancel(gw_store_op *o)
 {
     rop *op = (rop *)o;
@@ -788,7 +867,8 @@ static void r_free(gw_store *s)
 }
 
 static const gw_store_ops redis_ops = {"redis",   r_put,     r_consume, r_session_lookup, r_session_publish,
-                                       r_cancel, r_healthy, r_free,   r_event_publish};
+                                       r_cancel, r_healthy, r_free,   r_event_publish, r_presence_put,
+                                       r_presence_get};
 
 /* ================================= startup ================================== */
 

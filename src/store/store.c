@@ -9,13 +9,15 @@
 
 #include <openssl/crypto.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/common.h"
 #include "metrics/metrics.h"
+#include "store/presence.h"
 
-enum { OP_PUT, OP_CONSUME, OP_LOOKUP, OP_PUBLISH, OP_EVENT };
+enum { OP_PUT, OP_CONSUME, OP_LOOKUP, OP_PUBLISH, OP_EVENT, OP_PRESENCE };
 
 struct gw_store_op {
     gw_task task;   /* queued on loop (delay 0) */
@@ -35,6 +37,7 @@ struct gw_store_op {
     int found;           /* lookup */
     gw_session sess;     /* lookup */
     char id[GW_EVENT_ID_MAX]; /* event publish: the id assigned */
+    char *text;               /* presence: the answer (freed with the op) */
 };
 
 typedef struct embedded {
@@ -45,6 +48,7 @@ typedef struct embedded {
 
 static void op_free(gw_store_op *op)
 {
+    free(op->text);
     OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
     gw_free(op);
 }
@@ -57,6 +61,8 @@ static void op_run(gw_store_op *op)
         op->cb.consume(op->ud, op->res, &op->ctx);
     else if (op->kind == OP_LOOKUP)
         op->cb.session(op->ud, op->found, op->found ? &op->sess : NULL);
+    else if (op->kind == OP_PRESENCE)
+        op->cb.publish(op->ud, op->text ? GW_OK : GW_ERR, op->text);
     else
         op->cb.publish(op->ud, op->rc, op->id);
     op_free(op);
@@ -135,6 +141,24 @@ static gw_store_op *emb_event_publish(gw_store *s, gw_loop *l, const gw_event_in
     return op_post((embedded *)s, op);
 }
 
+static void emb_presence_put(gw_store *s, gw_loop *l, const char *user, const char *field, const char *value,
+                             uint64_t ttl_ms)
+{
+    GW_UNUSED(s);
+    GW_UNUSED(l);
+    uint64_t now = gw_wall_ms();
+    gw_presence_put(user, field, value, now, ttl_ms, now);
+}
+
+static gw_store_op *emb_presence_get(gw_store *s, gw_loop *l, const char *user, uint64_t ttl_ms,
+                                     gw_store_publish_cb cb, void *ud)
+{
+    gw_store_op *op = op_new(l, OP_PRESENCE, ud);
+    op->cb.publish = cb;
+    op->text = gw_presence_json(user, ttl_ms, gw_wall_ms());
+    return op_post((embedded *)s, op);
+}
+
 static void emb_cancel(gw_store_op *op)
 {
     if (!op)
@@ -155,7 +179,7 @@ static int emb_healthy(gw_store *s)
 
 static const gw_store_ops embedded_ops = {"embedded",          emb_put,    emb_consume, emb_session_lookup,
                                           emb_session_publish, emb_cancel, emb_healthy, emb_free,
-                                          emb_event_publish};
+                                          emb_event_publish, emb_presence_put, emb_presence_get};
 
 gw_store *gw_store_embedded(gw_token_store *table, uint64_t delay_ms)
 {

@@ -82,6 +82,16 @@ typedef struct gw_store_ops {
      * it (id: the entry id) and every process reads it from the stream.
      * rc GW_ERR: refused (malformed) or the store is unavailable. */
     gw_store_op *(*event_publish)(gw_store *s, gw_loop *l, const gw_event_in *ev, gw_store_publish_cb cb, void *ud);
+    /* Presence, fire and forget (a failure is the backend's to log): sets
+     * (value, JSON text with last_seen_ms) or deletes (NULL) one connection's
+     * entry (field) of user, renews the user's TTL (ttl_ms) and drops the
+     * user's entries whose last_seen_ms is older than it (a dead process's). */
+    void (*presence_put)(gw_store *s, gw_loop *l, const char *user, const char *field, const char *value,
+                         uint64_t ttl_ms);
+    /* The user's live entries as a JSON object text {field: value}; cb gets
+     * (GW_OK, text) or (GW_ERR, NULL); the text is valid during the call. */
+    gw_store_op *(*presence_get)(gw_store *s, gw_loop *l, const char *user, uint64_t ttl_ms, gw_store_publish_cb cb,
+                                 void *ud);
 } gw_store_ops;
 
 struct gw_store {

@@ -325,3 +325,65 @@ def test_publish_cli(make_gateway, backend):
     assert r.returncode == 2
     r = gw.run_cli(["publish", "--user", "jane", "--type", "t"], env=dict(env, GATEWAY_ADMIN_TOKEN="wrong"))
     assert r.returncode == 1 and b"401" in r.stderr
+
+
+def presence(g, user):
+    r = wsraw.http_request(g.admin_port, "GET", f"/v1/presence/{user}", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status == 200, r
+    j = json.loads(r.body)
+    assert j["user_id"] == user
+    return j["connections"]
+
+
+def test_presence(make_gateway, backend):
+    g = gateway(make_gateway, backend)
+    session(g, "pk1", "kim")
+    session(g, "pk2", "kim")
+
+    async def body():
+        assert presence(g, "kim") == {}
+        s1 = await subscribe(g, "pk1")
+        s2 = await subscribe(g, "pk2")
+        gw.wait_until(lambda: len(presence(g, "kim")) == 2, what="two connections present")
+        for field, v in presence(g, "kim").items():
+            assert field.startswith(v["instance_id"] + ":")
+            assert v["instance_id"].endswith(f"-{g.pid}")
+            assert v["connected_at_ms"] <= v["last_seen_ms"]
+        await s1.close()
+        gw.wait_until(lambda: len(presence(g, "kim")) == 1, what="one connection left")
+        await s2.close()
+        gw.wait_until(lambda: presence(g, "kim") == {}, what="none left")
+    run(body())
+
+
+def test_presence_of_a_dead_process_expires(make_gateway, redis_server):
+    tag = os.urandom(4).hex()
+    env = redis_server.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_SESSION_EVENTS_REDIS_STREAM=f"s-{tag}",
+                           GATEWAY_CLIENT_EVENTS_REDIS_STREAM=f"ev-{tag}", GATEWAY_REDIS_KEY_PREFIX=f"p{tag}:",
+                           GATEWAY_TEST_PRESENCE_TTL="1500ms")
+    g1 = make_gateway(env=env)
+    g2 = make_gateway(env=env)
+    session(g1, "pl1", "lee")
+    gw.wait_until(lambda: wsraw.http_request(g2.admin_port, "GET", "/v1/sessions/pl1",
+                                             headers={"Authorization": f"Bearer {ADMIN}"}).status == 200)
+
+    async def body():
+        ws1 = await subscribe(g1, "pl1")
+        ws2 = await subscribe(g2, "pl1")
+        gw.wait_until(lambda: len(presence(g2, "lee")) == 2, what="both processes' connections")
+        # The refresh timer keeps entries alive past the TTL.
+        await asyncio.sleep(2.0)
+        assert len(presence(g2, "lee")) == 2
+        g1.kill()
+        # g1's entry is no longer refreshed: it goes; g2's stays.
+        gw.wait_until(lambda: len(presence(g2, "lee")) == 1, timeout=6, what="the dead process's entry expired")
+        (v,) = presence(g2, "lee").values()
+        assert v["instance_id"].endswith(f"-{g2.pid}")
+        # Every process dead: nobody prunes, the key's TTL ends it.
+        g2.kill()
+        assert redis_server.cli("EXISTS", f"p{tag}:presence:lee").strip() == "1"
+        gw.wait_until(lambda: redis_server.cli("EXISTS", f"p{tag}:presence:lee").strip() == "0", timeout=6,
+                      what="the key expired")
+        ws1.transport.abort()
+        ws2.transport.abort()
+    run(body())
