@@ -32,7 +32,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
 
-.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store \
+.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout \
         format tools
 
 all: $(B)/wsgate
@@ -136,6 +136,10 @@ build/bench/store_bench: bench/store_bench.c $(LIB_OBJS)
 
 bench-store: build/bench/store_bench
 	@bench/run-store.sh
+
+# Push fan-out: N subscribers of one user, events at a fixed rate (bench/README.md).
+bench-fanout: all
+	@bench/run-fanout.sh
 
 format:
 	clang-format -i $(SRCS) $(shell find src -name '*.h')
