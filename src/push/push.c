@@ -215,8 +215,12 @@ static void deliver(pworker *pw, gw_event *e)
 {
     for (gw_list *it = pw->subs.next; it != &pw->subs; it = it->next) {
         sub *s = gw_container_of(it, sub, node);
-        if (s->closing || s->close_cause || !targets(s, e) || gw_event_id_cmp(e->id, s->hw) <= 0)
+        if (!targets(s, e) || gw_event_id_cmp(e->id, s->hw) <= 0)
             continue;
+        if (s->closing || s->close_cause) { /* its stream is ending: the resume gets it */
+            gw_counter_inc(P.m_drop_closed);
+            continue;
+        }
         if (s->qn >= P.queue_limit) {
             gw_counter_inc(P.m_overflows);
             gw_counter_add(P.m_drop_overflow, s->qn + 1);
