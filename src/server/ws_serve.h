@@ -57,8 +57,9 @@ struct gw_wsconn {
     uint64_t close_deadline_ms; /* after our Close: give up waiting at this time */
     uint64_t drain_at_ms;  /* draining: our Close 1001 is due at this time (spread over the close window) */
     uint64_t flushed_in, flushed_out, flushed_bin, flushed_bout; /* counts already added to metrics */
-    uint8_t gateway_closed; /* the gateway's own Close came first (drain, heartbeat, idle limit) */
-    char corr[72];         /* correlation id of the upgrade request */
+    char corr[71];         /* correlation id of the upgrade request (at most 64 characters) */
+    uint8_t gateway_closed; /* the gateway's own Close came first (drain, heartbeat, idle limit); sits
+                               in corr's spare byte, so an idle session is no bigger */
     char user[64];         /* authenticated user, "-" when anonymous */
 };
 
