@@ -860,33 +860,42 @@ static void on_message(gw_ws *ws, int opcode, uint8_t *p, size_t n)
 
 /* Reads and processes input; called on read events and for buffered input
  * after a pause. */
-static void conn_process(agent_conn *a)
+/* The connection's protocol over n bytes at p: the upgrade request, then
+ * WebSocket frames. Returns the bytes used; what is left waits in conn.in. */
+static size_t conn_feed(agent_conn *a, uint8_t *p, size_t n)
 {
-    gw_buf *in = &a->conn.in;
+    if (a->phase != P_HTTP && a->phase != P_WS)
+        return n; /* finishing: read and discard until the peer's FIN */
+    size_t off = 0;
     if (a->phase == P_HTTP) {
         gw_http_header hdrs[64];
         gw_http_req req;
         int status = 400;
-        int r = gw_h1_parse_request((const char *)gw_buf_head(in), in->len, &req, hdrs, &A.limits, &status);
+        int r = gw_h1_parse_request((const char *)p, n, &req, hdrs, &A.limits, &status);
         if (r == GW_AGAIN)
-            return;
+            return 0;
         if (r < 0) {
             http_reply(a, status, "Bad Request", "bad_request", "malformed request", NULL);
-            return;
+            return n;
         }
-        size_t used = handle_request(a, &req, (size_t)r);
-        if (!used)
-            return;
-        gw_buf_consume(in, used);
+        off = handle_request(a, &req, (size_t)r);
+        if (!off)
+            return n;
     }
-    if (a->phase != P_WS)
-        return;
-    if (in->len && !(a->conn.flags & GW_CONN_F_PAUSED)) {
+    if (a->phase == P_WS && off < n && !(a->conn.flags & GW_CONN_F_PAUSED)) {
         gw_conn_cork(&a->conn);
-        size_t used = gw_ws_feed(&a->ws, gw_buf_head(in), in->len);
-        gw_buf_consume(in, used);
+        off += gw_ws_feed(&a->ws, p + off, n - off);
         gw_conn_uncork(&a->conn);
     }
+    return off;
+}
+
+/* After input was fed: the close handshake's end, the deadlines, the PTY's
+ * interest (a full PTY paused the socket, a drained one resumes it). */
+static void conn_after(agent_conn *a)
+{
+    if (a->phase != P_WS)
+        return;
     if (a->ws.state == GW_WS_CLOSED) {
         conn_finish(a);
         return;
@@ -895,6 +904,31 @@ static void conn_process(agent_conn *a)
     if (a->s)
         sess_update_io(a->s);
 }
+
+/* Input already waiting in conn.in (after a pause ends). */
+static void conn_process(agent_conn *a)
+{
+    if (a->conn.in.len) {
+        size_t used = conn_feed(a, gw_buf_head(&a->conn.in), a->conn.in.len);
+        if (a->conn.io.fd >= 0)
+            gw_buf_consume(&a->conn.in, used);
+    }
+    conn_after(a);
+}
+
+static size_t agent_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    return conn_feed(gw_container_of(conn, agent_conn, conn), p, n);
+}
+
+static size_t agent_max_input(gw_conn *conn)
+{
+    GW_UNUSED(conn);
+    return IN_MAX;
+}
+
+/* The client connection's reader on the connection's one read path. */
+static const gw_conn_reader agent_reader = {agent_rcv, agent_max_input, NULL};
 
 static void conn_rerun_task(gw_task *t)
 {
@@ -930,36 +964,21 @@ static void conn_cb(gw_io *io, uint32_t ev)
     }
     if (!(ev & (GW_EV_READ | GW_EV_ERROR)) || a->phase == P_DEAD)
         return;
-    if (a->phase == P_FINISH) {
-        uint8_t junk[4096];
-        ssize_t r = gw_conn_read(&a->conn, junk, sizeof junk);
-        if (r == 0 || r == GW_ERR)
-            conn_close(a);
-        return;
-    }
     for (int round = 0; round < 8; round++) {
-        if (gw_buf_reserve(&a->conn.in, READ_CHUNK, IN_MAX) != GW_OK) {
-            if (a->phase == P_WS)
-                gw_ws_abort(&a->ws, gw_cause_too_large);
-            conn_close(a);
-            return;
-        }
-        ssize_t r = gw_conn_read(&a->conn, gw_buf_tail(&a->conn.in), gw_buf_room(&a->conn.in));
+        int filled = 0;
+        ssize_t r = gw_conn_read_into(&a->conn, &agent_reader, &filled);
         if (r == GW_AGAIN)
-            break;
-        if (r <= 0) {
+            return;
+        if (r == GW_CONN_FULL || r <= 0) {
             if (a->phase == P_WS)
-                gw_ws_abort(&a->ws, gw_cause_downstream_closed);
+                gw_ws_abort(&a->ws, r == GW_CONN_FULL ? gw_cause_too_large : gw_cause_downstream_closed);
             conn_close(a);
             return;
         }
-        gw_buf_commit(&a->conn.in, (size_t)r);
-        if ((size_t)r < READ_CHUNK)
-            break;
+        conn_after(a);
+        if (!filled || a->phase == P_DEAD || (a->conn.flags & GW_CONN_F_PAUSED))
+            return;
     }
-    if (!a->conn.in.len)
-        gw_buf_release(&a->conn.in);
-    conn_process(a);
 }
 
 static void accept_cb(gw_io *io, uint32_t ev)

@@ -372,47 +372,61 @@ static void http_send(leg *g)
     gw_conn_want_read(&g->hc, 1);
 }
 
+/* The HTTP leg's reader: the response head decides the check. */
+static size_t http_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    leg *g = gw_container_of(conn, leg, hc);
+    gw_http_header hdrs[64];
+    gw_http_resp resp;
+    gw_h1_limits lim = {8192, HTTP_MAX_HEAD, 64};
+    int st;
+    int h = gw_h1_parse_response((const char *)p, n, &resp, hdrs, &lim, &st);
+    if (h == GW_AGAIN)
+        return 0; /* kept in hc.in until the head is whole */
+    if (h < 0) {
+        http_fail(g, "io_error", "malformed response head");
+        return n;
+    }
+    int status = resp.status;
+    http_finish(g);
+    if (status >= 200 && status < 300) {
+        leg_up(g);
+        observe_rtt(g, mono_ns() - g->hstart_ns);
+        schedule(g, P.interval_ms);
+    } else {
+        char reason[16], e[64];
+        snprintf(reason, sizeof reason, "http_%d", status);
+        snprintf(e, sizeof e, "HTTP status %d", status);
+        leg_drop(g, reason, e);
+    }
+    return n;
+}
+
+static size_t http_max_input(gw_conn *conn)
+{
+    GW_UNUSED(conn);
+    return HTTP_MAX_HEAD + 4096;
+}
+
+static const gw_conn_reader http_reader = {http_rcv, http_max_input, NULL};
+
 static void http_read(leg *g)
 {
-    for (;;) {
-        if (gw_buf_reserve(&g->hc.in, 4096, HTTP_MAX_HEAD + 4096) != GW_OK) {
+    while (g->hstate == H_READING) {
+        int filled;
+        ssize_t r = gw_conn_read_into(&g->hc, &http_reader, &filled);
+        if (r == GW_AGAIN)
+            return;
+        if (r == GW_CONN_FULL) {
             http_fail(g, "io_error", "response head too large");
             return;
         }
-        ssize_t r = gw_conn_read(&g->hc, gw_buf_tail(&g->hc.in), gw_buf_room(&g->hc.in));
-        if (r == GW_AGAIN)
-            return;
         if (r <= 0) {
             char e[128];
             snprintf(e, sizeof e, "%s before the response head", r == 0 ? "EOF" : strerror(g->hc.err));
             http_fail(g, "io_error", e);
             return;
         }
-        gw_buf_commit(&g->hc.in, (size_t)r);
-        gw_http_header hdrs[64];
-        gw_http_resp resp;
-        gw_h1_limits lim = {8192, HTTP_MAX_HEAD, 64};
-        int st;
-        int h = gw_h1_parse_response((const char *)gw_buf_head(&g->hc.in), g->hc.in.len, &resp, hdrs, &lim, &st);
-        if (h == GW_AGAIN)
-            continue;
-        if (h < 0) {
-            http_fail(g, "io_error", "malformed response head");
-            return;
-        }
-        int status = resp.status;
-        http_finish(g);
-        if (status >= 200 && status < 300) {
-            leg_up(g);
-            observe_rtt(g, mono_ns() - g->hstart_ns);
-            schedule(g, P.interval_ms);
-        } else {
-            char reason[16], e[64];
-            snprintf(reason, sizeof reason, "http_%d", status);
-            snprintf(e, sizeof e, "HTTP status %d", status);
-            leg_drop(g, reason, e);
-        }
-        return;
     }
 }
 
@@ -556,6 +570,54 @@ static void mconn_respond(mconn *m, int status, const char *ctype, const void *b
     gw_conn_want_read(&m->conn, 0);
 }
 
+/* The metrics listener's reader: one request, one answer. */
+static size_t mconn_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    mconn *m = gw_container_of(conn, mconn, conn);
+    gw_http_header hdrs[64];
+    gw_http_req req;
+    gw_h1_limits lim = {8192, 16384, 64};
+    int st;
+    int h = gw_h1_parse_request((const char *)p, n, &req, hdrs, &lim, &st);
+    if (h == GW_AGAIN)
+        return 0; /* kept in conn.in until the head is whole */
+    if (h < 0) {
+        mconn_respond(m, 400, "text/plain", "bad request\n", 12);
+        return n;
+    }
+    int get = gw_str_eq(req.method, "GET"), headm = gw_str_eq(req.method, "HEAD");
+    if (!get && !headm) {
+        mconn_respond(m, 405, "text/plain", "method not allowed\n", 19);
+        return n;
+    }
+    if (gw_str_eq(req.path, "/metrics")) {
+        gw_buf out = {0};
+        if (gw_metrics_render(&out) != GW_OK) {
+            gw_buf_release(&out);
+            mconn_respond(m, 400, "text/plain", "", 0);
+            return n;
+        }
+        mconn_respond(m, 200, "text/plain; version=0.0.4; charset=utf-8", out.len ? gw_buf_head(&out) : NULL,
+                      out.len);
+        gw_buf_release(&out);
+        return n;
+    }
+    if (gw_str_eq(req.path, "/healthz")) {
+        mconn_respond(m, 200, "text/plain", "ok\n", 3);
+        return n;
+    }
+    mconn_respond(m, 404, "text/plain", "not found\n", 10);
+    return n;
+}
+
+static size_t mconn_max_input(gw_conn *conn)
+{
+    GW_UNUSED(conn);
+    return 16384;
+}
+
+static const gw_conn_reader mconn_reader = {mconn_rcv, mconn_max_input, NULL};
+
 static void mconn_io(gw_io *io, uint32_t events)
 {
     mconn *m = gw_container_of(io, mconn, conn.io);
@@ -564,51 +626,12 @@ static void mconn_io(gw_io *io, uint32_t events)
             mconn_close(m);
         return;
     }
-    if (gw_buf_reserve(&m->conn.in, 4096, 16384) != GW_OK) {
+    int filled;
+    ssize_t r = gw_conn_read_into(&m->conn, &mconn_reader, &filled);
+    if (r == GW_CONN_FULL)
         mconn_respond(m, 400, "text/plain", "request too large\n", 18);
-        return;
-    }
-    ssize_t r = gw_conn_read(&m->conn, gw_buf_tail(&m->conn.in), gw_buf_room(&m->conn.in));
-    if (r == GW_AGAIN)
-        return;
-    if (r <= 0) {
+    else if (r != GW_AGAIN && r <= 0)
         mconn_close(m);
-        return;
-    }
-    gw_buf_commit(&m->conn.in, (size_t)r);
-    gw_http_header hdrs[64];
-    gw_http_req req;
-    gw_h1_limits lim = {8192, 16384, 64};
-    int st;
-    int h = gw_h1_parse_request((const char *)gw_buf_head(&m->conn.in), m->conn.in.len, &req, hdrs, &lim, &st);
-    if (h == GW_AGAIN)
-        return;
-    if (h < 0) {
-        mconn_respond(m, 400, "text/plain", "bad request\n", 12);
-        return;
-    }
-    int get = gw_str_eq(req.method, "GET"), headm = gw_str_eq(req.method, "HEAD");
-    if (!get && !headm) {
-        mconn_respond(m, 405, "text/plain", "method not allowed\n", 19);
-        return;
-    }
-    if (gw_str_eq(req.path, "/metrics")) {
-        gw_buf out = {0};
-        if (gw_metrics_render(&out) != GW_OK) {
-            gw_buf_release(&out);
-            mconn_respond(m, 400, "text/plain", "", 0);
-            return;
-        }
-        mconn_respond(m, 200, "text/plain; version=0.0.4; charset=utf-8", out.len ? gw_buf_head(&out) : NULL,
-                      out.len);
-        gw_buf_release(&out);
-        return;
-    }
-    if (gw_str_eq(req.path, "/healthz")) {
-        mconn_respond(m, 200, "text/plain", "ok\n", 3);
-        return;
-    }
-    mconn_respond(m, 404, "text/plain", "not found\n", 10);
 }
 
 static void listener_cb(gw_io *io, uint32_t events)

@@ -645,24 +645,51 @@ static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
     }
 }
 
+/* The upstream's bytes, through the connection's one read path: the
+ * response head and body toward the client. */
+static size_t hup_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    gw_hup *h = gw_container_of(conn, gw_hup, conn);
+    gw_client *c = h->c;
+    gw_proxy *px = PX(c);
+    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : GW_READ_TIMEOUT_MS);
+    gw_conn_cork(&c->conn);
+    /* What waited in conn.in is held aside while it is used: the response
+     * may end here and the connection go back to the pool (which takes only
+     * a connection with no input) or be closed (which frees its input). */
+    gw_buf held = h->conn.in;
+    h->conn.in = (gw_buf){0};
+    size_t left;
+    from_upstream(c, p, n, &left);
+    if (h->conn.io.fd < 0 || h->conn.in.len) {
+        gw_buf_release(&held);
+        return n;
+    }
+    gw_buf_release(&h->conn.in);
+    h->conn.in = held;
+    return n - left;
+}
+
+static size_t hup_max_input(gw_conn *conn)
+{
+    GW_UNUSED(conn);
+    return RESP_HEAD_MAX + GW_READ_CHUNK;
+}
+
+static const gw_conn_reader hup_reader = {hup_rcv, hup_max_input, NULL};
+
 static void hup_read(gw_hup *h)
 {
     gw_client *c = h->c;
-    uint8_t *buf = gw_conn_read_buffer();
-    ssize_t r;
-    int own = h->conn.in.len > 0;
-    if (own) {
-        if (gw_buf_reserve(&h->conn.in, 16384, RESP_HEAD_MAX + GW_READ_CHUNK) != GW_OK) {
-            proxy_fail(c, 502, "bad_upstream_response", "the upstream's response head is too large");
-            return;
-        }
-        r = gw_conn_read(&h->conn, gw_buf_tail(&h->conn.in), gw_buf_room(&h->conn.in));
-    } else {
-        r = gw_conn_read(&h->conn, buf, GW_READ_CHUNK);
-    }
+    gw_proxy *px = PX(c);
+    int filled;
+    ssize_t r = gw_conn_read_into(&h->conn, &hup_reader, &filled);
     if (r == GW_AGAIN)
         return;
-    gw_proxy *px = PX(c);
+    if (r == GW_CONN_FULL) {
+        proxy_fail(c, 502, "bad_upstream_response", "the upstream's response head is too large");
+        return;
+    }
     if (r <= 0) {
         if (px->head_done && px->resp_mode == RESP_EOF && r == 0) {
             proxy_end(c, 0);
@@ -682,22 +709,6 @@ static void hup_read(gw_hup *h)
         }
         proxy_fail(c, 502, "upstream_closed", "the upstream closed the connection before the response ended");
         return;
-    }
-    gw_timer_start(h->w->loop, &h->timer, px->route->read_timeout_ms ? px->route->read_timeout_ms : GW_READ_TIMEOUT_MS);
-    gw_conn_cork(&c->conn);
-    size_t left;
-    if (own) {
-        gw_buf_commit(&h->conn.in, (size_t)r);
-        gw_buf tmp = h->conn.in;
-        h->conn.in = (gw_buf){0};
-        from_upstream(c, gw_buf_head(&tmp), tmp.len, &left);
-        if (left && PX(c) == px && px->up == h)
-            gw_buf_append(&h->conn.in, gw_buf_tail(&tmp) - left, left, RESP_HEAD_MAX + GW_READ_CHUNK);
-        gw_buf_release(&tmp);
-    } else {
-        from_upstream(c, buf, (size_t)r, &left);
-        if (left && PX(c) == px && px->up == h)
-            gw_buf_append(&h->conn.in, buf + r - left, left, RESP_HEAD_MAX + GW_READ_CHUNK);
     }
     if (c->phase == GW_PHASE_CLOSED)
         return;

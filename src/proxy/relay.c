@@ -397,7 +397,7 @@ static void up_close(gw_wsc *up, const gw_wsc_reason *r)
         return;
     }
     if (!rl->closed_first)
-        rl->closed_first = FIRST_UPSTREAM;
+        rl->closed_first = gw_ws_serve_gateway_closed(wsc) ? FIRST_GATEWAY : FIRST_UPSTREAM;
     switch (r->kind) {
     case GW_WSC_CLOSED_BY_PEER:
         /* A clean close from the upstream: carry its code and reason. */
@@ -502,8 +502,8 @@ static void down_peer_close(gw_wsconn *wsc, unsigned code, const uint8_t *reason
 {
     relay *rl = gw_ws_app_data(wsc);
     rl->down_code = (uint16_t)code;
-    if (!rl->closed_first)
-        rl->closed_first = FIRST_DOWNSTREAM;
+    if (!rl->closed_first) /* an answer to the gateway's own Close is not the client's doing */
+        rl->closed_first = gw_ws_serve_gateway_closed(wsc) ? FIRST_GATEWAY : FIRST_DOWNSTREAM;
     if (RL_UP(rl)) {
         char why[124];
         size_t k = GW_MIN(n, sizeof why - 1);
@@ -511,6 +511,17 @@ static void down_peer_close(gw_wsconn *wsc, unsigned code, const uint8_t *reason
         why[k] = '\0';
         gw_wsc_close(RL_UP(rl), code == GW_WS_CLOSE_NO_STATUS ? GW_WS_CLOSE_NORMAL : code, why);
     }
+}
+
+/* The gateway closes the session itself (drain, heartbeat, idle limit):
+ * both legs are told at once, with the same code and reason. */
+static void relay_closing(gw_wsconn *wsc, unsigned code, const char *reason)
+{
+    relay *rl = gw_ws_app_data(wsc);
+    if (!rl->closed_first)
+        rl->closed_first = FIRST_GATEWAY;
+    if (RL_UP(rl))
+        gw_wsc_close(RL_UP(rl), code, reason);
 }
 
 /* The downstream session is over (any path): the upstream leg, if still
@@ -523,7 +534,8 @@ static void relay_closed(gw_wsconn *wsc)
         return;
     gw_wsc *up = rl->leg->up;
     if (!rl->closed_first)
-        rl->closed_first = wsc->ws.cause == gw_cause_downstream_closed || wsc->ws.cause == gw_cause_graceful
+        rl->closed_first = !gw_ws_serve_gateway_closed(wsc) && (wsc->ws.cause == gw_cause_downstream_closed ||
+                                                                 wsc->ws.cause == gw_cause_graceful)
                                ? FIRST_DOWNSTREAM
                                : FIRST_GATEWAY;
     if (wsc->ws.cause == gw_cause_graceful && rl->down_code) {
@@ -611,6 +623,7 @@ static const gw_ws_app relay_app = {
     .drained = relay_drained,
     .keep_paused = relay_keep_paused,
     .timer = relay_timer,
+    .closing = relay_closing,
     .closed = relay_closed,
     .log_fields = relay_log_fields,
     .free = relay_free,

@@ -180,6 +180,17 @@ static uint64_t ws_deadline(gw_client *c)
     return at == UINT64_MAX ? gw_loop_now(c->w->loop) + GW_BACKSTOP_MS : at;
 }
 
+/* The gateway's own close of the session: recorded (so the app does not
+ * take the client's answer for a close the client started) and told to the
+ * app at once (a relay closes its upstream leg with the same words). */
+static void gateway_close(gw_wsconn *wsc, unsigned code, const char *reason, const char *cause)
+{
+    wsc->gateway_closed = 1;
+    gw_ws_close(&wsc->ws, code, reason, cause);
+    if (wsc->app->closing)
+        wsc->app->closing(wsc, code, reason);
+}
+
 /* The one timer of a WebSocket client: close deadline, heartbeat, idle
  * limit, drain. Deadlines are derived from timestamps the read path keeps,
  * so no message re-arms a timer (O(1) per message). */
@@ -205,15 +216,15 @@ static void ws_timer(gw_client *c)
     } else if (c->w->draining && now >= wsc->drain_at_ms) {
         /* Its turn in the spread of drain closes; the answer is awaited at
          * most until the drain's end. */
-        gw_ws_close(ws, GW_WS_CLOSE_GOING_AWAY, "gateway is shutting down", gw_cause_shutdown);
+        gateway_close(wsc, GW_WS_CLOSE_GOING_AWAY, "gateway is shutting down", gw_cause_shutdown);
         wsc->close_deadline_ms = GW_MIN(now + GW_CLOSE_WAIT_MS, GW_MAX(now, gw_srv.drain_end_ms));
     } else if (cfg->ws_ping_interval_ms && now >= wsc->last_seen_ms + cfg->ws_pong_timeout_ms) {
         /* The peer answered nothing, not even our pings: it is gone. Say so
          * and close without waiting for an answer that will not come. */
-        gw_ws_close(ws, GW_WS_CLOSE_GOING_AWAY, "heartbeat_timeout", gw_cause_heartbeat_timeout);
+        gateway_close(wsc, GW_WS_CLOSE_GOING_AWAY, "heartbeat_timeout", gw_cause_heartbeat_timeout);
         gw_ws_abort(ws, gw_cause_heartbeat_timeout);
     } else if (wsc->route->idle_ms && now >= wsc->last_msg_ms + wsc->route->idle_ms) {
-        gw_ws_close(ws, GW_WS_CLOSE_NORMAL, "idle_timeout", gw_cause_idle_timeout);
+        gateway_close(wsc, GW_WS_CLOSE_NORMAL, "idle_timeout", gw_cause_idle_timeout);
     } else if (cfg->ws_ping_interval_ms && now >= wsc->last_ping_ms + cfg->ws_ping_interval_ms) {
         uint8_t stamp[8];
         for (int i = 0; i < 8; i++)

@@ -32,6 +32,9 @@ typedef struct gw_ws_app {
     int (*keep_paused)(gw_wsconn *wsc);
     /* On the connection's timer (heartbeat, drain, idle checks run too). */
     void (*timer)(gw_wsconn *wsc, uint64_t now);
+    /* The gateway itself starts closing the session (drain, heartbeat, idle
+     * limit): its Close (code, reason) is on its way to the client. */
+    void (*closing)(gw_wsconn *wsc, unsigned code, const char *reason);
     /* The session ends (any path), before its close line. */
     void (*closed)(gw_wsconn *wsc);
     /* Adds the app's fields to the "ws open" (close 0) or "ws close" line. */
@@ -54,12 +57,23 @@ struct gw_wsconn {
     uint64_t close_deadline_ms; /* after our Close: give up waiting at this time */
     uint64_t drain_at_ms;  /* draining: our Close 1001 is due at this time (spread over the close window) */
     uint64_t flushed_in, flushed_out, flushed_bin, flushed_bout; /* counts already added to metrics */
-    char corr[72];         /* correlation id of the upgrade request */
+    char corr[71];         /* correlation id of the upgrade request (at most 64 characters) */
+    uint8_t gateway_closed; /* the gateway's own Close came first (drain, heartbeat, idle limit); sits
+                               in corr's spare byte, so an idle session is no bigger */
     char user[64];         /* authenticated user, "-" when anonymous */
 };
 
 /* The app's state: app_size bytes right after the gw_wsconn. */
 static inline void *gw_ws_app_data(gw_wsconn *wsc) { return wsc + 1; }
+
+/* 1 when the gateway started the close itself: its own deadlines (drain,
+ * heartbeat, idle limit) or the engine's limits and protocol checks; not
+ * when the client or the app (e.g. a relay carrying its upstream's Close)
+ * started it. The client's Close is then only an answer. */
+static inline int gw_ws_serve_gateway_closed(const gw_wsconn *wsc)
+{
+    return wsc->gateway_closed || wsc->ws.error != NULL;
+}
 
 /* The connection's WebSocket state, or NULL outside the WebSocket phase. */
 gw_wsconn *gw_wsconn_of(const gw_client *c);

@@ -484,43 +484,73 @@ static void after_ws(gw_wsc *c)
 
 /* ================================ open phase ================================ */
 
+/* Feeds n bytes at p to the session; returns how many it used. */
+static size_t feed_session(gw_wsc *c, uint8_t *p, size_t n)
+{
+    uint16_t had_close = c->ws.close_rcvd;
+    c->busy = 1;
+    size_t used = gw_ws_feed(&c->ws, p, n);
+    c->busy = 0;
+    if (!had_close && c->ws.close_rcvd)
+        capture_close_reason(c, p, used);
+    return used;
+}
+
+/* After a corked batch was fed: its output leaves, then the owner's
+ * gw_wsc_free and the session's state are honoured. Returns 1 when c is
+ * gone or dead. */
+static int after_feed(gw_wsc *c)
+{
+    gw_conn_uncork(&c->conn);
+    if (after_callback(c))
+        return 1;
+    after_ws(c);
+    return c->state != S_OPEN;
+}
+
 /* Feeds buffered input to the session in one corked batch. */
 static void process_input(gw_wsc *c)
 {
     if (!c->conn.in.len)
         return;
     gw_conn_cork(&c->conn);
-    uint16_t had_close = c->ws.close_rcvd;
-    uint8_t *p = gw_buf_head(&c->conn.in);
-    c->busy = 1;
-    size_t used = gw_ws_feed(&c->ws, p, c->conn.in.len);
-    c->busy = 0;
-    if (!had_close && c->ws.close_rcvd)
-        capture_close_reason(c, p, used);
+    size_t used = feed_session(c, gw_buf_head(&c->conn.in), c->conn.in.len);
     gw_buf_consume(&c->conn.in, used);
-    gw_conn_uncork(&c->conn);
-    if (after_callback(c))
-        return;
-    after_ws(c);
+    after_feed(c);
 }
 
 static size_t max_input(const gw_wsc *c) { return (size_t)c->max_msg + GW_WS_MAX_HEADER + READ_CHUNK; }
+
+/* The open session's reader on the connection's one read path. */
+static size_t open_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    gw_wsc *c = gw_container_of(conn, gw_wsc, conn);
+    gw_conn_cork(conn);
+    return feed_session(c, p, n);
+}
+
+static size_t open_max_input(gw_conn *conn) { return max_input(gw_container_of(conn, gw_wsc, conn)); }
+
+static const gw_conn_reader open_reader = {open_rcv, open_max_input, NULL};
 
 static void read_open(gw_wsc *c)
 {
     for (int round = 0; round < READ_ROUNDS; round++) {
         if (c->state != S_OPEN || c->paused)
             return;
-        if (gw_buf_reserve(&c->conn.in, READ_CHUNK, max_input(c)) != GW_OK) {
+        int filled = 0;
+        ssize_t r = gw_conn_read_into(&c->conn, &open_reader, &filled);
+        if (r == GW_AGAIN)
+            return;
+        if (r == GW_CONN_FULL) {
             /* The session fails a too-large frame before its bytes pass
              * this bound; running out of memory lands here. */
+            gw_conn_uncork(&c->conn);
+            if (after_callback(c))
+                return;
             end_with(c, GW_WSC_IO_ERROR, ENOMEM, "input buffer: out of memory");
             return;
         }
-        size_t cap = gw_buf_room(&c->conn.in);
-        ssize_t r = gw_conn_read(&c->conn, gw_buf_tail(&c->conn.in), cap);
-        if (r == GW_AGAIN)
-            return;
         if (r <= 0) {
             if (c->ws.state == GW_WS_CLOSE_SENT) {
                 gw_ws_abort(&c->ws, c->ws.cause);
@@ -534,9 +564,9 @@ static void read_open(gw_wsc *c)
                 end_with(c, GW_WSC_IO_ERROR, c->conn.err, "read failed: %s", strerror(c->conn.err));
             return;
         }
-        gw_buf_commit(&c->conn.in, (size_t)r);
-        process_input(c);
-        if ((size_t)r < cap && gw_conn_pending(&c->conn) == 0)
+        if (after_feed(c))
+            return;
+        if (!filled && gw_conn_pending(&c->conn) == 0)
             return;
     }
     /* Budget spent with bytes possibly waiting inside TLS: come back before
@@ -733,13 +763,32 @@ static void handle_head(gw_wsc *c)
     open_session(c, head_len, &resp, &pmd);
 }
 
+/* Before the session: a refusal's body is gathered as it comes; the
+ * upgrade response head is kept in conn.in until it is whole. */
+static size_t pre_rcv(gw_conn *conn, uint8_t *p, size_t n)
+{
+    gw_wsc *c = gw_container_of(conn, gw_wsc, conn);
+    if (c->state != S_BODY)
+        return 0; /* parsed from conn.in by handle_head once kept */
+    body_add(c, p, n);
+    return n;
+}
+
+static size_t pre_max_input(gw_conn *conn) { return MAX_HEAD + max_input(gw_container_of(conn, gw_wsc, conn)); }
+
+static const gw_conn_reader pre_reader = {pre_rcv, pre_max_input, NULL};
+
 static void read_pre(gw_wsc *c)
 {
     for (int round = 0; round < READ_ROUNDS; round++) {
-        uint8_t tmp[READ_CHUNK];
-        ssize_t r = gw_conn_read(&c->conn, tmp, sizeof tmp);
+        int filled = 0;
+        ssize_t r = gw_conn_read_into(&c->conn, &pre_reader, &filled);
         if (r == GW_AGAIN)
             return;
+        if (r == GW_CONN_FULL) {
+            end_with(c, GW_WSC_BAD_HANDSHAKE, 0, "response head over %u bytes", MAX_HEAD);
+            return;
+        }
         if (r <= 0) {
             if (c->state == S_BODY) {
                 refusal_done(c, c->hs->body_mode != BODY_EOF);
@@ -752,13 +801,7 @@ static void read_pre(gw_wsc *c)
                          strerror(c->conn.err));
             return;
         }
-        if (c->state == S_BODY) {
-            body_add(c, tmp, (size_t)r);
-        } else {
-            if (gw_buf_append(&c->conn.in, tmp, (size_t)r, MAX_HEAD + max_input(c)) != GW_OK) {
-                end_with(c, GW_WSC_IO_ERROR, ENOMEM, "out of memory");
-                return;
-            }
+        if (c->state == S_UPGRADE) {
             handle_head(c);
             if (c->state == S_UPGRADE && c->conn.in.len > MAX_HEAD) {
                 end_with(c, GW_WSC_BAD_HANDSHAKE, 0, "response head over %u bytes", MAX_HEAD);

@@ -645,6 +645,59 @@ def test_cause_shutdown(routes_file, make_gateway, ups):
     assert gate.wait(8) == 0, gate.stderr()[-2000:]
 
 
+
+@pytest.mark.parametrize("upstream_first", [False, True], ids=["client_answers_at_once", "upstream_answers_first"])
+def test_drain_close_is_the_gateways(routes_file, make_gateway, ups, upstream_first):
+    """Review finding 2: a drain close is the gateway's, whoever answers it
+    first (closed_first "gateway", not the leg whose answer came first), and
+    both legs are told at the same moment with the same code and reason: the
+    upstream gets 1001 "gateway is shutting down" before the client answers,
+    not the client's echo after it."""
+    gate = make_gateway({"GATEWAY_ROUTES_FILE": routes_file, "GATEWAY_SHUTDOWN_TIMEOUT": "10s",
+                         "GATEWAY_WORKERS": "1", "GATEWAY_WS_PING_INTERVAL": "0"})
+    c = cid("drf" if upstream_first else "drc")
+    w = gate.ws(path="/app/dr", headers={"X-Correlation-ID": c})
+    echo_ok(w)
+    gate.signal(signal.SIGTERM)
+    f = w.expect_close(timeout=5)
+    assert (f.close_code, f.close_reason) == (1001, "gateway is shutting down"), f
+    if upstream_first:
+        up_closed(ups["A"], c)  # the upstream was told with the client and answered: the client has not yet
+    w.send_close(1001)
+    assert w.wait_closed(5)
+    w.close()
+    ue = up_closed(ups["A"], c)
+    assert (ue["code"], ue["reason"]) == (1001, "gateway is shutting down"), ue
+    line = relay_close(gate, c)
+    check_close_line(line, "shutdown", upstream=ups["A"].url, closed_first="gateway")
+    assert (line["close_code_sent"], line["close_code_received"], line["downstream_code"]) == (1001, 1001, 1001), line
+    if upstream_first:
+        assert line["upstream_code"] == 1001, line
+    assert gate.wait(8) == 0, gate.stderr()[-2000:]
+
+
+def test_idle_timeout_close_is_the_gateways(make_gateway, ups):
+    """Review finding 2: a route's idle limit closes both legs at once with
+    1000 "idle_timeout"; the client's answer does not make it the client's
+    close (closed_first "gateway")."""
+    path = os.path.join(ups["dir"], "idle-routes.json")
+    gw.write_routes(path, [{"path": "/idle/", "kind": "proxy", "upstream": ups["A"].url, "idle_timeout": "1s"}])
+    gate = make_gateway({"GATEWAY_ROUTES_FILE": path, "GATEWAY_WS_PING_INTERVAL": "0"})
+    c = cid("idle")
+    w = gate.ws(path="/idle/x", headers={"X-Correlation-ID": c})
+    echo_ok(w)
+    f = w.expect_close(timeout=5)
+    assert (f.close_code, f.close_reason) == (1000, "idle_timeout"), f
+    w.send_close(1000)
+    assert w.wait_closed(5)
+    w.close()
+    ue = up_closed(ups["A"], c)
+    assert (ue["code"], ue["reason"]) == (1000, "idle_timeout"), ue
+    line = relay_close(gate, c)
+    check_close_line(line, "idle_timeout", route="/idle/", upstream=ups["A"].url, closed_first="gateway")
+    assert (line["close_code_sent"], line["close_code_received"], line["downstream_code"]) == (1000, 1000, 1000), line
+    assert closes(gate, "/idle/", "idle_timeout") == 1
+
 def test_text_log_close_line(routes_file, make_gateway, ups):
     gate = make_gateway({"GATEWAY_ROUTES_FILE": routes_file, "GATEWAY_LOG_FORMAT": "text"})
     w = gate.ws(path="/app/t")
