@@ -441,7 +441,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     rconn *c = ac->data;
-    conn_down(c, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "connection lost"));
+    conn_down(c, status == REDIS_OK ? "disconnected"
+                 : c->ev.refused ? c->ev.refused
+                                 : (ac->errstr[0] ? ac->errstr : "connection lost"));
 }
 
 static void conn_connect(rconn *c)
@@ -757,6 +759,8 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
         return GW_ERR;
     }
     redisSetTimeout(rc, tv);
+    const char *refused = NULL;
+    gw_redis_reader_limit(rc->reader, &refused);
     struct {
         const char *what;
         redisReply *r;
@@ -771,6 +775,7 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
         if (!r || r->type == REDIS_REPLY_ERROR || (i == 2 && !reply_is(r, "PONG"))) {
             snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: %s: %s failed (%s); not starting", st->addr_text,
                      steps[i].what, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply")
+                                      : refused       ? refused
                                       : (rc->errstr[0] ? rc->errstr : "no answer within GATEWAY_STORE_TIMEOUT"));
             ok = GW_ERR;
         }

@@ -389,6 +389,31 @@ static void test_startup_refusals(void)
     ok(strstr(err, "AUTH failed") != NULL && strstr(err, "not-the-pw-42") == NULL, "why, without the password: %.180s", err);
 }
 
+/* Reply bounds (review2 f2): an array above GW_REDIS_MAX_ELEMENTS is a
+ * protocol error at its header, before hiredis allocates its elements;
+ * shapes within the bounds parse as before. */
+static void test_reply_bounds(void)
+{
+    redisReader *r = redisReaderCreate();
+    const char *refused = NULL;
+    gw_redis_reader_limit(r, &refused);
+    void *reply = NULL;
+    static const char fine[] = "*2\r\n$3\r\nabc\r\n:7\r\n";
+    redisReaderFeed(r, fine, sizeof fine - 1);
+    ok(redisReaderGetReply(r, &reply) == REDIS_OK && reply, "a small array parses");
+    redisReply *rr = reply;
+    ok(rr && rr->type == REDIS_REPLY_ARRAY && rr->elements == 2 && rr->element[1]->integer == 7, "as before");
+    if (reply)
+        freeReplyObject(reply);
+    ok(refused == NULL, "nothing refused");
+    static const char huge[] = "*2097152\r\n"; /* 2^21 elements: above the bound */
+    reply = NULL;
+    redisReaderFeed(r, huge, sizeof huge - 1);
+    ok(redisReaderGetReply(r, &reply) == REDIS_ERR && !reply, "an array of 2^21 elements is an error at once");
+    ok(refused && strstr(refused, "array of more than 1048576 elements"), "why: %s", refused ? refused : "(none)");
+    redisReaderFree(r);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -400,6 +425,7 @@ int main(void)
         redis_kill();
         return test_done();
     }
+    TEST_RUN(test_reply_bounds);
     TEST_RUN(test_adapter);
     TEST_RUN(test_tokens);
     TEST_RUN(test_frozen_and_dead);
