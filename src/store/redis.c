@@ -3,11 +3,13 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <errno.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +42,7 @@ struct rconn {
     gw_list inflight;   /* rop.node, oldest first (Redis answers in order) */
     gw_timer watch;     /* fires at the oldest command's deadline */
     gw_timer retry;     /* reconnect back-off */
+    gw_timer setup;     /* connect + AUTH/SELECT/SCRIPT LOAD deadline (2 x GATEWAY_STORE_TIMEOUT) */
     uint64_t backoff_ms;
     int up;             /* AUTH and SELECT answered on this connection */
     int down;           /* counted in st->ndown (a failure, not yet connected again) */
@@ -149,6 +152,8 @@ static void conn_up(rconn *c)
 {
     c->up = 1;
     c->backoff_ms = RECONNECT_MIN_MS;
+    if (gw_timer_active(&c->setup))
+        gw_timer_stop(c->loop, &c->setup);
     if (c->down) {
         c->down = 0;
         atomic_fetch_sub(&c->st->ndown, 1);
@@ -168,6 +173,8 @@ static void conn_up(rconn *c)
 static void conn_down(rconn *c, const char *why)
 {
     c->up = 0;
+    if (gw_timer_active(&c->setup))
+        gw_timer_stop(c->loop, &c->setup);
     if (!c->down) {
         c->down = 1;
         atomic_fetch_add(&c->st->ndown, 1);
@@ -194,6 +201,17 @@ static void conn_fail(rconn *c, const char *why)
     redisAsyncContext *ac = c->ev.ac;
     if (ac)
         redisAsyncFree(ac); /* deferred by hiredis when inside one of its callbacks */
+}
+
+/* A connection not ready (connected, AUTH, SELECT and both SCRIPT LOADs
+ * answered) within twice GATEWAY_STORE_TIMEOUT (a connect and four round
+ * trips) is failed like a command without an answer: an unanswered SYN or
+ * a silent handshake never parks it on the kernel's SYN retries. */
+static void on_setup_deadline(gw_timer *t)
+{
+    rconn *c = gw_container_of(t, rconn, setup);
+    if (!c->up && c->ev.ac)
+        conn_fail(c, "not connected and ready within twice GATEWAY_STORE_TIMEOUT");
 }
 
 static void on_retry(gw_timer *t)
@@ -461,6 +479,7 @@ static void conn_connect(rconn *c)
     }
     ac->data = c;
     gw_redis_ev_attach(&c->ev, c->loop, ac);
+    gw_timer_start(c->loop, &c->setup, 2 * st->timeout_ms); /* connect + 4 round trips */
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (st->password[0])
@@ -480,6 +499,7 @@ static rconn *conn_new(rstore *st, gw_loop *l, const char *role)
     gw_list_init(&c->inflight);
     c->watch.cb = on_watch;
     c->retry.cb = on_retry;
+    c->setup.cb = on_setup_deadline;
     c->backoff_ms = RECONNECT_MIN_MS;
     pthread_mutex_lock(&st->mu);
     c->next = st->conns;
@@ -713,6 +733,8 @@ static void r_free(gw_store *s)
             gw_timer_stop(c->loop, &c->retry);
         if (gw_timer_active(&c->watch))
             gw_timer_stop(c->loop, &c->watch);
+        if (gw_timer_active(&c->setup))
+            gw_timer_stop(c->loop, &c->setup);
         if (c->down)
             atomic_fetch_sub(&st->ndown, 1);
         if (tl_conn == c)
@@ -746,9 +768,54 @@ static int resolve(const char *host, char *out, size_t cap)
     return rc == 0 ? GW_OK : GW_ERR;
 }
 
-/* One blocking connection with a timeout: AUTH, SELECT, PING. */
+/* The time left until deadline (monotonic ms) as a socket timeout, at
+ * least 1 ms; 0 when it has passed. */
+static int time_left(uint64_t deadline, struct timeval *tv)
+{
+    uint64_t now = gw_mono_ms();
+    if (now >= deadline)
+        return 0;
+    uint64_t left = deadline - now;
+    *tv = (struct timeval){(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+    return 1;
+}
+
+/* One command on a blocking context, bounded by deadline as a whole (not
+ * per read: a peer trickling a byte at a time cannot stretch it). NULL on
+ * an error or at the deadline (rc->errstr says which). */
+static redisReply *bounded_command(redisContext *rc, uint64_t deadline, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rv = redisvAppendCommand(rc, fmt, ap);
+    va_end(ap);
+    if (rv != REDIS_OK)
+        return NULL;
+    struct timeval tv;
+    int done = 0;
+    while (!done)
+        if (!time_left(deadline, &tv) || redisSetTimeout(rc, tv) != REDIS_OK || redisBufferWrite(rc, &done) != REDIS_OK)
+            goto late;
+    for (;;) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(rc, &reply) != REDIS_OK)
+            return NULL;
+        if (reply)
+            return reply;
+        if (!time_left(deadline, &tv) || redisSetTimeout(rc, tv) != REDIS_OK || redisBufferRead(rc) != REDIS_OK)
+            goto late;
+    }
+late:
+    if (!rc->err || (rc->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)))
+        snprintf(rc->errstr, sizeof rc->errstr, "no answer within GATEWAY_STORE_TIMEOUT");
+    return NULL;
+}
+
+/* One blocking connection, AUTH, SELECT, PING, all within one
+ * GATEWAY_STORE_TIMEOUT. */
 static int startup_check(const rstore *st, char *err, size_t errcap)
 {
+    uint64_t deadline = gw_mono_ms() + st->timeout_ms;
     struct timeval tv = {(time_t)(st->timeout_ms / 1000), (suseconds_t)(st->timeout_ms % 1000) * 1000};
     redisContext *rc = st->is_unix ? redisConnectUnixWithTimeout(st->path, tv)
                                    : redisConnectWithTimeout(st->host, st->port, tv);
@@ -758,7 +825,6 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
         redisFree(rc);
         return GW_ERR;
     }
-    redisSetTimeout(rc, tv);
     const char *refused = NULL;
     gw_redis_reader_limit(rc->reader, &refused);
     struct {
@@ -769,9 +835,9 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
     for (int i = 0; i < 3 && ok == GW_OK; i++) {
         if (i == 0 && !st->password[0])
             continue;
-        redisReply *r = i == 0   ? redisCommand(rc, "AUTH %s", st->password)
-                        : i == 1 ? redisCommand(rc, "SELECT %d", st->db)
-                                 : redisCommand(rc, "PING");
+        redisReply *r = i == 0   ? bounded_command(rc, deadline, "AUTH %s", st->password)
+                        : i == 1 ? bounded_command(rc, deadline, "SELECT %d", st->db)
+                                 : bounded_command(rc, deadline, "PING");
         if (!r || r->type == REDIS_REPLY_ERROR || (i == 2 && !reply_is(r, "PONG"))) {
             snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: %s: %s failed (%s); not starting", st->addr_text,
                      steps[i].what, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply")

@@ -86,6 +86,21 @@ def test_silent_address_stops_the_start_within_the_timeout(redis_server):
     assert took < 8, took
 
 
+def test_trickling_peer_stops_the_start_within_the_timeout():
+    """A peer answering a byte every 0.2 s (every read gets something) is a
+    failed start within GATEWAY_STORE_TIMEOUT overall, not per read."""
+    t = redisfix.Trickler()
+    try:
+        t0 = time.monotonic()
+        rc, lines = start_fails({"GATEWAY_REDIS_MASTER_ADDR": f"127.0.0.1:{t.port}", "GATEWAY_STORE_TIMEOUT": "1s"})
+        took = time.monotonic() - t0
+    finally:
+        t.stop()
+    assert rc == 2 and len(lines) == 1, lines
+    assert "SELECT failed (no answer within GATEWAY_STORE_TIMEOUT)" in lines[0]["error"], lines
+    assert took < 3, took
+
+
 @pytest.mark.parametrize("env,want", [
     ({"GATEWAY_REDIS_PASSWORD": "wrong"}, "AUTH failed"),
     ({"GATEWAY_REDIS_PASSWORD": ""}, "failed (NOAUTH"),
@@ -263,3 +278,26 @@ def test_frozen_redis_cannot_stall_a_worker(make_gateway, make_redis, agents):
     assert ws2.response.status == 101
     ws2.close()
     ws.close()
+
+
+def test_handshake_that_never_answers_is_retried(make_gateway, redis_server):
+    """Connect and handshake (AUTH, SELECT, SCRIPT LOAD) have a deadline:
+    a reconnection accepted but never answered (a black hole) is dropped
+    after twice GATEWAY_STORE_TIMEOUT and tried again, so the gateway is
+    whole again soon after the path heals, idle worker connection included."""
+    p = redisfix.Proxy(redis_server.port)
+    try:
+        g = make_gateway(env=term_env(redis_server, GATEWAY_REDIS_MASTER_ADDR=p.addr, GATEWAY_STORE_TIMEOUT="1s",
+                                      GATEWAY_WORKERS="1"))
+        token_for(g, "hole", "ws://127.0.0.1:1/x")  # the worker's own connection exists from here on
+        assert health(g)["overall"] == "healthy"
+        p.blackhole()
+        gw.wait_until(lambda: health(g)["overall"] == "unhealthy", timeout=10, what="unhealthy in the black hole")
+        time.sleep(1)  # reconnections are parked in the hole
+        p.heal()
+        t0 = time.monotonic()
+        gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=15, what="healthy after the heal")
+        assert time.monotonic() - t0 < 5
+        assert token_for(g, "hole", "ws://127.0.0.1:1/x")["token"]
+    finally:
+        p.stop()
