@@ -74,6 +74,8 @@ struct rstore {
     rconn *sess;
     char last_id[64];   /* the last entry read: reading resumes after it */
     int reading;        /* an XREAD is in flight */
+    atomic_int stream_bad; /* XREAD answers an error (e.g. WRONGTYPE): revocations do not flow */
+    uint64_t bad_logged_ms; /* the last "stream unreadable" log line (one a minute at most) */
     gw_timer sess_retry;
 };
 
@@ -146,7 +148,16 @@ static void sess_after(rstore *st, int rc);
 static void sess_on_up(rconn *c);
 static void on_sess_retry(gw_timer *t);
 
-static void health_publish(rstore *st) { gw_store_health_changed(atomic_load(&st->ndown) == 0); }
+#define STREAM_BAD_LOG_EVERY_MS 60000u
+
+static void health_publish(rstore *st)
+{
+    int down = atomic_load(&st->ndown) != 0, bad = atomic_load(&st->stream_bad) != 0;
+    gw_store_health_note(down  ? "redis unavailable"
+                         : bad ? "the session-events stream cannot be read (XREAD fails): revocations are not applied"
+                               : NULL);
+    gw_store_health_changed(!down && !bad);
+}
 
 static void conn_up(rconn *c)
 {
@@ -313,17 +324,54 @@ static void read_consume(rconn *c, rop *op, const redisReply *r)
     log_reply_error(c, "token consume", r);
 }
 
+/* The session-events stream answers an error (a key of another type, an
+ * ACL, ...) on a connection that is otherwise fine: the backend is
+ * unhealthy (revocations stop reaching this process), logged on the change
+ * and then once a minute while it lasts. */
+static void stream_unreadable(rstore *st, const redisReply *r)
+{
+    uint64_t now = gw_mono_ms();
+    int was = atomic_exchange(&st->stream_bad, 1);
+    if (!was)
+        health_publish(st);
+    if (was && now - st->bad_logged_ms < STREAM_BAD_LOG_EVERY_MS)
+        return;
+    st->bad_logged_ms = now;
+    gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "session-events stream unreadable; revocations are not applied", NULL);
+    if (l) {
+        gw_log_str(l, "redis", st->addr_text, 0);
+        gw_log_str(l, "stream", st->stream, 0);
+        gw_log_str(l, "error", r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", 0);
+        gw_log_end(l);
+    }
+}
+
+static void stream_readable(rstore *st)
+{
+    if (!atomic_exchange(&st->stream_bad, 0))
+        return;
+    health_publish(st);
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "session-events stream readable again", NULL);
+    if (l) {
+        gw_log_str(l, "stream", st->stream, 0);
+        gw_log_end(l);
+    }
+}
+
 /* Applies the entries of an XREAD reply (nil: none arrived) to the view and
  * moves last_id past them. GW_OK, or GW_ERR for an error reply. */
 static int read_entries(rstore *st, const redisReply *r)
 {
-    if (r->type == REDIS_REPLY_NIL)
+    if (r->type == REDIS_REPLY_NIL) {
+        stream_readable(st);
         return GW_OK;
+    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
         r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
-        log_reply_error(st->sess, "XREAD", r);
+        stream_unreadable(st, r);
         return GW_ERR;
     }
+    stream_readable(st);
     const redisReply *entries = r->element[0]->element[1];
     for (size_t i = 0; i < entries->elements; i++) {
         const redisReply *e = entries->element[i];
@@ -698,7 +746,11 @@ static void r_cancel(gw_store_op *o)
     op_free(op);
 }
 
-static int r_healthy(gw_store *s) { return atomic_load(&((rstore *)s)->ndown) == 0; }
+static int r_healthy(gw_store *s)
+{
+    rstore *st = (rstore *)s;
+    return atomic_load(&st->ndown) == 0 && atomic_load(&st->stream_bad) == 0;
+}
 
 /* Frees the store; every loop that has a connection must be idle (stopped
  * or this thread's). The monitor thread is stopped first. */
@@ -887,6 +939,7 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     }
     pthread_mutex_init(&st->mu, NULL);
     atomic_init(&st->ndown, 0);
+    atomic_init(&st->stream_bad, 0);
     st->mon_loop = gw_loop_new();
     gw_loop_post(st->mon_loop, mon_start, st);
     /* Signals belong to the main thread (gw_server_run waits for them):

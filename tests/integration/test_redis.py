@@ -301,3 +301,25 @@ def test_handshake_that_never_answers_is_retried(make_gateway, redis_server):
         assert token_for(g, "hole", "ws://127.0.0.1:1/x")["token"]
     finally:
         p.stop()
+
+
+def test_unreadable_session_stream_is_unhealthy(make_gateway, make_redis):
+    """XREAD answering an error (the stream's key holds a string) is an
+    unhealthy backend with the reason, logged once (not every retry), and
+    healthy again once the stream can be read."""
+    r = make_redis()
+    r.cli("SET", "bad:events", "not-a-stream")
+    g = make_gateway(env=r.env(GATEWAY_SESSION_EVENTS_REDIS_STREAM="bad:events"))
+    gw.wait_until(lambda: health(g)["overall"] == "unhealthy", timeout=10, what="unhealthy")
+    h = health(g)
+    assert h["reason"] == "the session-events stream cannot be read (XREAD fails): revocations are not applied", h
+    assert healthy_metric(g) == 0
+    time.sleep(3)  # three more XREAD attempts
+    lines = [l for l in g.logs() if l.get("msg") == "session-events stream unreadable; revocations are not applied"]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "error" and "WRONGTYPE" in lines[0]["error"] and lines[0]["stream"] == "bad:events"
+    r.cli("DEL", "bad:events")
+    gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=10, what="healthy once readable")
+    assert "reason" not in health(g)
+    assert healthy_metric(g) == 1
+    g.wait_log(lambda l: l.get("msg") == "session-events stream readable again")
