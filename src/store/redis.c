@@ -100,6 +100,12 @@ typedef struct rop {
     int found;          /* lookup */
     gw_session sess;    /* lookup */
     char id[64];        /* publish: the stream entry id */
+    /* EVALSHA ops: the arguments after the digest, kept for eval_again */
+    char *args;         /* argc - 2 arguments back to back (cleansed when freed) */
+    size_t args_len;
+    int argc;
+    size_t lens[8];
+    int retried;        /* sent again with EVAL already */
 } rop;
 
 static __thread rconn *tl_conn; /* this worker's connection */
@@ -107,8 +113,9 @@ static __thread rconn *tl_conn; /* this worker's connection */
 /* ================================ scripts ===================================
  * Loaded on every (re)connection (SCRIPT LOAD, queued after AUTH and
  * SELECT, before any command) and called by digest (EVALSHA). A NOSCRIPT
- * answer (someone ran SCRIPT FLUSH) drops the connection: the new one
- * loads them again. */
+ * answer (someone ran SCRIPT FLUSH, a failover to an empty script cache)
+ * is not a failure: the same command is sent again once with EVAL on the
+ * same connection and both scripts are loaded again (eval_again). */
 
 static const char put_script[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
@@ -240,6 +247,10 @@ static void on_retry(gw_timer *t)
 static void op_free(rop *op)
 {
     OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
+    if (op->args) {
+        OPENSSL_cleanse(op->args, op->args_len);
+        gw_free(op->args);
+    }
     gw_free(op);
 }
 
@@ -407,6 +418,8 @@ static int read_entries(rstore *st, const redisReply *r)
     return GW_OK;
 }
 
+static int eval_again(rconn *c, rop *op);
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     GW_UNUSED(ac);
@@ -417,6 +430,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     if (gw_list_empty(&c->inflight) && gw_timer_active(&c->watch))
         gw_timer_stop(c->loop, &c->watch);
     int noscript = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+    if (noscript && !op->retried) {
+        if (eval_again(c, op))
+            return;
+        noscript = 0; /* the scripts are being loaded again: the connection is fine */
+    }
     if (r) {
         if (op->kind == OP_PUT) {
             if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
@@ -441,7 +459,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     }
     op_answer(op);
     if (noscript)
-        conn_fail(c, "NOSCRIPT: the scripts were flushed; reconnecting loads them again");
+        conn_fail(c, "NOSCRIPT after EVAL; reconnecting loads the scripts again");
 }
 
 static void on_watch(gw_timer *t)
@@ -477,6 +495,55 @@ static rop *op_send_for(rconn *c, rop *op, uint64_t extra_ms, int argc, const ch
 static rop *op_send(rconn *c, rop *op, int argc, const char **argv, const size_t *lens)
 {
     return op_send_for(c, op, 0, argc, argv, lens);
+}
+
+/* Sends an EVALSHA (argv[1] the digest) and keeps what follows the digest
+ * for eval_again. */
+static rop *op_send_script(rconn *c, rop *op, int argc, const char **argv, const size_t *lens)
+{
+    op->argc = argc;
+    op->args_len = 0;
+    for (int i = 2; i < argc; i++)
+        op->args_len += lens[i];
+    op->args = gw_malloc(op->args_len + 1);
+    char *p = op->args;
+    for (int i = 0; i < argc; i++) {
+        op->lens[i] = lens[i];
+        if (i >= 2) {
+            memcpy(p, argv[i], lens[i]);
+            p += lens[i];
+        }
+    }
+    return op_send(c, op, argc, argv, lens);
+}
+
+/* NOSCRIPT on op: loads both scripts again and, unless op was cancelled
+ * (its caller is gone: running it now could burn a token nobody hears
+ * about), sends op's command once more with EVAL. 1 when op is in flight
+ * again (or answered through the loop), 0 when op is to be answered now. */
+static int eval_again(rconn *c, rop *op)
+{
+    if (!c->ev.ac || !op->args)
+        return 0;
+    redisAsyncCommand(c->ev.ac, NULL, NULL, "SCRIPT LOAD %s", put_script);
+    redisAsyncCommand(c->ev.ac, NULL, NULL, "SCRIPT LOAD %s", consume_script);
+    if (op->cancelled || op->retried)
+        return 0;
+    op->retried = 1;
+    const char *argv[8];
+    argv[0] = "EVAL";
+    argv[1] = op->kind == OP_PUT ? put_script : consume_script;
+    size_t lens[8];
+    lens[0] = 4;
+    lens[1] = strlen(argv[1]);
+    const char *p = op->args;
+    for (int i = 2; i < op->argc; i++) {
+        argv[i] = p;
+        lens[i] = op->lens[i];
+        p += lens[i];
+    }
+    op_send(c, op, op->argc, argv, lens);
+    return 1;
 }
 
 /* ============================== connections ================================= */
@@ -669,7 +736,7 @@ static gw_store_op *r_put(gw_store *s, gw_loop *l, const uint8_t hash[32], const
     const char *argv[] = {"EVALSHA", put_sha, "1", key, exp, ctx->allocation_id, packed, until};
     size_t lens[] = {7, 40, 1, strlen(key), strlen(exp), strlen(ctx->allocation_id), plen,
                      strlen(until)};
-    op_send(conn_for(st, l), op, 8, argv, lens);
+    op_send_script(conn_for(st, l), op, 8, argv, lens);
     OPENSSL_cleanse(packed, plen);
     gw_free(packed);
     return (gw_store_op *)op;
@@ -692,7 +759,7 @@ static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], c
     const char *alloc = allocation_id ? allocation_id : "";
     const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0"};
     size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1};
-    op_send(conn_for(st, l), op, 7, argv, lens);
+    op_send_script(conn_for(st, l), op, 7, argv, lens);
     return (gw_store_op *)op;
 }
 
