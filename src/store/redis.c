@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
@@ -187,7 +188,17 @@ static void conn_up(rconn *c)
         c->on_up(c);
 }
 
-/* The connection failed (or is gone): count it down, retry after back-off. */
+uint64_t gw_redis_backoff_delay(uint64_t backoff_ms)
+{
+    uint32_t r = 0;
+    if (backoff_ms < 2 || RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+        return backoff_ms;
+    uint64_t half = backoff_ms / 2;
+    return backoff_ms - half + r % (half + 1);
+}
+
+/* The connection failed (or is gone): count it down, retry after back-off
+ * (with jitter). */
 static void conn_down(rconn *c, const char *why)
 {
     c->up = 0;
@@ -206,7 +217,7 @@ static void conn_down(rconn *c, const char *why)
         }
     }
     if (!gw_timer_active(&c->retry)) {
-        gw_timer_start(c->loop, &c->retry, c->backoff_ms);
+        gw_timer_start(c->loop, &c->retry, gw_redis_backoff_delay(c->backoff_ms));
         c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
     }
 }

@@ -423,6 +423,23 @@ static void test_reply_bounds(void)
     redisReaderFree(r);
 }
 
+/* Reconnect back-off has equal jitter: within [b/2, b], and spread. */
+static void test_backoff_jitter(void)
+{
+    uint64_t lo = UINT64_MAX, hi = 0;
+    int seen[1001] = {0}, distinct = 0;
+    for (int i = 0; i < 2000; i++) {
+        uint64_t d = gw_redis_backoff_delay(1000);
+        lo = d < lo ? d : lo;
+        hi = d > hi ? d : hi;
+        if (d <= 1000 && !seen[d]++)
+            distinct++;
+    }
+    ok(lo >= 500 && hi <= 1000, "within [500, 1000]: %llu..%llu", (unsigned long long)lo, (unsigned long long)hi);
+    ok(distinct >= 200, "spread: %d distinct delays of 2000", distinct);
+    ok(hi - lo >= 400, "over most of the range");
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -435,6 +452,7 @@ int main(void)
         return test_done();
     }
     TEST_RUN(test_reply_bounds);
+    TEST_RUN(test_backoff_jitter);
     TEST_RUN(test_adapter);
     TEST_RUN(test_tokens);
     TEST_RUN(test_frozen_and_dead);
