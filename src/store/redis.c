@@ -47,6 +47,8 @@ struct rconn {
     uint64_t backoff_ms;
     int up;             /* AUTH and SELECT answered on this connection */
     int down;           /* counted in st->ndown (a failure, not yet connected again) */
+    int64_t clock_offset_ms; /* Redis' clock minus ours (TIME at setup; never later than true) */
+    int clock_known;    /* clock_offset_ms measured on this connection */
     const char *role;   /* "worker", "monitor" or "sessions" (logs) */
     void (*on_up)(rconn *c); /* called when the connection is (again) ready */
     rconn *next;        /* st->conns */
@@ -125,8 +127,19 @@ static const char put_script[] =
     "return 1\n";
 
 /* One round trip: the first caller turns the entry into a tombstone (its
- * TTL unchanged) and gets the context; later ones get "replayed". */
+ * TTL unchanged) and gets the context; later ones get "replayed". ARGV[4]
+ * is the request's deadline on Redis' clock (ms; 0: none): a consume that
+ * Redis runs after it (it sat in a frozen Redis' socket buffer while the
+ * client got its 503) answers "late" and leaves the entry untouched, so
+ * the client's retry with the same token works (review2 f6). */
 static const char consume_script[] =
+    "redis.replicate_commands()\n"
+    "if ARGV[4] ~= '0' then\n"
+    "  local t = redis.call('TIME')\n"
+    "  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[4]) then\n"
+    "    return {'late', '', '0'}\n"
+    "  end\n"
+    "end\n"
     "local v = redis.call('HMGET', KEYS[1], 's', 'e', 'a', 'c')\n"
     "if not v[1] then return {'unknown', '', '0'} end\n"
     "if v[1] == 'used' then return {'replayed', '', v[2]} end\n"
@@ -329,7 +342,7 @@ static void read_consume(rconn *c, rop *op, const redisReply *r)
         int has_ctx;
     } map[] = {{"ok", GW_TOKEN_OK, 1},           {"unknown", GW_TOKEN_UNKNOWN, 0},
                {"expired", GW_TOKEN_EXPIRED, 1}, {"replayed", GW_TOKEN_REPLAYED, 0},
-               {"mismatch", GW_TOKEN_ALLOCATION_MISMATCH, 1}};
+               {"mismatch", GW_TOKEN_ALLOCATION_MISMATCH, 1}, {"late", GW_TOKEN_BACKEND_ERROR, 0}};
     for (size_t i = 0; i < GW_ARRAY_LEN(map); i++) {
         if (!reply_is(r->element[0], map[i].s))
             continue;
@@ -575,6 +588,26 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
         conn_up(c);
 }
 
+/* TIME during setup: Redis' clock minus ours, taken against our clock when
+ * the answer is read, so it errs early (a consume may be called late up to
+ * one round trip before its deadline, never after it). */
+static void on_time(redisAsyncContext *ac, void *reply, void *priv)
+{
+    GW_UNUSED(priv);
+    rconn *c = ac->data;
+    redisReply *r = reply;
+    if (!r)
+        return; /* being freed */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING) {
+        conn_fail(c, "TIME refused");
+        return;
+    }
+    int64_t redis_ms = strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000;
+    c->clock_offset_ms = redis_ms - (int64_t)gw_wall_ms();
+    c->clock_known = 1;
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     rconn *c = ac->data;
@@ -594,6 +627,7 @@ static void conn_connect(rconn *c)
 {
     rstore *st = c->st;
     c->up = 0;
+    c->clock_known = 0;
     redisAsyncContext *ac = st->is_unix ? redisAsyncConnectUnix(st->path) : redisAsyncConnect(st->host, st->port);
     if (!ac || ac->err) {
         char why[160];
@@ -612,6 +646,7 @@ static void conn_connect(rconn *c)
         redisAsyncCommand(ac, on_setup, (void *)"AUTH", "AUTH %s", st->password);
     redisAsyncCommand(ac, on_setup, (void *)"SELECT", "SELECT %d", st->db);
     redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD put", "SCRIPT LOAD %s", put_script);
+    redisAsyncCommand(ac, on_time, NULL, "TIME");
     redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD consume", "SCRIPT LOAD %s", consume_script);
 }
 
@@ -764,13 +799,16 @@ static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], c
         gw_loop_pending(l, &op->task);
         return (gw_store_op *)op;
     }
-    char key[256], now[24];
+    char key[256], now[24], late[24] = "0";
     token_key(st, hash, key, sizeof key);
     snprintf(now, sizeof now, "%llu", (unsigned long long)st->base.now_ms());
+    rconn *c = conn_for(st, l);
+    if (c->clock_known) /* this request's deadline (its 503), on Redis' clock */
+        snprintf(late, sizeof late, "%lld", (long long)((int64_t)(gw_wall_ms() + st->timeout_ms) + c->clock_offset_ms));
     const char *alloc = allocation_id ? allocation_id : "";
-    const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0"};
-    size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1};
-    op_send_script(conn_for(st, l), op, 7, argv, lens);
+    const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0", late};
+    size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1, strlen(late)};
+    op_send_script(c, op, 8, argv, lens);
     return (gw_store_op *)op;
 }
 

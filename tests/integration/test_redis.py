@@ -323,3 +323,29 @@ def test_unreadable_session_stream_is_unhealthy(make_gateway, make_redis):
     assert "reason" not in health(g)
     assert healthy_metric(g) == 1
     g.wait_log(lambda l: l.get("msg") == "session-events stream readable again")
+
+
+def test_late_consume_leaves_the_token(make_gateway, make_redis, agents):
+    """A consume answered 503 (Redis frozen past GATEWAY_STORE_TIMEOUT) that
+    Redis runs once thawed is "late" by Redis' clock and leaves the token
+    untouched: the client's retry with the same token is accepted, not a
+    replay (review2 f6)."""
+    r = make_redis()
+    a = agents()
+    g = make_gateway(env=term_env(r, GATEWAY_STORE_TIMEOUT="1s", GATEWAY_WORKERS="1"))
+    tok = token_for(g, "late", a.url)["token"]
+    r.freeze()
+    try:
+        first = connect(g, "late", tok)
+        refused(g, first, 503, "service_unavailable")
+        time.sleep(0.5)  # past the deadline on every clock
+    finally:
+        r.thaw()
+    gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=10, what="healthy after SIGCONT")
+    ws = connect(g, "late", tok)
+    assert ws.response.status == 101
+    ws.send_binary(b"echo late-$((6*7))\n")
+    read_until(ws, rb"late-42")
+    ws.close()
+    again = connect(g, "late", tok)
+    refused(g, again, 403, "token_replayed")
