@@ -313,7 +313,10 @@ static void test_frozen_and_dead(void)
     kill(redis_pid, SIGCONT);
     int healthy = wait_health(s, 1, 6000);
     ok(healthy, "healthy again after SIGCONT, by itself");
-    is_int(consume(s, tok, "f1"), GW_TOKEN_REPLAYED, "the frozen consume had taken effect: fail closed");
+    /* Redis ran the frozen consume after its deadline: "late", the entry
+     * untouched (review2 f6), so the retry is accepted, once. */
+    is_int(consume(s, tok, "f1"), GW_TOKEN_OK, "the late consume left the token: the retry works");
+    is_int(consume(s, tok, "f1"), GW_TOKEN_REPLAYED, "once");
 
     redis_kill();
     int down = wait_health(s, 0, 4000);
