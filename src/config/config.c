@@ -482,6 +482,8 @@ static int load_all(loader *L)
         load_duration(L, "GATEWAY_WS_PONG_TIMEOUT", &c->ws_pong_timeout_ms, 1) ||
         load_duration(L, "GATEWAY_STORE_TIMEOUT", &c->store_timeout_ms, 1))
         return GW_ERR;
+    if (c->store_timeout_ms > 3600 * MS_PER_S) /* deadlines are now + this (+ a block): never wraps */
+        return fail(L, "GATEWAY_STORE_TIMEOUT: %s must be at most 1h", quote(get(L, "GATEWAY_STORE_TIMEOUT"), q, sizeof q));
     if (c->ws_ping_interval_ms && c->ws_pong_timeout_ms < c->ws_ping_interval_ms) {
         char a[32], b[32];
         fmt_ms(c->ws_pong_timeout_ms, a, sizeof a);
@@ -600,8 +602,9 @@ const char gw_config_help[] =
     "                                                                        default is cut to that)\n"
     "  GATEWAY_WS_PING_INTERVAL                      25s                     WebSocket ping interval; 0 disables\n"
     "  GATEWAY_WS_PONG_TIMEOUT                       50s                     close when no pong by then\n"
-    "  GATEWAY_STORE_TIMEOUT                         2s                      a request waits this long for the store (503)\n"
     "                                                                        (not shorter than the ping interval)\n"
+    "  GATEWAY_STORE_TIMEOUT                         2s                      a request waits this long for the store (503;\n"
+    "                                                                        at most 1h)\n"
     "  GATEWAY_REDIS_MASTER_ADDR                     (empty: embedded)       Redis HOST:PORT (or unix:/path): the\n"
     "                                                                        state backend many processes share;\n"
     "                                                                        must answer AUTH/SELECT/PING at start\n"

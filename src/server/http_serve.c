@@ -271,14 +271,16 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
         else
             respond_text(c, req, ids, 200, "text/plain; charset=utf-8", "ready\n", 6);
     } else if (gw_str_eq(path, "/health")) {
-        char body[320];
+        char body[480];
         uint64_t up = (gw_mono_ms() - gw_srv.start_mono_ms) / 1000;
         int healthy = gw_store_current_healthy();
+        const char *reason = healthy ? NULL : gw_store_current_reason(); /* a literal without quotes */
         int n = snprintf(body, sizeof body,
                          "{\"status\":\"%s\",\"uptime_s\":%llu,\"backend\":{\"overall\":\"%s\",\"kind\":"
-                         "\"%s\"},\"connections\":%llu}",
+                         "\"%s\"%s%s%s},\"connections\":%llu}",
                          draining ? "draining" : healthy ? "ok" : "degraded", (unsigned long long)up,
-                         healthy ? "healthy" : "unhealthy", gw_store_current_name(),
+                         healthy ? "healthy" : "unhealthy", gw_store_current_name(), reason ? ",\"reason\":\"" : "",
+                         reason ? reason : "", reason ? "\"" : "",
                          (unsigned long long)(atomic_load_explicit(&gw_srv.nconns, memory_order_relaxed) +
                                               atomic_load_explicit(&gw_srv.nconns_admin, memory_order_relaxed)));
         respond_text(c, req, ids, draining ? 503 : 200, "application/json", body, (size_t)n);

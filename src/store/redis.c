@@ -3,12 +3,15 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <errno.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +46,8 @@ typedef struct sreader {
     char stream[256];
     char last_id[64];   /* the last entry read: reading resumes after it */
     int reading;        /* an XREAD is in flight */
+    int bit;            /* this reader's bit in rstore.stream_bad */
+    uint64_t bad_logged_ms; /* when its unreadable stream was last logged */
     gw_timer retry;
     /* one entry: n field/value pairs (shape already checked) */
     void (*apply)(const char *id, size_t idn, size_t n, const char *const *names, const size_t *nl,
@@ -57,9 +62,12 @@ struct rconn {
     gw_list inflight;   /* rop.node, oldest first (Redis answers in order) */
     gw_timer watch;     /* fires at the oldest command's deadline */
     gw_timer retry;     /* reconnect back-off */
+    gw_timer setup;     /* connect + AUTH/SELECT/SCRIPT LOAD deadline (2 x GATEWAY_STORE_TIMEOUT) */
     uint64_t backoff_ms;
     int up;             /* AUTH and SELECT answered on this connection */
     int down;           /* counted in st->ndown (a failure, not yet connected again) */
+    int64_t clock_offset_ms; /* Redis' clock minus ours (TIME at setup; never later than true) */
+    int clock_known;    /* clock_offset_ms measured on this connection */
     const char *role;   /* "worker", "monitor" or "sessions" (logs) */
     void (*on_up)(rconn *c); /* called when the connection is (again) ready */
     sreader *rd;        /* the stream this connection reads (NULL: none) */
@@ -88,6 +96,7 @@ struct rstore {
     sreader sess;       /* session-events */
     sreader evr;        /* client-events */
     char events_stream[256];
+    atomic_int stream_bad; /* bit per stream reader whose XREAD answers an error (e.g. WRONGTYPE) */
 };
 
 typedef struct rop {
@@ -112,6 +121,12 @@ typedef struct rop {
     gw_session sess;    /* lookup */
     char id[64];        /* publish: the stream entry id */
     char *text;         /* presence get: the answer (freed with the op) */
+    /* EVALSHA ops: the arguments after the digest, kept for eval_again */
+    char *args;         /* argc - 2 arguments back to back (cleansed when freed) */
+    size_t args_len;
+    int argc;
+    size_t lens[8];
+    int retried;        /* sent again with EVAL already */
 } rop;
 
 static __thread rconn *tl_conn; /* this worker's connection */
@@ -119,8 +134,9 @@ static __thread rconn *tl_conn; /* this worker's connection */
 /* ================================ scripts ===================================
  * Loaded on every (re)connection (SCRIPT LOAD, queued after AUTH and
  * SELECT, before any command) and called by digest (EVALSHA). A NOSCRIPT
- * answer (someone ran SCRIPT FLUSH) drops the connection: the new one
- * loads them again. */
+ * answer (someone ran SCRIPT FLUSH, a failover to an empty script cache)
+ * is not a failure: the same command is sent again once with EVAL on the
+ * same connection and both scripts are loaded again (eval_again). */
 
 static const char put_script[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
@@ -129,8 +145,19 @@ static const char put_script[] =
     "return 1\n";
 
 /* One round trip: the first caller turns the entry into a tombstone (its
- * TTL unchanged) and gets the context; later ones get "replayed". */
+ * TTL unchanged) and gets the context; later ones get "replayed". ARGV[4]
+ * is the request's deadline on Redis' clock (ms; 0: none): a consume that
+ * Redis runs after it (it sat in a frozen Redis' socket buffer while the
+ * client got its 503) answers "late" and leaves the entry untouched, so
+ * the client's retry with the same token works (review2 f6). */
 static const char consume_script[] =
+    "redis.replicate_commands()\n"
+    "if ARGV[4] ~= '0' then\n"
+    "  local t = redis.call('TIME')\n"
+    "  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[4]) then\n"
+    "    return {'late', '', '0'}\n"
+    "  end\n"
+    "end\n"
     "local v = redis.call('HMGET', KEYS[1], 's', 'e', 'a', 'c')\n"
     "if not v[1] then return {'unknown', '', '0'} end\n"
     "if v[1] == 'used' then return {'replayed', '', v[2]} end\n"
@@ -160,12 +187,27 @@ static void sess_after(sreader *rd, int rc);
 static void sess_on_up(rconn *c);
 static void on_sess_retry(gw_timer *t);
 
-static void health_publish(rstore *st) { gw_store_health_changed(atomic_load(&st->ndown) == 0); }
+#define STREAM_BAD_LOG_EVERY_MS 60000u
+
+static void health_publish(rstore *st)
+{
+    int down = atomic_load(&st->ndown) != 0, bad = atomic_load(&st->stream_bad);
+    gw_store_health_note(down ? "redis unavailable"
+                         : (bad & 3) == 3
+                             ? "the session-events and client-events streams cannot be read (XREAD fails): "
+                               "revocations are not applied and push events are not delivered"
+                         : bad & 1 ? "the session-events stream cannot be read (XREAD fails): revocations are not applied"
+                         : bad & 2 ? "the client-events stream cannot be read (XREAD fails): push events are not delivered"
+                                   : NULL);
+    gw_store_health_changed(!down && !bad);
+}
 
 static void conn_up(rconn *c)
 {
     c->up = 1;
     c->backoff_ms = RECONNECT_MIN_MS;
+    if (gw_timer_active(&c->setup))
+        gw_timer_stop(c->loop, &c->setup);
     if (c->down) {
         c->down = 0;
         atomic_fetch_sub(&c->st->ndown, 1);
@@ -181,10 +223,22 @@ static void conn_up(rconn *c)
         c->on_up(c);
 }
 
-/* The connection failed (or is gone): count it down, retry after back-off. */
+uint64_t gw_redis_backoff_delay(uint64_t backoff_ms)
+{
+    uint32_t r = 0;
+    if (backoff_ms < 2 || RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+        return backoff_ms;
+    uint64_t half = backoff_ms / 2;
+    return backoff_ms - half + r % (half + 1);
+}
+
+/* The connection failed (or is gone): count it down, retry after back-off
+ * (with jitter). */
 static void conn_down(rconn *c, const char *why)
 {
     c->up = 0;
+    if (gw_timer_active(&c->setup))
+        gw_timer_stop(c->loop, &c->setup);
     if (!c->down) {
         c->down = 1;
         atomic_fetch_add(&c->st->ndown, 1);
@@ -198,7 +252,7 @@ static void conn_down(rconn *c, const char *why)
         }
     }
     if (!gw_timer_active(&c->retry)) {
-        gw_timer_start(c->loop, &c->retry, c->backoff_ms);
+        gw_timer_start(c->loop, &c->retry, gw_redis_backoff_delay(c->backoff_ms));
         c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
     }
 }
@@ -211,6 +265,17 @@ static void conn_fail(rconn *c, const char *why)
     redisAsyncContext *ac = c->ev.ac;
     if (ac)
         redisAsyncFree(ac); /* deferred by hiredis when inside one of its callbacks */
+}
+
+/* A connection not ready (connected, AUTH, SELECT and both SCRIPT LOADs
+ * answered) within twice GATEWAY_STORE_TIMEOUT (a connect and four round
+ * trips) is failed like a command without an answer: an unanswered SYN or
+ * a silent handshake never parks it on the kernel's SYN retries. */
+static void on_setup_deadline(gw_timer *t)
+{
+    rconn *c = gw_container_of(t, rconn, setup);
+    if (!c->up && c->ev.ac)
+        conn_fail(c, "not connected and ready within twice GATEWAY_STORE_TIMEOUT");
 }
 
 static void on_retry(gw_timer *t)
@@ -229,6 +294,10 @@ static void op_free(rop *op)
 {
     free(op->text);
     OPENSSL_cleanse(&op->ctx, sizeof op->ctx);
+    if (op->args) {
+        OPENSSL_cleanse(op->args, op->args_len);
+        gw_free(op->args);
+    }
     gw_free(op);
 }
 
@@ -298,7 +367,7 @@ static void read_consume(rconn *c, rop *op, const redisReply *r)
         int has_ctx;
     } map[] = {{"ok", GW_TOKEN_OK, 1},           {"unknown", GW_TOKEN_UNKNOWN, 0},
                {"expired", GW_TOKEN_EXPIRED, 1}, {"replayed", GW_TOKEN_REPLAYED, 0},
-               {"mismatch", GW_TOKEN_ALLOCATION_MISMATCH, 1}};
+               {"mismatch", GW_TOKEN_ALLOCATION_MISMATCH, 1}, {"late", GW_TOKEN_BACKEND_ERROR, 0}};
     for (size_t i = 0; i < GW_ARRAY_LEN(map); i++) {
         if (!reply_is(r->element[0], map[i].s))
             continue;
@@ -333,17 +402,62 @@ static void apply_event(const char *id, size_t idn, size_t n, const char *const 
     gw_events_append_fields(id, idn, n, names, nl, vals, vl); /* counts and logs a malformed entry */
 }
 
+/* The session-events stream answers an error (a key of another type, an
+ * ACL, ...) on a connection that is otherwise fine: the backend is
+ * unhealthy (revocations stop reaching this process), logged on the change
+ * and then once a minute while it lasts. */
+static void stream_unreadable(sreader *rd, const redisReply *r)
+{
+    rstore *st = rd->st;
+    uint64_t now = gw_mono_ms();
+    int was = (atomic_fetch_or(&st->stream_bad, rd->bit) & rd->bit) != 0;
+    if (!was)
+        health_publish(st);
+    if (was && now - rd->bad_logged_ms < STREAM_BAD_LOG_EVERY_MS)
+        return;
+    rd->bad_logged_ms = now;
+    gw_log_line *l = gw_log_begin(GW_LOG_ERROR,
+                                  rd->bit == 1 ? "session-events stream unreadable; revocations are not applied"
+                                               : "client-events stream unreadable; push events are not delivered",
+                                  NULL);
+    if (l) {
+        gw_log_str(l, "redis", st->addr_text, 0);
+        gw_log_str(l, "stream", rd->stream, 0);
+        gw_log_str(l, "error", r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", 0);
+        gw_log_end(l);
+    }
+}
+
+static void stream_readable(sreader *rd)
+{
+    rstore *st = rd->st;
+    if (!(atomic_fetch_and(&st->stream_bad, ~rd->bit) & rd->bit))
+        return;
+    health_publish(st);
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO,
+                                  rd->bit == 1 ? "session-events stream readable again"
+                                               : "client-events stream readable again",
+                                  NULL);
+    if (l) {
+        gw_log_str(l, "stream", rd->stream, 0);
+        gw_log_end(l);
+    }
+}
+
 /* Applies the entries of an XREAD reply (nil: none arrived) and moves
  * last_id past them. GW_OK, or GW_ERR for an error reply. */
 static int read_entries(sreader *rd, const redisReply *r)
 {
-    if (r->type == REDIS_REPLY_NIL)
+    if (r->type == REDIS_REPLY_NIL) {
+        stream_readable(rd);
         return GW_OK;
+    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
         r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
-        log_reply_error(rd->c, "XREAD", r);
+        stream_unreadable(rd, r);
         return GW_ERR;
     }
+    stream_readable(rd);
     const redisReply *entries = r->element[0]->element[1];
     for (size_t i = 0; i < entries->elements; i++) {
         const redisReply *e = entries->element[i];
@@ -396,6 +510,8 @@ static void read_presence(rconn *c, rop *op, const redisReply *r)
     json_decref(o);
 }
 
+static int eval_again(rconn *c, rop *op);
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     GW_UNUSED(ac);
@@ -406,6 +522,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     if (gw_list_empty(&c->inflight) && gw_timer_active(&c->watch))
         gw_timer_stop(c->loop, &c->watch);
     int noscript = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+    if (noscript && !op->retried) {
+        if (eval_again(c, op))
+            return;
+        noscript = 0; /* the scripts are being loaded again: the connection is fine */
+    }
     if (r) {
         if (op->kind == OP_PUT) {
             if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
@@ -435,7 +556,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     }
     op_answer(op);
     if (noscript)
-        conn_fail(c, "NOSCRIPT: the scripts were flushed; reconnecting loads them again");
+        conn_fail(c, "NOSCRIPT after EVAL; reconnecting loads the scripts again");
 }
 
 static void on_watch(gw_timer *t)
@@ -473,6 +594,55 @@ static rop *op_send(rconn *c, rop *op, int argc, const char **argv, const size_t
     return op_send_for(c, op, 0, argc, argv, lens);
 }
 
+/* Sends an EVALSHA (argv[1] the digest) and keeps what follows the digest
+ * for eval_again. */
+static rop *op_send_script(rconn *c, rop *op, int argc, const char **argv, const size_t *lens)
+{
+    op->argc = argc;
+    op->args_len = 0;
+    for (int i = 2; i < argc; i++)
+        op->args_len += lens[i];
+    op->args = gw_malloc(op->args_len + 1);
+    char *p = op->args;
+    for (int i = 0; i < argc; i++) {
+        op->lens[i] = lens[i];
+        if (i >= 2) {
+            memcpy(p, argv[i], lens[i]);
+            p += lens[i];
+        }
+    }
+    return op_send(c, op, argc, argv, lens);
+}
+
+/* NOSCRIPT on op: loads both scripts again and, unless op was cancelled
+ * (its caller is gone: running it now could burn a token nobody hears
+ * about), sends op's command once more with EVAL. 1 when op is in flight
+ * again (or answered through the loop), 0 when op is to be answered now. */
+static int eval_again(rconn *c, rop *op)
+{
+    if (!c->ev.ac || !op->args)
+        return 0;
+    redisAsyncCommand(c->ev.ac, NULL, NULL, "SCRIPT LOAD %s", put_script);
+    redisAsyncCommand(c->ev.ac, NULL, NULL, "SCRIPT LOAD %s", consume_script);
+    if (op->cancelled || op->retried)
+        return 0;
+    op->retried = 1;
+    const char *argv[8];
+    argv[0] = "EVAL";
+    argv[1] = op->kind == OP_PUT ? put_script : consume_script;
+    size_t lens[8];
+    lens[0] = 4;
+    lens[1] = strlen(argv[1]);
+    const char *p = op->args;
+    for (int i = 2; i < op->argc; i++) {
+        argv[i] = p;
+        lens[i] = op->lens[i];
+        p += lens[i];
+    }
+    op_send(c, op, op->argc, argv, lens);
+    return 1;
+}
+
 /* ============================== connections ================================= */
 
 static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
@@ -491,6 +661,26 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
         conn_up(c);
 }
 
+/* TIME during setup: Redis' clock minus ours, taken against our clock when
+ * the answer is read, so it errs early (a consume may be called late up to
+ * one round trip before its deadline, never after it). */
+static void on_time(redisAsyncContext *ac, void *reply, void *priv)
+{
+    GW_UNUSED(priv);
+    rconn *c = ac->data;
+    redisReply *r = reply;
+    if (!r)
+        return; /* being freed */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING) {
+        conn_fail(c, "TIME refused");
+        return;
+    }
+    int64_t redis_ms = strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000;
+    c->clock_offset_ms = redis_ms - (int64_t)gw_wall_ms();
+    c->clock_known = 1;
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     rconn *c = ac->data;
@@ -501,13 +691,16 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     rconn *c = ac->data;
-    conn_down(c, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "connection lost"));
+    conn_down(c, status == REDIS_OK ? "disconnected"
+                 : c->ev.refused ? c->ev.refused
+                                 : (ac->errstr[0] ? ac->errstr : "connection lost"));
 }
 
 static void conn_connect(rconn *c)
 {
     rstore *st = c->st;
     c->up = 0;
+    c->clock_known = 0;
     redisAsyncContext *ac = st->is_unix ? redisAsyncConnectUnix(st->path) : redisAsyncConnect(st->host, st->port);
     if (!ac || ac->err) {
         char why[160];
@@ -519,12 +712,14 @@ static void conn_connect(rconn *c)
     }
     ac->data = c;
     gw_redis_ev_attach(&c->ev, c->loop, ac);
+    gw_timer_start(c->loop, &c->setup, 2 * st->timeout_ms); /* connect + 4 round trips */
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (st->password[0])
         redisAsyncCommand(ac, on_setup, (void *)"AUTH", "AUTH %s", st->password);
     redisAsyncCommand(ac, on_setup, (void *)"SELECT", "SELECT %d", st->db);
     redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD put", "SCRIPT LOAD %s", put_script);
+    redisAsyncCommand(ac, on_time, NULL, "TIME");
     redisAsyncCommand(ac, on_setup, (void *)"SCRIPT LOAD consume", "SCRIPT LOAD %s", consume_script);
 }
 
@@ -541,6 +736,7 @@ static rconn *conn_new(rstore *st, gw_loop *l, const char *role, sreader *rd)
     gw_list_init(&c->inflight);
     c->watch.cb = on_watch;
     c->retry.cb = on_retry;
+    c->setup.cb = on_setup_deadline;
     c->backoff_ms = RECONNECT_MIN_MS;
     pthread_mutex_lock(&st->mu);
     c->next = st->conns;
@@ -671,7 +867,7 @@ static gw_store_op *r_put(gw_store *s, gw_loop *l, const uint8_t hash[32], const
     const char *argv[] = {"EVALSHA", put_sha, "1", key, exp, ctx->allocation_id, packed, until};
     size_t lens[] = {7, 40, 1, strlen(key), strlen(exp), strlen(ctx->allocation_id), plen,
                      strlen(until)};
-    op_send(conn_for(st, l), op, 8, argv, lens);
+    op_send_script(conn_for(st, l), op, 8, argv, lens);
     OPENSSL_cleanse(packed, plen);
     gw_free(packed);
     return (gw_store_op *)op;
@@ -688,13 +884,16 @@ static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], c
         gw_loop_pending(l, &op->task);
         return (gw_store_op *)op;
     }
-    char key[256], now[24];
+    char key[256], now[24], late[24] = "0";
     token_key(st, hash, key, sizeof key);
     snprintf(now, sizeof now, "%llu", (unsigned long long)st->base.now_ms());
+    rconn *c = conn_for(st, l);
+    if (c->clock_known) /* this request's deadline (its 503), on Redis' clock */
+        snprintf(late, sizeof late, "%lld", (long long)((int64_t)(gw_wall_ms() + st->timeout_ms) + c->clock_offset_ms));
     const char *alloc = allocation_id ? allocation_id : "";
-    const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0"};
-    size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1};
-    op_send(conn_for(st, l), op, 7, argv, lens);
+    const char *argv[] = {"EVALSHA", consume_sha, "1", key, now, alloc, allocation_id ? "1" : "0", late};
+    size_t lens[] = {7, 40, 1, strlen(key), strlen(now), strlen(alloc), 1, strlen(late)};
+    op_send_script(c, op, 8, argv, lens);
     return (gw_store_op *)op;
 }
 
@@ -816,7 +1015,11 @@ static void r_cancel(gw_store_op *o)
     op_free(op);
 }
 
-static int r_healthy(gw_store *s) { return atomic_load(&((rstore *)s)->ndown) == 0; }
+static int r_healthy(gw_store *s)
+{
+    rstore *st = (rstore *)s;
+    return atomic_load(&st->ndown) == 0 && atomic_load(&st->stream_bad) == 0;
+}
 
 /* Frees the store; every loop that has a connection must be idle (stopped
  * or this thread's). The monitor thread is stopped first. */
@@ -853,6 +1056,8 @@ static void r_free(gw_store *s)
             gw_timer_stop(c->loop, &c->retry);
         if (gw_timer_active(&c->watch))
             gw_timer_stop(c->loop, &c->watch);
+        if (gw_timer_active(&c->setup))
+            gw_timer_stop(c->loop, &c->setup);
         if (c->down)
             atomic_fetch_sub(&st->ndown, 1);
         if (tl_conn == c)
@@ -887,9 +1092,54 @@ static int resolve(const char *host, char *out, size_t cap)
     return rc == 0 ? GW_OK : GW_ERR;
 }
 
-/* One blocking connection with a timeout: AUTH, SELECT, PING. */
+/* The time left until deadline (monotonic ms) as a socket timeout, at
+ * least 1 ms; 0 when it has passed. */
+static int time_left(uint64_t deadline, struct timeval *tv)
+{
+    uint64_t now = gw_mono_ms();
+    if (now >= deadline)
+        return 0;
+    uint64_t left = deadline - now;
+    *tv = (struct timeval){(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+    return 1;
+}
+
+/* One command on a blocking context, bounded by deadline as a whole (not
+ * per read: a peer trickling a byte at a time cannot stretch it). NULL on
+ * an error or at the deadline (rc->errstr says which). */
+static redisReply *bounded_command(redisContext *rc, uint64_t deadline, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rv = redisvAppendCommand(rc, fmt, ap);
+    va_end(ap);
+    if (rv != REDIS_OK)
+        return NULL;
+    struct timeval tv;
+    int done = 0;
+    while (!done)
+        if (!time_left(deadline, &tv) || redisSetTimeout(rc, tv) != REDIS_OK || redisBufferWrite(rc, &done) != REDIS_OK)
+            goto late;
+    for (;;) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(rc, &reply) != REDIS_OK)
+            return NULL;
+        if (reply)
+            return reply;
+        if (!time_left(deadline, &tv) || redisSetTimeout(rc, tv) != REDIS_OK || redisBufferRead(rc) != REDIS_OK)
+            goto late;
+    }
+late:
+    if (!rc->err || (rc->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)))
+        snprintf(rc->errstr, sizeof rc->errstr, "no answer within GATEWAY_STORE_TIMEOUT");
+    return NULL;
+}
+
+/* One blocking connection, AUTH, SELECT, PING, all within one
+ * GATEWAY_STORE_TIMEOUT. */
 static int startup_check(const rstore *st, char *err, size_t errcap)
 {
+    uint64_t deadline = gw_mono_ms() + st->timeout_ms;
     struct timeval tv = {(time_t)(st->timeout_ms / 1000), (suseconds_t)(st->timeout_ms % 1000) * 1000};
     redisContext *rc = st->is_unix ? redisConnectUnixWithTimeout(st->path, tv)
                                    : redisConnectWithTimeout(st->host, st->port, tv);
@@ -899,7 +1149,8 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
         redisFree(rc);
         return GW_ERR;
     }
-    redisSetTimeout(rc, tv);
+    const char *refused = NULL;
+    gw_redis_reader_limit(rc->reader, &refused);
     struct {
         const char *what;
         redisReply *r;
@@ -908,12 +1159,13 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
     for (int i = 0; i < 3 && ok == GW_OK; i++) {
         if (i == 0 && !st->password[0])
             continue;
-        redisReply *r = i == 0   ? redisCommand(rc, "AUTH %s", st->password)
-                        : i == 1 ? redisCommand(rc, "SELECT %d", st->db)
-                                 : redisCommand(rc, "PING");
+        redisReply *r = i == 0   ? bounded_command(rc, deadline, "AUTH %s", st->password)
+                        : i == 1 ? bounded_command(rc, deadline, "SELECT %d", st->db)
+                                 : bounded_command(rc, deadline, "PING");
         if (!r || r->type == REDIS_REPLY_ERROR || (i == 2 && !reply_is(r, "PONG"))) {
             snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: %s: %s failed (%s); not starting", st->addr_text,
                      steps[i].what, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply")
+                                      : refused       ? refused
                                       : (rc->errstr[0] ? rc->errstr : "no answer within GATEWAY_STORE_TIMEOUT"));
             ok = GW_ERR;
         }
@@ -944,6 +1196,7 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     snprintf(st->sess.stream, sizeof st->sess.stream, "%s", cfg->session_events_stream);
     snprintf(st->sess.last_id, sizeof st->sess.last_id, "0-0");
     st->sess.role = "sessions";
+    st->sess.bit = 1;
     st->sess.apply = apply_session;
     st->sess.malformed = gw_sessions_malformed;
     snprintf(st->evr.stream, sizeof st->evr.stream, "%s", cfg->client_events_stream);
@@ -952,6 +1205,7 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     snprintf(st->evr.last_id, sizeof st->evr.last_id, "%llu-%llu", (unsigned long long)from.ms,
              (unsigned long long)from.seq);
     st->evr.role = "events";
+    st->evr.bit = 2;
     st->evr.apply = apply_event;
     st->evr.malformed = gw_events_malformed;
     script_sha(put_script, put_sha);
@@ -970,6 +1224,7 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     }
     pthread_mutex_init(&st->mu, NULL);
     atomic_init(&st->ndown, 0);
+    atomic_init(&st->stream_bad, 0);
     st->mon_loop = gw_loop_new();
     gw_loop_post(st->mon_loop, mon_start, st);
     /* Signals belong to the main thread (gw_server_run waits for them):

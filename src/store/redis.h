@@ -32,4 +32,9 @@
  * ("GATEWAY_REDIS_MASTER_ADDR: ..."). */
 gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap);
 
+/* The reconnect delay for a back-off step of backoff_ms, with equal
+ * jitter: uniform in [backoff_ms / 2, backoff_ms], so the connections of
+ * many workers and processes do not reconnect in lockstep. */
+uint64_t gw_redis_backoff_delay(uint64_t backoff_ms);
+
 #endif

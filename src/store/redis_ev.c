@@ -1,7 +1,74 @@
 /* redis_ev.c: the hiredis event adapter for the wsgate loop (see redis_ev.h). */
 #include "store/redis_ev.h"
 
+#include <pthread.h>
+#include <stdio.h>
+
 #include "core/common.h"
+
+/* ============================== reply bounds ================================ */
+
+static redisReplyObjectFunctions *std_fn; /* hiredis' own (read from a fresh reader) */
+static redisReplyObjectFunctions limited_fn;
+static pthread_once_t limit_once = PTHREAD_ONCE_INIT;
+
+static void refuse(const redisReadTask *t, const char *why)
+{
+    if (t->privdata)
+        *(const char **)t->privdata = why;
+}
+
+static void *lim_string(const redisReadTask *t, char *s, size_t len)
+{
+    if (len > GW_REDIS_MAX_BULK) {
+        refuse(t, "reply refused: a bulk string longer than 64 MiB");
+        return NULL; /* hiredis: a reader error, the connection fails */
+    }
+    return std_fn->createString(t, s, len);
+}
+
+static void *lim_array(const redisReadTask *t, int n)
+{
+    if (n < 0 || (unsigned)n > GW_REDIS_MAX_ELEMENTS) {
+        refuse(t, "reply refused: an array of more than 1048576 elements");
+        return NULL;
+    }
+    return std_fn->createArray(t, n);
+}
+
+static void *lim_integer(const redisReadTask *t, long long v) { return std_fn->createInteger(t, v); }
+
+static void *lim_nil(const redisReadTask *t) { return std_fn->createNil(t); }
+
+static void limit_init(void)
+{
+    redisReader *r = redisReaderCreate();
+    std_fn = r->fn;
+    redisReaderFree(r);
+    limited_fn = (redisReplyObjectFunctions){lim_string, lim_array, lim_integer, lim_nil, std_fn->freeObject};
+}
+
+void gw_redis_reader_limit(redisReader *r, const char **refused)
+{
+    pthread_once(&limit_once, limit_init);
+    *refused = NULL;
+    r->fn = &limited_fn;
+    r->privdata = (void *)refused;
+}
+
+/* A bulk string longer than GW_REDIS_MAX_BULK is buffered whole before
+ * hiredis hands it to createString: refuse it as soon as that much is
+ * waiting unparsed (hiredis then drops the connection as failed). */
+static int over_bulk(gw_redis_ev *e)
+{
+    redisContext *c = &e->ac->c;
+    if (c->err || !c->reader || c->reader->len - c->reader->pos <= (size_t)GW_REDIS_MAX_BULK + 64)
+        return 0;
+    e->refused = "reply refused: a bulk string longer than 64 MiB";
+    c->err = REDIS_ERR_PROTOCOL;
+    snprintf(c->errstr, sizeof c->errstr, "%s", e->refused);
+    return 1;
+}
 
 static void ev_apply(gw_redis_ev *e)
 {
@@ -19,8 +86,10 @@ static void ev_io(gw_io *io, uint32_t events)
     /* An error or hang-up is hiredis' to read: while connecting it waits
      * for writability (the connect's outcome), afterwards for input. */
     int err = (events & GW_EV_ERROR) != 0;
-    if (e->ac && ((events & GW_EV_READ) || (err && (e->want & GW_EV_READ))))
+    if (e->ac && ((events & GW_EV_READ) || (err && (e->want & GW_EV_READ)))) {
+        over_bulk(e);                /* then the read below fails the connection */
         redisAsyncHandleRead(e->ac); /* may free the context: cleanup clears e->ac */
+    }
     if (e->ac && ((events & GW_EV_WRITE) || (err && !(e->want & GW_EV_READ))))
         redisAsyncHandleWrite(e->ac);
 }
@@ -78,5 +147,6 @@ int gw_redis_ev_attach(gw_redis_ev *e, gw_loop *l, redisAsyncContext *ac)
     ac->ev.addWrite = ev_add_write;
     ac->ev.delWrite = ev_del_write;
     ac->ev.cleanup = ev_cleanup;
+    gw_redis_reader_limit(ac->c.reader, &e->refused);
     return GW_OK;
 }

@@ -26,10 +26,24 @@ typedef struct gw_redis_ev {
     redisAsyncContext *ac; /* NULL when nothing is attached (or after cleanup) */
     gw_io io;
     uint32_t want;         /* GW_EV_READ | GW_EV_WRITE asked for by hiredis */
+    const char *refused;   /* why a reply was refused (gw_redis_reader_limit), or NULL */
 } gw_redis_ev;
 
-/* Attaches ac to l through e (e->ac = ac). GW_OK, or GW_ERR when ac already
- * has an event library attached. */
+/* Bounds on a reply's shape. hiredis 0.14 has none: `*2147483647` makes it
+ * calloc 16 GiB of element pointers (and walk them all when freed) on the
+ * calling thread, a `$` length is buffered however large it is. */
+#define GW_REDIS_MAX_ELEMENTS (1u << 20) /* elements in one array */
+#define GW_REDIS_MAX_BULK (64u << 20)    /* bytes in one bulk string */
+
+/* Installs the bounds on reader r: an array or bulk string above them is a
+ * protocol error (the connection fails), and *refused is set to the reason
+ * (hiredis itself reports it as "Out of memory"). r->privdata is taken. */
+void gw_redis_reader_limit(redisReader *r, const char **refused);
+
+/* Attaches ac to l through e (e->ac = ac) and installs the reply bounds on
+ * its reader (e->refused names a refusal; a bulk string still being read
+ * past GW_REDIS_MAX_BULK fails the connection before more is buffered).
+ * GW_OK, or GW_ERR when ac already has an event library attached. */
 int gw_redis_ev_attach(gw_redis_ev *e, gw_loop *l, redisAsyncContext *ac);
 
 #endif

@@ -124,8 +124,8 @@ static int set_field(int f, const char *v, size_t n, gw_session *out, char *why,
         size_t i = 0;
         for (; i < n && i < 19 && v[i] >= '0' && v[i] <= '9'; i++)
             x = x * 10 + (uint64_t)(v[i] - '0');
-        if (n == 0 || i != n || x == 0) {
-            snprintf(why, cap, "version must be a positive integer");
+        if (n == 0 || i != n || x == 0 || x > (uint64_t)INT64_MAX) { /* it is answered as a JSON integer */
+            snprintf(why, cap, "version must be a positive integer of at most 9223372036854775807");
             return GW_ERR;
         }
         out->version = x;

@@ -8,6 +8,7 @@
 #include "store/store.h"
 
 #include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,6 +236,12 @@ gw_store *gw_store_current(void) { return current; }
 const char *gw_store_current_name(void) { return current ? current->ops->name : "embedded"; }
 
 int gw_store_current_healthy(void) { return current ? current->ops->healthy(current) : 1; }
+
+static _Atomic(const char *) health_reason;
+
+void gw_store_health_note(const char *reason) { atomic_store(&health_reason, reason); }
+
+const char *gw_store_current_reason(void) { return atomic_load(&health_reason); }
 
 void gw_store_health_changed(int healthy)
 {

@@ -146,5 +146,9 @@ const char *gw_store_current_name(void);
 int gw_store_current_healthy(void);
 /* Sets the wsgate_backend_healthy gauge (backends call it on a change). */
 void gw_store_health_changed(int healthy);
+/* Why the backend is unhealthy (a string literal; NULL: healthy), shown by
+ * /health as backend.reason; any thread. */
+void gw_store_health_note(const char *reason);
+const char *gw_store_current_reason(void);
 
 #endif

@@ -92,3 +92,116 @@ class RedisServer:
     def stop(self):
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Proxy:
+    """A TCP proxy in front of a Redis for partition tests. blackhole():
+    existing connections are reset, new ones are accepted and never
+    answered (held open: a connect succeeds, the handshake hangs forever);
+    heal(): new connections are forwarded again (the held ones stay silent)."""
+
+    def __init__(self, target_port):
+        import threading
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.holes = False
+        self.pairs, self.held = [], []
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            if self.holes:
+                self.held.append(c)
+                continue
+            u = socket.create_connection(("127.0.0.1", self.target))
+            self.pairs += [c, u]
+            for a, b in ((c, u), (u, c)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def blackhole(self):
+        import struct
+        self.holes = True
+        for s in self.pairs:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.pairs = []
+
+    def heal(self):
+        self.holes = False
+
+    def stop(self):
+        self.lsock.close()
+        for s in self.held + self.pairs:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class Trickler:
+    """Not a Redis: accepts, answers every command with a bulk string sent
+    one byte every 0.2 s (each read gets something; the whole never ends)."""
+
+    def __init__(self):
+        import threading
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            c.recv(65536)
+            c.sendall(b"$1000000\r\n")
+            while not self.stopped:
+                c.sendall(b"x")
+                time.sleep(0.2)
+        except OSError:
+            pass
+        c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.lsock.close()

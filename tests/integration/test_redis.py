@@ -86,6 +86,21 @@ def test_silent_address_stops_the_start_within_the_timeout(redis_server):
     assert took < 8, took
 
 
+def test_trickling_peer_stops_the_start_within_the_timeout():
+    """A peer answering a byte every 0.2 s (every read gets something) is a
+    failed start within GATEWAY_STORE_TIMEOUT overall, not per read."""
+    t = redisfix.Trickler()
+    try:
+        t0 = time.monotonic()
+        rc, lines = start_fails({"GATEWAY_REDIS_MASTER_ADDR": f"127.0.0.1:{t.port}", "GATEWAY_STORE_TIMEOUT": "1s"})
+        took = time.monotonic() - t0
+    finally:
+        t.stop()
+    assert rc == 2 and len(lines) == 1, lines
+    assert "SELECT failed (no answer within GATEWAY_STORE_TIMEOUT)" in lines[0]["error"], lines
+    assert took < 3, took
+
+
 @pytest.mark.parametrize("env,want", [
     ({"GATEWAY_REDIS_PASSWORD": "wrong"}, "AUTH failed"),
     ({"GATEWAY_REDIS_PASSWORD": ""}, "failed (NOAUTH"),
@@ -263,3 +278,83 @@ def test_frozen_redis_cannot_stall_a_worker(make_gateway, make_redis, agents):
     assert ws2.response.status == 101
     ws2.close()
     ws.close()
+
+
+def test_handshake_that_never_answers_is_retried(make_gateway, redis_server):
+    """Connect and handshake (AUTH, SELECT, SCRIPT LOAD) have a deadline:
+    a reconnection accepted but never answered (a black hole) is dropped
+    after twice GATEWAY_STORE_TIMEOUT and tried again, so the gateway is
+    whole again soon after the path heals, idle worker connection included."""
+    p = redisfix.Proxy(redis_server.port)
+    try:
+        g = make_gateway(env=term_env(redis_server, GATEWAY_REDIS_MASTER_ADDR=p.addr, GATEWAY_STORE_TIMEOUT="1s",
+                                      GATEWAY_WORKERS="1"))
+        token_for(g, "hole", "ws://127.0.0.1:1/x")  # the worker's own connection exists from here on
+        assert health(g)["overall"] == "healthy"
+        p.blackhole()
+        gw.wait_until(lambda: health(g)["overall"] == "unhealthy", timeout=10, what="unhealthy in the black hole")
+        time.sleep(1)  # reconnections are parked in the hole
+        p.heal()
+        t0 = time.monotonic()
+        gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=15, what="healthy after the heal")
+        assert time.monotonic() - t0 < 5
+        assert token_for(g, "hole", "ws://127.0.0.1:1/x")["token"]
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("which", ["session", "client"])
+def test_unreadable_stream_is_unhealthy(make_gateway, make_redis, which):
+    """XREAD answering an error (the stream's key holds a string) is an
+    unhealthy backend with the reason naming the stream, logged once (not
+    every retry), and healthy again once the stream can be read. Both
+    readers: the session-events stream (revocations) and the client-events
+    stream (push)."""
+    r = make_redis()
+    r.cli("SET", "bad:events", "not-a-stream")
+    var = "GATEWAY_SESSION_EVENTS_REDIS_STREAM" if which == "session" else "GATEWAY_CLIENT_EVENTS_REDIS_STREAM"
+    reason = ("the session-events stream cannot be read (XREAD fails): revocations are not applied"
+              if which == "session" else
+              "the client-events stream cannot be read (XREAD fails): push events are not delivered")
+    msg = ("session-events stream unreadable; revocations are not applied" if which == "session"
+           else "client-events stream unreadable; push events are not delivered")
+    g = make_gateway(env=r.env(**{var: "bad:events"}))
+    gw.wait_until(lambda: health(g)["overall"] == "unhealthy", timeout=10, what="unhealthy")
+    h = health(g)
+    assert h["reason"] == reason, h
+    assert healthy_metric(g) == 0
+    time.sleep(3)  # three more XREAD attempts
+    lines = [l for l in g.logs() if l.get("msg") == msg]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "error" and "WRONGTYPE" in lines[0]["error"] and lines[0]["stream"] == "bad:events"
+    r.cli("DEL", "bad:events")
+    gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=10, what="healthy once readable")
+    assert "reason" not in health(g)
+    assert healthy_metric(g) == 1
+    g.wait_log(lambda l: l.get("msg") == f"{which}-events stream readable again")
+
+
+def test_late_consume_leaves_the_token(make_gateway, make_redis, agents):
+    """A consume answered 503 (Redis frozen past GATEWAY_STORE_TIMEOUT) that
+    Redis runs once thawed is "late" by Redis' clock and leaves the token
+    untouched: the client's retry with the same token is accepted, not a
+    replay (review2 f6)."""
+    r = make_redis()
+    a = agents()
+    g = make_gateway(env=term_env(r, GATEWAY_STORE_TIMEOUT="1s", GATEWAY_WORKERS="1"))
+    tok = token_for(g, "late", a.url)["token"]
+    r.freeze()
+    try:
+        first = connect(g, "late", tok)
+        refused(g, first, 503, "service_unavailable")
+        time.sleep(0.5)  # past the deadline on every clock
+    finally:
+        r.thaw()
+    gw.wait_until(lambda: health(g)["overall"] == "healthy", timeout=10, what="healthy after SIGCONT")
+    ws = connect(g, "late", tok)
+    assert ws.response.status == 101
+    ws.send_binary(b"echo late-$((6*7))\n")
+    read_until(ws, rb"late-42")
+    ws.close()
+    again = connect(g, "late", tok)
+    refused(g, again, 403, "token_replayed")

@@ -77,6 +77,8 @@ def test_post_and_highest_version_wins(make_gateway, backend):
      "token_sha256"),
     ({"device_session_id": "d", "user_id": "u", "status": "active", "token_sha256": "0" * 64, "version": 0},
      "version"),
+    ({"device_session_id": "d", "user_id": "u", "status": "active", "token_sha256": "0" * 64,
+      "version": "9223372036854775808"}, "at most 9223372036854775807"),
     ({"device_session_id": "d d", "user_id": "u", "status": "active", "token_sha256": "0" * 64, "version": 1},
      "device_session_id"),
 ])
@@ -152,6 +154,30 @@ def test_stream_across_redis_restart(make_gateway, make_redis):
     for i in range(2, 7):
         xadd(r, stream, snap(f"k-{i}", 1))
     gw.wait_until(lambda: all(view(g, f"k-{i}") != 404 for i in range(2, 7)), timeout=15, what="k-2..k-6")
+    # The stream reader and the workers' connections reconnect on their own
+    # back-off timers: publishing works once every connection is back.
+    gw.wait_until(lambda: json.loads(g.get("/health").body)["backend"]["overall"] == "healthy", timeout=10,
+                  what="healthy again")
     assert post(g, snap("k-7", 1)).status == 202
     gw.wait_until(lambda: view(g, "k-7") != 404, what="k-7 through the stream")
     assert view(g, "k-1")["version"] == 1  # the view survives the outage
+
+
+def test_version_bounds(make_gateway, redis_server):
+    """A version above INT64_MAX (answered as a JSON integer) is refused on
+    POST (400) and malformed on the stream (counted, not applied);
+    INT64_MAX itself is fine and answered as it was sent."""
+    stream = "sess-big-" + os.urandom(4).hex()
+    g = make_gateway(env=redis_server.env(GATEWAY_SESSION_EVENTS_REDIS_STREAM=stream, GATEWAY_ADMIN_TOKEN=ADMIN))
+    big = snap("big-1", 1)
+    big["version"] = "9223372036854775808"
+    r = post(g, big)
+    assert r.status == 400 and r.json()["code"] == "invalid_session", r
+    xadd(redis_server, stream, big)
+    gw.wait_until(lambda: snapshots(g, "malformed") == 1, what="the stream entry counted malformed")
+    line = g.wait_log(lambda l: l.get("msg") == "session snapshot dropped: malformed")[0]
+    assert "at most 9223372036854775807" in line["error"] and line["source"] == "stream"
+    assert view(g, "big-1") == 404
+    assert post(g, snap("big-1", 9223372036854775807)).status == 202
+    gw.wait_until(lambda: view(g, "big-1") != 404, what="INT64_MAX applied")
+    assert view(g, "big-1")["version"] == 9223372036854775807
