@@ -7,9 +7,17 @@
  * (CLOCK_MONOTONIC ns) in the payload, and measures publish-to-receipt
  * latency for every delivery. One epoll thread.
  *
- * usage: fanout HOST PORT ADMIN_PORT ADMIN_TOKEN BEARER USER N RATE SECONDS SERVER_PID
- * Prints one JSON line: subscribers, rate, deliveries, deliveries_per_s,
- * p50/p99/p999 latency (ms), server CPU us per delivery (from /proc/PID/stat).
+ * usage: fanout SERVER HOST PORT SUB_PATH SUBPROTOCOL PUB_PORT PUB_PATH PUB_TOKEN USER N RATE SECONDS PIDS
+ *   SERVER names the server in the output (wsgate, nchan, node); SUBPROTOCOL
+ *   and PUB_TOKEN are "-" for none; PIDS is a comma-separated list of the
+ *   server's processes (nginx: its workers) whose CPU is summed.
+ * The same client drives wsgate (/ws/events, POST /v1/events), Nchan
+ * (nchan_subscriber websocket, nchan_publisher) and a Node `ws` broadcast
+ * server: each delivers the published body (or, for wsgate, an event
+ * carrying its payload) and the client finds "t": in it.
+ * Prints one JSON line: server, subscribers, rate, deliveries,
+ * deliveries_per_s, p50/p99/p999 latency (ms), server CPU us per delivery
+ * (from /proc/PID/stat of every PID).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -27,6 +35,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#define GW_MINI(a, b) ((a) < (b) ? (a) : (b))
 
 static uint64_t now_ns(void)
 {
@@ -145,7 +155,15 @@ static int frames(sub *s, uint64_t *got)
     return 1;
 }
 
-static uint64_t cpu_ticks(int pid)
+static uint64_t self_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+static uint64_t cpu_ticks_one(int pid)
 {
     char path[64], b[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
@@ -159,25 +177,46 @@ static uint64_t cpu_ticks(int pid)
     return ut + st;
 }
 
+/* The CPU of every process in the comma-separated list. */
+static uint64_t cpu_ticks(const char *pids)
+{
+    uint64_t t = 0;
+    for (const char *p = pids; *p;) {
+        char *end;
+        long pid = strtol(p, &end, 10);
+        if (end == p || pid <= 0)
+            die("bad PIDS");
+        t += cpu_ticks_one((int)pid);
+        p = *end == ',' ? end + 1 : end;
+    }
+    return t;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 11) {
-        fprintf(stderr, "usage: fanout HOST PORT ADMIN_PORT ADMIN_TOKEN BEARER USER N RATE SECONDS SERVER_PID\n");
+    if (argc != 14) {
+        fprintf(stderr, "usage: fanout SERVER HOST PORT SUB_PATH SUBPROTOCOL PUB_PORT PUB_PATH PUB_TOKEN USER N RATE "
+                        "SECONDS PIDS\n");
         return 2;
     }
-    const char *host = argv[1], *tok = argv[4], *bearer = argv[5], *user = argv[6];
-    int port = atoi(argv[2]), aport = atoi(argv[3]), n = atoi(argv[7]), pid = atoi(argv[10]);
-    double rate = atof(argv[8]), secs = atof(argv[9]);
+    const char *server = argv[1], *host = argv[2], *sub_path = argv[4], *proto = argv[5], *pub_path = argv[7],
+               *tok = argv[8], *user = argv[9], *pids = argv[13];
+    int port = atoi(argv[3]), aport = atoi(argv[6]), n = atoi(argv[10]);
+    double rate = atof(argv[11]), secs = atof(argv[12]);
+    char proto_h[512] = "", auth_h[512] = "";
+    if (strcmp(proto, "-") != 0)
+        snprintf(proto_h, sizeof proto_h, "Sec-WebSocket-Protocol: %s\r\n", proto);
+    if (strcmp(tok, "-") != 0)
+        snprintf(auth_h, sizeof auth_h, "Authorization: Bearer %s\r\n", tok);
     struct rlimit rl = {(rlim_t)n + 64, (rlim_t)n + 64};
     setrlimit(RLIMIT_NOFILE, &rl);
     int ep = epoll_create1(EPOLL_CLOEXEC);
     sub *subs = calloc((size_t)n, sizeof *subs);
     char req[1024];
     int rl_n = snprintf(req, sizeof req,
-                        "GET /ws/events HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                        "Sec-WebSocket-Protocol: %s\r\n\r\n",
-                        host, bearer);
+                        "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n",
+                        sub_path, host, proto_h);
     for (int i = 0; i < n; i++) {
         subs[i].fd = dial_from(host, port, i);
         if (write(subs[i].fd, req, (size_t)rl_n) != rl_n)
@@ -208,7 +247,7 @@ int main(int argc, char **argv)
     }
     int afd = dial(host, aport);
     uint64_t step = (uint64_t)(1e9 / rate), start = now_ns(), next = start, end = start + (uint64_t)(secs * 1e9);
-    uint64_t published = 0, c0 = cpu_ticks(pid);
+    uint64_t published = 0, c0 = cpu_ticks(pids), k0 = self_cpu_us();
     nlat = 0;
     got = 0;
     char body[256], hreq[1024], resp[4096];
@@ -218,14 +257,16 @@ int main(int argc, char **argv)
             int bn = snprintf(body, sizeof body, "{\"user_id\":\"%s\",\"type\":\"bench\",\"payload\":{\"t\":%llu}}",
                               user, (unsigned long long)now_ns());
             int hn = snprintf(hreq, sizeof hreq,
-                              "POST /v1/events HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\n"
+                              "POST %s HTTP/1.1\r\nHost: a\r\n%s"
                               "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
-                              tok, bn, body);
+                              pub_path, auth_h, bn, body);
             if (write(afd, hreq, (size_t)hn) != hn)
                 die("publish");
-            ssize_t r = read(afd, resp, sizeof resp); /* 201, small: one read */
-            if (r <= 0 || memcmp(resp, "HTTP/1.1 201", 12) != 0)
-                die("publish answer");
+            ssize_t r = read(afd, resp, sizeof resp); /* 2xx, small: one read */
+            if (r < 12 || memcmp(resp, "HTTP/1.1 2", 10) != 0) {
+                fprintf(stderr, "fanout: publish answered: %.*s\n", (int)(r > 0 ? GW_MINI(r, 200) : 0), resp);
+                exit(1);
+            }
             published++;
             next += step;
             continue;
@@ -245,14 +286,15 @@ int main(int argc, char **argv)
         }
     }
     double el = (double)(now_ns() - start) / 1e9;
-    uint64_t c1 = cpu_ticks(pid);
+    uint64_t c1 = cpu_ticks(pids), k1 = self_cpu_us();
     double cpu_us = (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) * 1e6;
     qsort(lat, nlat, sizeof *lat, cmp_u64);
 #define PCT(p) (nlat ? (double)lat[(size_t)((double)(nlat - 1) * (p))] / 1e6 : 0.0)
-    printf("{\"subscribers\":%d,\"events_per_s\":%.0f,\"published\":%llu,\"deliveries\":%llu,\"expected\":%llu,"
-           "\"deliveries_per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"server_cpu_us_per_delivery\":%.3f}\n",
-           n, rate, (unsigned long long)published, (unsigned long long)got,
+    printf("{\"server\":\"%s\",\"subscribers\":%d,\"events_per_s\":%.0f,\"published\":%llu,\"deliveries\":%llu,\"expected\":%llu,"
+           "\"deliveries_per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"server_cpu_us_per_delivery\":%.3f,"
+           "\"client_cpu_us_per_delivery\":%.3f}\n",
+           server, n, rate, (unsigned long long)published, (unsigned long long)got,
            (unsigned long long)(published * (uint64_t)n), (double)got / el, PCT(0.5), PCT(0.99), PCT(0.999),
-           got ? cpu_us / (double)got : 0.0);
+           got ? cpu_us / (double)got : 0.0, got ? (double)(k1 - k0) / (double)got : 0.0);
     return 0;
 }
