@@ -120,6 +120,46 @@ def test_targeting_and_order(make_gateway, backend):
     gw.wait_until(lambda: g.metric("wsgate_push_deliveries_total") == 42, what="deliveries counted")
 
 
+def test_many_users_each_gets_only_its_own(make_gateway, backend):
+    """Subscribers are grouped by user on each worker: 30 users with two
+    streams each (spread over both workers) each get exactly their user's
+    events; a user whose last stream left and who subscribes again (a new
+    group) gets events again; one stream leaving keeps its sibling's."""
+    g = gateway(make_gateway, backend)
+    users = [f"mu{i}" for i in range(30)]
+    for u in users:
+        session(g, f"{u}-a", u)
+        session(g, f"{u}-b", u)
+
+    async def body():
+        streams = {}
+        for u in users:
+            streams[u] = [await subscribe(g, f"{u}-a"), await subscribe(g, f"{u}-b")]
+        ids = {u: publish(g, u, "own", {"user": u}) for u in users}
+        for u in users:
+            for ws in streams[u]:
+                e = await recv_json(ws)
+                assert e["id"] == ids[u] and e["payload"]["user"] == u, (u, e)
+        # the first user's streams leave one by one
+        u0 = users[0]
+        await streams[u0][0].close()
+        i1 = publish(g, u0, "own", {"n": 1})
+        assert (await recv_json(streams[u0][1]))["id"] == i1
+        await streams[u0][1].close()
+        publish(g, u0, "own", {"n": 2})  # nobody listens: dropped, nothing breaks
+        again = await subscribe(g, f"{u0}-a")
+        i3 = publish(g, u0, "own", {"n": 3})
+        assert (await recv_json(again))["id"] == i3
+        # nobody else got anything more
+        for u in users[1:]:
+            for ws in streams[u]:
+                with pytest.raises(asyncio.TimeoutError):
+                    await recv_json(ws, timeout=0.05)
+                await ws.close()
+        await again.close()
+    run(body())
+
+
 def test_refusals(make_gateway, backend):
     g = gateway(make_gateway, backend)
     session(g, "pr1", "rita")
