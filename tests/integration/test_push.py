@@ -208,6 +208,45 @@ def test_resume_same_process(make_gateway, backend):
     assert g.metric("wsgate_push_resumes_total", result="replayed") == 2
 
 
+def test_resume_while_publishing_no_gap_no_duplicate(make_gateway):
+    """Streams resuming from a cursor while events are published without a
+    pause: the replay and the live events meet at the high-water mark, so
+    every stream gets each id exactly once, in order (an event appended
+    between the replay and the stream being listed arrives both ways; the
+    mark drops the second copy)."""
+    import threading
+    g = gateway(make_gateway, {}, GATEWAY_PUSH_QUEUE_LIMIT="100000")
+    session(g, "hw1", "hank")
+    first = publish(g, "hank", "e", {"n": 0})
+    stop = threading.Event()
+    published = [first]
+
+    def publisher():
+        n = 1
+        while not stop.is_set() and n < 3000:
+            published.append(publish(g, "hank", "e", {"n": n}))
+            n += 1
+    t = threading.Thread(target=publisher)
+    t.start()
+
+    async def body():
+        streams = []
+        for _ in range(24):
+            streams.append(await subscribe(g, "hw1", cursor=first))
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        last = published[-1]
+        for ws in streams:
+            got = []
+            while not got or got[-1] != last:
+                got.append((await recv_json(ws))["id"])
+            assert len(got) == len(set(got)), "a duplicate"
+            assert got == published[1:], "a gap or a reordering"
+            await ws.close()
+    run(body())
+
+
 def test_too_old_cursor_resync(make_gateway, backend):
     g = gateway(make_gateway, backend)
     session(g, "pd1", "dave")
