@@ -32,7 +32,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
 
-.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout \
+.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout bench-revoke \
         format tools
 
 all: $(B)/wsgate
@@ -138,6 +138,10 @@ bench-store: build/bench/store_bench
 	@bench/run-store.sh
 
 # Push fan-out: N subscribers of one user, events at a fixed rate (bench/README.md).
+# Revocation latency: XADD of a revoked snapshot to the stream's close frame, three processes on one Redis.
+bench-revoke: deps all
+	@/usr/bin/python3 bench/revoke.py
+
 bench-fanout: all
 	@bench/run-fanout.sh
 
