@@ -137,12 +137,12 @@ build/bench/store_bench: bench/store_bench.c $(LIB_OBJS)
 bench-store: build/bench/store_bench
 	@bench/run-store.sh
 
-# Push fan-out: N subscribers of one user, events at a fixed rate (bench/README.md).
 # Revocation latency: XADD of a revoked snapshot to the stream's close frame, three processes on one Redis.
 bench-revoke: deps all
 	@/usr/bin/python3 bench/revoke.py
 
-bench-fanout: all
+# Push fan-out: N subscribers of one user, events at a fixed rate, against Nchan and Node (bench/README.md).
+bench-fanout: deps all
 	@bench/run-fanout.sh
 
 format:
