@@ -640,7 +640,7 @@ static void subscribe(gw_client *c, push_wait *w, const gw_session *sess)
     if (rc == GW_AGAIN) {
         s->resume = "resync";
         gw_counter_inc(P.m_resume_resync);
-        gw_ws_serve_log_open(wsc, proto, 0, w->ids.trace);
+        gw_ws_serve_log_open(wsc, (gw_str){NULL, 0}, 0, w->ids.trace); /* the subprotocol is the bearer: not logged */
         send_gateway(s, "gateway.resync_required", json_pack("{s:s}", "cursor", w->cursor_text));
         sub_close(s, 4409, "resync required: the cursor is older than the history", cause_resync);
         return;
@@ -650,7 +650,7 @@ static void subscribe(gw_client *c, push_wait *w, const gw_session *sess)
         gw_timer_start(s->pw->loop, &s->pw->presence, GW_MAX(P.presence_ttl_ms / 3, 1));
     s->resume = !w->has_cursor ? "live" : "replayed";
     gw_counter_inc(w->has_cursor ? P.m_resume_replayed : P.m_resume_live);
-    gw_ws_serve_log_open(wsc, proto, 0, w->ids.trace);
+    gw_ws_serve_log_open(wsc, (gw_str){NULL, 0}, 0, w->ids.trace); /* the subprotocol is the bearer: not logged */
     /* Revoked between the lookup and now: the hook's post may have run
      * before this subscriber was listed. */
     gw_session now;

@@ -182,6 +182,30 @@ def test_refusals(make_gateway, backend):
     assert admin_post(g, "/v1/events", {"user_id": "u", "type": "t", "payload": "{not json"}).status == 400
 
 
+def test_bearer_never_logged(make_gateway, backend):
+    """The session bearer a stream offers (as its subprotocol or in
+    Authorization) is a secret: it is echoed in the 101 (browsers need
+    that) but never written to a log line, opened, refused or closed."""
+    g = gateway(make_gateway, backend, GATEWAY_LOG_LEVEL="debug")
+    session(g, "sec1", "sara")
+
+    async def body():
+        ws = await subscribe(g, "sec1")
+        assert ws.subprotocol == "bearer-sec1"
+        await ws.close()
+        ws = await subscribe(g, "sec1", header=True)
+        await ws.close()
+        with pytest.raises(websockets.exceptions.InvalidStatusCode):
+            await connect(g, "no-such-session-xyz")
+    run(body())
+    g.wait_log(lambda l: l.get("msg") == "ws close")
+    g.wait_log(lambda l: l.get("msg") == "push subscription refused")
+    text = g.stderr()
+    assert "ws open" in text
+    for secret in ("bearer-sec1", "bearer-no-such-session-xyz"):
+        assert secret not in text, f"{secret} in the log"
+
+
 def test_resume_same_process(make_gateway, backend):
     g = gateway(make_gateway, backend)
     session(g, "pc1", "carol")
