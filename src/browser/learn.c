@@ -139,7 +139,7 @@ static int from_cdp_url(const char *url, char *base, char *jwt)
             last = p;
     size_t alen = strcspn(auth, "/?");
     const char *cut = last && last >= auth + alen ? last : auth + alen;
-    int tls = url[s - 4] == 's' || url[s - 4] == 'S'; /* "https://" / "wss://" */
+    int tls = strncasecmp(url, "wss://", 6) == 0 || strncasecmp(url, "https://", 8) == 0;
     const char *scheme = tls ? "https://" : "http://";
     size_t rest = (size_t)(cut - auth);
     if (strlen(scheme) + rest > GW_BROUTE_URL_MAX)
