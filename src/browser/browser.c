@@ -349,6 +349,17 @@ static void log_ws(const gw_route *r, const char *corr, const char *via, const c
     }
 }
 
+/* The proxy takes the exchange (and the hooks' state, freed by done even
+ * when it refuses at once: a body framing the HTTP phase let through). */
+static int start_proxy(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                       const gw_req_ids *ids, const gw_upstream *u, const gw_proxy_opts *o, gw_http_req *orig)
+{
+    if (gw_proxy_start_ex(c, req, r, table, ids, u, o) == GW_OK)
+        return GW_DONE;
+    gw_http_error_ids(c, 400, "bad_request", "the request body's framing is invalid", orig, NULL, ids);
+    return GW_OK;
+}
+
 static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
                          const gw_req_ids *ids)
 {
@@ -403,8 +414,7 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
             snprintf(x->id, sizeof x->id, "%.*s", (int)bp.id.n, bp.id.p);
         }
         gw_proxy_opts o = {.hooks = {.head = hook_head, .body = hook_body, .done = hook_done, .ud = x}};
-        gw_proxy_start_ex(c, req, r, table, ids, r->upstream, &o);
-        return GW_DONE;
+        return start_proxy(c, req, r, table, ids, r->upstream, &o, req);
     }
 
     /* Direct to the VM: the client's end-to-end headers minus Authorization
@@ -447,8 +457,7 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
                            .fallback = x->is_get ? r->upstream : NULL,
                            .fallback_req = req,
                            .hooks = {.head = hook_head, .body = hook_body, .done = hook_done, .ud = x}};
-        gw_proxy_start_ex(c, &to_vm, r, table, ids, &vm, &o);
-        rc = GW_DONE;
+        rc = start_proxy(c, &to_vm, r, table, ids, &vm, &o, req);
     }
     gw_free(path);
     gw_free(keep);

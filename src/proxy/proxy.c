@@ -78,7 +78,7 @@ typedef struct gw_proxy {
     uint8_t client_close;   /* c->close_after as the exchange started (restored for the fallback) */
     uint8_t cap_mode;       /* enum gw_proxy_body_mode of the current response */
     uint8_t cap_over;       /* its body passed cap_limit: gathering stopped */
-    size_t cap_limit, cap_len;
+    size_t cap_limit, cap_len, cap_size;
     uint8_t *cap;           /* the body gathered (TEE, HOLD) */
     char *held_head;        /* HOLD: the client's response head, not sent yet */
     size_t held_head_len;
@@ -371,8 +371,11 @@ int gw_proxy_start_ex(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     gw_h1_body body;
     int status;
     const char *why;
-    if (gw_h1_request_body(req, &body, &status, &why) != GW_OK)
+    if (gw_h1_request_body(req, &body, &status, &why) != GW_OK) {
+        if (o && o->hooks.done)
+            o->hooks.done(o->hooks.ud, 0, "refused");
         return GW_ERR; /* refused earlier */
+    }
     gw_proxy *px = gw_calloc(1, sizeof *px);
     px->route = r;
     px->table = table;
@@ -546,7 +549,7 @@ static void release_held(gw_client *c, int complete)
         gw_conn_write(&c->conn, "0\r\n\r\n", 5);
     gw_free(px->cap);
     px->cap = NULL;
-    px->cap_len = 0;
+    px->cap_len = px->cap_size = 0;
     px->cap_mode = GW_PROXY_PASS;
 }
 
@@ -558,9 +561,25 @@ static void body_out(gw_client *c, const uint8_t *p, size_t n)
     if (!n)
         return;
     if (px->cap_mode != GW_PROXY_PASS && !px->cap_over) {
-        if (n <= px->cap_limit - px->cap_len) {
-            if (!px->cap)
-                px->cap = gw_malloc(px->cap_limit ? px->cap_limit : 1);
+        int fits = n <= px->cap_limit - px->cap_len;
+        if (fits && px->cap_len + n > px->cap_size) {
+            /* Grown as the body comes (a peer's size: a failed allocation
+             * only ends the gathering, the body still streams). */
+            size_t want = px->cap_size ? px->cap_size : 4096;
+            while (want < px->cap_len + n)
+                want *= 2;
+            want = GW_MIN(want, px->cap_limit);
+            uint8_t *nb = gw_try_malloc(want);
+            if (nb) {
+                if (px->cap_len)
+                    memcpy(nb, px->cap, px->cap_len);
+                gw_free(px->cap);
+                px->cap = nb;
+                px->cap_size = want;
+            }
+            fits = nb != NULL;
+        }
+        if (fits) {
             memcpy(px->cap + px->cap_len, p, n);
             px->cap_len += n;
             if (px->cap_mode == GW_PROXY_HOLD)
@@ -571,7 +590,7 @@ static void body_out(gw_client *c, const uint8_t *p, size_t n)
                 release_held(c, 0);
             gw_free(px->cap);
             px->cap = NULL;
-            px->cap_len = 0;
+            px->cap_len = px->cap_size = 0;
         }
     }
     emit_body(c, p, n);
@@ -746,7 +765,7 @@ static void replay(gw_client *c)
     px->held_head = NULL;
     gw_free(px->cap);
     px->cap = NULL;
-    px->cap_len = 0;
+    px->cap_len = px->cap_size = 0;
     px->cap_mode = GW_PROXY_PASS;
     px->cap_over = 0;
     px->status = 0;

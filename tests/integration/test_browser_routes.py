@@ -283,6 +283,38 @@ def test_fallback_browser_gone_chunked_404(env):
     assert r.status == 200 and json.loads(r.body)["from"] == "control_plane", r
 
 
+def test_fallback_on_a_keep_alive_connection(env):
+    """The fallback's answer, then the next request on the same connection
+    (direct again, for another session): nothing of the dropped 404 leaks."""
+    e, s1, s2 = env, sid(), sid()
+    learn(e, s1)
+    learn(e, s2)
+    e["vm"].script[s1] = gone()
+    c = wsraw.Conn("127.0.0.1", e["g"].port, timeout=10)
+    try:
+        for path in (f"/browsers/{s1}/telemetry/events", f"/browsers/{s2}/telemetry/events",
+                     f"/browsers/{s1}/telemetry/events"):
+            c.send(f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k\r\n\r\n".encode())
+        answers = [json.loads(c.read_response(timeout=10).body) for _ in range(3)]
+    finally:
+        c.close()
+    assert [a["from"] for a in answers] == ["control_plane", "vm", "control_plane"]
+    assert answers[0]["authorization"] == "Bearer k"
+    assert len(vm_reqs(e, s1)) == 1 and len(vm_reqs(e, s2)) == 1
+
+
+def test_head_and_204_on_eligible_path(env):
+    e, s = env, sid()
+    learn(e, s)
+    e["vm"].script[s] = (204, [], b"", False)
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events")
+    assert r.status == 204 and r.body == b""
+    e["vm"].script[s] = (404, [("Content-Type", "application/json")], b"", False)
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events")  # an empty 404: not JSON, passed
+    assert r.status == 404 and r.body == b""
+    assert cp_reqs(e, s) == []
+
+
 def test_control_plane_also_failing_no_loop(env):
     e, s = env, sid()
     learn(e, s)
