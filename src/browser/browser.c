@@ -85,11 +85,11 @@ typedef struct bx {
     bsettings *b;
     char id[GW_BROUTE_ID_MAX + 1];
     char corr[72];
-    const char *reason;    /* why it went where it went */
-    const char *fallback;  /* NULL, "browser_gone" or "stale_jwt" */
+    const char *reason;   /* why it went where it went */
+    const char *fallback; /* NULL, "browser_gone" or "stale_jwt" */
     uint8_t via;
-    uint8_t eligible;      /* (sub, rest) in the fallback registry */
-    uint8_t jwt_added;     /* the gateway put the route's jwt in the query */
+    uint8_t eligible;  /* (sub, rest) in the fallback registry */
+    uint8_t jwt_added; /* the gateway put the route's jwt in the query */
     uint8_t is_get, is_head, delete_session;
     int learned;
     uint64_t started_ms;
@@ -98,8 +98,7 @@ typedef struct bx {
 
 /* ================================ metrics =================================== */
 
-static gw_metric *bmetric(const char *name, gw_metric_type type, const char *help, const gw_route *r,
-                          const char *more)
+static gw_metric *bmetric(const char *name, gw_metric_type type, const char *help, const gw_route *r, const char *more)
 {
     char route[256], labels[512];
     gw_metrics_label_escape(r->label, route, sizeof route);
@@ -125,8 +124,7 @@ static gw_metric *eviction_metric(const gw_route *r, const char *reason)
                    "Browser session routes dropped from the cache, by reason.", r, more);
 }
 
-static void evict(const gw_route *r, bsettings *b, const char *id, gw_metric *m, const char *corr,
-                  const char *reason)
+static void evict(const gw_route *r, bsettings *b, const char *id, gw_metric *m, const char *corr, const char *reason)
 {
     if (!gw_bcache_evict(b->cache, id, strlen(id)))
         return;
@@ -205,8 +203,8 @@ static int browser_gone(const uint8_t *p, size_t n)
     if (!j)
         return 0;
     json_t *code = json_object_get(j, "code");
-    int gone = json_is_string(code) && strcmp(json_string_value(code), "browser_gone") == 0 &&
-               json_string_length(code) == 12;
+    int gone =
+        json_is_string(code) && strcmp(json_string_value(code), "browser_gone") == 0 && json_string_length(code) == 12;
     json_decref(j);
     return gone;
 }
@@ -251,8 +249,7 @@ static void hook_done(void *ud, int status, const char *outcome)
     gw_log_line *l = gw_log_begin(GW_LOG_INFO, "browser request", x->corr);
     if (l) {
         gw_log_str(l, "route", x->route->label, 0);
-        gw_log_str(l, "route_taken",
-                   x->fallback ? "fallback" : x->via == VIA_DIRECT ? "direct" : "control_plane", 0);
+        gw_log_str(l, "route_taken", x->fallback ? "fallback" : x->via == VIA_DIRECT ? "direct" : "control_plane", 0);
         gw_log_str(l, "reason", x->fallback ? x->fallback : x->reason, 0);
         if (x->id[0])
             gw_log_str(l, "session_id", x->id, 0);
@@ -308,8 +305,7 @@ static int eligible(const bsettings *b, gw_str sub, gw_str rest)
 
 /* The request target toward the VM: {base path}/{sub}{rest}?{query}, with
  * jwt=<jwt> appended unless the query has a jwt already (*added says). */
-static char *vm_target(const gw_wsc_target *t, const bpath *bp, const gw_http_req *req, const char *jwt,
-                       int *added)
+static char *vm_target(const gw_wsc_target *t, const bpath *bp, const gw_http_req *req, const char *jwt, int *added)
 {
     const char *v;
     size_t vn;
@@ -351,8 +347,8 @@ static void log_ws(const gw_route *r, const char *corr, const char *via, const c
 
 /* The proxy takes the exchange (and the hooks' state, freed by done even
  * when it refuses at once: a body framing the HTTP phase let through). */
-static int start_proxy(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
-                       const gw_req_ids *ids, const gw_upstream *u, const gw_proxy_opts *o, gw_http_req *orig)
+static int start_proxy(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids,
+                       const gw_upstream *u, const gw_proxy_opts *o, gw_http_req *orig)
 {
     if (gw_proxy_start_ex(c, req, r, table, ids, u, o) == GW_OK)
         return GW_DONE;
@@ -445,7 +441,13 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
         x->b = b;
         x->via = VIA_DIRECT;
         x->reason = "cached_route";
-        x->is_get = gw_str_eq(req->method, "GET");
+        /* Only a GET without a body can be sent again (the proxy keeps no
+         * copy of a body). */
+        gw_h1_body body;
+        int st;
+        const char *why;
+        x->is_get = gw_str_eq(req->method, "GET") && gw_h1_request_body(req, &body, &st, &why) == GW_OK &&
+                    !body.chunked && !body.content_length;
         x->is_head = gw_str_eq(req->method, "HEAD");
         x->eligible = (uint8_t)eligible(b, bp.sub, bp.rest);
         x->jwt_added = (uint8_t)added;
@@ -597,8 +599,8 @@ static int browser_parse(json_t *o, gw_route *r, const gw_config *cfg, char *err
     b->ev_gone = eviction_metric(r, "browser_gone");
     b->ev_stale = eviction_metric(r, "stale_jwt");
     gw_counter_add(eviction_metric(r, "resized"), evicted);
-    gw_bcache_set_gauge(b->cache, bmetric("wsgate_browser_routes", GW_METRIC_GAUGE,
-                                          "Browser session routes cached.", r, NULL));
+    gw_bcache_set_gauge(b->cache,
+                        bmetric("wsgate_browser_routes", GW_METRIC_GAUGE, "Browser session routes cached.", r, NULL));
     return GW_OK;
 }
 

@@ -13,8 +13,8 @@
 #include "metrics/metrics.h"
 
 typedef struct entry {
-    gw_list lru;            /* most recently used at the tail */
-    struct entry *hnext;    /* hash chain */
+    gw_list lru;         /* most recently used at the tail */
+    struct entry *hnext; /* hash chain */
     uint32_t hash;
     char *id, *base_url, *jwt;
 } entry;
@@ -22,7 +22,7 @@ typedef struct entry {
 struct gw_bcache {
     pthread_mutex_t mu;
     entry **buckets;
-    size_t nbuckets;        /* a power of two, >= cap */
+    size_t nbuckets; /* a power of two, >= cap */
     size_t n, cap;
     gw_list lru;
     gw_metric *gauge;

@@ -13,9 +13,9 @@
 
 #include <stddef.h>
 
-#define GW_BROUTE_ID_MAX 128    /* session id: bytes */
-#define GW_BROUTE_URL_MAX 1024  /* base_url: bytes */
-#define GW_BROUTE_JWT_MAX 8192  /* jwt (query-encoded): bytes */
+#define GW_BROUTE_ID_MAX 128   /* session id: bytes */
+#define GW_BROUTE_URL_MAX 1024 /* base_url: bytes */
+#define GW_BROUTE_JWT_MAX 8192 /* jwt (query-encoded): bytes */
 
 typedef struct gw_bcache gw_bcache;
 struct gw_metric;

@@ -425,6 +425,17 @@ def test_post_not_fallen_back(env):
     assert cp_reqs(e, s) == []
 
 
+def test_get_with_a_body_not_fallen_back(env):
+    e, s = env, sid()
+    learn(e, s)
+    e["vm"].script[s] = gone()
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events", body=b"xyz")
+    assert r.status == 404 and json.loads(r.body)["code"] == "browser_gone"
+    assert cp_reqs(e, s) == []
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events")  # the route was kept
+    assert len(vm_reqs(e, s)) == 2
+
+
 def test_ineligible_path_not_fallen_back(env):
     e, s = env, sid()
     learn(e, s)

@@ -55,15 +55,17 @@ static void test_learn_flat_and_nested(void)
     is_int(learn("{\"session_id\":\"a\",\"base_url\":\"http://h\"}", &g), 0, "no jwt");
     is_int(learn("{\"session_id\":1,\"base_url\":\"http://h\",\"jwt\":\"j\"}", &g), 0, "id not a string");
     is_int(learn("{\"session_id\":\"a\",\"base_url\":\"http://h\",\"jwt\":\"\"}", &g), 0, "empty jwt");
-    is_int(learn("{\"session_id\":\"a\\u0000b\",\"base_url\":\"http://h\",\"jwt\":\"j\"}", &g), -1, "NUL in id: refused by the parser");
-    is_int(learn("{\"session_id\":\"a\",\"base_url\":\"http://h\\u0000x\",\"jwt\":\"j\"}", &g), -1, "NUL in url: refused by the parser");
+    is_int(learn("{\"session_id\":\"a\\u0000b\",\"base_url\":\"http://h\",\"jwt\":\"j\"}", &g), -1,
+           "NUL in id: refused by the parser");
+    is_int(learn("{\"session_id\":\"a\",\"base_url\":\"http://h\\u0000x\",\"jwt\":\"j\"}", &g), -1,
+           "NUL in url: refused by the parser");
 }
 
 static void test_learn_refuses_unsafe(void)
 {
-    static const char *const bad_urls[] = {"unix:/tmp/s", "ftp://h/x", "http://u:p@h/x", "http://h/x?q=1",
-                                           "http://h/x#f", "http:///x", "http://h /x", "javascript:alert(1)",
-                                           "http://h\\\\x", "file:///etc/passwd"};
+    static const char *const bad_urls[] = {
+        "unix:/tmp/s", "ftp://h/x",   "http://u:p@h/x",      "http://h/x?q=1", "http://h/x#f",
+        "http:///x",   "http://h /x", "javascript:alert(1)", "http://h\\\\x",  "file:///etc/passwd"};
     got g;
     for (size_t i = 0; i < sizeof bad_urls / sizeof *bad_urls; i++) {
         char json[256];
@@ -109,9 +111,9 @@ static void test_learn_cdp_ws_url(void)
     is_int(learn("{\"session_id\":\"s1\",\"cdp_ws_url\":\"ws://u@vm/cdp?jwt=t\"}", &g), 0, "userinfo refused");
     is_int(learn("{\"session_id\":\"s1\",\"cdp_ws_url\":\"ws://vm/cdp?jwt=\"}", &g), 0, "empty jwt");
     is_int(learn("{\"cdp_ws_url\":\"ws://vm/cdp?jwt=t\"}", &g), 0, "no session_id");
-    is_int(learn("{\"session_id\":\"s\",\"base_url\":\"ftp://x\",\"jwt\":\"j\",\"cdp_ws_url\":\"ws://vm/c?jwt=t\"}",
-                 &g),
-           1, "a bad base_url leaves cdp_ws_url");
+    is_int(
+        learn("{\"session_id\":\"s\",\"base_url\":\"ftp://x\",\"jwt\":\"j\",\"cdp_ws_url\":\"ws://vm/c?jwt=t\"}", &g),
+        1, "a bad base_url leaves cdp_ws_url");
     is_str(g.base[0], "http://vm", "from cdp_ws_url");
 }
 
@@ -203,12 +205,16 @@ static void *worker(void *p)
     for (int i = 0; i < 20000; i++) {
         snprintf(id, sizeof id, "t%d-%d", a->t, i % 300);
         switch (i % 3) {
-        case 0: gw_bcache_put(a->c, id, "http://h", id); break;
+        case 0:
+            gw_bcache_put(a->c, id, "http://h", id);
+            break;
         case 1:
             if (gw_bcache_get(a->c, id, strlen(id), base, jwt) && strcmp(jwt, id) != 0)
                 abort(); /* a torn value */
             break;
-        default: gw_bcache_evict(a->c, id, strlen(id)); break;
+        default:
+            gw_bcache_evict(a->c, id, strlen(id));
+            break;
         }
     }
     return NULL;
