@@ -176,7 +176,8 @@ def env():
          "fallback": [{"subresource": "logs", "suffix": ""}]},
     ]
     path = gw.write_routes(os.path.join(d, "routes.json"), routes)
-    g = gw.Gateway({"GATEWAY_ROUTES_FILE": path, "GATEWAY_LOG_LEVEL": "debug"})
+    # Several workers: a route learned on one serves connections on all.
+    g = gw.Gateway({"GATEWAY_ROUTES_FILE": path, "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_WORKERS": "4"})
     yield {"g": g, "cp": cp, "vm": vm, "dir": d}
     g.stop()
     problems = g.check_exit("gateway")
@@ -252,6 +253,17 @@ def test_direct_route_jwt_added_authorization_removed(env):
     assert cp_reqs(e, s) == []
     line = log_for(e, r.header("X-Correlation-ID"))
     assert line["route_taken"] == "direct" and line["session_id"] == s and line["status"] == 200
+
+
+def test_route_shared_by_every_worker(env):
+    """Learned once, on whichever worker took that connection; 24 fresh
+    connections (spread over the 4 workers by SO_REUSEPORT) all go direct."""
+    e, s = env, sid()
+    learn(e, s)
+    for _ in range(24):
+        r = call(e["g"], "GET", f"/browsers/{s}/files/n")
+        assert json.loads(r.body)["from"] == "vm"
+    assert len(vm_reqs(e, s)) == 24 and cp_reqs(e, s) == []
 
 
 def test_fallback_browser_gone(env):
