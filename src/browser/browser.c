@@ -198,6 +198,8 @@ static int hook_head(void *ud, int status, const gw_http_resp *resp, int fallen_
 /* 1 when body is a JSON object whose "code" is "browser_gone". */
 static int browser_gone(const uint8_t *p, size_t n)
 {
+    if (!p || !n)
+        return 0;
     json_error_t e;
     json_t *j = json_loadb((const char *)p, n, 0, &e);
     if (!j)

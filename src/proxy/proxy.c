@@ -75,7 +75,7 @@ typedef struct gw_proxy {
     size_t fb_head_len;
     gw_wsc_target fb_target;
     uint8_t fallen_back;    /* the answer now comes from the fallback upstream */
-    uint8_t client_close;   /* c->close_after as the exchange started (restored for the fallback) */
+    uint8_t resp_closes;    /* this response's framing set c->close_after (undone for the fallback) */
     uint8_t cap_mode;       /* enum gw_proxy_body_mode of the current response */
     uint8_t cap_over;       /* its body passed cap_limit: gathering stopped */
     size_t cap_limit, cap_len, cap_size;
@@ -388,7 +388,6 @@ int gw_proxy_start_ex(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     px->is_head = gw_str_eq(req->method, "HEAD");
     px->client_http10 = req->minor_version == 0;
     px->started_ms = gw_loop_now(c->w->loop);
-    px->client_close = (uint8_t)c->close_after;
     if (o)
         px->hooks = o->hooks;
     gw_client_enter(c, GW_PHASE_STREAM, &stream_proto, px);
@@ -654,8 +653,10 @@ static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
     } else {
         px->resp_mode = RESP_EOF;
     }
-    if (px->resp_mode == RESP_EOF || (px->resp_mode == RESP_CHUNKED && px->client_http10))
+    if ((px->resp_mode == RESP_EOF || (px->resp_mode == RESP_CHUNKED && px->client_http10)) && !c->close_after) {
         c->close_after = 1;
+        px->resp_closes = 1;
+    }
 
     char head[RESP_HEAD_MAX + 512];
     int pos = snprintf(head, sizeof head, "HTTP/1.1 %d %.*s\r\n", resp.status, (int)resp.reason.n, resp.reason.p);
@@ -776,7 +777,9 @@ static void replay(gw_client *c)
     px->up_keepalive = 0;
     px->retried = 0;
     px->reused = 0;
-    c->close_after = px->client_close;
+    if (px->resp_closes)
+        c->close_after = 0;
+    px->resp_closes = 0;
     if (attach_upstream(c) != GW_OK)
         proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
 }

@@ -61,6 +61,13 @@ class Fake:
                 self.send_response_only(status)
                 for k, v in headers:
                     self.send_header(k, v)
+                if chunked == "eof":
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(out)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 if chunked:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
@@ -221,6 +228,11 @@ def cp_reqs(e, s, prefix="/browsers"):
 
 def qs(rec):
     return parse_qs(urlsplit(rec["target"]).query, keep_blank_values=True)
+
+
+def gone_eof():
+    """browser_gone without Content-Length: the VM closes after the body."""
+    return 404, [("Content-Type", "application/json")], b'{"code": "browser_gone"}', "eof"
 
 
 def gone(chunked=False):
@@ -409,10 +421,32 @@ def test_404_without_browser_gone_passed_intact(env):
     assert r.status == 404 and r.body == b"no such thing " * 1000
     # a 404 larger than the inspection bound: passed on as it is, even with browser_gone in it
     big = json.dumps({"code": "browser_gone", "pad": "y" * (70 * 1024)}).encode()
-    e["vm"].script[s] = (404, [("Content-Type", "application/json")], big, True)
-    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events")
-    assert r.status == 404 and r.body == big
+    for chunked in (True, False):
+        e["vm"].script[s] = (404, [("Content-Type", "application/json")], big, chunked)
+        r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events")
+        assert r.status == 404 and r.body == big, chunked
     assert cp_reqs(e, s) == []
+
+
+def test_fallback_close_delimited_404_keeps_the_client_connection(env):
+    """A 404 without a length (the VM closes after it) is read to its end and
+    decided; the fallback's answer has a length, so the client's keep-alive
+    connection serves the next request."""
+    e, s = env, sid()
+    learn(e, s)
+    e["vm"].script[s] = gone_eof()
+    c = wsraw.Conn("127.0.0.1", e["g"].port, timeout=10)
+    try:
+        answers = []
+        for _ in range(2):
+            c.send(f"GET /browsers/{s}/telemetry/events HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+            r = c.read_response(timeout=10)
+            assert r.status == 200 and r.header("Connection") != "close", r
+            answers.append(json.loads(r.body)["from"])
+    finally:
+        c.close()
+    assert answers == ["control_plane", "control_plane"]
+    assert len(vm_reqs(e, s)) == 1 and len(cp_reqs(e, s)) == 2
 
 
 @pytest.mark.parametrize("status", [400, 409, 410, 429])
