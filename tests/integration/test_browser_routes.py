@@ -283,6 +283,8 @@ def test_fallback_browser_gone(env):
     learn(e, s)
     e["vm"].script[s] = gone()
     before = req_metric(e, "fallback", "browser_gone")
+    ev = e["g"].metric("wsgate_browser_route_evictions_total", route="/browsers", reason="browser_gone")
+    size = e["g"].metric("wsgate_browser_routes", route="/browsers")
     r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events?since=5")
     assert r.status == 200, r
     body = json.loads(r.body)
@@ -291,6 +293,11 @@ def test_fallback_browser_gone(env):
     assert body["authorization"] == "Bearer user-token"  # restored
     assert len(vm_reqs(e, s)) == 1 and len(cp_reqs(e, s)) == 1
     assert req_metric(e, "fallback", "browser_gone") == before + 1
+    assert e["g"].metric("wsgate_browser_route_evictions_total", route="/browsers", reason="browser_gone") == ev + 1
+    assert e["g"].metric("wsgate_browser_routes", route="/browsers") == size - 1
+    evicted = [l for l in e["g"].logs() if l.get("msg") == "browser route evicted" and l.get("session_id") == s]
+    assert evicted and evicted[0]["reason"] == "browser_gone"
+    assert evicted[0]["correlation_id"] == r.header("X-Correlation-ID")
     line = log_for(e, r.header("X-Correlation-ID"))
     assert line["route_taken"] == "fallback" and line["reason"] == "browser_gone"
     # The route is gone: the next request goes to the control plane at once.
@@ -534,6 +541,8 @@ def test_stale_jwt_401_falls_back(env):
     assert body["from"] == "control_plane" and body["authorization"] == "Bearer user-token"
     assert "jwt" not in body["target"]
     assert log_for(e, r.header("X-Correlation-ID"))["reason"] == "stale_jwt"
+    assert req_metric(e, "fallback", "stale_jwt") >= 1
+    assert e["g"].metric("wsgate_browser_route_evictions_total", route="/browsers", reason="stale_jwt") >= 1
     r = call(e["g"], "GET", f"/browsers/{s}/files/doc")
     assert json.loads(r.body)["from"] == "control_plane"
     assert len(vm_reqs(e, s)) == 1
