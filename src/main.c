@@ -8,6 +8,7 @@
 #include "core/common.h"
 #include "log/log.h"
 #include "probe/probe.h"
+#include "browser/browser.h"
 #include "echo/echo.h"
 #include "proxy/proxy.h"
 #include "push/push.h"
@@ -94,6 +95,7 @@ static int cmd_serve(void)
     gw_kind_register(&gw_kind_proxy);
     gw_kind_register(&gw_kind_terminal);
     gw_kind_register(&gw_kind_events);
+    gw_kind_register(&gw_kind_browser);
     gw_push_init(&cfg); /* before the store: the Redis reader starts at the history window */
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);

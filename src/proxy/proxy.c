@@ -69,6 +69,20 @@ typedef struct gw_proxy {
     uint64_t body_rx;       /* request body bytes taken from the client (framing included) */
     uint64_t bytes_out;
     gw_req_ids ids;
+    /* a kind's hooks (gw_proxy_start_ex) */
+    gw_proxy_hooks hooks;
+    char *fb_head;          /* the request head toward the fallback upstream (NULL: no fallback left) */
+    size_t fb_head_len;
+    gw_wsc_target fb_target;
+    uint8_t fallen_back;    /* the answer now comes from the fallback upstream */
+    uint8_t resp_closes;    /* this response's framing set c->close_after (undone for the fallback) */
+    uint8_t cap_mode;       /* enum gw_proxy_body_mode of the current response */
+    uint8_t cap_over;       /* its body passed cap_limit: gathering stopped */
+    size_t cap_limit, cap_len, cap_size;
+    uint8_t *cap;           /* the body gathered (TEE, HOLD) */
+    char *held_head;        /* HOLD: the client's response head, not sent yet */
+    size_t held_head_len;
+    const char *outcome;    /* "ok", or the failure's code (for the done hook) */
 } gw_proxy;
 
 static const gw_client_proto stream_proto;
@@ -246,11 +260,12 @@ static size_t stream_feed(gw_client *c, uint8_t *p, size_t n)
 /* The request head toward the upstream: the client's target whole (as
  * normalised), its end-to-end headers and the forwarding set, sized from
  * what the client sent, so nothing is cut or dropped. */
-static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const gw_h1_body *body)
+static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const gw_h1_body *body,
+                      const gw_wsc_target *t, const char *target_path, char **head_out, size_t *len_out)
 {
     gw_upstream tmp;
-    tmp.target = px->target;
-    char *path = gw_fwd_target(px->route, &tmp, req);
+    tmp.target = *t;
+    char *path = target_path ? gw_strdup(target_path) : gw_fwd_target(px->route, &tmp, req);
     /* End-to-end headers and the forwarding set (shared with the WebSocket
      * relay), minus Expect: the gateway answers 100-continue itself. The
      * builder reads Host from the unfiltered request, so a client's
@@ -276,7 +291,7 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
         snprintf(framing, sizeof framing, "Content-Length: %" PRIu64 "\r\n\r\n", body->content_length);
     else
         snprintf(framing, sizeof framing, "\r\n");
-    const char *host = px->target.host_header[0] ? px->target.host_header : "localhost";
+    const char *host = t->host_header[0] ? t->host_header : "localhost";
     size_t cap = req->method.n + strlen(path) + strlen(host) + hn + strlen(framing) + 32;
     char *out = gw_malloc(cap);
     int n = snprintf(out, cap, "%.*s %s HTTP/1.1\r\nHost: %s\r\n%.*s%s", (int)req->method.n, req->method.p, path,
@@ -287,8 +302,8 @@ static int build_head(gw_client *c, gw_proxy *px, const gw_http_req *req, const 
         gw_free(out);
         return GW_ERR;
     }
-    px->head = out;
-    px->head_len = (size_t)n;
+    *head_out = out;
+    *len_out = (size_t)n;
     return GW_OK;
 }
 
@@ -347,11 +362,20 @@ static int attach_upstream(gw_client *c)
 int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table, const gw_req_ids *ids,
                    const gw_upstream *u)
 {
+    return gw_proxy_start_ex(c, req, r, table, ids, u, NULL);
+}
+
+int gw_proxy_start_ex(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_table *table,
+                      const gw_req_ids *ids, const gw_upstream *u, const gw_proxy_opts *o)
+{
     gw_h1_body body;
     int status;
     const char *why;
-    if (gw_h1_request_body(req, &body, &status, &why) != GW_OK)
+    if (gw_h1_request_body(req, &body, &status, &why) != GW_OK) {
+        if (o && o->hooks.done)
+            o->hooks.done(o->hooks.ud, 0, "refused");
         return GW_ERR; /* refused earlier */
+    }
     gw_proxy *px = gw_calloc(1, sizeof *px);
     px->route = r;
     px->table = table;
@@ -364,10 +388,23 @@ int gw_proxy_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_route_t
     px->is_head = gw_str_eq(req->method, "HEAD");
     px->client_http10 = req->minor_version == 0;
     px->started_ms = gw_loop_now(c->w->loop);
+    if (o)
+        px->hooks = o->hooks;
     gw_client_enter(c, GW_PHASE_STREAM, &stream_proto, px);
-    if (build_head(c, px, req, &body) != GW_OK) {
+    if (build_head(c, px, req, &body, &px->target, o ? o->path : NULL, &px->head, &px->head_len) != GW_OK) {
         proxy_fail(c, 431, "request_header_fields_too_large", "the request head is too large to forward");
         return GW_OK;
+    }
+    /* The fallback's head is built now, while the client's request is at
+     * hand; only a request without a body can be sent twice. */
+    if (o && o->fallback && o->fallback_req && px->req_done) {
+        gw_h1_body none = {0};
+        px->fb_target = o->fallback->target;
+        if (build_head(c, px, o->fallback_req, &none, &px->fb_target, NULL, &px->fb_head, &px->fb_head_len) !=
+            GW_OK) {
+            proxy_fail(c, 431, "request_header_fields_too_large", "the request head is too large to forward");
+            return GW_OK;
+        }
     }
     if ((body.chunked || body.content_length) &&
         gw_h1_header_has_token(req->headers, req->num_headers, "Expect", "100-continue"))
@@ -404,8 +441,13 @@ static void proxy_free(gw_client *c)
     gw_proxy *px = PX(c);
     if (!px)
         return;
+    if (px->hooks.done)
+        px->hooks.done(px->hooks.ud, px->status, px->outcome ? px->outcome : "ok");
     gw_routes_unref(px->table);
     gw_free(px->head);
+    gw_free(px->fb_head);
+    gw_free(px->cap);
+    gw_free(px->held_head);
     gw_free(px);
     c->pdata = NULL;
 }
@@ -444,7 +486,8 @@ static void proxy_fail(gw_client *c, int status, const char *code, const char *m
 {
     gw_proxy *px = PX(c);
     px->status = status;
-    if (!px->head_done) {
+    px->outcome = code;
+    if (!px->head_done || px->held_head) { /* nothing reached the client yet */
         c->close_after = c->close_after || !px->req_done;
         gw_http_error_ids(c, status, code, msg, NULL, NULL, &px->ids);
         gw_counter_inc(gw_metric_http(0, status));
@@ -481,6 +524,78 @@ static void send_chunk(gw_client *c, const uint8_t *p, size_t n)
     PX(c)->bytes_out += n;
     gw_conn_writev(&c->conn, iov, 3);
 }
+
+/* Body bytes (decoded) toward the client, in the response's framing. */
+static void emit_body(gw_client *c, const uint8_t *p, size_t n)
+{
+    if (PX(c)->resp_mode == RESP_CHUNKED)
+        send_chunk(c, p, n);
+    else
+        write_client(c, p, n);
+}
+
+/* A held response goes out after all: its head, the body gathered so far,
+ * and (complete) the chunked terminator. Streaming goes on from here. */
+static void release_held(gw_client *c, int complete)
+{
+    gw_proxy *px = PX(c);
+    gw_conn_write(&c->conn, px->held_head, px->held_head_len);
+    gw_free(px->held_head);
+    px->held_head = NULL;
+    gw_counter_inc(gw_metric_http(0, px->status));
+    emit_body(c, px->cap, px->cap_len);
+    if (complete && px->resp_mode == RESP_CHUNKED && !px->client_http10)
+        gw_conn_write(&c->conn, "0\r\n\r\n", 5);
+    gw_free(px->cap);
+    px->cap = NULL;
+    px->cap_len = px->cap_size = 0;
+    px->cap_mode = GW_PROXY_PASS;
+}
+
+/* Response body bytes: gathered for a kind's hook (TEE, HOLD) within its
+ * limit, and sent on unless held. */
+static void body_out(gw_client *c, const uint8_t *p, size_t n)
+{
+    gw_proxy *px = PX(c);
+    if (!n)
+        return;
+    if (px->cap_mode != GW_PROXY_PASS && !px->cap_over) {
+        int fits = n <= px->cap_limit - px->cap_len;
+        if (fits && px->cap_len + n > px->cap_size) {
+            /* Grown as the body comes (a peer's size: a failed allocation
+             * only ends the gathering, the body still streams). */
+            size_t want = px->cap_size ? px->cap_size : 4096;
+            while (want < px->cap_len + n)
+                want *= 2;
+            want = GW_MIN(want, px->cap_limit);
+            uint8_t *nb = gw_try_malloc(want);
+            if (nb) {
+                if (px->cap_len)
+                    memcpy(nb, px->cap, px->cap_len);
+                gw_free(px->cap);
+                px->cap = nb;
+                px->cap_size = want;
+            }
+            fits = nb != NULL;
+        }
+        if (fits) {
+            memcpy(px->cap + px->cap_len, p, n);
+            px->cap_len += n;
+            if (px->cap_mode == GW_PROXY_HOLD)
+                return;
+        } else {
+            px->cap_over = 1;
+            if (px->cap_mode == GW_PROXY_HOLD)
+                release_held(c, 0);
+            gw_free(px->cap);
+            px->cap = NULL;
+            px->cap_len = px->cap_size = 0;
+        }
+    }
+    emit_body(c, p, n);
+}
+
+static void response_done(gw_client *c, int reuse_upstream);
 
 /* Parses the response head in buf; writes the client's head. Returns head
  * bytes consumed, 0 when more is needed, or -1 on failure (handled). */
@@ -538,8 +653,10 @@ static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
     } else {
         px->resp_mode = RESP_EOF;
     }
-    if (px->resp_mode == RESP_EOF || (px->resp_mode == RESP_CHUNKED && px->client_http10))
+    if ((px->resp_mode == RESP_EOF || (px->resp_mode == RESP_CHUNKED && px->client_http10)) && !c->close_after) {
         c->close_after = 1;
+        px->resp_closes = 1;
+    }
 
     char head[RESP_HEAD_MAX + 512];
     int pos = snprintf(head, sizeof head, "HTTP/1.1 %d %.*s\r\n", resp.status, (int)resp.reason.n, resp.reason.p);
@@ -565,9 +682,27 @@ static ssize_t response_head(gw_client *c, const uint8_t *buf, size_t n)
         proxy_fail(c, 502, "bad_upstream_response", "the upstream's response head is too large");
         return -1;
     }
-    gw_conn_write(&c->conn, head, (size_t)pos);
+    px->cap_mode = GW_PROXY_PASS;
+    px->cap_over = 0;
+    px->cap_len = 0;
+    if (px->hooks.head) {
+        size_t limit = 0;
+        int mode = px->hooks.head(px->hooks.ud, resp.status, &resp, px->fallen_back, &limit);
+        if (mode == GW_PROXY_TEE || mode == GW_PROXY_HOLD) {
+            px->cap_mode = (uint8_t)mode;
+            px->cap_limit = limit;
+        }
+    }
+    if (px->cap_mode == GW_PROXY_HOLD) {
+        px->held_head = gw_malloc((size_t)pos);
+        memcpy(px->held_head, head, (size_t)pos);
+        px->held_head_len = (size_t)pos;
+    } else {
+        gw_conn_write(&c->conn, head, (size_t)pos);
+    }
     px->head_done = 1;
-    gw_counter_inc(gw_metric_http(0, resp.status));
+    if (!px->held_head)
+        gw_counter_inc(gw_metric_http(0, resp.status));
     return r;
 }
 
@@ -582,7 +717,7 @@ static int response_body(gw_client *c, uint8_t *p, size_t n, size_t *used)
         return 1;
     case RESP_LENGTH: {
         size_t k = (size_t)GW_MIN((uint64_t)n, px->resp_remaining);
-        write_client(c, p, k);
+        body_out(c, p, k);
         px->resp_remaining -= k;
         *used = k;
         return px->resp_remaining == 0;
@@ -594,9 +729,9 @@ static int response_body(gw_client *c, uint8_t *p, size_t n, size_t *used)
             proxy_fail(c, 502, "bad_upstream_response", "the upstream's chunked body is malformed");
             return -1;
         }
-        send_chunk(c, p, len);
+        body_out(c, p, len);
         if (r == GW_DONE) {
-            if (!px->client_http10)
+            if (!px->client_http10 && !px->held_head)
                 gw_conn_write(&c->conn, "0\r\n\r\n", 5);
             *used = consumed;
             return 1;
@@ -604,9 +739,68 @@ static int response_body(gw_client *c, uint8_t *p, size_t n, size_t *used)
         return 0;
     }
     default:
-        write_client(c, p, n);
+        body_out(c, p, n);
         return 0;
     }
+}
+
+/* The fallback: the held answer is dropped (its connection closed, never
+ * pooled: this may run inside its read callback) and the request goes
+ * once to the fallback upstream; its answer is the client's, whatever it
+ * is (there is no second fallback). */
+static void replay(gw_client *c)
+{
+    gw_proxy *px = PX(c);
+    if (px->up) {
+        px->up->c = NULL;
+        hup_close(px->up);
+        px->up = NULL;
+    }
+    gw_free(px->head);
+    px->head = px->fb_head;
+    px->head_len = px->fb_head_len;
+    px->fb_head = NULL;
+    px->target = px->fb_target;
+    px->fallen_back = 1;
+    gw_free(px->held_head);
+    px->held_head = NULL;
+    gw_free(px->cap);
+    px->cap = NULL;
+    px->cap_len = px->cap_size = 0;
+    px->cap_mode = GW_PROXY_PASS;
+    px->cap_over = 0;
+    px->status = 0;
+    px->head_done = 0;
+    px->resp_mode = RESP_NONE;
+    px->resp_remaining = 0;
+    memset(&px->resp_dec, 0, sizeof px->resp_dec);
+    px->up_keepalive = 0;
+    px->retried = 0;
+    px->reused = 0;
+    if (px->resp_closes)
+        c->close_after = 0;
+    px->resp_closes = 0;
+    if (attach_upstream(c) != GW_OK)
+        proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
+}
+
+/* The response ended (all of it read): the kind's body hook sees what it
+ * gathered; a held response is sent, or replaced by the fallback's. */
+static void response_done(gw_client *c, int reuse_upstream)
+{
+    gw_proxy *px = PX(c);
+    if (px->cap_mode == GW_PROXY_TEE && px->hooks.body) {
+        px->hooks.body(px->hooks.ud, px->status, px->cap_over ? NULL : px->cap, px->cap_over ? 0 : px->cap_len,
+                       px->fallen_back);
+    } else if (px->cap_mode == GW_PROXY_HOLD && px->held_head) {
+        int fb = px->hooks.body ? px->hooks.body(px->hooks.ud, px->status, px->cap, px->cap_len, px->fallen_back) : 0;
+        if (fb && px->fb_head && !px->fallen_back) {
+            replay(c);
+            return;
+        }
+        release_held(c, 1);
+    }
+    proxy_end(c, reuse_upstream);
 }
 
 /* Processes upstream bytes at p (n of them). */
@@ -628,7 +822,7 @@ static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
             if (!px->head_done)
                 continue; /* an interim response was skipped */
             if (px->resp_mode == RESP_NONE || (px->resp_mode == RESP_LENGTH && px->resp_remaining == 0)) {
-                proxy_end(c, off == n);
+                response_done(c, off == n);
                 return;
             }
             continue;
@@ -639,7 +833,7 @@ static void from_upstream(gw_client *c, uint8_t *p, size_t n, size_t *left)
             return;
         off += used;
         if (done) {
-            proxy_end(c, off == n);
+            response_done(c, off == n);
             return;
         }
     }
@@ -692,7 +886,7 @@ static void hup_read(gw_hup *h)
     }
     if (r <= 0) {
         if (px->head_done && px->resp_mode == RESP_EOF && r == 0) {
-            proxy_end(c, 0);
+            response_done(c, 0);
             return;
         }
         if (!px->head_done && px->reused && !px->retried && h->conn.in.len == 0 && !c->conn.in.len &&
@@ -818,6 +1012,7 @@ static void stream_end(gw_client *c)
     if (px->up)
         hup_close(px->up);
     px->up = NULL;
+    px->outcome = "client_gone";
     log_request(c, "client_gone");
     proxy_free(c);
 }

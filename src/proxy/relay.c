@@ -134,6 +134,7 @@ int gw_relay_ws_start(gw_client *c, gw_http_req *req, const gw_route *r, gw_rout
     char *path = NULL; /* the client's target, whole, toward a route's upstream */
     if (o->target) {
         t = *o->target;
+        path = o->path ? gw_strdup(o->path) : NULL;
     } else {
         const gw_upstream *u = r->nusers && o->user ? gw_route_upstream(r, o->user, strlen(o->user)) : r->upstream;
         if (!u)

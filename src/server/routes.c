@@ -84,6 +84,8 @@ static void free_table(gw_route_table *t)
             free_upstream(&r->users[k]);
         gw_free(r->users);
         gw_free(r->agents);
+        if (r->kind_free)
+            r->kind_free(r->kind_data);
     }
     gw_free(t->routes);
     gw_free(t);
@@ -547,4 +549,15 @@ const gw_upstream *gw_route_upstream(const gw_route *r, const char *user, size_t
         if (strlen(r->users[i].name) == n && memcmp(r->users[i].name, user, n) == 0)
             return &r->users[i];
     return NULL;
+}
+
+int gw_upstream_parse(const char *url, gw_upstream *u, char *err, size_t errcap)
+{
+    return parse_upstream_url(url, NULL, u, err, errcap);
+}
+
+void gw_upstream_free(gw_upstream *u)
+{
+    if (u)
+        free_upstream(u);
 }

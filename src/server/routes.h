@@ -56,6 +56,8 @@ typedef struct gw_route {
     uint64_t read_timeout_ms;     /* proxy: HTTP response must start within this (GW_READ_TIMEOUT_MS) */
     gw_agent_pattern *agents;     /* terminal: agent_upstreams (NULL: the default, loopback and unix) */
     size_t nagents;
+    void *kind_data;              /* a kind's own settings (parse sets it), freed with kind_free */
+    void (*kind_free)(void *data);
     /* metrics series of this route (shared across reloads by label) */
     gw_metric *ws_open;
     gw_metric *msgs_in, *msgs_out;
@@ -83,6 +85,12 @@ const gw_upstream *gw_route_upstream(const gw_route *r, const char *user, size_t
  * users; at least one upstream), and the terminal's agent_upstreams. */
 int gw_route_parse_upstreams(struct json_t *o, gw_route *r, char *err, size_t errcap);
 int gw_route_parse_agents(struct json_t *o, gw_route *r, char *err, size_t errcap);
+
+/* Parses an upstream URL as the proxy takes it (http://host:port[/base] or
+ * unix:/path) into *u (release with gw_upstream_free). GW_OK, or GW_ERR
+ * with a reason. */
+int gw_upstream_parse(const char *url, gw_upstream *u, char *err, size_t errcap);
+void gw_upstream_free(gw_upstream *u);
 
 /* Parses one agent_upstreams entry. GW_OK, or GW_ERR with a reason. */
 int gw_agent_pattern_parse(const char *s, gw_agent_pattern *p, char *err, size_t errcap);
