@@ -106,14 +106,15 @@ static gw_metric *bmetric(const char *name, gw_metric_type type, const char *hel
     return gw_metric_get(name, type, help, labels);
 }
 
+#define BROWSER_REQUESTS_HELP                                                                                          \
+    "Requests on browser routes by where they went (direct to the VM, to the control plane, fallback to the "         \
+    "control plane after the VM) and why."
+
 static void count_request(const gw_route *r, const char *via, const char *reason)
 {
     char more[128];
     snprintf(more, sizeof more, "via=\"%s\",reason=\"%s\"", via, reason);
-    gw_counter_inc(bmetric("wsgate_browser_requests_total", GW_METRIC_COUNTER,
-                           "Requests on browser routes by where they went (direct to the VM, to the control plane, "
-                           "fallback to the control plane after the VM) and why.",
-                           r, more));
+    gw_counter_inc(bmetric("wsgate_browser_requests_total", GW_METRIC_COUNTER, BROWSER_REQUESTS_HELP, r, more));
 }
 
 static gw_metric *eviction_metric(const gw_route *r, const char *reason)
@@ -601,6 +602,16 @@ static int browser_parse(json_t *o, gw_route *r, const gw_config *cfg, char *err
     b->ev_gone = eviction_metric(r, "browser_gone");
     b->ev_stale = eviction_metric(r, "stale_jwt");
     gw_counter_add(eviction_metric(r, "resized"), evicted);
+    /* The request series a dashboard plots exist (at 0) from the start. */
+    static const char *const series[][2] = {{"direct", "cached_route"},
+                                            {"control_plane", "no_route"},
+                                            {"fallback", "browser_gone"},
+                                            {"fallback", "stale_jwt"}};
+    for (size_t k = 0; k < sizeof series / sizeof series[0]; k++) {
+        char more[128];
+        snprintf(more, sizeof more, "via=\"%s\",reason=\"%s\"", series[k][0], series[k][1]);
+        gw_counter_add(bmetric("wsgate_browser_requests_total", GW_METRIC_COUNTER, BROWSER_REQUESTS_HELP, r, more), 0);
+    }
     gw_bcache_set_gauge(b->cache,
                         bmetric("wsgate_browser_routes", GW_METRIC_GAUGE, "Browser session routes cached.", r, NULL));
     return GW_OK;

@@ -21,6 +21,7 @@ live gateway:
 """
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -607,7 +608,13 @@ def exported(tmp_path_factory):
     """Metric names a live gateway and a live probe expose: the gateway with
     its default routes, the probe with one leg through it that saw an echo
     and then a drop (so its histograms and timestamps exist)."""
-    g = gw.Gateway()
+    d = tmp_path_factory.mktemp("exported")
+    routes = d / "routes.json"
+    # A browser route: its families exist from the start (the control plane
+    # is never asked here).
+    routes.write_text(json.dumps({"routes": [{"path": "/browsers", "kind": "browser",
+                                              "control_plane": "http://127.0.0.1:9/", "subresources": ["cdp"]}]}))
+    g = gw.Gateway(env={"GATEWAY_ROUTES_FILE": str(routes)})
     probe = None
     try:
         names = {n for n, _ in g.metrics()}
