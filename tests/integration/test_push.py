@@ -459,6 +459,35 @@ def test_presence(make_gateway, backend):
     run(body())
 
 
+def test_presence_refresh_is_constant_work_on_redis(make_gateway, make_redis):
+    """Refreshing N connections' presence is N O(1) calls: no pass over the
+    user's hash (HGETALL) per refresh (review3 F2: each refresh decoded
+    every field, N^2 per round on the Redis all processes share). A get
+    still prunes and lists."""
+    r = make_redis()
+    g = make_gateway(env=r.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_TEST_PRESENCE_TTL="1500ms"))
+    session(g, "pp1", "pam")
+
+    def hgetall_calls():
+        for line in r.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_hgetall:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def body():
+        streams = [await subscribe(g, "pp1") for _ in range(70)]
+        gw.wait_until(lambda: len(presence(g, "pam")) == 70, what="70 connections present")
+        r.cli("CONFIG", "RESETSTAT")
+        await asyncio.sleep(2.0)  # about four refresh rounds: 280 presence writes
+        calls = hgetall_calls()
+        assert calls == 0, f"{calls} passes over the hash during refreshes"
+        assert len(presence(g, "pam")) == 70
+        assert hgetall_calls() == 1  # the get prunes and lists
+        for ws in streams:
+            await ws.close()
+    run(body())
+
+
 def test_presence_of_a_dead_process_expires(make_gateway, redis_server):
     tag = os.urandom(4).hex()
     env = redis_server.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_SESSION_EVENTS_REDIS_STREAM=f"s-{tag}",
