@@ -692,7 +692,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     rconn *c = ac->data;
     conn_down(c, status == REDIS_OK ? "disconnected"
-                 : c->ev.refused ? c->ev.refused
+                 : c->ev.lim.refused ? c->ev.lim.refused
                                  : (ac->errstr[0] ? ac->errstr : "connection lost"));
 }
 
@@ -1159,8 +1159,8 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
         redisFree(rc);
         return GW_ERR;
     }
-    const char *refused = NULL;
-    gw_redis_reader_limit(rc->reader, &refused);
+    gw_redis_limit lim;
+    gw_redis_reader_limit(rc->reader, &lim);
     struct {
         const char *what;
         redisReply *r;
@@ -1175,7 +1175,7 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
         if (!r || r->type == REDIS_REPLY_ERROR || (i == 2 && !reply_is(r, "PONG"))) {
             snprintf(err, errcap, "GATEWAY_REDIS_MASTER_ADDR: %s: %s failed (%s); not starting", st->addr_text,
                      steps[i].what, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply")
-                                      : refused       ? refused
+                                      : lim.refused   ? lim.refused
                                       : (rc->errstr[0] ? rc->errstr : "no answer within GATEWAY_STORE_TIMEOUT"));
             ok = GW_ERR;
         }

@@ -15,30 +15,58 @@ static pthread_once_t limit_once = PTHREAD_ONCE_INIT;
 static void refuse(const redisReadTask *t, const char *why)
 {
     if (t->privdata)
-        *(const char **)t->privdata = why;
+        ((gw_redis_limit *)t->privdata)->refused = why;
+}
+
+/* The reply's totals, reset when t starts a new reply (a task without a
+ * parent is a reply's top object). */
+static gw_redis_limit *totals(const redisReadTask *t)
+{
+    gw_redis_limit *l = t->privdata;
+    if (l && !t->parent)
+        l->bytes = l->elements = 0;
+    return l;
 }
 
 static void *lim_string(const redisReadTask *t, char *s, size_t len)
 {
+    gw_redis_limit *l = totals(t);
     if (len > GW_REDIS_MAX_BULK) {
         refuse(t, "reply refused: a bulk string longer than 64 MiB");
         return NULL; /* hiredis: a reader error, the connection fails */
+    }
+    if (l && (l->bytes += len) > GW_REDIS_MAX_BULK) {
+        refuse(t, "reply refused: more than 64 MiB of strings in one reply");
+        return NULL;
     }
     return std_fn->createString(t, s, len);
 }
 
 static void *lim_array(const redisReadTask *t, int n)
 {
+    gw_redis_limit *l = totals(t);
     if (n < 0 || (unsigned)n > GW_REDIS_MAX_ELEMENTS) {
         refuse(t, "reply refused: an array of more than 1048576 elements");
+        return NULL;
+    }
+    if (l && (l->elements += (size_t)n) > GW_REDIS_MAX_ELEMENTS) {
+        refuse(t, "reply refused: more than 1048576 elements in one reply");
         return NULL;
     }
     return std_fn->createArray(t, n);
 }
 
-static void *lim_integer(const redisReadTask *t, long long v) { return std_fn->createInteger(t, v); }
+static void *lim_integer(const redisReadTask *t, long long v)
+{
+    totals(t);
+    return std_fn->createInteger(t, v);
+}
 
-static void *lim_nil(const redisReadTask *t) { return std_fn->createNil(t); }
+static void *lim_nil(const redisReadTask *t)
+{
+    totals(t);
+    return std_fn->createNil(t);
+}
 
 static void limit_init(void)
 {
@@ -48,12 +76,12 @@ static void limit_init(void)
     limited_fn = (redisReplyObjectFunctions){lim_string, lim_array, lim_integer, lim_nil, std_fn->freeObject};
 }
 
-void gw_redis_reader_limit(redisReader *r, const char **refused)
+void gw_redis_reader_limit(redisReader *r, gw_redis_limit *lim)
 {
     pthread_once(&limit_once, limit_init);
-    *refused = NULL;
+    *lim = (gw_redis_limit){0};
     r->fn = &limited_fn;
-    r->privdata = (void *)refused;
+    r->privdata = lim;
 }
 
 /* A bulk string longer than GW_REDIS_MAX_BULK is buffered whole before
@@ -64,9 +92,9 @@ static int over_bulk(gw_redis_ev *e)
     redisContext *c = &e->ac->c;
     if (c->err || !c->reader || c->reader->len - c->reader->pos <= (size_t)GW_REDIS_MAX_BULK + 64)
         return 0;
-    e->refused = "reply refused: a bulk string longer than 64 MiB";
+    e->lim.refused = "reply refused: a bulk string longer than 64 MiB";
     c->err = REDIS_ERR_PROTOCOL;
-    snprintf(c->errstr, sizeof c->errstr, "%s", e->refused);
+    snprintf(c->errstr, sizeof c->errstr, "%s", e->lim.refused);
     return 1;
 }
 
@@ -147,6 +175,6 @@ int gw_redis_ev_attach(gw_redis_ev *e, gw_loop *l, redisAsyncContext *ac)
     ac->ev.addWrite = ev_add_write;
     ac->ev.delWrite = ev_del_write;
     ac->ev.cleanup = ev_cleanup;
-    gw_redis_reader_limit(ac->c.reader, &e->refused);
+    gw_redis_reader_limit(ac->c.reader, &e->lim);
     return GW_OK;
 }

@@ -21,27 +21,37 @@
 
 #include "loop/loop.h"
 
+/* One reply's running totals (reset when the next reply starts). */
+typedef struct gw_redis_limit {
+    const char *refused; /* why a reply was refused, or NULL */
+    size_t bytes;        /* string bytes of the reply being read */
+    size_t elements;     /* array elements of the reply being read */
+} gw_redis_limit;
+
 typedef struct gw_redis_ev {
     gw_loop *loop;
     redisAsyncContext *ac; /* NULL when nothing is attached (or after cleanup) */
     gw_io io;
     uint32_t want;         /* GW_EV_READ | GW_EV_WRITE asked for by hiredis */
-    const char *refused;   /* why a reply was refused (gw_redis_reader_limit), or NULL */
+    gw_redis_limit lim;    /* lim.refused: why a reply was refused, or NULL */
 } gw_redis_ev;
 
 /* Bounds on a reply's shape. hiredis 0.14 has none: `*2147483647` makes it
  * calloc 16 GiB of element pointers (and walk them all when freed) on the
  * calling thread, a `$` length is buffered however large it is. */
-#define GW_REDIS_MAX_ELEMENTS (1u << 20) /* elements in one array */
-#define GW_REDIS_MAX_BULK (64u << 20)    /* bytes in one bulk string */
+#define GW_REDIS_MAX_ELEMENTS (1u << 20) /* elements in one array, and in one whole reply */
+#define GW_REDIS_MAX_BULK (64u << 20)    /* bytes in one bulk string, and in one whole reply */
 
-/* Installs the bounds on reader r: an array or bulk string above them is a
- * protocol error (the connection fails), and *refused is set to the reason
- * (hiredis itself reports it as "Out of memory"). r->privdata is taken. */
-void gw_redis_reader_limit(redisReader *r, const char **refused);
+
+/* Installs the bounds on reader r: an array or bulk string above them, or a
+ * reply whose strings together pass GW_REDIS_MAX_BULK bytes (or whose arrays
+ * together pass GW_REDIS_MAX_ELEMENTS elements), is a protocol error (the
+ * connection fails), and lim->refused is set to the reason (hiredis itself
+ * reports it as "Out of memory"). r->privdata is taken. */
+void gw_redis_reader_limit(redisReader *r, gw_redis_limit *lim);
 
 /* Attaches ac to l through e (e->ac = ac) and installs the reply bounds on
- * its reader (e->refused names a refusal; a bulk string still being read
+ * its reader (e->lim.refused names a refusal; a bulk string still being read
  * past GW_REDIS_MAX_BULK fails the connection before more is buffered).
  * GW_OK, or GW_ERR when ac already has an event library attached. */
 int gw_redis_ev_attach(gw_redis_ev *e, gw_loop *l, redisAsyncContext *ac);

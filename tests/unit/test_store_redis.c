@@ -407,8 +407,8 @@ static void test_startup_refusals(void)
 static void test_reply_bounds(void)
 {
     redisReader *r = redisReaderCreate();
-    const char *refused = NULL;
-    gw_redis_reader_limit(r, &refused);
+    gw_redis_limit lim;
+    gw_redis_reader_limit(r, &lim);
     void *reply = NULL;
     static const char fine[] = "*2\r\n$3\r\nabc\r\n:7\r\n";
     redisReaderFeed(r, fine, sizeof fine - 1);
@@ -417,12 +417,77 @@ static void test_reply_bounds(void)
     ok(rr && rr->type == REDIS_REPLY_ARRAY && rr->elements == 2 && rr->element[1]->integer == 7, "as before");
     if (reply)
         freeReplyObject(reply);
-    ok(refused == NULL, "nothing refused");
+    ok(lim.refused == NULL, "nothing refused");
     static const char huge[] = "*2097152\r\n"; /* 2^21 elements: above the bound */
     reply = NULL;
     redisReaderFeed(r, huge, sizeof huge - 1);
     ok(redisReaderGetReply(r, &reply) == REDIS_ERR && !reply, "an array of 2^21 elements is an error at once");
-    ok(refused && strstr(refused, "array of more than 1048576 elements"), "why: %s", refused ? refused : "(none)");
+    ok(lim.refused && strstr(lim.refused, "array of more than 1048576 elements"), "why: %s",
+       lim.refused ? lim.refused : "(none)");
+    redisReaderFree(r);
+}
+
+/* Whole-reply bounds (review3 F6): strings that are each within 64 MiB but
+ * together pass it, or nested arrays whose elements together pass 2^20,
+ * fail the reply; the totals start again with each reply. */
+static void test_reply_totals(void)
+{
+    redisReader *r = redisReaderCreate();
+    gw_redis_limit lim;
+    gw_redis_reader_limit(r, &lim);
+    size_t one = 24u << 20; /* 24 MiB: three of them pass 64 MiB */
+    char *blob = malloc(one + 64);
+    memset(blob, 'x', one + 64);
+    char head[64];
+    void *reply = NULL;
+    /* two replies of two 24 MiB strings each: both fine (totals reset) */
+    for (int k = 0; k < 2; k++) {
+        redisReaderFeed(r, "*2\r\n", 4);
+        for (int i = 0; i < 2; i++) {
+            int hn = snprintf(head, sizeof head, "$%zu\r\n", one);
+            redisReaderFeed(r, head, (size_t)hn);
+            redisReaderFeed(r, blob, one);
+            redisReaderFeed(r, "\r\n", 2);
+        }
+        reply = NULL;
+        ok(redisReaderGetReply(r, &reply) == REDIS_OK && reply, "48 MiB in one reply: fine (reply %d)", k + 1);
+        if (reply)
+            freeReplyObject(reply);
+    }
+    ok(lim.refused == NULL, "nothing refused");
+    /* one reply of three: refused at the third string */
+    redisReaderFeed(r, "*3\r\n", 4);
+    int refused = 0;
+    for (int i = 0; i < 3 && !refused; i++) {
+        int hn = snprintf(head, sizeof head, "$%zu\r\n", one);
+        redisReaderFeed(r, head, (size_t)hn);
+        redisReaderFeed(r, blob, one);
+        redisReaderFeed(r, "\r\n", 2);
+        reply = NULL;
+        refused = redisReaderGetReply(r, &reply) == REDIS_ERR;
+        if (reply)
+            freeReplyObject(reply);
+    }
+    ok(refused, "72 MiB of strings in one reply is an error");
+    ok(lim.refused && strstr(lim.refused, "more than 64 MiB of strings in one reply"), "why: %s",
+       lim.refused ? lim.refused : "(none)");
+    redisReaderFree(r);
+    free(blob);
+    /* nested arrays: 3 x 2^19 elements */
+    r = redisReaderCreate();
+    gw_redis_reader_limit(r, &lim);
+    redisReaderFeed(r, "*3\r\n*524288\r\n", strlen("*3\r\n*524288\r\n"));
+    reply = NULL;
+    int rc = redisReaderGetReply(r, &reply);
+    ok(rc == REDIS_OK && !reply, "2^19 elements so far: still reading");
+    for (int i = 0; i < 524288; i++)
+        redisReaderFeed(r, ":1\r\n", strlen(":1\r\n"));
+    redisReaderFeed(r, "*524288\r\n", strlen("*524288\r\n"));
+    rc = redisReaderGetReply(r, &reply);
+    if (reply)
+        freeReplyObject(reply);
+    ok(rc == REDIS_ERR, "arrays totalling past 2^20 elements: an error");
+    ok(lim.refused && strstr(lim.refused, "elements in one reply"), "why: %s", lim.refused ? lim.refused : "(none)");
     redisReaderFree(r);
 }
 
@@ -455,6 +520,7 @@ int main(void)
         return test_done();
     }
     TEST_RUN(test_reply_bounds);
+    TEST_RUN(test_reply_totals);
     TEST_RUN(test_backoff_jitter);
     TEST_RUN(test_adapter);
     TEST_RUN(test_tokens);
