@@ -268,6 +268,9 @@ static int serve_builtin(gw_client *c, const gw_http_req *req, const req_ids *id
     } else if (gw_str_eq(path, "/readyz")) {
         if (draining)
             error_with_ids(c, 503, "draining", "the gateway is shutting down", req, NULL, ids);
+        else if (!gw_store_caught_up())
+            error_with_ids(c, 503, "catching_up", "the session view is still being read from the store", req, NULL,
+                           ids);
         else
             respond_text(c, req, ids, 200, "text/plain; charset=utf-8", "ready\n", 6);
     } else if (gw_str_eq(path, "/health")) {

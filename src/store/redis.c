@@ -46,7 +46,9 @@ typedef struct sreader {
     char stream[256];
     char last_id[64];   /* the last entry read: reading resumes after it */
     int reading;        /* an XREAD is in flight */
-    int bit;            /* this reader's bit in rstore.stream_bad */
+    int bit;            /* this reader's bit in rstore.stream_bad and rstore.caught_up */
+    char target[64];    /* the stream's last entry at startup ("" if none): read up to it before serving */
+    int done;           /* target reached (or nothing more to read) */
     uint64_t bad_logged_ms; /* when its unreadable stream was last logged */
     gw_timer retry;
     /* one entry: n field/value pairs (shape already checked) */
@@ -97,6 +99,8 @@ struct rstore {
     sreader evr;        /* client-events */
     char events_stream[256];
     atomic_int stream_bad; /* bit per stream reader whose XREAD answers an error (e.g. WRONGTYPE) */
+    atomic_int caught_up;  /* bit per stream reader that reached its startup target */
+    uint64_t started_ms;   /* when the readers started (the catch-up line) */
 };
 
 typedef struct rop {
@@ -119,6 +123,7 @@ typedef struct rop {
     gw_token_ctx ctx;
     int found;          /* lookup */
     gw_session sess;    /* lookup */
+    uint8_t digest[32]; /* lookup: the bearer's SHA-256 */
     char id[64];        /* publish: the stream entry id */
     char *text;         /* presence get: the answer (freed with the op) */
     /* EVALSHA ops: the arguments after the digest, kept for eval_again */
@@ -127,6 +132,7 @@ typedef struct rop {
     int argc;
     size_t lens[8];
     int retried;        /* sent again with EVAL already */
+    gw_timer wait;      /* lookup: waiting for the startup catch-up */
 } rop;
 
 static __thread rconn *tl_conn; /* this worker's connection */
@@ -444,17 +450,48 @@ static void stream_readable(sreader *rd)
     }
 }
 
+/* "<ms>-<seq>" order (a malformed id counts as 0-0). */
+static int stream_id_cmp(const char *a, const char *b)
+{
+    char *e;
+    unsigned long long am = strtoull(a, &e, 10), as = *e == '-' ? strtoull(e + 1, NULL, 10) : 0;
+    unsigned long long bm = strtoull(b, &e, 10), bs = *e == '-' ? strtoull(e + 1, NULL, 10) : 0;
+    return am != bm ? (am < bm ? -1 : 1) : as != bs ? (as < bs ? -1 : 1) : 0;
+}
+
+/* rd read what its stream held at startup (or can read nothing more): once
+ * both readers have, the process is caught up (review3 F7: until then a
+ * revoked bearer could still look active). */
+static void reader_progress(sreader *rd, int nothing_more)
+{
+    if (rd->done || (!nothing_more && rd->target[0] && stream_id_cmp(rd->last_id, rd->target) < 0))
+        return;
+    rd->done = 1;
+    rstore *st = rd->st;
+    if ((atomic_fetch_or(&st->caught_up, rd->bit) | rd->bit) != 3)
+        return;
+    gw_store_set_caught_up(1);
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "store caught up: the session view and the event history are read",
+                                  NULL);
+    if (l) {
+        gw_log_int(l, "ms", (int64_t)(gw_mono_ms() - st->started_ms), 0);
+        gw_log_end(l);
+    }
+}
+
 /* Applies the entries of an XREAD reply (nil: none arrived) and moves
  * last_id past them. GW_OK, or GW_ERR for an error reply. */
 static int read_entries(sreader *rd, const redisReply *r)
 {
     if (r->type == REDIS_REPLY_NIL) {
         stream_readable(rd);
+        reader_progress(rd, 1);
         return GW_OK;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
         r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
         stream_unreadable(rd, r);
+        reader_progress(rd, 1); /* nothing readable to wait for: unhealthy instead */
         return GW_ERR;
     }
     stream_readable(rd);
@@ -486,6 +523,7 @@ static int read_entries(sreader *rd, const redisReply *r)
         else
             rd->apply(rd->last_id, strlen(rd->last_id), n, names, nl, vals, vl);
     }
+    reader_progress(rd, 0);
     return GW_OK;
 }
 
@@ -897,12 +935,31 @@ static gw_store_op *r_consume(gw_store *s, gw_loop *l, const uint8_t hash[32], c
     return (gw_store_op *)op;
 }
 
+#define LOOKUP_WAIT_STEP_MS 20u /* a lookup during the startup catch-up looks again this often */
+
+static void lookup_wait(gw_timer *t)
+{
+    rop *op = gw_container_of(t, rop, wait);
+    if (!gw_store_caught_up()) {
+        gw_timer_start(op->loop, &op->wait, LOOKUP_WAIT_STEP_MS);
+        return;
+    }
+    op->found = gw_sessions_find_token(op->digest, &op->sess);
+    op_answer(op);
+}
+
 static gw_store_op *r_session_lookup(gw_store *s, gw_loop *l, const uint8_t token_sha256[32], gw_store_session_cb cb,
                                      void *ud)
 {
     GW_UNUSED(s);
     rop *op = op_new(l, OP_LOOKUP, ud);
     op->cb.session = cb;
+    memcpy(op->digest, token_sha256, 32);
+    if (!gw_store_caught_up()) { /* answered once the view is complete (the caller's deadline bounds it) */
+        op->wait.cb = lookup_wait;
+        gw_timer_start(l, &op->wait, LOOKUP_WAIT_STEP_MS);
+        return (gw_store_op *)op;
+    }
     op->found = gw_sessions_find_token(token_sha256, &op->sess); /* the view the stream keeps complete */
     gw_loop_pending(l, &op->task);
     return (gw_store_op *)op;
@@ -1021,6 +1078,8 @@ static void r_cancel(gw_store_op *o)
         op->cancelled = 1; /* freed when Redis answers or the connection drops */
         return;
     }
+    if (gw_timer_active(&op->wait))
+        gw_timer_stop(op->loop, &op->wait);
     gw_task_cancel(&op->task);
     op_free(op);
 }
@@ -1147,7 +1206,7 @@ late:
 
 /* One blocking connection, AUTH, SELECT, PING, all within one
  * GATEWAY_STORE_TIMEOUT. */
-static int startup_check(const rstore *st, char *err, size_t errcap)
+static int startup_check(rstore *st, char *err, size_t errcap)
 {
     uint64_t deadline = gw_mono_ms() + st->timeout_ms;
     struct timeval tv = {(time_t)(st->timeout_ms / 1000), (suseconds_t)(st->timeout_ms % 1000) * 1000};
@@ -1178,6 +1237,21 @@ static int startup_check(const rstore *st, char *err, size_t errcap)
                                       : lim.refused   ? lim.refused
                                       : (rc->errstr[0] ? rc->errstr : "no answer within GATEWAY_STORE_TIMEOUT"));
             ok = GW_ERR;
+        }
+        if (r)
+            freeReplyObject(r);
+    }
+    /* Each stream's last entry now: the readers read up to it before the
+     * process calls itself ready (an error here is the reader's to report). */
+    sreader *rds[2] = {&st->sess, &st->evr};
+    for (int i = 0; i < 2 && ok == GW_OK; i++) {
+        redisReply *r = bounded_command(rc, deadline, "XREVRANGE %s + - COUNT 1", rds[i]->stream);
+        rds[i]->target[0] = '\0';
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+            r->element[0]->elements == 2 && r->element[0]->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[0]->element[0]->len < sizeof rds[i]->target) {
+            memcpy(rds[i]->target, r->element[0]->element[0]->str, r->element[0]->element[0]->len);
+            rds[i]->target[r->element[0]->element[0]->len] = '\0';
         }
         if (r)
             freeReplyObject(r);
@@ -1235,6 +1309,12 @@ gw_store *gw_store_redis(const gw_config *cfg, char *err, size_t errcap)
     pthread_mutex_init(&st->mu, NULL);
     atomic_init(&st->ndown, 0);
     atomic_init(&st->stream_bad, 0);
+    /* A reader with nothing to read at startup is caught up already. */
+    st->sess.done = !st->sess.target[0];
+    st->evr.done = !st->evr.target[0];
+    atomic_init(&st->caught_up, (st->sess.done ? 1 : 0) | (st->evr.done ? 2 : 0));
+    gw_store_set_caught_up(st->sess.done && st->evr.done);
+    st->started_ms = gw_mono_ms();
     st->mon_loop = gw_loop_new();
     gw_loop_post(st->mon_loop, mon_start, st);
     /* Signals belong to the main thread (gw_server_run waits for them):

@@ -243,6 +243,12 @@ void gw_store_health_note(const char *reason) { atomic_store(&health_reason, rea
 
 const char *gw_store_current_reason(void) { return atomic_load(&health_reason); }
 
+static atomic_int caught_up = 1;
+
+int gw_store_caught_up(void) { return atomic_load(&caught_up); }
+
+void gw_store_set_caught_up(int yes) { atomic_store(&caught_up, yes != 0); }
+
 void gw_store_health_changed(int healthy)
 {
     if (m_healthy)

@@ -150,5 +150,11 @@ void gw_store_health_changed(int healthy);
  * /health as backend.reason; any thread. */
 void gw_store_health_note(const char *reason);
 const char *gw_store_current_reason(void);
+/* 0 while the backend is still reading, at startup, what its streams held
+ * then (the session view is not complete: a revoked bearer could still look
+ * active); /readyz answers 503 and session lookups wait meanwhile. 1 for a
+ * store with nothing to catch up. Any thread. */
+int gw_store_caught_up(void);
+void gw_store_set_caught_up(int yes);
 
 #endif

@@ -181,3 +181,50 @@ def test_version_bounds(make_gateway, redis_server):
     assert post(g, snap("big-1", 9223372036854775807)).status == 202
     gw.wait_until(lambda: view(g, "big-1") != 404, what="INT64_MAX applied")
     assert view(g, "big-1")["version"] == 9223372036854775807
+
+
+def test_no_bearer_served_before_the_view_is_complete(make_gateway, make_redis):
+    """A process starting on a long session-events stream is not ready and
+    answers no bearer until it has read what the stream held when it
+    started (review3 F7: a bearer revoked long ago looked active while the
+    process caught up, and got its 101 and events). During the catch-up
+    /readyz is 503 catching_up; lookups wait (within GATEWAY_STORE_TIMEOUT)
+    and then answer from the complete view: the revoked bearer 403, a
+    session recorded last 101."""
+    import subprocess
+    r = make_redis()
+    stream = "sess-catchup"
+    xadd(r, stream, snap("old1", 1, user="victim"))
+    fill = "".join(f"XADD {stream} * device_session_id f{i} user_id u{i} status active token_sha256 "
+                   f"{'ab' * 32} version 1\n" for i in range(60000))
+    subprocess.run(["redis-cli", "-p", str(r.port), "-a", r.password, "--no-auth-warning"], input=fill.encode(),
+                   stdout=subprocess.DEVNULL, check=True, timeout=120)
+    xadd(r, stream, snap("old1", 2, status="revoked", user="victim"))
+    xadd(r, stream, snap("last1", 1, user="late"))
+    g = make_gateway(env=r.env(GATEWAY_SESSION_EVENTS_REDIS_STREAM=stream, GATEWAY_STORE_TIMEOUT="10s"),
+                     start=False)
+    g._err = open(g.stderr_path, "ab")
+    g.proc = subprocess.Popen([gw.wsgate_bin()] + list(g.args), env=g.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=g._err)
+    g.pid = g.proc.pid
+    seen_ready, statuses, catching_up = False, [], 0
+    deadline = time.monotonic() + 60
+    while not seen_ready and time.monotonic() < deadline:
+        try:
+            rz = g.get("/readyz", timeout=2)
+        except (OSError, wsraw.Timeout, wsraw.Closed):
+            time.sleep(0.01)
+            continue
+        if rz.status == 503 and rz.json()["code"] == "catching_up":
+            catching_up += 1
+        seen_ready = rz.status == 200
+        w = wsraw.WS(g.port, path="/ws/events", protocols=["bearer-old1"], expect_101=False, timeout=15)
+        statuses.append(w.response.status)
+        w.close()
+    assert seen_ready, "never ready"
+    assert catching_up >= 1, "the catch-up window was not observed (stream too short for this machine?)"
+    assert 101 not in statuses, f"the revoked bearer was served while catching up: {statuses}"
+    assert set(statuses) == {403}, statuses
+    w = wsraw.WS(g.port, path="/ws/events", protocols=["bearer-last1"])
+    w.close()
+    g.wait_log(lambda l: l.get("msg", "").startswith("store caught up"))
