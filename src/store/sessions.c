@@ -272,6 +272,11 @@ int gw_sessions_apply(const gw_session *s)
     pthread_mutex_lock(&V.mu);
     sentry *e = find_id_locked(s->device_session_id);
     int was_revoked = e && e->s.status == GW_SESSION_REVOKED;
+    /* A bearer or user change: what was opened with the old bearer (or for
+     * the old user) must end too (review3 F4). */
+    int creds_changed = e && s->version > e->s.version &&
+                        (memcmp(e->s.token_sha256, s->token_sha256, sizeof s->token_sha256) != 0 ||
+                         strcmp(e->s.user_id, s->user_id) != 0);
     if (e && s->version <= e->s.version) {
         pthread_mutex_unlock(&V.mu);
         gw_counter_inc(V.m_stale);
@@ -295,8 +300,11 @@ int gw_sessions_apply(const gw_session *s)
     int nh = V.nhooks;
     pthread_mutex_unlock(&V.mu);
     gw_counter_inc(V.m_applied);
-    if (s->status == GW_SESSION_REVOKED && !was_revoked) {
-        gw_log_line *l = gw_log_begin(GW_LOG_INFO, "device session revoked", NULL);
+    int revoked_now = s->status == GW_SESSION_REVOKED && !was_revoked;
+    if (revoked_now || (creds_changed && s->status != GW_SESSION_REVOKED)) {
+        gw_log_line *l = gw_log_begin(GW_LOG_INFO,
+                                      revoked_now ? "device session revoked" : "device session credentials changed",
+                                      NULL);
         if (l) {
             gw_log_str(l, "device_session_id", s->device_session_id, 0);
             gw_log_str(l, "user", s->user_id, 0);

@@ -46,8 +46,11 @@ int gw_session_from_json(const uint8_t *body, size_t n, gw_session *out, char *w
 const char *gw_session_status_str(gw_session_status s);
 
 /* Applies a snapshot to the view: 1 when it changed it (a new session or a
- * higher version), 0 when stale. A session that becomes revoked calls the
- * revocation hooks, on the calling thread, after the view is updated. */
+ * higher version), 0 when stale. A session that becomes revoked, or whose
+ * bearer digest or user changes, calls the revocation hooks (s->status
+ * says which: revoked, or active with new credentials), on the calling
+ * thread, after the view is updated: streams opened with the old bearer
+ * end. */
 int gw_sessions_apply(const gw_session *s);
 /* Copies the session with that id (1) or returns 0. */
 int gw_sessions_get(const char *device_session_id, gw_session *out);

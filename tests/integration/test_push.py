@@ -306,6 +306,47 @@ def test_revocation_closes_streams(make_gateway, backend):
     g.wait_log(lambda l: l.get("msg") == "ws close" and l.get("cause") == "revoked")
 
 
+def test_new_bearer_or_user_ends_the_old_streams(make_gateway, backend):
+    """A snapshot that rotates the session's bearer or moves it to another
+    user ends the streams opened before it (1008; review3 F4: they kept
+    receiving the old user's events); the old bearer opens nothing more,
+    the new one does; a snapshot that changes neither leaves them open."""
+    g = gateway(make_gateway, backend)
+    session(g, "rot1", "alice")
+
+    def post_snap(version, user, bearer):
+        body = {"device_session_id": "rot1", "user_id": user, "status": "active", "version": version,
+                "token_sha256": hashlib.sha256(bearer.encode()).hexdigest()}
+        assert admin_post(g, "/v1/sessions", body).status == 202
+
+    async def ended(ws):
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as e:
+            while True:
+                await recv_json(ws, timeout=10)
+        return e.value.rcvd
+
+    async def body():
+        old = await subscribe(g, "rot1")
+        post_snap(2, "alice", "bearer-rot1-b")
+        rc = await ended(old)
+        assert rc.code == 1008, rc
+        with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
+            await connect(g, "rot1")
+        assert e.value.status_code == 401
+        new = await websockets.connect(url(g), subprotocols=["bearer-rot1-b"], ping_interval=None)
+        assert (await recv_json(new))["type"] == "gateway.server_time"
+        post_snap(3, "bob", "bearer-rot1-b")  # moved to another user
+        rc = await ended(new)
+        assert rc.code == 1008, rc
+        again = await websockets.connect(url(g), subprotocols=["bearer-rot1-b"], ping_interval=None)
+        assert (await recv_json(again))["type"] == "gateway.server_time"
+        post_snap(4, "bob", "bearer-rot1-b")  # nothing the stream depends on changed
+        eid = publish(g, "bob", "still", {"n": 1})
+        assert (await recv_json(again))["id"] == eid
+        await again.close()
+    run(body())
+
+
 def test_overflow_then_resume(make_gateway, backend):
     g = gateway(make_gateway, backend, GATEWAY_PUSH_QUEUE_LIMIT="50")
     session(g, "pf1", "frank")
