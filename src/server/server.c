@@ -76,6 +76,81 @@ static void register_metrics(void)
                                       "TLS handshakes that failed on the public listener.", NULL);
     gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,
                                       "1 while the gateway drains after SIGTERM.", NULL);
+    if (gw_srv.tls_ctx) {
+        const char *th = "TLS certificate reloads on SIGHUP, by result.";
+        gw_srv.m_tls_reload_ok = gw_metric_get("wsgate_tls_reload_total", GW_METRIC_COUNTER, th, "result=\"ok\"");
+        gw_srv.m_tls_reload_err = gw_metric_get("wsgate_tls_reload_total", GW_METRIC_COUNTER, th, "result=\"error\"");
+        gw_srv.m_tls_last_ok = gw_metric_get("wsgate_tls_last_reload_success", GW_METRIC_GAUGE,
+                                             "0 when the last TLS reload was refused (the previous pair is served).",
+                                             NULL);
+        gw_gauge_set(gw_srv.m_tls_last_ok, 1);
+    }
+}
+
+/* ================================ TLS reload ================================ */
+
+static void tls_describe_current(void)
+{
+    pthread_mutex_lock(&gw_srv.tls_mu);
+    gw_tls_ctx_describe(gw_srv.tls_cur, gw_srv.tls_serial, sizeof gw_srv.tls_serial, gw_srv.tls_not_after,
+                        sizeof gw_srv.tls_not_after);
+    gw_srv.tls_loaded_wall_ms = gw_wall_ms();
+    pthread_mutex_unlock(&gw_srv.tls_mu);
+}
+
+typedef struct tls_swap {
+    gw_worker *w;
+    void *ctx;
+} tls_swap;
+
+/* On the worker: new handshakes from now on use the new pair; the old
+ * context lives on inside the SSL of every connection made from it. */
+static void worker_tls_swap(void *arg)
+{
+    tls_swap *ts = arg;
+    void *old = ts->w->tls_ctx;
+    ts->w->tls_ctx = ts->ctx;
+    if (old)
+        gw_tls_ctx_free(old);
+    gw_free(ts);
+}
+
+/* SIGHUP: loads GATEWAY_TLS_CERT_PATH/KEY_PATH again. A pair that does not
+ * load or does not match is refused with one line and the old one stays. */
+static void reload_tls(void)
+{
+    if (!gw_srv.tls_ctx)
+        return;
+    char err[512];
+    void *ctx = gw_tls_server_ctx(gw_srv.cfg.tls_cert_path, gw_srv.cfg.tls_key_path, err, sizeof err);
+    if (!ctx) {
+        gw_counter_inc(gw_srv.m_tls_reload_err);
+        gw_gauge_set(gw_srv.m_tls_last_ok, 0);
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "tls reload refused; keeping the old certificate", NULL);
+        if (l) {
+            gw_log_str(l, "error", err, 0);
+            gw_log_str(l, "serial", gw_srv.tls_serial, 0);
+            gw_log_end(l);
+        }
+        return;
+    }
+    for (int i = 0; i < gw_srv.nworkers; i++) {
+        tls_swap *ts = gw_malloc(sizeof *ts);
+        ts->w = &gw_srv.workers[i];
+        ts->ctx = gw_tls_ctx_ref(ctx);
+        gw_loop_post(gw_srv.workers[i].loop, worker_tls_swap, ts);
+    }
+    gw_tls_ctx_free(gw_srv.tls_cur);
+    gw_srv.tls_cur = ctx;
+    tls_describe_current();
+    gw_counter_inc(gw_srv.m_tls_reload_ok);
+    gw_gauge_set(gw_srv.m_tls_last_ok, 1);
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "tls certificate reloaded", NULL);
+    if (l) {
+        gw_log_str(l, "serial", gw_srv.tls_serial, 0);
+        gw_log_str(l, "not_after", gw_srv.tls_not_after, 0);
+        gw_log_end(l);
+    }
 }
 
 /* ============================== accept / workers ============================ */
@@ -116,7 +191,7 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
             close(fd);
             continue;
         }
-        gw_client_accept(w, fd, &ss, admin, admin ? NULL : gw_srv.tls_ctx, &gw_http_proto);
+        gw_client_accept(w, fd, &ss, admin, admin ? NULL : w->tls_ctx, &gw_http_proto);
     }
 }
 
@@ -260,7 +335,10 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         gw_srv.tls_ctx = gw_tls_server_ctx(cfg->tls_cert_path, cfg->tls_key_path, err, errcap);
         if (!gw_srv.tls_ctx)
             return GW_ERR;
+        gw_srv.tls_cur = gw_tls_ctx_ref(gw_srv.tls_ctx);
     }
+    pthread_mutex_init(&gw_srv.tls_mu, NULL);
+    tls_describe_current();
     register_metrics();
     pthread_mutex_init(&gw_srv.routes_mu, NULL);
     if (gw_server_reload_routes(err, errcap) != GW_OK)
@@ -276,6 +354,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
             return GW_ERR;
         }
         w->pub_lis.fd = w->admin_lis.fd = -1;
+        w->tls_ctx = gw_srv.tls_ctx ? gw_tls_ctx_ref(gw_srv.tls_ctx) : NULL;
         w->accept_timer.cb = accept_resume;
         w->stats_timer.cb = stats_tick;
         gw_list_init(&w->clients);
@@ -308,13 +387,18 @@ static void server_free(void)
             close(w->pub_lis.fd);
         if (w->admin_lis.fd >= 0)
             close(w->admin_lis.fd);
-        gw_loop_free(w->loop);
+        gw_loop_free(w->loop); /* runs a TLS swap still posted */
+        if (w->tls_ctx)
+            gw_tls_ctx_free(w->tls_ctx);
     }
     gw_free(gw_srv.workers);
     gw_srv.workers = NULL;
     if (gw_srv.tls_ctx)
         gw_tls_ctx_free(gw_srv.tls_ctx);
     gw_srv.tls_ctx = NULL;
+    if (gw_srv.tls_cur)
+        gw_tls_ctx_free(gw_srv.tls_cur);
+    gw_srv.tls_cur = NULL;
     gw_routes_unref(gw_srv.routes);
     gw_srv.routes = NULL;
     gw_metrics_reset();
@@ -378,6 +462,7 @@ int gw_server_run(void)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
+            reload_tls();
             char err[512];
             if (gw_server_reload_routes(err, sizeof err) != GW_OK) {
                 gw_log_line *rl = gw_log_begin(GW_LOG_ERROR, "routes reload refused; keeping the old table", NULL);
