@@ -18,6 +18,7 @@
 #include "server/client.h"
 #include "server/http_serve.h"
 #include "server/state.h"
+#include "server/upgrade.h"
 #include "store/store.h"
 #include "ws/ws_session.h"
 
@@ -283,6 +284,22 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* The listening socket a previous process handed over for (role, its
+ * configured address a) (in-place upgrade), or -1. */
+static int inherited_fd(const char *role, const gw_addr *a)
+{
+    char addr[300];
+    gw_addr_format(a, addr, sizeof addr);
+    return gw_upgrade_take(role, addr);
+}
+
+/* The handed-over socket for (role, a), or a new one. */
+static int listener_fd(const char *role, const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap)
+{
+    int fd = inherited_fd(role, a);
+    return fd >= 0 ? fd : gw_sock_listen(a, reuseport, backlog, err, errcap);
+}
+
 static int open_listeners(char *err, size_t errcap)
 {
     const gw_config *cfg = &gw_srv.cfg;
@@ -293,12 +310,17 @@ static int open_listeners(char *err, size_t errcap)
         int fd;
         uint32_t ev = GW_EV_READ;
         if (pub.is_unix) {
-            if (shared < 0 && (shared = gw_sock_listen(&pub, 0, 4096, err, errcap)) < 0)
+            if (shared < 0 && (shared = listener_fd("public", &pub, 0, 4096, err, errcap)) < 0)
                 return GW_ERR;
             fd = i == 0 ? shared : dup(shared);
             ev |= GW_EV_EXCLUSIVE;
         } else {
-            fd = gw_sock_listen(&pub, 1, 4096, err, errcap);
+            /* Each worker's own SO_REUSEPORT socket; handed-over ones keep
+             * their accept queues, a worker beyond their number joins the
+             * group with a new one. */
+            fd = inherited_fd("public", &cfg->public_addr);
+            if (fd < 0)
+                fd = gw_sock_listen(&pub, 1, 4096, err, errcap);
             if (fd < 0)
                 return GW_ERR;
             if (pub.port == 0)
@@ -313,13 +335,14 @@ static int open_listeners(char *err, size_t errcap)
     }
     if (cfg->admin_addr.set) {
         gw_worker *w = &gw_srv.workers[0];
-        int fd = gw_sock_listen(&cfg->admin_addr, 0, 512, err, errcap);
+        int fd = listener_fd("admin", &cfg->admin_addr, 0, 512, err, errcap);
         if (fd < 0)
             return GW_ERR;
         w->admin_lis.fd = fd;
         w->admin_lis.cb = on_accept_admin;
         gw_io_start(w->loop, &w->admin_lis, GW_EV_READ);
     }
+    gw_upgrade_close_unused();
     return GW_OK;
 }
 
@@ -362,6 +385,8 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         gw_list_init(&w->idle);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
+    if (cfg->upgrade_socket[0] && gw_upgrade_takeover(cfg->upgrade_socket, err, errcap) != GW_OK)
+        return GW_ERR;
     if (open_listeners(err, errcap) != GW_OK)
         return GW_ERR;
     return GW_OK;
@@ -441,6 +466,8 @@ int gw_server_run(void)
 
     for (int i = 0; i < gw_srv.nworkers; i++)
         pthread_create(&gw_srv.workers[i].thread, NULL, worker_main, &gw_srv.workers[i]);
+    /* The workers accept now: a process we took the listeners from may drain. */
+    gw_upgrade_start();
 
     char pub[300], adm[300] = "off";
     gw_addr_format(&gw_srv.cfg.public_addr, pub, sizeof pub);
@@ -494,11 +521,13 @@ int gw_server_run(void)
     uint64_t t0 = gw_mono_ms();
     uint64_t budget = gw_srv.cfg.shutdown_timeout_ms;
     uint64_t margin = GW_MIN(budget / 10, (uint64_t)1000);
+    gw_upgrade_lock(); /* no hand-over of listeners that are about to close */
     atomic_store(&gw_srv.draining, 1);
+    gw_upgrade_unlock();
     gw_gauge_set(gw_srv.m_draining, 1);
     l = gw_log_begin(GW_LOG_INFO, "draining", NULL);
     if (l) {
-        gw_log_str(l, "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
+        gw_log_str(l, "signal", gw_upgrade_handed_over() ? "upgrade" : sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
         gw_log_int(l, "timeout_ms", (int64_t)budget, 0);
         gw_log_int(l, "drain_delay_ms", (int64_t)gw_srv.cfg.drain_delay_ms, 0);
         gw_log_int(l, "connections", (int64_t)(atomic_load(&gw_srv.nconns) + atomic_load(&gw_srv.nconns_admin)), 0);
@@ -539,6 +568,7 @@ int gw_server_run(void)
         gw_log_bool(l, "forced", forced, 0);
         gw_log_end(l);
     }
+    gw_upgrade_stop();
     server_free();
     return 0;
 }
