@@ -18,6 +18,7 @@
 #include "server/client.h"
 #include "server/http_serve.h"
 #include "server/state.h"
+#include "server/status.h"
 #include "server/upgrade.h"
 #include "store/store.h"
 #include "ws/ws_session.h"
@@ -208,6 +209,21 @@ static void on_accept_admin(gw_io *io, uint32_t events)
     accept_loop(gw_container_of(io, gw_worker, admin_lis), io, 1);
 }
 
+/* The worker's load for the status page: clients, and its thread's CPU
+ * time over the last tick. */
+static void publish_load(gw_worker *w)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, now = gw_mono_ms();
+    if (w->st_mono_ms && now > w->st_mono_ms)
+        atomic_store_explicit(&w->st_cpu_pm, (uint32_t)GW_MIN((ns - w->st_cpu_ns) / ((now - w->st_mono_ms) * 1000), 1000u),
+                              memory_order_relaxed);
+    w->st_cpu_ns = ns;
+    w->st_mono_ms = now;
+    atomic_store_explicit(&w->st_clients, w->nclients, memory_order_relaxed);
+}
+
 static void stats_tick(gw_timer *t)
 {
     gw_worker *w = gw_container_of(t, gw_worker, stats_timer);
@@ -216,6 +232,9 @@ static void stats_tick(gw_timer *t)
         if (c->phase < GW_PHASE_FINISH && c->proto->tick)
             c->proto->tick(c);
     }
+    publish_load(w);
+    if (w->id == 0)
+        gw_status_sample(); /* worker 0 also serves the admin listener: the rings need no lock */
     gw_timer_start(w->loop, t, 1000);
 }
 
@@ -363,6 +382,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
     pthread_mutex_init(&gw_srv.tls_mu, NULL);
     tls_describe_current();
     register_metrics();
+    gw_status_init();
     pthread_mutex_init(&gw_srv.routes_mu, NULL);
     if (gw_server_reload_routes(err, errcap) != GW_OK)
         return GW_ERR;

@@ -41,6 +41,10 @@ struct gw_worker {
     gw_list idle;          /* gw_linger: idle pooled upstream connections */
     int draining;          /* after GATEWAY_DRAIN_DELAY: listener closed, connections being closed */
     int hold;              /* worker 0 keeps serving /metrics until the others finished draining */
+    /* Load, published by the worker once a second for the status page. */
+    _Atomic uint32_t st_clients;   /* its public clients */
+    _Atomic uint32_t st_cpu_pm;    /* its thread's CPU time over the last second, per mille */
+    uint64_t st_cpu_ns, st_mono_ms;
     void *tls_ctx;         /* this worker's reference to the current SSL_CTX (swapped on SIGHUP by a post;
                             * open connections hold their own through their SSL) */
 };
