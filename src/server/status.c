@@ -27,23 +27,23 @@ extern const char gw_status_html[], gw_status_html_end[], gw_status_js[], gw_sta
 #define MAX_CAUSES 24
 
 /* One per-second series: the last GW_STATUS_RING deltas. */
-typedef struct ring {
+typedef struct series_ring {
     uint32_t v[GW_STATUS_RING];
-} ring;
+} series_ring;
 
 /* Only worker 0 touches this (sample and serve run on its loop). */
 static struct {
     uint64_t nd;          /* per-second deltas recorded */
     uint64_t last_wall_ms;
     int64_t prev_hs, prev_msgs;
-    ring hs, msgs;
+    series_ring hs, msgs;
     size_t ncauses;
     struct {
         char name[48];
         int64_t prev;
-        ring r;
+        series_ring r;
     } causes[MAX_CAUSES];
-} S;
+} ST;
 
 /* ================================ label values ============================== */
 
@@ -114,9 +114,9 @@ static json_t *family_by(const char *name, const char *key)
 
 /* ================================== rings =================================== */
 
-static void ring_put(ring *r, int64_t delta)
+static void ring_put(series_ring *r, int64_t delta)
 {
-    r->v[S.nd % GW_STATUS_RING] = (uint32_t)(delta < 0 ? 0 : delta > UINT32_MAX ? UINT32_MAX : delta);
+    r->v[ST.nd % GW_STATUS_RING] = (uint32_t)(delta < 0 ? 0 : delta > UINT32_MAX ? UINT32_MAX : delta);
 }
 
 static void sum_cause(const char *labels, int64_t v, void *arg)
@@ -125,12 +125,12 @@ static void sum_cause(const char *labels, int64_t v, void *arg)
     char cause[48];
     label_value(labels, "cause", cause, sizeof cause);
     size_t i = 0;
-    while (i < S.ncauses && strcmp(S.causes[i].name, cause) != 0)
+    while (i < ST.ncauses && strcmp(ST.causes[i].name, cause) != 0)
         i++;
-    if (i == S.ncauses) {
-        if (S.ncauses == MAX_CAUSES)
+    if (i == ST.ncauses) {
+        if (ST.ncauses == MAX_CAUSES)
             return;
-        snprintf(S.causes[S.ncauses++].name, sizeof S.causes[0].name, "%s", cause); /* prev 0, ring zeroed */
+        snprintf(ST.causes[ST.ncauses++].name, sizeof ST.causes[0].name, "%s", cause); /* prev 0, ring zeroed */
     }
     sums[i] += v;
 }
@@ -142,24 +142,24 @@ void gw_status_sample(void)
     gw_metrics_each("wsgate_ws_closes_total", sum_cause, sums);
     /* Counters start at 0 with the process: the first second holds
      * everything since the start. */
-    ring_put(&S.hs, hs - S.prev_hs);
-    ring_put(&S.msgs, msgs - S.prev_msgs);
-    for (size_t i = 0; i < S.ncauses; i++) {
-        ring_put(&S.causes[i].r, sums[i] - S.causes[i].prev);
-        S.causes[i].prev = sums[i];
+    ring_put(&ST.hs, hs - ST.prev_hs);
+    ring_put(&ST.msgs, msgs - ST.prev_msgs);
+    for (size_t i = 0; i < ST.ncauses; i++) {
+        ring_put(&ST.causes[i].r, sums[i] - ST.causes[i].prev);
+        ST.causes[i].prev = sums[i];
     }
-    S.nd++;
-    S.prev_hs = hs;
-    S.prev_msgs = msgs;
-    S.last_wall_ms = gw_wall_ms();
+    ST.nd++;
+    ST.prev_hs = hs;
+    ST.prev_msgs = msgs;
+    ST.last_wall_ms = gw_wall_ms();
 }
 
 /* The ring's values, oldest first (the seconds sampled so far, at most 15 min). */
-static json_t *ring_json(const ring *r)
+static json_t *ring_json(const series_ring *r)
 {
     json_t *a = json_array();
-    uint64_t from = S.nd > GW_STATUS_RING ? S.nd - GW_STATUS_RING : 0;
-    for (uint64_t k = from; k < S.nd; k++)
+    uint64_t from = ST.nd > GW_STATUS_RING ? ST.nd - GW_STATUS_RING : 0;
+    for (uint64_t k = from; k < ST.nd; k++)
         json_array_append_new(a, json_integer(r->v[k % GW_STATUS_RING]));
     return a;
 }
@@ -168,7 +168,7 @@ static json_t *ring_json(const ring *r)
 
 static const char *redacted(const char *secret) { return secret[0] ? "(redacted)" : ""; }
 
-static json_t *config_json(void)
+static json_t *status_config(void)
 {
     const gw_config *c = &gw_srv.cfg;
     char pub[300], adm[300] = "";
@@ -215,7 +215,7 @@ static json_t *workers_json(void)
     return a;
 }
 
-static json_t *snapshot(void)
+static json_t *status_snapshot(void)
 {
     json_t *j = json_object();
     uint64_t now = gw_wall_ms();
@@ -225,7 +225,7 @@ static json_t *snapshot(void)
     json_object_set_new(j, "started_ms", json_integer((json_int_t)gw_srv.start_wall_ms));
     json_object_set_new(j, "uptime_s", json_integer((json_int_t)((gw_mono_ms() - gw_srv.start_mono_ms) / 1000)));
     json_object_set_new(j, "draining", json_boolean(atomic_load(&gw_srv.draining)));
-    json_object_set_new(j, "config", config_json());
+    json_object_set_new(j, "config", status_config());
 
     json_t *conns = json_object();
     json_object_set_new(conns, "public", json_integer(gw_metric_value(gw_srv.m_conns_public)));
@@ -243,12 +243,12 @@ static json_t *snapshot(void)
     json_t *series = json_object();
     json_object_set_new(series, "interval_s", json_integer(1));
     json_object_set_new(series, "capacity", json_integer(GW_STATUS_RING));
-    json_object_set_new(series, "end_ms", json_integer((json_int_t)S.last_wall_ms));
-    json_object_set_new(series, "handshakes", ring_json(&S.hs));
-    json_object_set_new(series, "messages", ring_json(&S.msgs));
+    json_object_set_new(series, "end_ms", json_integer((json_int_t)ST.last_wall_ms));
+    json_object_set_new(series, "handshakes", ring_json(&ST.hs));
+    json_object_set_new(series, "messages", ring_json(&ST.msgs));
     json_t *closes = json_object();
-    for (size_t i = 0; i < S.ncauses; i++)
-        json_object_set_new(closes, S.causes[i].name, ring_json(&S.causes[i].r));
+    for (size_t i = 0; i < ST.ncauses; i++)
+        json_object_set_new(closes, ST.causes[i].name, ring_json(&ST.causes[i].r));
     json_object_set_new(series, "closes", closes);
     json_object_set_new(j, "series", series);
 
@@ -299,7 +299,7 @@ static int get_json(gw_client *c, gw_http_req *req, const uint8_t *body, size_t 
 {
     GW_UNUSED(body);
     GW_UNUSED(n);
-    gw_http_respond_json(c, req, ids, 200, snapshot(), PAGE_HEADERS);
+    gw_http_respond_json(c, req, ids, 200, status_snapshot(), PAGE_HEADERS);
     return GW_OK;
 }
 
