@@ -329,8 +329,13 @@ static int open_listeners(char *err, size_t errcap)
         int fd;
         uint32_t ev = GW_EV_READ;
         if (pub.is_unix) {
-            if (shared < 0 && (shared = listener_fd("public", &pub, 0, 4096, err, errcap)) < 0)
-                return GW_ERR;
+            if (shared < 0) {
+                if ((shared = listener_fd("public", &pub, 0, 4096, err, errcap)) < 0)
+                    return GW_ERR;
+                /* A handed-over unix listener came once per worker: the same socket. */
+                for (int extra; (extra = inherited_fd("public", &pub)) >= 0;)
+                    close(extra);
+            }
             fd = i == 0 ? shared : dup(shared);
             ev |= GW_EV_EXCLUSIVE;
         } else {

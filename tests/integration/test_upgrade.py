@@ -243,3 +243,43 @@ def test_stale_upgrade_socket_is_replaced_and_other_files_refused(make_gateway, 
     assert r.returncode == 1
     assert b"the path exists and is not a socket; not replacing it" in r.stderr
     assert open(other).read() == "x"
+
+
+def _start_unix(g):
+    """Starts g (a public unix: listener, so the TCP readiness poll of
+    Gateway.start does not apply) and waits for its start line."""
+    import subprocess
+    g._err = open(g.stderr_path, "ab")
+    g.proc = subprocess.Popen([gw.wsgate_bin(), "serve"], env=g.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=g._err)
+    g.pid = g.proc.pid
+    g.wait_log(lambda l: l.get("msg") == "gateway started", timeout=15)
+
+
+def _unix_healthz(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        return Hammer.ask(s)
+    finally:
+        s.close()
+
+
+def test_upgrade_of_a_unix_socket_listener(make_gateway, tmp_path):
+    path = str(tmp_path / "upgrade.sock")
+    pub = str(tmp_path / "public.sock")
+    env = _env(path, GATEWAY_PUBLIC_HTTP_ADDR=f"unix:{pub}")
+    old = make_gateway(env=env, start=False)
+    _start_unix(old)
+    assert _unix_healthz(pub)
+    ino = os.lstat(pub).st_ino
+    e = dict(env)
+    e["GATEWAY_ADMIN_HTTP_ADDR"] = f"127.0.0.1:{old.admin_port}"
+    new = make_gateway(env=e, start=False)
+    _start_unix(new)
+    took = new.wait_log(lambda l: l.get("msg") == "upgrade: took over the listeners; the old process drains")
+    assert took[0]["sockets"] == 3, took  # the unix listener once per worker (the same socket), and admin
+    assert old.wait(20) == 0, old.stderr()[-3000:]
+    assert _unix_healthz(pub) and os.lstat(pub).st_ino == ino  # the same socket file, never re-bound
+    assert not [l for l in new.logs() if l.get("msg", "").startswith("upgrade: inherited listener not in")]
