@@ -54,6 +54,8 @@ $(B)/tests/%: tests/unit/%.c $(LIB_OBJS) tests/unit/test.h
 	@$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(LIB_OBJS) $(LDLIBS)
 
 -include $(OBJS:.o=.d)
+$(B)/obj/src/server/status.o build/fuzz/obj/src/server/status.o: web/status/index.html web/status/status.js web/status/status.css \
+	web/status/favicon.svg
 
 deps:
 	@scripts/install-deps.sh

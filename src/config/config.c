@@ -451,6 +451,8 @@ static int load_all(loader *L)
     }
     if (load_str(L, "GATEWAY_ROUTES_FILE", c->routes_file, sizeof c->routes_file, 0))
         return GW_ERR;
+    if (load_str(L, "GATEWAY_UPGRADE_SOCKET", c->upgrade_socket, sizeof c->upgrade_socket, 0))
+        return GW_ERR;
 
     /* Redis */
     if (load_str(L, "GATEWAY_REDIS_MASTER_ADDR", c->redis_master_addr, sizeof c->redis_master_addr, 0))
@@ -593,6 +595,10 @@ const char gw_config_help[] =
     "                                                                        public listener speaks TLS\n"
     "  GATEWAY_TLS_KEY_PATH                          (empty)                 PEM private key (set both or neither)\n"
     "  GATEWAY_ROUTES_FILE                           (empty)                 JSON route table, reloaded on SIGHUP\n"
+    "  GATEWAY_UPGRADE_SOCKET                        (empty)                 unix socket path: a new `wsgate serve`\n"
+    "                                                                        with the same setting takes the\n"
+    "                                                                        listeners of the running one over it\n"
+    "                                                                        (in-place upgrade; the old one drains)\n"
     "  GATEWAY_SHUTDOWN_TIMEOUT                      30s                     drain budget after SIGTERM/SIGINT\n"
     "  GATEWAY_DRAIN_DELAY                           5s                      after SIGTERM, /readyz answers 503\n"
     "                                                                        while the listeners keep serving this\n"

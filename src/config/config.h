@@ -18,6 +18,7 @@ typedef struct gw_config {
     char tls_cert_path[4096];    /* GATEWAY_TLS_CERT_PATH */
     char tls_key_path[4096];     /* GATEWAY_TLS_KEY_PATH */
     char routes_file[4096];      /* GATEWAY_ROUTES_FILE */
+    char upgrade_socket[108];    /* GATEWAY_UPGRADE_SOCKET: unix socket path for in-place binary upgrades */
     char redis_master_addr[256]; /* GATEWAY_REDIS_MASTER_ADDR */
     char redis_password[256];    /* GATEWAY_REDIS_PASSWORD */
     int redis_db;                /* GATEWAY_REDIS_DB, default 0 */

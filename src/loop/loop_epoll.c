@@ -57,8 +57,11 @@ int gw_backend_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new_e
         op = EPOLL_CTL_DEL;
     else
         op = EPOLL_CTL_MOD;
+    /* EPOLLEXCLUSIVE (a listener shared by the workers) takes no other flag
+     * than EPOLLIN/EPOLLOUT (EINVAL otherwise): a listener has no use for
+     * EPOLLRDHUP. */
     if (new_events & GW_EV_EXCLUSIVE)
-        ev.events |= EPOLLEXCLUSIVE;
+        ev.events = (ev.events & ~(uint32_t)EPOLLRDHUP) | EPOLLEXCLUSIVE;
     return epoll_ctl(b->epfd, op, io->fd, &ev) == 0 ? GW_OK : GW_ERR;
 }
 

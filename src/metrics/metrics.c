@@ -239,6 +239,18 @@ int64_t gw_metric_value(const gw_metric *m)
     return 0;
 }
 
+void gw_metrics_each(const char *name, void (*fn)(const char *labels, int64_t value, void *arg), void *arg)
+{
+    pthread_mutex_lock(&reg_lock);
+    for (family *f = families; f; f = f->next) {
+        if (strcmp(f->name, name) != 0)
+            continue;
+        for (gw_metric *m = f->series; m; m = m->next)
+            fn(m->labels, gw_metric_value(m), arg);
+    }
+    pthread_mutex_unlock(&reg_lock);
+}
+
 /* ------------------------------------------------------------------ */
 /* Rendering */
 

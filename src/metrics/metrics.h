@@ -34,6 +34,11 @@ void gw_histogram_observe(gw_metric *m, double v);
 /* Current value of a counter or gauge (tests, /health). */
 int64_t gw_metric_value(const gw_metric *m);
 
+/* Calls fn(labels, value) for each series of the family name (counters and
+ * gauges; labels as registered, "" when none), under the registry's lock:
+ * fn must not register metrics. */
+void gw_metrics_each(const char *name, void (*fn)(const char *labels, int64_t value, void *arg), void *arg);
+
 /* Renders every family in Prometheus text exposition format 0.0.4 (# HELP,
  * # TYPE, then each series; histograms as _bucket{le=...}, _sum, _count)
  * into out. Families appear in registration order. GW_OK or GW_ERR (OOM). */

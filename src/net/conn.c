@@ -217,6 +217,32 @@ void *gw_tls_client_ctx(int verify, char *err, size_t errcap)
 
 void gw_tls_ctx_free(void *ctx) { SSL_CTX_free(ctx); }
 
+void *gw_tls_ctx_ref(void *ctx)
+{
+    SSL_CTX_up_ref(ctx);
+    return ctx;
+}
+
+void gw_tls_ctx_describe(void *ctx, char *serial, size_t serialcap, char *not_after, size_t nacap)
+{
+    serial[0] = not_after[0] = '\0';
+    X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
+    if (!x)
+        return;
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    if (hex)
+        snprintf(serial, serialcap, "%s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b && ASN1_TIME_print(b, X509_get0_notAfter(x)) == 1) {
+        int n = BIO_read(b, not_after, (int)nacap - 1);
+        not_after[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+}
+
 int gw_conn_tls(gw_conn *c, void *ctx, int is_server, const char *sni)
 {
     SSL *ssl = SSL_new(ctx);

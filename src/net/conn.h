@@ -153,5 +153,12 @@ void gw_conn_thread_exit(void);
 void *gw_tls_server_ctx(const char *cert, const char *key, char *err, size_t errcap);
 void *gw_tls_client_ctx(int verify, char *err, size_t errcap);
 void gw_tls_ctx_free(void *ctx);
+/* Takes one more reference on ctx (released with gw_tls_ctx_free): an SSL
+ * made from it holds its own, so a swapped-out context lives exactly as long
+ * as the connections that use it. Returns ctx. */
+void *gw_tls_ctx_ref(void *ctx);
+/* The serial number (hex) and notAfter (text) of ctx's certificate, for logs
+ * and the status page; "" when there is none. */
+void gw_tls_ctx_describe(void *ctx, char *serial, size_t serialcap, char *not_after, size_t nacap);
 
 #endif

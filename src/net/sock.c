@@ -90,7 +90,7 @@ static int unix_path_free(const struct sockaddr_un *un, const gw_addr *a, char *
  * bind and listen. A connect is only accepted once listen has run (before,
  * it is refused), so the umask's mode never lets anyone in, and no
  * process-wide umask change can race other threads creating files. */
-static int listen_unix(const gw_addr *a, int backlog, char *err, size_t errcap)
+static int listen_unix(const gw_addr *a, int type, int backlog, char *err, size_t errcap)
 {
     struct sockaddr_un un = {.sun_family = AF_UNIX};
     if (strlen(a->path) >= sizeof un.sun_path) {
@@ -100,7 +100,7 @@ static int listen_unix(const gw_addr *a, int backlog, char *err, size_t errcap)
     memcpy(un.sun_path, a->path, strlen(a->path) + 1);
     if (unix_path_free(&un, a, err, errcap) != GW_OK)
         return GW_ERR;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return fail(err, errcap, "socket", a);
     if (bind(fd, (struct sockaddr *)&un, sizeof un) < 0) {
@@ -117,11 +117,18 @@ static int listen_unix(const gw_addr *a, int backlog, char *err, size_t errcap)
     return fd;
 }
 
+int gw_sock_listen_unix(const char *path, int type, int backlog, char *err, size_t errcap)
+{
+    gw_addr a = {.set = 1, .is_unix = 1};
+    snprintf(a.path, sizeof a.path, "%s", path);
+    return listen_unix(&a, type, backlog, err, errcap);
+}
+
 int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap)
 {
     int fd, one = 1;
     if (a->is_unix)
-        return listen_unix(a, backlog, err, errcap);
+        return listen_unix(a, SOCK_STREAM, backlog, err, errcap);
     struct sockaddr_storage ss;
     socklen_t len;
     if (resolve(a, 1, &ss, &len, err, errcap) != GW_OK)

@@ -15,6 +15,9 @@
  * refused) is replaced, while a live socket or any other file there makes
  * the call fail. Returns the fd or GW_ERR. */
 int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap);
+/* The same for a unix socket of the given type (SOCK_STREAM,
+ * SOCK_SEQPACKET) at path: mode 0600, a stale socket replaced. */
+int gw_sock_listen_unix(const char *path, int type, int backlog, char *err, size_t errcap);
 /* The port a TCP listening socket is bound to (for ":0"), or 0. */
 uint16_t gw_sock_local_port(int fd);
 /* Starts a nonblocking connect to a (TCP or unix). Returns the fd (connect in

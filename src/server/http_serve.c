@@ -1,6 +1,7 @@
 /* http_serve.c: requests on the public and admin listeners: health
  * endpoints, /metrics, route dispatch, WebSocket upgrades, and the error
  * envelope every HTTP error carries (DESIGN.md section 8). */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -228,6 +229,19 @@ void gw_http_respond(gw_client *c, const gw_http_req *req, const gw_req_ids *ids
                      const void *body, size_t n, const char *extra_headers)
 {
     respond(c, status, ctype, body, n, ids, extra_headers, req && gw_str_eq(req->method, "HEAD"));
+}
+
+void gw_http_respond_json(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, int status, void *j,
+                          const char *extra_headers)
+{
+    char *out = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!out) {
+        gw_http_error_ids(c, 500, "internal_error", "cannot encode the answer", req, NULL, ids);
+        return;
+    }
+    gw_http_respond(c, req, ids, status, "application/json", out, strlen(out), extra_headers);
+    free(out);
 }
 
 void gw_http_error_ids(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,

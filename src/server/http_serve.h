@@ -39,6 +39,10 @@ int gw_http_keep_alive(const gw_http_req *req);
 /* Writes a complete response with the request's ids. */
 void gw_http_respond(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, int status, const char *ctype,
                      const void *body, size_t n, const char *extra_headers);
+/* Writes the JSON value j (a jansson json_t *, taken: released here) as an
+ * application/json response; 500 internal_error when it cannot be encoded. */
+void gw_http_respond_json(gw_client *c, const gw_http_req *req, const gw_req_ids *ids, int status, void *j,
+                          const char *extra_headers);
 void gw_http_error_ids(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,
                        const char *extra_headers, const gw_req_ids *ids);
 void gw_http_error(gw_client *c, int status, const char *code, const char *message, const gw_http_req *req,

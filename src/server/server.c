@@ -18,6 +18,8 @@
 #include "server/client.h"
 #include "server/http_serve.h"
 #include "server/state.h"
+#include "server/status.h"
+#include "server/upgrade.h"
 #include "store/store.h"
 #include "ws/ws_session.h"
 
@@ -76,6 +78,81 @@ static void register_metrics(void)
                                       "TLS handshakes that failed on the public listener.", NULL);
     gw_srv.m_draining = gw_metric_get("wsgate_draining", GW_METRIC_GAUGE,
                                       "1 while the gateway drains after SIGTERM.", NULL);
+    if (gw_srv.tls_ctx) {
+        const char *th = "TLS certificate reloads on SIGHUP, by result.";
+        gw_srv.m_tls_reload_ok = gw_metric_get("wsgate_tls_reload_total", GW_METRIC_COUNTER, th, "result=\"ok\"");
+        gw_srv.m_tls_reload_err = gw_metric_get("wsgate_tls_reload_total", GW_METRIC_COUNTER, th, "result=\"error\"");
+        gw_srv.m_tls_last_ok = gw_metric_get("wsgate_tls_last_reload_success", GW_METRIC_GAUGE,
+                                             "0 when the last TLS reload was refused (the previous pair is served).",
+                                             NULL);
+        gw_gauge_set(gw_srv.m_tls_last_ok, 1);
+    }
+}
+
+/* ================================ TLS reload ================================ */
+
+static void tls_describe_current(void)
+{
+    pthread_mutex_lock(&gw_srv.tls_mu);
+    gw_tls_ctx_describe(gw_srv.tls_cur, gw_srv.tls_serial, sizeof gw_srv.tls_serial, gw_srv.tls_not_after,
+                        sizeof gw_srv.tls_not_after);
+    gw_srv.tls_loaded_wall_ms = gw_wall_ms();
+    pthread_mutex_unlock(&gw_srv.tls_mu);
+}
+
+typedef struct tls_swap {
+    gw_worker *w;
+    void *ctx;
+} tls_swap;
+
+/* On the worker: new handshakes from now on use the new pair; the old
+ * context lives on inside the SSL of every connection made from it. */
+static void worker_tls_swap(void *arg)
+{
+    tls_swap *ts = arg;
+    void *old = ts->w->tls_ctx;
+    ts->w->tls_ctx = ts->ctx;
+    if (old)
+        gw_tls_ctx_free(old);
+    gw_free(ts);
+}
+
+/* SIGHUP: loads GATEWAY_TLS_CERT_PATH/KEY_PATH again. A pair that does not
+ * load or does not match is refused with one line and the old one stays. */
+static void reload_tls(void)
+{
+    if (!gw_srv.tls_ctx)
+        return;
+    char err[512];
+    void *ctx = gw_tls_server_ctx(gw_srv.cfg.tls_cert_path, gw_srv.cfg.tls_key_path, err, sizeof err);
+    if (!ctx) {
+        gw_counter_inc(gw_srv.m_tls_reload_err);
+        gw_gauge_set(gw_srv.m_tls_last_ok, 0);
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "tls reload refused; keeping the old certificate", NULL);
+        if (l) {
+            gw_log_str(l, "error", err, 0);
+            gw_log_str(l, "serial", gw_srv.tls_serial, 0);
+            gw_log_end(l);
+        }
+        return;
+    }
+    for (int i = 0; i < gw_srv.nworkers; i++) {
+        tls_swap *ts = gw_malloc(sizeof *ts);
+        ts->w = &gw_srv.workers[i];
+        ts->ctx = gw_tls_ctx_ref(ctx);
+        gw_loop_post(gw_srv.workers[i].loop, worker_tls_swap, ts);
+    }
+    gw_tls_ctx_free(gw_srv.tls_cur);
+    gw_srv.tls_cur = ctx;
+    tls_describe_current();
+    gw_counter_inc(gw_srv.m_tls_reload_ok);
+    gw_gauge_set(gw_srv.m_tls_last_ok, 1);
+    gw_log_line *l = gw_log_begin(GW_LOG_INFO, "tls certificate reloaded", NULL);
+    if (l) {
+        gw_log_str(l, "serial", gw_srv.tls_serial, 0);
+        gw_log_str(l, "not_after", gw_srv.tls_not_after, 0);
+        gw_log_end(l);
+    }
 }
 
 /* ============================== accept / workers ============================ */
@@ -116,7 +193,7 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
             close(fd);
             continue;
         }
-        gw_client_accept(w, fd, &ss, admin, admin ? NULL : gw_srv.tls_ctx, &gw_http_proto);
+        gw_client_accept(w, fd, &ss, admin, admin ? NULL : w->tls_ctx, &gw_http_proto);
     }
 }
 
@@ -132,6 +209,21 @@ static void on_accept_admin(gw_io *io, uint32_t events)
     accept_loop(gw_container_of(io, gw_worker, admin_lis), io, 1);
 }
 
+/* The worker's load for the status page: clients, and its thread's CPU
+ * time over the last tick. */
+static void publish_load(gw_worker *w)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, now = gw_mono_ms();
+    if (w->st_mono_ms && now > w->st_mono_ms)
+        atomic_store_explicit(&w->st_cpu_pm, (uint32_t)GW_MIN((ns - w->st_cpu_ns) / ((now - w->st_mono_ms) * 1000), 1000u),
+                              memory_order_relaxed);
+    w->st_cpu_ns = ns;
+    w->st_mono_ms = now;
+    atomic_store_explicit(&w->st_clients, w->nclients, memory_order_relaxed);
+}
+
 static void stats_tick(gw_timer *t)
 {
     gw_worker *w = gw_container_of(t, gw_worker, stats_timer);
@@ -140,6 +232,9 @@ static void stats_tick(gw_timer *t)
         if (c->phase < GW_PHASE_FINISH && c->proto->tick)
             c->proto->tick(c);
     }
+    publish_load(w);
+    if (w->id == 0)
+        gw_status_sample(); /* worker 0 also serves the admin listener: the rings need no lock */
     gw_timer_start(w->loop, t, 1000);
 }
 
@@ -208,6 +303,22 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* The listening socket a previous process handed over for (role, its
+ * configured address a) (in-place upgrade), or -1. */
+static int inherited_fd(const char *role, const gw_addr *a)
+{
+    char addr[300];
+    gw_addr_format(a, addr, sizeof addr);
+    return gw_upgrade_take(role, addr);
+}
+
+/* The handed-over socket for (role, a), or a new one. */
+static int listener_fd(const char *role, const gw_addr *a, int reuseport, int backlog, char *err, size_t errcap)
+{
+    int fd = inherited_fd(role, a);
+    return fd >= 0 ? fd : gw_sock_listen(a, reuseport, backlog, err, errcap);
+}
+
 static int open_listeners(char *err, size_t errcap)
 {
     const gw_config *cfg = &gw_srv.cfg;
@@ -218,12 +329,22 @@ static int open_listeners(char *err, size_t errcap)
         int fd;
         uint32_t ev = GW_EV_READ;
         if (pub.is_unix) {
-            if (shared < 0 && (shared = gw_sock_listen(&pub, 0, 4096, err, errcap)) < 0)
-                return GW_ERR;
+            if (shared < 0) {
+                if ((shared = listener_fd("public", &pub, 0, 4096, err, errcap)) < 0)
+                    return GW_ERR;
+                /* A handed-over unix listener came once per worker: the same socket. */
+                for (int extra; (extra = inherited_fd("public", &pub)) >= 0;)
+                    close(extra);
+            }
             fd = i == 0 ? shared : dup(shared);
             ev |= GW_EV_EXCLUSIVE;
         } else {
-            fd = gw_sock_listen(&pub, 1, 4096, err, errcap);
+            /* Each worker's own SO_REUSEPORT socket; handed-over ones keep
+             * their accept queues, a worker beyond their number joins the
+             * group with a new one. */
+            fd = inherited_fd("public", &cfg->public_addr);
+            if (fd < 0)
+                fd = gw_sock_listen(&pub, 1, 4096, err, errcap);
             if (fd < 0)
                 return GW_ERR;
             if (pub.port == 0)
@@ -238,13 +359,14 @@ static int open_listeners(char *err, size_t errcap)
     }
     if (cfg->admin_addr.set) {
         gw_worker *w = &gw_srv.workers[0];
-        int fd = gw_sock_listen(&cfg->admin_addr, 0, 512, err, errcap);
+        int fd = listener_fd("admin", &cfg->admin_addr, 0, 512, err, errcap);
         if (fd < 0)
             return GW_ERR;
         w->admin_lis.fd = fd;
         w->admin_lis.cb = on_accept_admin;
         gw_io_start(w->loop, &w->admin_lis, GW_EV_READ);
     }
+    gw_upgrade_close_unused();
     return GW_OK;
 }
 
@@ -260,8 +382,12 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         gw_srv.tls_ctx = gw_tls_server_ctx(cfg->tls_cert_path, cfg->tls_key_path, err, errcap);
         if (!gw_srv.tls_ctx)
             return GW_ERR;
+        gw_srv.tls_cur = gw_tls_ctx_ref(gw_srv.tls_ctx);
     }
+    pthread_mutex_init(&gw_srv.tls_mu, NULL);
+    tls_describe_current();
     register_metrics();
+    gw_status_init();
     pthread_mutex_init(&gw_srv.routes_mu, NULL);
     if (gw_server_reload_routes(err, errcap) != GW_OK)
         return GW_ERR;
@@ -276,6 +402,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
             return GW_ERR;
         }
         w->pub_lis.fd = w->admin_lis.fd = -1;
+        w->tls_ctx = gw_srv.tls_ctx ? gw_tls_ctx_ref(gw_srv.tls_ctx) : NULL;
         w->accept_timer.cb = accept_resume;
         w->stats_timer.cb = stats_tick;
         gw_list_init(&w->clients);
@@ -283,6 +410,8 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         gw_list_init(&w->idle);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
+    if (cfg->upgrade_socket[0] && gw_upgrade_takeover(cfg->upgrade_socket, err, errcap) != GW_OK)
+        return GW_ERR;
     if (open_listeners(err, errcap) != GW_OK)
         return GW_ERR;
     return GW_OK;
@@ -308,13 +437,18 @@ static void server_free(void)
             close(w->pub_lis.fd);
         if (w->admin_lis.fd >= 0)
             close(w->admin_lis.fd);
-        gw_loop_free(w->loop);
+        gw_loop_free(w->loop); /* runs a TLS swap still posted */
+        if (w->tls_ctx)
+            gw_tls_ctx_free(w->tls_ctx);
     }
     gw_free(gw_srv.workers);
     gw_srv.workers = NULL;
     if (gw_srv.tls_ctx)
         gw_tls_ctx_free(gw_srv.tls_ctx);
     gw_srv.tls_ctx = NULL;
+    if (gw_srv.tls_cur)
+        gw_tls_ctx_free(gw_srv.tls_cur);
+    gw_srv.tls_cur = NULL;
     gw_routes_unref(gw_srv.routes);
     gw_srv.routes = NULL;
     gw_metrics_reset();
@@ -357,6 +491,8 @@ int gw_server_run(void)
 
     for (int i = 0; i < gw_srv.nworkers; i++)
         pthread_create(&gw_srv.workers[i].thread, NULL, worker_main, &gw_srv.workers[i]);
+    /* The workers accept now: a process we took the listeners from may drain. */
+    gw_upgrade_start();
 
     char pub[300], adm[300] = "off";
     gw_addr_format(&gw_srv.cfg.public_addr, pub, sizeof pub);
@@ -378,6 +514,7 @@ int gw_server_run(void)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
+            reload_tls();
             char err[512];
             if (gw_server_reload_routes(err, sizeof err) != GW_OK) {
                 gw_log_line *rl = gw_log_begin(GW_LOG_ERROR, "routes reload refused; keeping the old table", NULL);
@@ -409,11 +546,13 @@ int gw_server_run(void)
     uint64_t t0 = gw_mono_ms();
     uint64_t budget = gw_srv.cfg.shutdown_timeout_ms;
     uint64_t margin = GW_MIN(budget / 10, (uint64_t)1000);
+    gw_upgrade_lock(); /* no hand-over of listeners that are about to close */
     atomic_store(&gw_srv.draining, 1);
+    gw_upgrade_unlock();
     gw_gauge_set(gw_srv.m_draining, 1);
     l = gw_log_begin(GW_LOG_INFO, "draining", NULL);
     if (l) {
-        gw_log_str(l, "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
+        gw_log_str(l, "signal", gw_upgrade_handed_over() ? "upgrade" : sig == SIGTERM ? "SIGTERM" : "SIGINT", 0);
         gw_log_int(l, "timeout_ms", (int64_t)budget, 0);
         gw_log_int(l, "drain_delay_ms", (int64_t)gw_srv.cfg.drain_delay_ms, 0);
         gw_log_int(l, "connections", (int64_t)(atomic_load(&gw_srv.nconns) + atomic_load(&gw_srv.nconns_admin)), 0);
@@ -454,6 +593,7 @@ int gw_server_run(void)
         gw_log_bool(l, "forced", forced, 0);
         gw_log_end(l);
     }
+    gw_upgrade_stop();
     server_free();
     return 0;
 }

@@ -41,11 +41,22 @@ struct gw_worker {
     gw_list idle;          /* gw_linger: idle pooled upstream connections */
     int draining;          /* after GATEWAY_DRAIN_DELAY: listener closed, connections being closed */
     int hold;              /* worker 0 keeps serving /metrics until the others finished draining */
+    /* Load, published by the worker once a second for the status page. */
+    _Atomic uint32_t st_clients;   /* its public clients */
+    _Atomic uint32_t st_cpu_pm;    /* its thread's CPU time over the last second, per mille */
+    uint64_t st_cpu_ns, st_mono_ms;
+    void *tls_ctx;         /* this worker's reference to the current SSL_CTX (swapped on SIGHUP by a post;
+                            * open connections hold their own through their SSL) */
 };
 
 typedef struct gw_server {
     gw_config cfg;
-    void *tls_ctx;                /* SSL_CTX * for the public listener, or NULL */
+    void *tls_ctx;                /* the SSL_CTX loaded at start, or NULL: non-NULL means TLS is on (never
+                                   * swapped; new handshakes use their worker's tls_ctx) */
+    void *tls_cur;                /* the current pair's SSL_CTX (main thread: SIGHUP) */
+    pthread_mutex_t tls_mu;       /* guards the description below (read by the status page) */
+    char tls_serial[80], tls_not_after[40];
+    uint64_t tls_loaded_wall_ms;
     int nworkers;
     gw_worker *workers;
     atomic_int draining;          /* set at SIGTERM: /readyz answers 503 (the listeners serve on for
@@ -68,6 +79,7 @@ typedef struct gw_server {
     gw_metric *m_rejected, *m_rejected_admin;
     gw_metric *m_tls_fail;
     gw_metric *m_draining;
+    gw_metric *m_tls_reload_ok, *m_tls_reload_err, *m_tls_last_ok;
 } gw_server;
 
 extern gw_server gw_srv;

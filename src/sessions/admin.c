@@ -125,14 +125,7 @@ static int get_session(gw_client *c, gw_http_req *req, const uint8_t *body, size
     }
     json_t *o = json_pack("{s:s, s:s, s:s, s:I}", "device_session_id", s.device_session_id, "user_id", s.user_id,
                           "status", gw_session_status_str(s.status), "version", (json_int_t)s.version);
-    char *out = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!out) {
-        gw_http_error_ids(c, 500, "internal_error", "cannot encode the answer", req, NULL, ids);
-        return GW_OK;
-    }
-    gw_http_respond(c, req, ids, 200, "application/json", out, strlen(out), NULL);
-    free(out);
+    gw_http_respond_json(c, req, ids, 200, o, NULL);
     return GW_OK;
 }
 

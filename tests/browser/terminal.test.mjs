@@ -6,20 +6,18 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
 import { startGateway, freePort, wsgateBin, sleep } from '../node/gateway.mjs';
+import { launchChromium, skip } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const webDir = resolve(here, '..', '..', 'web');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SECRET = 'browser-test-agent-secret';
-const skip = !existsSync(CHROMIUM) ? `no browser at ${CHROMIUM}` : false;
 
-let agent, agentErr, gw, ctx, profile;
+let agent, agentErr, gw, ctx, browser;
 
 async function startAgent() {
   const port = await freePort();
@@ -44,19 +42,13 @@ before(async () => {
       GATEWAY_TERMINAL_DEMO_UPSTREAM: `ws://127.0.0.1:${agent.port}/`,
     },
   });
-  profile = mkdtempSync(join(tmpdir(), 'wsgate-chromium-'));
-  ctx = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
+  ctx = browser.ctx;
 });
 
 after(async () => {
   if (skip) return;
-  await ctx?.close();
-  if (profile) rmSync(profile, { recursive: true, force: true });
+  await browser?.close();
   const res = await gw?.stop();
   if (gw) assert.deepEqual(res, { code: 0, sig: null }, `gateway exit ${JSON.stringify(res)}`);
   if (agent) {

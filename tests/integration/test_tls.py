@@ -4,6 +4,7 @@ raw client, refusal of untrusting clients, plaintext on the TLS port."""
 
 import asyncio
 import os
+import signal
 import ssl
 import subprocess
 import time
@@ -150,3 +151,104 @@ def test_bad_tls_files_fail_startup(tmp_path, tls_cert, which):
     assert time.monotonic() - t0 < 5
     err = r.stderr.decode()
     assert "GATEWAY_TLS" in err or "tls" in err.lower(), err
+
+
+# ------------------------------------------------------------ rotation (SIGHUP)
+
+def _make_pair(d, name, serial):
+    cert, key = os.path.join(d, name + ".crt"), os.path.join(d, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost", "-set_serial", serial,
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def _served_serial(port):
+    """The serial number (hex, as `openssl x509 -serial` prints it) of the
+    certificate a new TLS client is shown."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c = wsraw.Conn("127.0.0.1", port, tls_ctx=ctx)
+    try:
+        der = c.sock.getpeercert(binary_form=True)
+    finally:
+        c.close()
+    r = subprocess.run(["openssl", "x509", "-inform", "der", "-noout", "-serial"], input=der,
+                       capture_output=True, check=True, timeout=20)
+    return r.stdout.decode().strip().split("=", 1)[1].upper()
+
+
+def _install(src, dst):
+    tmp = dst + ".tmp"
+    with open(src, "rb") as f, open(tmp, "wb") as g:
+        g.write(f.read())
+    os.replace(tmp, dst)  # as cert-manager's atomic symlink swap: never half a file
+
+
+def test_tls_rotation_on_sighup(make_gateway, tmp_path):
+    d = str(tmp_path)
+    a = _make_pair(d, "a", "0xA1A1")
+    b = _make_pair(d, "b", "0xB2B2")
+    c = _make_pair(d, "c", "0xC3C3")
+    cert, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+    _install(a[0], cert)
+    _install(a[1], key)
+    g = make_gateway(tls=(cert, key))
+    assert _served_serial(g.port) == "A1A1"
+    assert g.metric("wsgate_tls_last_reload_success") == 1
+
+    # A WebSocket opened under pair A.
+    old_ctx = ssl.create_default_context(cafile=a[0])
+    w = wsraw.WS(g.port, tls_ctx=old_ctx)
+    try:
+        w.send_text("before")
+        assert w.recv_message(timeout=10)[1] == b"before"
+
+        _install(b[0], cert)
+        _install(b[1], key)
+        g.signal(signal.SIGHUP)
+        hits = g.wait_log(lambda l: l.get("msg") == "tls certificate reloaded", timeout=10)
+        assert len(hits) == 1 and hits[0]["serial"] == "B2B2", hits
+        gw.wait_until(lambda: _served_serial(g.port) == "B2B2", timeout=10, what="new serial served")
+        # A client that trusts only B completes its handshake; the open one keeps working.
+        w2 = wsraw.WS(g.port, tls_ctx=ssl.create_default_context(cafile=b[0]))
+        w2.send_text("new")
+        assert w2.recv_message(timeout=10)[1] == b"new"
+        w2.close()
+        w.send_text("after rotation")
+        assert w.recv_message(timeout=10)[1] == b"after rotation"
+        m = g.metrics()
+        assert gw.metric_value(m, "wsgate_tls_reload_total", result="ok") == 1
+        assert gw.metric_value(m, "wsgate_tls_reload_total", result="error") == 0
+
+        # A mismatched pair (B's certificate, C's key) is refused: one line, B stays.
+        _install(c[1], key)
+        g.signal(signal.SIGHUP)
+        bad = g.wait_log(lambda l: l.get("msg") == "tls reload refused; keeping the old certificate", timeout=10)
+        g.wait_log(lambda l: l.get("msg") == "routes reloaded", timeout=10)
+        assert len(bad) == 1 and "GATEWAY_TLS_KEY_PATH" in bad[0]["error"] and bad[0]["level"] == "error", bad
+        assert _served_serial(g.port) == "B2B2"
+        m = g.metrics()
+        assert gw.metric_value(m, "wsgate_tls_reload_total", result="error") == 1
+        assert gw.metric_value(m, "wsgate_tls_last_reload_success") == 0
+        # Garbage in the certificate file: refused the same way.
+        with open(cert, "w") as f:
+            f.write("not a certificate\n")
+        g.signal(signal.SIGHUP)
+        gw.wait_until(lambda: len([l for l in g.logs() if l.get("msg", "").startswith("tls reload refused")]) == 2,
+                      timeout=10, what="second refusal")
+        assert _served_serial(g.port) == "B2B2"
+        w.send_text("still open")
+        assert w.recv_message(timeout=10)[1] == b"still open"
+
+        # A good pair again: success is reported again.
+        _install(c[0], cert)
+        g.signal(signal.SIGHUP)
+        gw.wait_until(lambda: _served_serial(g.port) == "C3C3", timeout=10, what="serial C")
+        assert g.metric("wsgate_tls_last_reload_success") == 1
+        w.send_close(1000)
+        assert w.expect_close().close_code == 1000
+    finally:
+        w.close()
