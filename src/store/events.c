@@ -18,6 +18,8 @@ static struct {
     pthread_mutex_t mu;
     gw_event **ring; /* oldest at head */
     size_t cap, head, n;
+    size_t bytes;    /* memory the held events take (event_bytes) */
+    size_t max_bytes; /* GW_EVENTS_MAX_BYTES (tests set less) */
     gw_event_id last;    /* highest id appended */
     gw_event_id evicted; /* highest id evicted (or the start point): older cursors need a resync */
     uint64_t window_ms;
@@ -45,7 +47,10 @@ int gw_event_id_parse(const char *s, size_t n, gw_event_id *out)
             digits = 0;
             continue;
         }
-        if (c < '0' || c > '9' || digits >= 19)
+        /* Redis allows each part up to 2^64-1 (20 digits): refusing those
+         * made one such entry, and every later one Redis numbers above it,
+         * malformed forever (review3 F3). */
+        if (c < '0' || c > '9' || digits >= 20 || v[part] > (UINT64_MAX - (uint64_t)(c - '0')) / 10)
             return GW_ERR;
         v[part] = v[part] * 10 + (uint64_t)(c - '0');
         digits++;
@@ -189,13 +194,24 @@ static gw_event *event_build(gw_event_id id, const char *type, size_t typen, con
     return e;
 }
 
-static void evict_locked(uint64_t now)
+static size_t event_bytes(const gw_event *e) { return sizeof *e + e->frame_len; }
+
+/* Drops the oldest events past the count or byte bound, or older than the
+ * window by their id's time or by when this process read them (an id from
+ * a publisher's clock a day ahead would otherwise pin the window: review3
+ * F3). */
+static void evict_locked(uint64_t now, size_t incoming)
 {
-    while (H.n && (H.n >= GW_EVENTS_MAX || (H.window_ms && H.ring[H.head]->id.ms + H.window_ms < now))) {
+    uint64_t mono = gw_mono_ms();
+    while (H.n) {
         gw_event *e = H.ring[H.head];
+        int old = H.window_ms && (e->id.ms + H.window_ms < now || e->read_mono_ms + H.window_ms < mono);
+        if (!old && H.n < GW_EVENTS_MAX && H.bytes + incoming <= (H.max_bytes ? H.max_bytes : GW_EVENTS_MAX_BYTES))
+            break;
         H.evicted = e->id;
         H.head = (H.head + 1) % H.cap;
         H.n--;
+        H.bytes -= event_bytes(e);
         gw_event_unref(e);
     }
 }
@@ -203,7 +219,7 @@ static void evict_locked(uint64_t now)
 /* Appends e (its reference goes to the history) and hands it to the hook. */
 static void append_locked(gw_event *e)
 {
-    evict_locked(H.now_ms ? H.now_ms() : gw_wall_ms());
+    evict_locked(H.now_ms ? H.now_ms() : gw_wall_ms(), event_bytes(e));
     if (H.n == H.cap) {
         size_t ncap = H.cap ? H.cap * 2 : 256;
         gw_event **r = gw_malloc(ncap * sizeof *r);
@@ -216,6 +232,7 @@ static void append_locked(gw_event *e)
     }
     H.ring[(H.head + H.n) % H.cap] = e;
     H.n++;
+    H.bytes += event_bytes(e);
     H.last = e->id;
     gw_counter_inc(H.m_appended);
     if (H.hook)
@@ -302,7 +319,7 @@ int gw_events_append_local(const gw_event_in *in, char id_out[GW_EVENT_ID_MAX])
 int gw_events_replay(const gw_event_id *cursor, void (*fn)(gw_event *e, void *arg), void *arg, gw_event_id *hw)
 {
     pthread_mutex_lock(&H.mu);
-    evict_locked(H.now_ms ? H.now_ms() : gw_wall_ms());
+    evict_locked(H.now_ms ? H.now_ms() : gw_wall_ms(), 0);
     if (cursor && gw_event_id_cmp(*cursor, H.evicted) < 0) {
         pthread_mutex_unlock(&H.mu);
         return GW_AGAIN;
@@ -343,9 +360,25 @@ void gw_events_reset(void)
     gw_free(H.ring);
     H.ring = NULL;
     H.cap = H.head = H.n = 0;
+    H.bytes = 0;
     H.last = (gw_event_id){0, 0};
     H.evicted = (gw_event_id){0, 0};
     pthread_mutex_unlock(&H.mu);
+}
+
+void gw_events_set_max_bytes(size_t max)
+{
+    pthread_mutex_lock(&H.mu);
+    H.max_bytes = max ? max : GW_EVENTS_MAX_BYTES;
+    pthread_mutex_unlock(&H.mu);
+}
+
+size_t gw_events_bytes(void)
+{
+    pthread_mutex_lock(&H.mu);
+    size_t b = H.bytes;
+    pthread_mutex_unlock(&H.mu);
+    return b;
 }
 
 /* ============================== publishing ================================== */

@@ -14,7 +14,9 @@
  * subscriber queue that holds the event one more; the last unref frees it.
  *
  * The history keeps the events of the last GATEWAY_PUSH_HISTORY_WINDOW (by
- * their id's time) and at most GW_EVENTS_MAX of them. A cursor older than
+ * their id's time, and by when this process read them), at most
+ * GW_EVENTS_MAX of them and GW_EVENTS_MAX_BYTES of memory (0 as the window:
+ * only the count and memory bounds). A cursor older than
  * what was evicted cannot be served: gw_events_replay says so (resync).
  *
  * Appends call the registered hook under the history's lock, so every
@@ -33,6 +35,7 @@
 #define GW_EVENT_TYPE_MAX 128
 #define GW_EVENT_PAYLOAD_MAX (64 * 1024)
 #define GW_EVENTS_MAX 1000000
+#define GW_EVENTS_MAX_BYTES ((size_t)256 << 20) /* memory the history may hold (frames + headers) */
 
 typedef struct gw_event_id {
     uint64_t ms, seq;
@@ -112,5 +115,10 @@ void gw_events_malformed(const char *source, const char *id, const char *why);
 size_t gw_events_count(void);
 /* Empties the history (tests, shutdown). */
 void gw_events_reset(void);
+
+/* The history's memory bound (0: GW_EVENTS_MAX_BYTES; tests set less) and
+ * what it holds now. */
+void gw_events_set_max_bytes(size_t max);
+size_t gw_events_bytes(void);
 
 #endif

@@ -4,6 +4,7 @@
  * the high-water id, eviction by window and the resync answer, duplicates
  * and malformed stream entries. */
 #include <string.h>
+#include <time.h>
 
 #include "core/common.h"
 #include "store/events.h"
@@ -55,7 +56,12 @@ static void test_ids(void)
     ok(gw_event_id_parse("1-", 2, &b) == GW_ERR, "no seq digits refused");
     ok(gw_event_id_parse("-1", 2, &b) == GW_ERR, "no ms refused");
     ok(gw_event_id_parse("1-2-3", 5, &b) == GW_ERR, "two dashes refused");
-    ok(gw_event_id_parse("12345678901234567890", 20, &b) == GW_ERR, "overflowing digits refused");
+    /* Redis ids go up to 2^64-1 in each part (review3 F3: 20 digits were refused) */
+    ok(gw_event_id_parse("18446744073709551615-0", 22, &b) == GW_OK && b.ms == UINT64_MAX, "2^64-1 ms accepted");
+    ok(gw_event_id_parse("1-18446744073709551615", 22, &b) == GW_OK && b.seq == UINT64_MAX, "2^64-1 seq accepted");
+    ok(gw_event_id_parse("18446744073709551616", 20, &b) == GW_ERR, "2^64 refused (overflow)");
+    ok(gw_event_id_parse("99999999999999999999", 20, &b) == GW_ERR, "20 nines refused (overflow)");
+    ok(gw_event_id_parse("123456789012345678901", 21, &b) == GW_ERR, "21 digits refused");
     gw_event_id x = {5, 1}, y = {5, 2}, z = {6, 0};
     is_int(gw_event_id_cmp(x, y), -1, "seq orders within a ms");
     is_int(gw_event_id_cmp(z, y), 1, "ms first");
@@ -158,6 +164,57 @@ static void test_stream_entries(void)
     gw_events_reset();
 }
 
+/* review3 F3: an entry id far ahead of the clock does not pin the window
+ * (events also leave by when this process read them), and the history's
+ * memory is bounded whatever the window. */
+static void test_history_bounds(void)
+{
+    fake_now = 5000000;
+    gw_events_init(50, clock_fn, fake_now - 50); /* a 50 ms window; the fake wall clock stands still */
+    const char *n3[] = {"user_id", "type", "payload"};
+    size_t nl3[] = {7, 4, 7};
+    const char *v3[] = {"bob", "ping", "{\"a\":1}"};
+    size_t vl3[] = {3, 4, 7};
+    char future[64];
+    int fl = snprintf(future, sizeof future, "%llu-0", (unsigned long long)(fake_now + 86400000ull));
+    is_int(gw_events_append_fields(future, (size_t)fl, 3, n3, nl3, v3, vl3), GW_OK, "an id a day ahead");
+    gw_event_id fid;
+    gw_event_id_parse(future, (size_t)fl, &fid);
+    struct timespec ts = {0, 120 * 1000000L};
+    nanosleep(&ts, NULL);
+    fl = snprintf(future, sizeof future, "%llu-1", (unsigned long long)(fake_now + 86400000ull));
+    is_int(gw_events_append_fields(future, (size_t)fl, 3, n3, nl3, v3, vl3), GW_OK, "the next one");
+    gw_event_id start = gw_events_start_id();
+    ok(gw_event_id_cmp(start, fid) == 0, "the first left the window 50 ms after it was read");
+    is_int(gw_events_append_fields("18446744073709551614-0", 22, 3, n3, nl3, v3, vl3), GW_OK,
+           "a 20-digit id is an event, not a malformed entry");
+    gw_events_reset();
+
+    /* memory: 1 KiB payloads, a bound of about ten of them */
+    fake_now = 6000000;
+    gw_events_init(0, clock_fn, fake_now - 1); /* window 0: only the count and memory bounds */
+    char pay[1100];
+    memset(pay, 'x', sizeof pay);
+    pay[0] = '"';
+    pay[1024] = '"';
+    pay[1025] = '\0';
+    char id[GW_EVENT_ID_MAX];
+    is_int(publish("bob", "big", pay, id), GW_OK, "one event");
+    size_t one = gw_events_bytes();
+    ok(one > 1024 && one < 2048, "an event's memory: %zu bytes", one);
+    gw_events_set_max_bytes(10 * one);
+    for (int i = 0; i < 40; i++)
+        publish("bob", "big", pay, id);
+    ok(gw_events_bytes() <= 10 * one, "held %zu bytes, bound %zu", gw_events_bytes(), 10 * one);
+    ok(gw_events_bytes() >= 9 * one, "and still about ten events: %zu", gw_events_bytes());
+    gw_event_id cur = {0, 0};
+    gw_event_id hw;
+    nreplayed = 0;
+    is_int(gw_events_replay(&cur, on_replay, NULL, &hw), GW_AGAIN, "a cursor before the evicted ones: resync");
+    gw_events_set_max_bytes(0);
+    gw_events_reset();
+}
+
 static void test_publish_json(void)
 {
     gw_event_in in;
@@ -186,6 +243,7 @@ int main(void)
     TEST_RUN(test_encode_once_and_refcount);
     TEST_RUN(test_replay_and_window);
     TEST_RUN(test_stream_entries);
+    TEST_RUN(test_history_bounds);
     TEST_RUN(test_publish_json);
     return test_done();
 }
