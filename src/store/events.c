@@ -319,8 +319,14 @@ int gw_events_append_local(const gw_event_in *in, char id_out[GW_EVENT_ID_MAX])
 int gw_events_replay(const gw_event_id *cursor, void (*fn)(gw_event *e, void *arg), void *arg, gw_event_id *hw)
 {
     pthread_mutex_lock(&H.mu);
-    evict_locked(H.now_ms ? H.now_ms() : gw_wall_ms(), 0);
-    if (cursor && gw_event_id_cmp(*cursor, H.evicted) < 0) {
+    uint64_t now = H.now_ms ? H.now_ms() : gw_wall_ms();
+    evict_locked(now, 0);
+    /* Older than the history, or ahead of everything read and of the clock
+     * (a cursor from before a stream reset, a corrupted client store: as
+     * the high-water mark it would silently drop every live event; review3
+     * F8): the client must resync. */
+    if (cursor && (gw_event_id_cmp(*cursor, H.evicted) < 0 ||
+                   (gw_event_id_cmp(*cursor, H.last) > 0 && cursor->ms > now + GW_EVENTS_CURSOR_SKEW_MS))) {
         pthread_mutex_unlock(&H.mu);
         return GW_AGAIN;
     }

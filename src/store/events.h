@@ -35,6 +35,7 @@
 #define GW_EVENT_TYPE_MAX 128
 #define GW_EVENT_PAYLOAD_MAX (64 * 1024)
 #define GW_EVENTS_MAX 1000000
+#define GW_EVENTS_CURSOR_SKEW_MS 60000u /* a cursor this far past the clock (and past every id read) is refused */
 #define GW_EVENTS_MAX_BYTES ((size_t)256 << 20) /* memory the history may hold (frames + headers) */
 
 typedef struct gw_event_id {

@@ -118,7 +118,7 @@ static void test_replay_and_window(void)
     is_int(gw_events_replay(NULL, on_replay, NULL, &hw), GW_OK, "no cursor");
     is_int(nreplayed, 0, "no cursor: nothing replayed");
     is_int(hw.ms, 2005000, "no cursor: live from the last id");
-    gw_event_id future = {9999999, 0};
+    gw_event_id future = {fake_now + 2000, 0}; /* another process read 2 s further */
     is_int(gw_events_replay(&future, on_replay, NULL, &hw), GW_OK, "a cursor past the last id (another process)");
     ok(gw_event_id_cmp(hw, future) == 0, "high-water is the cursor: nothing at or below it is sent");
     gw_event_id before = {1999999, 0};
@@ -215,6 +215,23 @@ static void test_history_bounds(void)
     gw_events_reset();
 }
 
+/* review3 F8: a cursor past every id read and more than a minute past the
+ * clock is a resync, not a silent high-water mark; one a little ahead (another
+ * process read further) is served. */
+static void test_future_cursor(void)
+{
+    fake_now = 7000000;
+    gw_events_init(60000, clock_fn, fake_now - 60000);
+    char id[GW_EVENT_ID_MAX];
+    publish("bob", "t", "1", id);
+    gw_event_id hw, ahead = {fake_now + 500, 0}, far = {fake_now + 3600000, 0};
+    nreplayed = 0;
+    is_int(gw_events_replay(&ahead, on_replay, NULL, &hw), GW_OK, "a cursor 0.5 s ahead: served");
+    ok(gw_event_id_cmp(hw, ahead) == 0, "as the high-water mark");
+    is_int(gw_events_replay(&far, on_replay, NULL, &hw), GW_AGAIN, "an hour ahead: resync");
+    gw_events_reset();
+}
+
 static void test_publish_json(void)
 {
     gw_event_in in;
@@ -244,6 +261,7 @@ int main(void)
     TEST_RUN(test_replay_and_window);
     TEST_RUN(test_stream_entries);
     TEST_RUN(test_history_bounds);
+    TEST_RUN(test_future_cursor);
     TEST_RUN(test_publish_json);
     return test_done();
 }
