@@ -594,6 +594,7 @@ int gw_server_run(void)
         gw_log_end(l);
     }
     gw_upgrade_stop();
+    gw_store_shutdown(); /* before the worker loops go: the store's threads use them */
     server_free();
     return 0;
 }

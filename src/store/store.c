@@ -221,6 +221,13 @@ gw_store_op *gw_store_consume(gw_store *s, gw_loop *l, const char *tok, size_t n
 static gw_store *current;
 static gw_metric *m_healthy;
 
+void gw_store_shutdown(void)
+{
+    gw_store *s = current;
+    current = NULL;
+    gw_store_free(s);
+}
+
 void gw_store_set_current(gw_store *s)
 {
     current = s;

@@ -140,6 +140,10 @@ gw_store *gw_store_current(void);
 /* The process's store, for /health and the wsgate_backend_healthy gauge
  * (set once at startup, before the workers run). */
 void gw_store_set_current(gw_store *s);
+/* Frees the process's store (its threads stopped and joined first): at
+ * exit, once the workers stopped and before their loops are freed (a Redis
+ * store's monitor thread posts to them and its connections live on them). */
+void gw_store_shutdown(void);
 /* "embedded" or "redis" ("embedded" before any store is set). */
 const char *gw_store_current_name(void);
 /* 1 while the current store's backend answers (store.h healthy). */
