@@ -1,5 +1,7 @@
 #include "net/sock.h"
 
+#include "net/resolve.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -164,24 +166,12 @@ uint16_t gw_sock_local_port(int fd)
     return 0;
 }
 
-int gw_sock_connect(const gw_addr *a, char *err, size_t errcap)
+int gw_sock_connect_resolved(const gw_resolved *r, const gw_addr *a, char *err, size_t errcap)
 {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int fd;
-    if (a->is_unix) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&ss;
-        memset(un, 0, sizeof *un);
-        un->sun_family = AF_UNIX;
-        snprintf(un->sun_path, sizeof un->sun_path, "%s", a->path);
-        len = sizeof *un;
-    } else if (resolve(a, 0, &ss, &len, err, errcap) != GW_OK) {
-        return GW_ERR;
-    }
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(r->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return fail(err, errcap, "socket", a);
-    if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)&r->ss, r->len) < 0 && errno != EINPROGRESS) {
         fail(err, errcap, "connect", a);
         close(fd);
         return GW_ERR;
@@ -189,6 +179,14 @@ int gw_sock_connect(const gw_addr *a, char *err, size_t errcap)
     if (!a->is_unix)
         gw_sock_nodelay(fd);
     return fd;
+}
+
+int gw_sock_connect(const gw_addr *a, char *err, size_t errcap)
+{
+    gw_resolved r;
+    if (gw_resolve_blocking(a, &r, err, errcap) != GW_OK)
+        return GW_ERR;
+    return gw_sock_connect_resolved(&r, a, err, errcap);
 }
 
 void gw_sock_nodelay(int fd)

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "net/addr.h"
+#include "net/resolve.h"
 
 /* Creates a nonblocking, close-on-exec listening socket on a. reuseport sets
  * SO_REUSEPORT (TCP only) so each worker can own one. A unix socket gets
@@ -20,9 +21,14 @@ int gw_sock_listen(const gw_addr *a, int reuseport, int backlog, char *err, size
 int gw_sock_listen_unix(const char *path, int type, int backlog, char *err, size_t errcap);
 /* The port a TCP listening socket is bound to (for ":0"), or 0. */
 uint16_t gw_sock_local_port(int fd);
-/* Starts a nonblocking connect to a (TCP or unix). Returns the fd (connect in
- * progress or done) or GW_ERR. */
+/* Starts a nonblocking connect to a (TCP or unix), resolving a name on the
+ * calling thread (net/resolve's cache first): for the command-line tools,
+ * never on a worker loop. Returns the fd (connect in progress or done) or
+ * GW_ERR. */
 int gw_sock_connect(const gw_addr *a, char *err, size_t errcap);
+/* Starts a nonblocking connect to an address already resolved
+ * (gw_resolve_now / gw_resolve_start); a names it in errors. */
+int gw_sock_connect_resolved(const gw_resolved *r, const gw_addr *a, char *err, size_t errcap);
 /* Accepts one connection on the listening socket lfd, nonblocking and
  * close-on-exec; *ss (ss may be NULL) gets the peer's address. The one
  * accept path of the process. Returns the fd, or -1 with errno set. */

@@ -19,6 +19,7 @@
 #include "core/alloc.h"
 #include "core/common.h"
 #include "log/log.h"
+#include "net/resolve.h"
 #include "net/sock.h"
 #include "proxy/forward.h"
 #include "proxy/proxy.h"
@@ -40,6 +41,7 @@ typedef struct gw_hup {
     char key[300];       /* pool key: the upstream address */
     uint8_t state;       /* enum hup_state */
     gw_client *c;        /* the client being served while busy */
+    gw_resolve_req *resolving; /* HUP_CONNECTING before the socket exists: the name's lookup */
 } gw_hup;
 
 typedef struct gw_proxy {
@@ -104,6 +106,10 @@ static void hup_close(gw_hup *h)
     if (h->state == HUP_CLOSED)
         return;
     h->state = HUP_CLOSED;
+    if (h->resolving) {
+        gw_resolve_cancel(h->resolving);
+        h->resolving = NULL;
+    }
     gw_list_remove(&h->node.node);
     gw_timer_stop(h->w->loop, &h->timer);
     gw_conn_close(&h->conn);
@@ -162,10 +168,38 @@ static void pool_put(gw_hup *h)
 }
 
 
+/* The upstream's name was looked up (never inline): connect now. */
+static void hup_resolved(void *ud, int ok, const gw_resolved *ra, const char *err)
+{
+    gw_hup *h = ud;
+    h->resolving = NULL;
+    gw_client *c = h->c;
+    char e[256];
+    int fd = ok ? gw_sock_connect_resolved(ra, &PX(c)->target.addr, e, sizeof e) : -1;
+    if (fd < 0) {
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "upstream unreachable", PX(c)->ids.corr);
+        if (l) {
+            gw_log_str(l, "error", ok ? e : err, 0);
+            gw_log_end(l);
+        }
+        proxy_fail(c, 502, "upstream_unavailable", "the upstream could not be reached");
+        return;
+    }
+    h->conn.io.fd = fd;
+    gw_conn_await_connect(&h->conn);
+}
+
+/* A connection toward t: connecting at once to an IP literal, a unix path or
+ * a cached name; otherwise after the name's lookup (net/resolve, off the
+ * loop). NULL with err when the address cannot be used. */
 static gw_hup *hup_connect(gw_worker *w, const gw_wsc_target *t, const char *key, char *err, size_t errcap)
 {
-    int fd = gw_sock_connect(&t->addr, err, errcap);
-    if (fd < 0)
+    gw_resolved ra;
+    int rr = gw_resolve_now(&t->addr, &ra, err, errcap);
+    if (rr == GW_ERR)
+        return NULL;
+    int fd = -1;
+    if (rr == GW_OK && (fd = gw_sock_connect_resolved(&ra, &t->addr, err, errcap)) < 0)
         return NULL;
     gw_hup *h = gw_calloc(1, sizeof *h);
     gw_conn_init(&h->conn, w->loop, fd, hup_io);
@@ -175,7 +209,10 @@ static gw_hup *hup_connect(gw_worker *w, const gw_wsc_target *t, const char *key
     gw_list_init(&h->node.node);
     snprintf(h->key, sizeof h->key, "%s", key);
     /* Connected when writable; reads start then. */
-    gw_conn_await_connect(&h->conn);
+    if (fd >= 0)
+        gw_conn_await_connect(&h->conn);
+    else
+        h->resolving = gw_resolve_start(w->loop, &t->addr, hup_resolved, h);
     return h;
 }
 

@@ -26,6 +26,7 @@
 #include "core/alloc.h"
 #include "core/common.h"
 #include "http/ws_handshake.h"
+#include "net/resolve.h"
 #include "net/sock.h"
 #include "ws/pmd.h"
 
@@ -37,6 +38,7 @@
 #define READ_ROUNDS 8           /* reads per wakeup (fairness) */
 
 enum {
+    S_RESOLVING, /* the upstream's name is being looked up (net/resolve) */
     S_CONNECTING,
     S_TLS,
     S_UPGRADE,
@@ -95,6 +97,7 @@ struct wsc_hs {
     size_t body_decoded; /* chunked: bytes at the front of body already decoded */
     gw_h1_chunked chunk;
     gw_buf body;
+    gw_resolve_req *resolving; /* while S_RESOLVING */
 };
 
 static gw_wsc_reason *rsn(gw_wsc *c)
@@ -323,6 +326,10 @@ static void end_conn(gw_wsc *c)
     if (c->state == S_DEAD)
         return;
     c->state = S_DEAD;
+    if (c->hs && c->hs->resolving) {
+        gw_resolve_cancel(c->hs->resolving);
+        c->hs->resolving = NULL;
+    }
     gw_timer_stop(c->loop, &c->timer);
     gw_task_cancel(&c->rtask);
     if (c->ws_inited) {
@@ -955,6 +962,10 @@ static void on_timer(gw_timer *tm)
 {
     gw_wsc *c = gw_container_of(tm, gw_wsc, timer);
     switch (c->state) {
+    case S_RESOLVING:
+        end_with(c, GW_WSC_CONNECT_TIMEOUT, ETIMEDOUT, "the name %s was not resolved in %llu ms", c->hs->t.addr.host,
+                 (unsigned long long)c->timeout_ms);
+        return;
     case S_CONNECTING:
         end_with(c, GW_WSC_CONNECT_TIMEOUT, ETIMEDOUT, "TCP connect did not complete in %llu ms",
                  (unsigned long long)c->timeout_ms);
@@ -987,6 +998,34 @@ static void on_timer(gw_timer *tm)
 }
 
 /* ================================== API ===================================== */
+
+/* Opens the TCP connection to the resolved address (S_CONNECTING). */
+static void start_connect(gw_wsc *c, const gw_resolved *ra)
+{
+    char cerr[256] = "";
+    c->state = S_CONNECTING;
+    int fd = gw_sock_connect_resolved(ra, &c->hs->t.addr, cerr, sizeof cerr);
+    int e = errno;
+    if (fd < 0) {
+        end_with(c, GW_WSC_CONNECT_FAILED, e, "%s", cerr);
+        return;
+    }
+    c->conn.io.fd = fd;
+    if (gw_conn_await_connect(&c->conn) != GW_OK)
+        end_with(c, GW_WSC_CONNECT_FAILED, errno, "cannot watch the socket: %s", strerror(errno));
+}
+
+static void on_resolved(void *ud, int ok, const gw_resolved *ra, const char *err)
+{
+    gw_wsc *c = ud;
+    c->hs->resolving = NULL;
+    if (!ok) {
+        c->state = S_CONNECTING;
+        end_with(c, GW_WSC_CONNECT_FAILED, 0, "%s", err);
+        return;
+    }
+    start_connect(c, ra);
+}
 
 gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, const gw_wsc_opts *opts,
                        const gw_wsc_cbs *cbs, void *data, char *err, size_t errcap)
@@ -1060,21 +1099,22 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
             }
         }
     }
-    c->state = S_CONNECTING;
+    /* The deadline covers the name lookup, the TCP connect, TLS and the upgrade. */
     gw_timer_start_at(l, &c->timer, gw_mono_ms() + c->timeout_ms);
+    gw_conn_init(&c->conn, l, -1, on_io);
+    gw_resolved ra;
     char cerr[256] = "";
-    int fd = gw_sock_connect(&c->hs->t.addr, cerr, sizeof cerr);
-    int e = errno;
-    if (fd < 0) {
-        gw_conn_init(&c->conn, l, -1, on_io);
-        end_with(c, GW_WSC_CONNECT_FAILED, e, "%s", cerr);
+    int rr = gw_resolve_now(&c->hs->t.addr, &ra, cerr, sizeof cerr);
+    if (rr == GW_AGAIN) {
+        c->state = S_RESOLVING;
+        c->hs->resolving = gw_resolve_start(l, &c->hs->t.addr, on_resolved, c);
         return c;
     }
-    gw_conn_init(&c->conn, l, fd, on_io);
-    if (gw_conn_await_connect(&c->conn) != GW_OK) {
-        end_with(c, GW_WSC_CONNECT_FAILED, errno, "cannot watch the socket: %s", strerror(errno));
-        return c;
-    }
+    c->state = S_CONNECTING;
+    if (rr != GW_OK)
+        end_with(c, GW_WSC_CONNECT_FAILED, 0, "%s", cerr);
+    else
+        start_connect(c, &ra);
     return c;
 }
 
