@@ -294,14 +294,20 @@ static void group_leave(sub *s)
     gw_free(g);
 }
 
+/* The one targeting rule, for live delivery and for the replay: e is for
+ * s's user and, when it names a device session, for s's session. */
+static int sub_wants(const sub *s, const gw_event *e)
+{
+    return strcmp(s->user_id, e->user_id) == 0 && (!e->device_session_id[0] || strcmp(s->dev, e->device_session_id) == 0);
+}
+
 /* On a worker: one event (one reference, ours) to its subscribers. */
 static void deliver(pworker *pw, gw_event *e)
 {
     ugroup *g = group_find(pw, e->user_id);
     for (gw_list *it = g ? g->subs.next : NULL; g && it != &g->subs; it = it->next) {
         sub *s = gw_container_of(it, sub, gnode);
-        if ((e->device_session_id[0] && strcmp(s->dev, e->device_session_id) != 0) ||
-            gw_event_id_cmp(e->id, s->hw) <= 0)
+        if (!sub_wants(s, e) || gw_event_id_cmp(e->id, s->hw) <= 0)
             continue;
         if (s->closing || s->close_cause) { /* its stream is ending: the resume gets it */
             gw_counter_inc(P.m_drop_closed);
@@ -544,7 +550,16 @@ static const gw_ws_app push_app = {
     .free = app_free,
 };
 
-static void replay_one(gw_event *e, void *arg) { q_push(arg, e); }
+/* The replay hands every held event after the cursor: only the
+ * subscriber's own (its user, and its session when the event names one)
+ * are queued, as live delivery does (review3 F1: a resume with any cursor
+ * got every user's events). */
+static void replay_one(gw_event *e, void *arg)
+{
+    sub *s = arg;
+    if (sub_wants(s, e))
+        q_push(s, e);
+}
 
 /* ============================ the subscription ============================== */
 

@@ -271,6 +271,40 @@ def test_resume_while_publishing_no_gap_no_duplicate(make_gateway):
     run(body())
 
 
+def test_resume_replays_only_the_subscribers_own_events(make_gateway, backend):
+    """A resume replays what the cursor missed of the subscriber's own
+    events only: another user's events, and events aimed at another device
+    session of the same user, are never replayed (review3 F1: any bearer
+    with any cursor got every user's events)."""
+    g = gateway(make_gateway, backend)
+    session(g, "own1", "olga")
+    session(g, "own2", "olga")
+    session(g, "mal1", "mallory")
+
+    async def body():
+        start = publish(g, "mallory", "mine", {"n": 0})
+        mine = [publish(g, "mallory", "mine", {"n": i}) for i in range(1, 4)]
+        publish(g, "olga", "secret", {"otp": "424242"})
+        publish(g, "olga", "secret", {"otp": "515151"}, dev="own1")
+        mine.append(publish(g, "mallory", "mine", {"n": 4}))
+        aimed = publish(g, "olga", "for-own2", {"n": 5}, dev="own2")
+        ws = await subscribe(g, "mal1", cursor=start)
+        got = [await recv_json(ws) for _ in range(len(mine))]
+        assert [e["id"] for e in got] == mine
+        with pytest.raises(asyncio.TimeoutError):
+            await recv_json(ws, timeout=0.3)
+        await ws.close()
+        # the same user's other session: its user's untargeted events and its own, not own1's
+        ws = await subscribe(g, "own2", cursor=start)
+        got = [(await recv_json(ws))["payload"] for _ in range(2)]
+        assert got == [{"otp": "424242"}, {"n": 5}], got
+        with pytest.raises(asyncio.TimeoutError):
+            await recv_json(ws, timeout=0.3)
+        await ws.close()
+        assert aimed
+    run(body())
+
+
 def test_too_old_cursor_resync(make_gateway, backend):
     g = gateway(make_gateway, backend)
     session(g, "pd1", "dave")
