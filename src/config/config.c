@@ -391,6 +391,7 @@ static void set_defaults(gw_config *c)
     c->store_timeout_ms = 2 * MS_PER_S;
     c->ws_max_message_bytes = MIB;
     c->push_queue_limit = 1024;
+    c->push_max_streams_per_session = 16;
     c->push_history_window_ms = 5 * MS_PER_M;
     c->log_format = GW_LOG_FORMAT_JSON;
     c->log_level = GW_LOG_INFO;
@@ -494,6 +495,7 @@ static int load_all(loader *L)
     }
     if (load_size(L, "GATEWAY_WS_MAX_MESSAGE_BYTES", &c->ws_max_message_bytes, 125, GIB, "125 bytes to 1GiB") ||
         load_uint(L, "GATEWAY_PUSH_QUEUE_LIMIT", &c->push_queue_limit, 1, UINT32_MAX) ||
+        load_uint(L, "GATEWAY_PUSH_MAX_STREAMS_PER_SESSION", &c->push_max_streams_per_session, 1, 100000) ||
         load_duration(L, "GATEWAY_PUSH_HISTORY_WINDOW", &c->push_history_window_ms, 0))
         return GW_ERR;
 
@@ -626,6 +628,8 @@ const char gw_config_help[] =
     "                                                                        every process from the history window\n"
     "  GATEWAY_PUSH_QUEUE_LIMIT                      1024                    events queued unsent per /ws/events\n"
     "                                                                        subscriber; past it 1013 (overflow)\n"
+    "  GATEWAY_PUSH_MAX_STREAMS_PER_SESSION          16                      push streams one device session may\n"
+    "                                                                        hold open per process; past it 429\n"
     "  GATEWAY_PUSH_HISTORY_WINDOW                   5m                      events kept for resume (?cursor=,\n"
     "                                                                        Last-Event-ID); older cursors get\n"
     "                                                                        gateway.resync_required\n"

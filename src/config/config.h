@@ -35,6 +35,7 @@ typedef struct gw_config {
     uint64_t store_timeout_ms;    /* GATEWAY_STORE_TIMEOUT, default 2s: how long a request waits for the store */
     uint64_t ws_max_message_bytes; /* GATEWAY_WS_MAX_MESSAGE_BYTES, default 1MiB */
     uint64_t push_queue_limit;    /* GATEWAY_PUSH_QUEUE_LIMIT, default 1024 */
+    uint64_t push_max_streams_per_session; /* GATEWAY_PUSH_MAX_STREAMS_PER_SESSION, default 16 */
     uint64_t push_history_window_ms; /* GATEWAY_PUSH_HISTORY_WINDOW, default 5m */
     gw_log_format log_format;     /* GATEWAY_LOG_FORMAT, default json */
     gw_log_level log_level;       /* GATEWAY_LOG_LEVEL, default info */

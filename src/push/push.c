@@ -51,6 +51,7 @@ static const char cause_write_error[] = "write_error";
 
 static struct {
     uint64_t queue_limit;
+    uint64_t max_streams; /* GATEWAY_PUSH_MAX_STREAMS_PER_SESSION */
     uint64_t presence_ttl_ms; /* the presence hash's TTL; refreshed every third of it */
     char instance_id[128];    /* this process in presence entries: <hostname>-<pid> */
     uint64_t store_timeout_ms;
@@ -59,6 +60,72 @@ static struct {
     gw_metric *m_resume_live, *m_resume_replayed, *m_resume_resync;
     gw_metric *m_published;
 } P;
+
+/* ======================= streams per device session =========================
+ * Process-wide (a session's streams land on any worker): one count per
+ * device session with streams open, under a mutex, taken before the 101
+ * and given back when the stream ends (review3 F2: one session opened
+ * thousands of streams, each costing presence work on the shared Redis). */
+
+typedef struct scount {
+    struct scount *next;
+    unsigned n;
+    char dev[GW_SESSION_ID_MAX + 1];
+} scount;
+
+#define SCOUNT_SLOTS 1024
+static pthread_mutex_t sc_mu = PTHREAD_MUTEX_INITIALIZER;
+static scount *sc_slots[SCOUNT_SLOTS];
+
+static unsigned sc_slot(const char *dev)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)dev; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h % SCOUNT_SLOTS;
+}
+
+/* One more stream for dev: 1, or 0 when it holds P.max_streams already. */
+static int streams_take(const char *dev)
+{
+    pthread_mutex_lock(&sc_mu);
+    scount **pp = &sc_slots[sc_slot(dev)];
+    while (*pp && strcmp((*pp)->dev, dev) != 0)
+        pp = &(*pp)->next;
+    int ok = 1;
+    if (!*pp) {
+        scount *c = gw_calloc(1, sizeof *c);
+        snprintf(c->dev, sizeof c->dev, "%s", dev);
+        *pp = c;
+    }
+    if ((*pp)->n >= P.max_streams)
+        ok = 0;
+    else
+        (*pp)->n++;
+    if (!(*pp)->n) { /* refused with none open: nothing to keep */
+        scount *c = *pp;
+        *pp = c->next;
+        gw_free(c);
+    }
+    pthread_mutex_unlock(&sc_mu);
+    return ok;
+}
+
+static void streams_release(const char *dev)
+{
+    pthread_mutex_lock(&sc_mu);
+    for (scount **pp = &sc_slots[sc_slot(dev)]; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->dev, dev) == 0) {
+            if (--(*pp)->n == 0) {
+                scount *c = *pp;
+                *pp = c->next;
+                gw_free(c);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sc_mu);
+}
 
 /* ============================== per worker ================================== */
 
@@ -514,6 +581,7 @@ static void app_closed(gw_wsconn *wsc)
     sub *s = gw_ws_app_data(wsc);
     gw_list_remove(&s->node);
     group_leave(s);
+    streams_release(s->dev);
     gw_list_remove(&s->dirty_node);
     q_clear(s);
     if (s->present)
@@ -626,6 +694,12 @@ static void subscribe(gw_client *c, push_wait *w, const gw_session *sess)
     }
     if (!pw_setup()) {
         refuse(c, w->req, w->route, &w->ids, 503, "service_unavailable", "the gateway is starting");
+        return;
+    }
+    if (!streams_take(sess->device_session_id)) {
+        OPENSSL_cleanse(resp, sizeof resp);
+        refuse(c, w->req, w->route, &w->ids, 429, "too_many_streams",
+               "this device session holds GATEWAY_PUSH_MAX_STREAMS_PER_SESSION streams already");
         return;
     }
     gw_conn_write(&c->conn, resp, n);
@@ -967,6 +1041,7 @@ static int get_presence(gw_client *c, gw_http_req *req, const uint8_t *body, siz
 void gw_push_init(const gw_config *cfg)
 {
     P.queue_limit = cfg->push_queue_limit;
+    P.max_streams = cfg->push_max_streams_per_session ? cfg->push_max_streams_per_session : 16;
     P.store_timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;
     P.presence_ttl_ms = GW_PRESENCE_TTL_MS;
     const char *pt = getenv("GATEWAY_TEST_PRESENCE_TTL"); /* tests only: expiry in seconds, not a minute */

@@ -206,6 +206,43 @@ def test_bearer_never_logged(make_gateway, backend):
         assert secret not in text, f"{secret} in the log"
 
 
+def test_streams_per_session_are_capped(make_gateway, backend):
+    """GATEWAY_PUSH_MAX_STREAMS_PER_SESSION (review3 F2: one session could
+    open thousands of streams): one more is 429 too_many_streams with a log
+    line; a stream that ends gives its place back; other sessions are not
+    affected."""
+    g = gateway(make_gateway, backend, GATEWAY_PUSH_MAX_STREAMS_PER_SESSION="3")
+    session(g, "cap1", "carl")
+    session(g, "cap2", "carl")
+
+    async def body():
+        held = [await subscribe(g, "cap1") for _ in range(3)]
+        with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
+            await connect(g, "cap1")
+        assert e.value.status_code == 429
+        other = await subscribe(g, "cap2")  # another session of the same user
+        await held[0].close()
+
+        async def again():
+            try:
+                return await subscribe(g, "cap1")
+            except websockets.exceptions.InvalidStatusCode:
+                return None
+        ws = None
+        for _ in range(50):  # the close is processed asynchronously
+            ws = await again()
+            if ws:
+                break
+            await asyncio.sleep(0.05)
+        assert ws, "the ended stream's place was not given back"
+        for w in held[1:] + [ws, other]:
+            await w.close()
+    run(body())
+    r = wsraw.WS(g.port, path="/ws/events", protocols=["bearer-cap1"], expect_101=False)
+    assert r.response.status == 101
+    g.wait_log(lambda l: l.get("msg") == "push subscription refused" and l.get("reason") == "too_many_streams")
+
+
 def test_resume_same_process(make_gateway, backend):
     g = gateway(make_gateway, backend)
     session(g, "pc1", "carol")
