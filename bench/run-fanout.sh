@@ -61,7 +61,7 @@ for N in $SUBS; do
             APORT=$(free_port)
             GATEWAY_PUBLIC_HTTP_ADDR=127.0.0.1:$PORT GATEWAY_ADMIN_HTTP_ADDR=127.0.0.1:$APORT \
             GATEWAY_ADMIN_TOKEN=$TOKEN GATEWAY_WORKERS=$W GATEWAY_LOG_LEVEL=warn GATEWAY_PUSH_QUEUE_LIMIT=100000 \
-            GATEWAY_WS_PING_INTERVAL=0 GATEWAY_MAX_CONNECTIONS=$((N + 1000)) \
+            GATEWAY_WS_PING_INTERVAL=0 GATEWAY_MAX_CONNECTIONS=$((N + 1000)) GATEWAY_PUSH_MAX_STREAMS_PER_SESSION=$((N + 1)) \
                 build/wsgate serve 2>"$WORK/wsgate.log" &
             SPID=$!
             wait_port "$PORT"; wait_port "$APORT"

@@ -276,7 +276,7 @@ def test_resume_while_publishing_no_gap_no_duplicate(make_gateway):
     between the replay and the stream being listed arrives both ways; the
     mark drops the second copy)."""
     import threading
-    g = gateway(make_gateway, {}, GATEWAY_PUSH_QUEUE_LIMIT="100000")
+    g = gateway(make_gateway, {}, GATEWAY_PUSH_QUEUE_LIMIT="100000", GATEWAY_PUSH_MAX_STREAMS_PER_SESSION="100")
     session(g, "hw1", "hank")
     first = publish(g, "hank", "e", {"n": 0})
     stop = threading.Event()
@@ -577,7 +577,8 @@ def test_presence_refresh_is_constant_work_on_redis(make_gateway, make_redis):
     every field, N^2 per round on the Redis all processes share). A get
     still prunes and lists."""
     r = make_redis()
-    g = make_gateway(env=r.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_TEST_PRESENCE_TTL="1500ms"))
+    g = make_gateway(env=r.env(GATEWAY_ADMIN_TOKEN=ADMIN, GATEWAY_TEST_PRESENCE_TTL="1500ms",
+                               GATEWAY_PUSH_MAX_STREAMS_PER_SESSION="100"))
     session(g, "pp1", "pam")
 
     def hgetall_calls():
