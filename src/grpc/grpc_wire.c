@@ -16,6 +16,7 @@ const char *gw_grpc_status_name(int code)
     case GW_GRPC_PERMISSION_DENIED: return "PERMISSION_DENIED";
     case GW_GRPC_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
     case GW_GRPC_FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case GW_GRPC_OUT_OF_RANGE: return "OUT_OF_RANGE";
     case GW_GRPC_UNIMPLEMENTED: return "UNIMPLEMENTED";
     case GW_GRPC_INTERNAL: return "INTERNAL";
     case GW_GRPC_UNAVAILABLE: return "UNAVAILABLE";
