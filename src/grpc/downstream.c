@@ -33,14 +33,23 @@ struct gw_downstream {
     char why[160];
 };
 
+static void ds_free_task(gw_task *t)
+{
+    gw_downstream *d = gw_container_of(t, gw_downstream, task);
+    gw_free(d->req);
+    gw_free(d);
+}
+
+/* Closes the connection now; the memory goes after the batch (the reader
+ * may be inside gw_conn_read_into on it). */
 static void ds_free(gw_downstream *d)
 {
     gw_timer_stop(d->loop, &d->timer);
     gw_task_cancel(&d->task);
     if (d->conn.io.fd >= 0)
         gw_conn_close(&d->conn);
-    gw_free(d->req);
-    gw_free(d);
+    d->task.fn = ds_free_task;
+    gw_loop_defer(d->loop, &d->task);
 }
 
 static void ds_finish(gw_downstream *d, int result, const uint8_t *body, size_t n, const char *why)
@@ -212,7 +221,8 @@ gw_downstream *gw_downstream_call(gw_loop *l, const gw_wsc_target *t, const char
                       "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
                       (int)base_n, base, path, t->host_header, n, headers ? headers : "");
     if (hn > 0 && (size_t)hn + n <= cap) {
-        memcpy(d->req + hn, body, n);
+        if (n)
+            memcpy(d->req + hn, body, n);
         d->req_len = (size_t)hn + n;
     }
     gw_timer_start_at(l, &d->timer, deadline_ms);
