@@ -96,6 +96,7 @@ static int cmd_serve(void)
     /* The route kinds of this build: one line each. */
     gw_kind_register(&gw_kind_echo);
     gw_kind_register(&gw_kind_proxy);
+    gw_kind_register(&gw_kind_auth);
     gw_kind_register(&gw_kind_terminal);
     gw_kind_register(&gw_kind_events);
     gw_kind_register(&gw_kind_command);

@@ -1165,7 +1165,7 @@ static int command_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
 
 const gw_kind gw_kind_command = {
     .name = "command",
-    .flags = GW_KIND_HTTP | GW_KIND_OWN_FIELDS,
+    .flags = GW_KIND_HTTP,
     .fields = command_fields,
     .parse = command_parse,
     .serve = command_serve,

@@ -496,3 +496,32 @@ def test_keygen(tmp_path):
     assert (tmp_path / "k.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     again = gw.run_cli(["keygen", "--out", str(tmp_path / "k")])
     assert again.returncode != 0 and b"File exists" in again.stderr
+
+
+# ------------------------------------------------------------ /v1/auth/...
+
+def test_auth_routes_unconfigured_503(make_gateway):
+    g = make_gateway()
+    for method, path in (("POST", "/v1/auth/login"), ("GET", "/v1/auth/refresh?x=1")):
+        r = wsraw.http_request(g.port, method, path, body=b"{}" if method == "POST" else b"",
+                               headers={"X-Correlation-ID": "corr-auth"})
+        assert r.status == 503, r
+        body = json.loads(r.body)
+        assert body["code"] == "service_unavailable" and body["message"] == "no auth upstream is configured"
+        assert body["correlation_id"] == "corr-auth" == r.header("X-Correlation-ID")
+        assert body["details"]["trace_id"] == r.header("X-Trace-ID")
+    assert [l["path"] for l in g.logs() if l.get("msg") == "auth request refused: no auth upstream"] == [
+        "/v1/auth/login", "/v1/auth/refresh"]
+
+
+def test_auth_routes_proxied(make_gateway, tmp_path, downstream):
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": [
+        {"path": "/v1/auth/", "kind": "auth", "upstream": f"http://127.0.0.1:{downstream.port}"}]}))
+    g = make_gateway(env={"GATEWAY_ROUTES_FILE": str(routes)})
+    r = wsraw.http_request(g.port, "POST", "/v1/auth/login", body=b'{"u":1}',
+                           headers={"Content-Type": "application/json", "X-Correlation-ID": "corr-login"})
+    assert r.status == 200 and r.body == b'ok:{"u":1}', r
+    path, headers, body = downstream.seen[0]
+    assert path == "/v1/auth/login" and body == b'{"u":1}' and headers["X-Correlation-ID"] == "corr-login"
+    assert headers["X-Forwarded-For"] == "127.0.0.1"
