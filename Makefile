@@ -28,10 +28,11 @@ LDLIBS := $(PKG_LIBS) -lpthread -lm
 SRCS := $(shell find src -name '*.c' | sort)
 # Messages from proto/ compiled by protoc-c into $(B)/gen at build time (no
 # generated code is committed); the descriptor set is embedded for reflection.
-PROTOS := proto/wsgate/v1/edge_gateway.proto proto/grpc/health/v1/health.proto
+PROTOS := proto/wsgate/v1/edge_gateway.proto proto/grpc/health/v1/health.proto \
+          proto/grpc/reflection/v1alpha/reflection.proto
 GEN_SRCS := $(PROTOS:proto/%.proto=$(B)/gen/%.pb-c.c)
 GEN_HDRS := $(GEN_SRCS:.c=.h)
-GEN_OBJS := $(GEN_SRCS:$(B)/gen/%.c=$(B)/obj/gen/%.o)
+GEN_OBJS := $(GEN_SRCS:$(B)/gen/%.c=$(B)/obj/gen/%.o) $(B)/obj/gen/descriptors.o
 OBJS := $(SRCS:%.c=$(B)/obj/%.o) $(GEN_OBJS)
 LIB_OBJS := $(filter-out $(B)/obj/src/main.o,$(OBJS))
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
@@ -59,7 +60,18 @@ $(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: proto/%.proto
 	@echo "  PROTOC-C $<"
 	@protoc-c --proto_path=proto --c_out=$(B)/gen $<
 
-.SECONDARY: $(GEN_SRCS) $(GEN_HDRS)
+.SECONDARY: $(GEN_SRCS) $(GEN_HDRS) $(B)/gen/descriptors.c
+
+# The FileDescriptorSet of proto/ (server reflection serves it), as a C array.
+$(B)/gen/descriptors.c: $(PROTOS)
+	@mkdir -p $(B)/gen
+	@echo "  PROTOC $@"
+	@protoc --proto_path=proto --include_imports --descriptor_set_out=$(B)/gen/descriptors.pb $(PROTOS:proto/%=%)
+	@{ echo '#include <stddef.h>'; echo '#include <stdint.h>'; \
+	   echo 'extern const uint8_t gw_proto_descriptors[]; extern const size_t gw_proto_descriptors_len;'; \
+	   echo 'const uint8_t gw_proto_descriptors[] = {'; \
+	   od -An -v -tx1 $(B)/gen/descriptors.pb | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '};'; echo 'const size_t gw_proto_descriptors_len = sizeof gw_proto_descriptors;'; } > $@
 
 # Generated code is not held to the project's warnings.
 $(B)/obj/gen/%.o: $(B)/gen/%.c
@@ -95,7 +107,7 @@ integration-san:
 FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc -Ibuild/gen $(PKG_CFLAGS) -DGW_VERSION='"fuzz"'
 FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
 FUZZ_LIB_OBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(filter-out src/main.c,$(SRCS)) \
-                   $(PROTOS:proto/%.proto=build/gen/%.pb-c.c))
+                   $(PROTOS:proto/%.proto=build/gen/%.pb-c.c) build/gen/descriptors.c)
 build/fuzz/obj/%.o: %.c | $(PROTOS:proto/%.proto=build/gen/%.pb-c.h)
 	@mkdir -p $(dir $@)
 	@echo "  CC (fuzz) $<"

@@ -11,7 +11,9 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/alloc.h"
 #include "grpc/grpc_wire.h"
+#include "grpc/reflection.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "wsgate/v1/edge_gateway.pb-c.h"
 
@@ -28,6 +30,14 @@ static void decode(const uint8_t *m, size_t n)
     Grpc__Health__V1__HealthCheckRequest *h = grpc__health__v1__health_check_request__unpack(NULL, n, m);
     if (h)
         grpc__health__v1__health_check_request__free_unpacked(h, NULL);
+    static int ready;
+    if (!ready && gw_reflection_init() != GW_OK)
+        abort();
+    ready = 1;
+    uint8_t *out;
+    size_t on;
+    if (gw_reflection_answer(m, n, &out, &on) == GW_OK)
+        gw_free(out);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

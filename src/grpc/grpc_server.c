@@ -34,6 +34,7 @@
 #include "core/rand.h"
 #include "grpc/downstream.h"
 #include "grpc/grpc_wire.h"
+#include "grpc/reflection.h"
 #include "grpc/signer.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "http/bearer.h"
@@ -59,9 +60,11 @@
 static const char path_exec[] = "/wsgate.v1.EdgeGateway/ExecuteCommand";
 static const char path_sub[] = "/wsgate.v1.EdgeGateway/SubscribeEvents";
 static const char path_health[] = "/grpc.health.v1.Health/Check";
+static const char path_reflect[] = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
 
-enum { M_UNKNOWN = 0, M_EXEC, M_SUB, M_HEALTH };
-static const char *const method_names[] = {"unknown", "ExecuteCommand", "SubscribeEvents", "Health/Check"};
+enum { M_UNKNOWN = 0, M_EXEC, M_SUB, M_HEALTH, M_REFLECT };
+static const char *const method_names[] = {"unknown", "ExecuteCommand", "SubscribeEvents", "Health/Check",
+                                           "ServerReflectionInfo"};
 
 static struct {
     int enabled;
@@ -674,6 +677,10 @@ static void dispatch(gstream *st)
         stream_end(st, GW_GRPC_INVALID_ARGUMENT, "content-type must be application/grpc");
         return;
     }
+    if (st->method == M_REFLECT) {
+        stream_end(st, GW_GRPC_OK, NULL); /* every request was answered */
+        return;
+    }
     if (st->nmsgs != 1) {
         stream_end(st, GW_GRPC_INVALID_ARGUMENT, "expected exactly one request message");
         return;
@@ -796,7 +803,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         st->method = hdr_is(value, vl, path_exec)     ? M_EXEC
                      : hdr_is(value, vl, path_sub)    ? M_SUB
                      : hdr_is(value, vl, path_health) ? M_HEALTH
-                                                      : M_UNKNOWN;
+                     : hdr_is(value, vl, path_reflect) ? M_REFLECT
+                                                       : M_UNKNOWN;
     } else if (hdr_is(name, nl, "content-type")) {
         st->content_type_ok = vl >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
                               (vl == 16 || value[16] == '+' || value[16] == ';');
@@ -847,6 +855,23 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
         int r = gw_grpc_reader_feed(&st->rd, data, len, &used, &m, &ml);
         data += used;
         len -= used;
+        if (r == GW_GRPC_MSG_READY && st->method == M_REFLECT) {
+            /* Reflection is a bidirectional stream: each request is
+             * answered as it arrives. */
+            uint8_t *ans;
+            size_t an;
+            if (gw_reflection_answer(m, ml, &ans, &an) != GW_OK) {
+                stream_end(st, GW_GRPC_INVALID_ARGUMENT, "cannot decode ServerReflectionRequest");
+                return 0;
+            }
+            int rc = stream_send(st, ans, an);
+            gw_free(ans);
+            if (rc != GW_OK) {
+                stream_end(st, GW_GRPC_RESOURCE_EXHAUSTED, "reflection answers not taken");
+                return 0;
+            }
+            continue;
+        }
         if (r == GW_GRPC_MSG_READY) {
             st->nmsgs++;
             if (!st->msg) {
@@ -1213,6 +1238,10 @@ void *gw_grpc_tls_ctx(void) { return G.tls_ctx; }
 int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap)
 {
     G.enabled = cfg->grpc_addr.set;
+    if (gw_reflection_init() != GW_OK) {
+        snprintf(err, errcap, "gRPC: the embedded descriptor set cannot be read");
+        return GW_ERR;
+    }
     G.store_timeout_ms = cfg->store_timeout_ms ? cfg->store_timeout_ms : 2000;
     if (cfg->signer_key_path[0]) {
         G.signer = gw_signer_load(cfg->signer_key_path, err, errcap);

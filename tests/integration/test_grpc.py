@@ -33,8 +33,17 @@ ADMIN = "admin-token-for-grpc-tests"
 GEN = tempfile.mkdtemp(prefix="wsgate-grpc-py-")
 subprocess.run(["protoc", f"--proto_path={gw.ROOT}/proto", f"--python_out={GEN}",
                 "wsgate/v1/edge_gateway.proto"], check=True)
+# The reflection messages, from a copy outside a "grpc/" folder (a generated
+# grpc package would hide grpcio's).
+os.makedirs(f"{GEN}/wsreflect", exist_ok=True)
+with open(f"{gw.ROOT}/proto/grpc/reflection/v1alpha/reflection.proto") as f_in, \
+        open(f"{GEN}/wsreflect/reflection.proto", "w") as f_out:
+    f_out.write(f_in.read())
+subprocess.run(["protoc", f"--proto_path={GEN}", f"--python_out={GEN}", "wsreflect/reflection.proto"], check=True)
 sys.path.insert(0, GEN)
 from wsgate.v1 import edge_gateway_pb2 as pb  # noqa: E402
+from wsreflect import reflection_pb2 as rpb  # noqa: E402
+from google.protobuf import descriptor_pb2  # noqa: E402
 
 EXEC = "/wsgate.v1.EdgeGateway/ExecuteCommand"
 SUB = "/wsgate.v1.EdgeGateway/SubscribeEvents"
@@ -329,6 +338,32 @@ def test_drain_unavailable_and_health(make_gateway, key):
         assert e.type == "gateway.shutdown" and 500 <= json.loads(e.payload)["reconnect_delay_ms"] < 5000
         assert status_of(lambda: next(call)) == (grpc.StatusCode.UNAVAILABLE, "gateway is shutting down")
     assert g.stop() == 0
+
+
+def test_reflection(make_gateway, key):
+    g = gateway(make_gateway, key)
+    with channel(g) as ch:
+        f = ch.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                             request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                             response_deserializer=rpb.ServerReflectionResponse.FromString)
+        reqs = [rpb.ServerReflectionRequest(host="h", list_services=""),
+                rpb.ServerReflectionRequest(file_containing_symbol="wsgate.v1.EdgeGateway"),
+                rpb.ServerReflectionRequest(file_by_filename="grpc/health/v1/health.proto"),
+                rpb.ServerReflectionRequest(file_containing_symbol="no.such.Service")]
+        got = list(f(iter(reqs), timeout=5))
+    assert len(got) == 4
+    assert got[0].valid_host == "h" and got[0].original_request.list_services == ""
+    assert sorted(s.name for s in got[0].list_services_response.service) == [
+        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "wsgate.v1.EdgeGateway"]
+    fd = descriptor_pb2.FileDescriptorProto.FromString(got[1].file_descriptor_response.file_descriptor_proto[0])
+    assert fd.name == "wsgate/v1/edge_gateway.proto" and fd.package == "wsgate.v1"
+    svc = {m.name: m for m in fd.service[0].method}
+    assert fd.service[0].name == "EdgeGateway" and set(svc) == {"ExecuteCommand", "SubscribeEvents"}
+    assert svc["SubscribeEvents"].server_streaming and not svc["ExecuteCommand"].server_streaming
+    assert {m.name for m in fd.message_type} >= {"ExecuteCommandRequest", "ExecuteCommandResponse", "Event"}
+    hd = descriptor_pb2.FileDescriptorProto.FromString(got[2].file_descriptor_response.file_descriptor_proto[0])
+    assert hd.package == "grpc.health.v1" and hd.service[0].name == "Health"
+    assert got[3].error_response.error_code == 5
 
 
 # --------------------------------------------------------------- raw HTTP/2

@@ -9,7 +9,10 @@
 #include <openssl/sha.h>
 
 #include "core/common.h"
+#include "core/alloc.h"
 #include "grpc/grpc_wire.h"
+#include "grpc/reflection.h"
+#include "grpc/reflection/v1alpha/reflection.pb-c.h"
 #include "grpc/signer.h"
 #include "test.h"
 
@@ -180,8 +183,37 @@ static void test_signer(void)
     rmdir(dir);
 }
 
+static void test_reflection(void)
+{
+    is_int(gw_reflection_init(), GW_OK, "the embedded descriptor set indexes");
+    Grpc__Reflection__V1alpha__ServerReflectionRequest rq = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__INIT;
+    rq.message_request_case = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES;
+    rq.list_services = (char *)"";
+    uint8_t in[64], *out;
+    size_t n = grpc__reflection__v1alpha__server_reflection_request__pack(&rq, in), on;
+    is_int(gw_reflection_answer(in, n, &out, &on), GW_OK, "list_services answered");
+    Grpc__Reflection__V1alpha__ServerReflectionResponse *rs =
+        grpc__reflection__v1alpha__server_reflection_response__unpack(NULL, on, out);
+    ok(rs && rs->list_services_response && rs->list_services_response->n_service == 3, "three services listed");
+    if (rs)
+        grpc__reflection__v1alpha__server_reflection_response__free_unpacked(rs, NULL);
+    gw_free(out);
+    rq.message_request_case = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL;
+    rq.file_containing_symbol = (char *)"wsgate.v1.EdgeGateway.ExecuteCommand";
+    n = grpc__reflection__v1alpha__server_reflection_request__pack(&rq, in);
+    is_int(gw_reflection_answer(in, n, &out, &on), GW_OK, "file_containing_symbol answered");
+    rs = grpc__reflection__v1alpha__server_reflection_response__unpack(NULL, on, out);
+    ok(rs && rs->file_descriptor_response && rs->file_descriptor_response->n_file_descriptor_proto == 1,
+       "one file for a method symbol");
+    if (rs)
+        grpc__reflection__v1alpha__server_reflection_response__free_unpacked(rs, NULL);
+    gw_free(out);
+    is_int(gw_reflection_answer((const uint8_t *)"\xff\xff", 2, &out, &on), GW_ERR, "garbage is refused");
+}
+
 int main(void)
 {
+    TEST_RUN(test_reflection);
     TEST_RUN(test_framing_splits);
     TEST_RUN(test_framing_limits);
     TEST_RUN(test_timeout);
