@@ -445,6 +445,33 @@ def test_overflow_resource_exhausted(make_gateway, key):
         assert health(ch) == "SERVING"
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int([l for l in f if l.startswith("VmRSS:")][0].split()[1])
+
+
+def test_streams_that_never_read_stay_bounded(make_gateway, key):
+    # 50 SubscribeEvents streams on one connection that grants every window
+    # and then never reads its socket; 40 events of 60 KB each would be
+    # 120 MB if the gateway buffered them. Each stream overflows instead.
+    g = gateway(make_gateway, key, GATEWAY_PUSH_QUEUE_LIMIT="4", GATEWAY_WORKERS="1")
+    session(g, "gm1", "mia")
+    raw = Raw(g.grpc_port, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    raw.c.increment_flow_control_window(2**31 - 1 - 65535)
+    raw.flush()
+    ids = [raw.request(SUB, pb.SubscribeEventsRequest().SerializeToString(), sid="gm1") for _ in range(50)]
+    gw.wait_until(lambda: g.metric("wsgate_push_subscribers") == 50, what="50 listed")
+    before = rss_kib(g.pid)
+    for _ in range(40):
+        publish(g, "mia", "big", {"blob": "z" * 60000})
+    gw.wait_until(lambda: g.metric("wsgate_push_overflows_total") == 50, timeout=20, what="every stream overflowed")
+    grown = rss_kib(g.pid) - before
+    assert grown < 40 * 1024, f"RSS grew {grown} KiB"
+    raw.close()
+    gw.wait_until(lambda: g.metric("wsgate_grpc_streams") == 0, what="streams freed with the connection")
+    assert ids
+
+
 @pytest.mark.parametrize("kind", ["ping", "settings", "reset"])
 def test_floods_refused(make_gateway, key, kind):
     g = gateway(make_gateway, key, GATEWAY_WORKERS="1")
