@@ -971,7 +971,9 @@ static h2conn *h2_new(gw_client *c)
     nghttp2_option_new(&opt);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     nghttp2_option_set_max_settings(opt, 32);
-    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)FLOOD_BURST, (uint64_t)FLOOD_RATE);
+    /* nghttp2's own reset limit is a backstop above ours (which answers
+     * ENHANCE_YOUR_CALM; nghttp2's says INTERNAL_ERROR). */
+    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)(2 * FLOOD_BURST), (uint64_t)(2 * FLOOD_RATE));
     int rc = nghttp2_session_server_new2(&h->s, cb, h, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
