@@ -590,3 +590,21 @@ def test_auth_routes_proxied(make_gateway, tmp_path, downstream):
     path, headers, body = downstream.seen[0]
     assert path == "/v1/auth/login" and body == b'{"u":1}' and headers["X-Correlation-ID"] == "corr-login"
     assert headers["X-Forwarded-For"] == "127.0.0.1"
+
+
+def test_tls_alpn_h2(make_gateway, key, tls_cert):
+    port = gw.free_port()
+    g = make_gateway(env={"GATEWAY_AUTHENTICATED_GRPC_ADDR": f"127.0.0.1:{port}",
+                          "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH": f"{key}.key"}, tls=tls_cert)
+    with open(tls_cert[0], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    with grpc.secure_channel(f"localhost:{port}", creds) as ch:
+        assert health(ch) == "SERVING"
+    # A TLS client that does not offer h2 is refused in the handshake.
+    import ssl
+    ctx = ssl.create_default_context(cafile=tls_cert[0])
+    ctx.set_alpn_protocols(["http/1.1"])
+    with pytest.raises(ssl.SSLError) as e:
+        ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost")
+    assert "no application protocol" in str(e.value), e.value
+    assert g.get("/healthz").status == 200
