@@ -15,18 +15,25 @@ OPT := -O2
 endif
 
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-PKGS := openssl zlib jansson hiredis
+PKGS := openssl zlib jansson hiredis libnghttp2 libprotobuf-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis -lnghttp2 -lprotobuf-c)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
         -Wformat=2 -Wundef -Wimplicit-fallthrough -Wvla -Wno-missing-field-initializers
-CFLAGS := -std=c17 -D_GNU_SOURCE -g $(OPT) -fno-omit-frame-pointer $(WARN) $(SANFLAGS) -Isrc $(PKG_CFLAGS) \
+CFLAGS := -std=c17 -D_GNU_SOURCE -g $(OPT) -fno-omit-frame-pointer $(WARN) $(SANFLAGS) -Isrc -I$(B)/gen $(PKG_CFLAGS) \
           -DGW_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
 LDLIBS := $(PKG_LIBS) -lpthread -lm
 
 SRCS := $(shell find src -name '*.c' | sort)
-OBJS := $(SRCS:%.c=$(B)/obj/%.o)
+# Messages from proto/ compiled by protoc-c into $(B)/gen at build time (no
+# generated code is committed); the descriptor set is embedded for reflection.
+PROTOS := proto/wsgate/v1/edge_gateway.proto proto/grpc/health/v1/health.proto \
+          proto/grpc/reflection/v1alpha/reflection.proto
+GEN_SRCS := $(PROTOS:proto/%.proto=$(B)/gen/%.pb-c.c)
+GEN_HDRS := $(GEN_SRCS:.c=.h)
+GEN_OBJS := $(GEN_SRCS:$(B)/gen/%.c=$(B)/obj/gen/%.o) $(B)/obj/gen/descriptors.o
+OBJS := $(SRCS:%.c=$(B)/obj/%.o) $(GEN_OBJS)
 LIB_OBJS := $(filter-out $(B)/obj/src/main.o,$(OBJS))
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
@@ -43,10 +50,34 @@ $(B)/wsgate: $(OBJS)
 	@echo "  LD $@"
 	@$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/obj/%.o: %.c
+$(B)/obj/%.o: %.c | $(GEN_HDRS)
 	@mkdir -p $(dir $@)
 	@echo "  CC $<"
 	@$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(B)/gen
+	@echo "  PROTOC-C $<"
+	@protoc-c --proto_path=proto --c_out=$(B)/gen $<
+
+.SECONDARY: $(GEN_SRCS) $(GEN_HDRS) $(B)/gen/descriptors.c
+
+# The FileDescriptorSet of proto/ (server reflection serves it), as a C array.
+$(B)/gen/descriptors.c: $(PROTOS)
+	@mkdir -p $(B)/gen
+	@echo "  PROTOC $@"
+	@protoc --proto_path=proto --include_imports --descriptor_set_out=$(B)/gen/descriptors.pb $(PROTOS:proto/%=%)
+	@{ echo '#include <stddef.h>'; echo '#include <stdint.h>'; \
+	   echo 'extern const uint8_t gw_proto_descriptors[]; extern const size_t gw_proto_descriptors_len;'; \
+	   echo 'const uint8_t gw_proto_descriptors[] = {'; \
+	   od -An -v -tx1 $(B)/gen/descriptors.pb | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '};'; echo 'const size_t gw_proto_descriptors_len = sizeof gw_proto_descriptors;'; } > $@
+
+# Generated code is not held to the project's warnings.
+$(B)/obj/gen/%.o: $(B)/gen/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC $<"
+	@$(CC) $(filter-out -Werror -Wmissing-prototypes -Wstrict-prototypes,$(CFLAGS)) -MMD -MP -c -o $@ $<
 
 $(B)/tests/%: tests/unit/%.c $(LIB_OBJS) tests/unit/test.h
 	@mkdir -p $(dir $@)
@@ -75,10 +106,11 @@ integration-san:
 	@$(MAKE) --no-print-directory SAN=1 integration
 
 # libFuzzer targets (clang). fuzz-smoke runs each briefly; `make fuzz` longer.
-FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -DGW_VERSION='"fuzz"'
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc -Ibuild/gen $(PKG_CFLAGS) -DGW_VERSION='"fuzz"'
 FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
-FUZZ_LIB_OBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(filter-out src/main.c,$(SRCS)))
-build/fuzz/obj/%.o: %.c
+FUZZ_LIB_OBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(filter-out src/main.c,$(SRCS)) \
+                   $(PROTOS:proto/%.proto=build/gen/%.pb-c.c) build/gen/descriptors.c)
+build/fuzz/obj/%.o: %.c | $(PROTOS:proto/%.proto=build/gen/%.pb-c.h)
 	@mkdir -p $(dir $@)
 	@echo "  CC (fuzz) $<"
 	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c -o $@ $<

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PUB=${DEMO_PUBLIC_ADDR:-127.0.0.1:8080}
 ADM=${DEMO_ADMIN_ADDR:-127.0.0.1:8081}
 AGENT=${DEMO_AGENT_ADDR:-127.0.0.1:7681}
+GRPC=${DEMO_GRPC_ADDR:-127.0.0.1:9090}
 cat <<TXT
 
   wsgate demo (embedded store, no Redis needed)
@@ -22,16 +23,22 @@ cat <<TXT
                    /usr/bin/python3 -m websockets ws://$PUB/probe/ws
                    node -e "const W=require('./tests/node/node_modules/ws');const w=new W('ws://$PUB/probe/ws');w.on('open',()=>w.send('hi'));w.on('message',m=>{console.log(String(m));w.close()})"
   Admin listener   http://$ADM/metrics   (Prometheus)
+  gRPC             $GRPC (h2c; a fresh Ed25519 signer key: http://$ADM/v1/signing-key)
+                   grpcurl -plaintext $GRPC list    (server reflection)
 
   Logs are JSON lines below. Ctrl-C drains (WebSockets get 1001) and exits.
 
 TXT
-export GATEWAY_PUBLIC_HTTP_ADDR=$PUB GATEWAY_ADMIN_HTTP_ADDR=$ADM
+export GATEWAY_PUBLIC_HTTP_ADDR=$PUB GATEWAY_ADMIN_HTTP_ADDR=$ADM GATEWAY_AUTHENTICATED_GRPC_ADDR=$GRPC
+# gRPC needs the response signer's key: a fresh one for each run.
+KEYDIR=$(mktemp -d)
+build/wsgate keygen --out "$KEYDIR/signer" >/dev/null
+export GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH=$KEYDIR/signer.key
 # One secret shared by the gateway and the agent, fresh for each run.
 GATEWAY_AGENT_SECRET=$(openssl rand -hex 24)
 export GATEWAY_AGENT_SECRET
 export GATEWAY_TERMINAL_DEMO_UPSTREAM="ws://$AGENT/"
 build/wsgate agent --listen "$AGENT" &
 agent_pid=$!
-trap 'kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null' EXIT
+trap 'kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null; rm -rf "$KEYDIR"' EXIT
 build/wsgate serve

@@ -10,6 +10,8 @@
 #include "probe/probe.h"
 #include "browser/browser.h"
 #include "echo/echo.h"
+#include "grpc/grpc.h"
+#include "grpc/signer.h"
 #include "proxy/proxy.h"
 #include "push/push.h"
 #include "server/server.h"
@@ -42,6 +44,8 @@ static const char usage[] =
     "  token      mint a one-time terminal token through the admin listener\n"
     "             (`wsgate token --allocation ID --upstream URL --user U [--session S]\n"
     "             [--ttl S]`; see `wsgate token --help`)\n"
+    "  keygen     make the Ed25519 response signer key (`wsgate keygen --out PREFIX`:\n"
+    "             PREFIX.key, PKCS#8 PEM 0600, and PREFIX.pub; see `wsgate keygen --help`)\n"
     "  publish    append an event to the client-events stream through the admin listener\n"
     "             (`wsgate publish --user U --type T [--payload JSON] [--session ID]`);\n"
     "             subscribers read it on /ws/events (see `wsgate publish --help`)\n"
@@ -94,10 +98,24 @@ static int cmd_serve(void)
     /* The route kinds of this build: one line each. */
     gw_kind_register(&gw_kind_echo);
     gw_kind_register(&gw_kind_proxy);
+    gw_kind_register(&gw_kind_auth);
     gw_kind_register(&gw_kind_terminal);
     gw_kind_register(&gw_kind_events);
     gw_kind_register(&gw_kind_browser);
+    gw_kind_register(&gw_kind_command);
     gw_push_init(&cfg); /* before the store: the Redis reader starts at the history window */
+    /* gRPC: the signer key (a missing or unreadable one stops the start), the
+     * event encoder (before anything is appended), its listener. */
+    if (gw_grpc_init(&cfg, err, sizeof err) != GW_OK) {
+        gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
+        if (l) {
+            gw_log_str(l, "error", err, 0);
+            gw_log_end(l);
+        }
+        return 2;
+    }
+    if (gw_grpc_enabled())
+        gw_server_listen_protocol(&cfg.grpc_addr, &gw_grpc_proto, gw_grpc_tls_ctx());
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
         if (l) {
@@ -127,6 +145,8 @@ int main(int argc, char **argv)
         return gw_agent_main(argc - 1, argv + 1); /* it has its own --help */
     if (strcmp(cmd, "token") == 0)
         return gw_token_cli_main(argc - 1, argv + 1); /* it has its own --help */
+    if (strcmp(cmd, "keygen") == 0)
+        return gw_keygen_main(argc, argv);
     if (strcmp(cmd, "publish") == 0)
         return gw_publish_cli_main(argc - 1, argv + 1); /* it has its own --help */
     for (int i = 1; i < argc; i++) {

@@ -426,6 +426,7 @@ static int load_all(loader *L)
         load_listen(L, "GATEWAY_ADMIN_HTTP_ADDR", &c->admin_addr, 1) ||
         load_listen(L, "GATEWAY_AUTHENTICATED_GRPC_ADDR", &c->grpc_addr, 1))
         return GW_ERR;
+    c->grpc_addr_explicit = L->getenv_fn("GATEWAY_AUTHENTICATED_GRPC_ADDR") != NULL;
     if (load_str(L, "GATEWAY_ADMIN_TOKEN", c->admin_token, sizeof c->admin_token, 1))
         return GW_ERR;
     /* Without a token the admin write endpoints (the token mint) are open to
@@ -556,19 +557,19 @@ int gw_config_load(gw_config *c, const char *(*getenv_fn)(const char *name), cha
 
 /* ------------------------------------------------------------------ */
 
-/* Variables of features not built yet (keep in step with gw_config_help). */
+/* Variables of features not built yet (keep in step with gw_config_help):
+ * none at the moment; the list ends with its NULL entry. */
 static const struct {
     const char *name, *feature;
 } unbuilt[] = {
-    {"GATEWAY_AUTHENTICATED_GRPC_ADDR", "gRPC"},
-    {"GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH", "response signer"},
+    {NULL, NULL},
 };
 
 size_t gw_config_unbuilt(const char *(*getenv_fn)(const char *name),
                          void (*fn)(const char *name, const char *feature, void *arg), void *arg)
 {
     size_t n = 0;
-    for (size_t i = 0; i < GW_ARRAY_LEN(unbuilt); i++) {
+    for (size_t i = 0; unbuilt[i].name; i++) {
         const char *v = getenv_fn(unbuilt[i].name);
         if (v && *v) {
             n++;
@@ -662,12 +663,14 @@ const char gw_config_help[] =
     "  GATEWAY_WS_DEFLATE                            on                      permessage-deflate (on/off)\n"
     "  GATEWAY_WS_MAX_INFLATE_RATIO                  100                     inflated/compressed bytes per connection\n"
     "                                                                        (+1MiB); past it 1008; 0 disables\n"
-    "\n"
-    "Not built yet: these variables belong to features this binary does not have (gRPC,\n"
-    "response signer). Their values are checked, then ignored; setting one logs a warning at start.\n"
-    "\n"
-    "  GATEWAY_AUTHENTICATED_GRPC_ADDR               NOT BUILT (gRPC): no listener is opened\n"
-    "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  NOT BUILT (response signer)\n"
+    "  GATEWAY_AUTHENTICATED_GRPC_ADDR               :9090                   gRPC listener (HTTP/2: h2c, or TLS with\n"
+    "                                                                        ALPN h2 when the TLS pair is set):\n"
+    "                                                                        ExecuteCommand, SubscribeEvents, health;\n"
+    "                                                                        empty turns gRPC off\n"
+    "  GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH  (empty)                 Ed25519 PKCS#8 PEM signing every\n"
+    "                                                                        ExecuteCommand response; required while\n"
+    "                                                                        gRPC is on (`wsgate keygen --out P`);\n"
+    "                                                                        missing or unreadable: start fails\n"
     "\n"
     "Testing only (never set in production; setting it logs a warning at start):\n"
     "\n"

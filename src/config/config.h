@@ -13,7 +13,8 @@
 typedef struct gw_config {
     gw_addr public_addr;         /* GATEWAY_PUBLIC_HTTP_ADDR, default ":8080" */
     gw_addr admin_addr;          /* GATEWAY_ADMIN_HTTP_ADDR, default off */
-    gw_addr grpc_addr;           /* GATEWAY_AUTHENTICATED_GRPC_ADDR, default ":9090" (parsed; unused until gRPC) */
+    gw_addr grpc_addr;           /* GATEWAY_AUTHENTICATED_GRPC_ADDR, default ":9090"; unset (empty) turns gRPC off */
+    int grpc_addr_explicit;       /* GATEWAY_AUTHENTICATED_GRPC_ADDR was set (not the default) */
     char admin_token[256];       /* GATEWAY_ADMIN_TOKEN */
     char tls_cert_path[4096];    /* GATEWAY_TLS_CERT_PATH */
     char tls_key_path[4096];     /* GATEWAY_TLS_KEY_PATH */

@@ -11,6 +11,8 @@
 #include "server/routes.h"
 
 extern const gw_kind gw_kind_proxy;
+/* The `auth` kind (auth.c): /v1/auth/ proxied to its upstream, else 503. */
+extern const gw_kind gw_kind_auth;
 
 /* What became of a relay's upstream handshake, for the route's owner. */
 typedef struct gw_relay_result {

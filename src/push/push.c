@@ -158,7 +158,11 @@ static pworker *PW; /* gw_srv.nworkers of them, made when the first worker serve
 static int PW_n;
 
 struct sub {
-    gw_wsconn *wsc;
+    const gw_push_owner *ops; /* the stream that carries the events (a WebSocket, a gRPC stream) */
+    void *owner;
+    char corr[72];            /* the subscription's correlation id (presence field) */
+    int allocated;            /* made by gw_push_subscribe (freed by gw_push_unsubscribe) */
+    int counted;              /* holds one of its session's GATEWAY_PUSH_MAX_STREAMS_PER_SESSION places */
     gw_list node, dirty_node, gnode;
     pworker *pw;
     ugroup *group;
@@ -179,6 +183,7 @@ struct sub {
 
 static void flush_task(gw_task *t);
 static void presence_tick(gw_timer *t);
+static void replay_one(gw_event *e, void *arg);
 
 static void q_push(sub *s, gw_event *e)
 {
@@ -205,6 +210,24 @@ static void q_clear(sub *s)
     s->qn = s->qhead = 0;
 }
 
+/* The one targeting rule, for live delivery and for the replay: e is for
+ * s's user and, when it names a device session, for s's session. */
+static int sub_wants(const sub *s, const gw_event *e)
+{
+    return strcmp(s->user_id, e->user_id) == 0 && (!e->device_session_id[0] || strcmp(s->dev, e->device_session_id) == 0);
+}
+
+/* The replay hands every held event after the cursor: only the
+ * subscriber's own (its user, and its session when the event names one)
+ * are queued, as live delivery does (review3 F1: a resume with any cursor
+ * got every user's events). */
+static void replay_one(gw_event *e, void *arg)
+{
+    sub *s = arg;
+    if (sub_wants(s, e))
+        q_push(s, e);
+}
+
 static void mark_dirty(sub *s)
 {
     if (!gw_list_linked(&s->dirty_node))
@@ -212,62 +235,43 @@ static void mark_dirty(sub *s)
     gw_loop_pending(s->pw->loop, &s->pw->flush);
 }
 
-/* Starts the close of s with code/reason (from a flush: never while a
- * worker list is being walked). */
-static void sub_close(sub *s, unsigned code, const char *reason, const char *cause)
-{
-    if (s->closing)
-        return;
-    s->closing = 1;
-    q_clear(s);
-    gw_ws_close(&s->wsc->ws, code, reason, cause);
-    gw_ws_serve_closing(s->wsc);
-    gw_client *c = s->wsc->c;
-    if (gw_conn_flush(&c->conn) == GW_ERR) {
-        gw_ws_abort(&s->wsc->ws, cause);
-        gw_client_close(c);
-    }
-}
-
-/* Writes what s's queue holds while the socket takes it. */
+/* Writes what s's queue holds while its stream takes it; ends the stream
+ * the hub decided to end (overflow, revocation). Runs from the flush task,
+ * never while a worker list is being walked. */
 static void sub_flush(sub *s)
 {
-    gw_client *c = s->wsc->c;
     if (s->close_cause) {
         const char *cause = s->close_cause;
         s->close_cause = NULL;
-        if (cause == cause_overflow)
-            sub_close(s, 1013, "push stream overflowed", cause_overflow);
-        else if (cause == cause_revoked)
-            sub_close(s, GW_WS_CLOSE_POLICY, "device session is revoked", cause_revoked);
+        if (!s->closing) {
+            s->closing = 1;
+            q_clear(s);
+            s->ops->end(s->owner, cause == cause_overflow ? GW_PUSH_END_OVERFLOW : GW_PUSH_END_REVOKED);
+        }
         return;
     }
-    if (s->closing || s->wsc->ws.state != GW_WS_OPEN)
+    if (s->closing)
         return;
     uint64_t now = gw_mono_ms();
-    while (s->qn && gw_conn_queued(&c->conn) == 0) {
-        struct iovec iov[FLUSH_IOV];
+    while (s->qn && s->ops->writable(s->owner)) {
+        gw_event *ev[FLUSH_IOV];
         size_t n = 0;
         while (n < FLUSH_IOV && n < s->qn) {
-            gw_event *e = s->q[(s->qhead + n) % s->qcap];
-            iov[n].iov_base = e->frame;
-            iov[n].iov_len = e->frame_len;
+            ev[n] = s->q[(s->qhead + n) % s->qcap];
             n++;
         }
-        gw_event *first = s->q[s->qhead];
-        gw_histogram_observe(P.m_latency, (double)(now - GW_MIN(now, first->read_mono_ms)) / 1000.0);
-        int rc = gw_conn_writev(&c->conn, iov, (int)n);
+        gw_histogram_observe(P.m_latency, (double)(now - GW_MIN(now, ev[0]->read_mono_ms)) / 1000.0);
+        int rc = s->ops->write(s->owner, ev, n);
         for (size_t i = 0; i < n; i++) {
             gw_event_unref(s->q[s->qhead]);
             s->qhead = (s->qhead + 1) % s->qcap;
             s->qn--;
         }
         if (rc != GW_OK) {
+            /* The owner's stream is dead: it closed itself. */
             gw_counter_inc(P.m_write_errors);
             q_clear(s);
             s->closing = 1;
-            gw_ws_abort(&s->wsc->ws, cause_write_error);
-            gw_client_close(c);
             return;
         }
         s->delivered += n;
@@ -361,12 +365,6 @@ static void group_leave(sub *s)
     gw_free(g);
 }
 
-/* The one targeting rule, for live delivery and for the replay: e is for
- * s's user and, when it names a device session, for s's session. */
-static int sub_wants(const sub *s, const gw_event *e)
-{
-    return strcmp(s->user_id, e->user_id) == 0 && (!e->device_session_id[0] || strcmp(s->dev, e->device_session_id) == 0);
-}
 
 /* On a worker: one event (one reference, ours) to its subscribers. */
 static void deliver(pworker *pw, gw_event *e)
@@ -510,7 +508,7 @@ static void on_revoke(const gw_session *snap, void *arg)
 
 static void presence_field(const sub *s, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s:%s", P.instance_id, s->wsc->corr);
+    snprintf(out, cap, "%s:%s", P.instance_id, s->corr);
 }
 
 static void presence_write(sub *s, int present)
@@ -540,7 +538,162 @@ static void presence_tick(gw_timer *t)
         gw_timer_start(pw->loop, &pw->presence, GW_MAX(P.presence_ttl_ms / 3, 1));
 }
 
+/* ============================ the subscriber API ============================ */
+
+static void replay_one(gw_event *e, void *arg);
+
+/* Lists s on this worker and queues what its cursor missed (the owner sent
+ * its bootstrap already: the queue is written from the flush task, after).
+ * GW_OK, or GW_AGAIN when the cursor is older than the history (s is
+ * listed; its owner says resync and ends the stream). */
+static int sub_start(sub *s, const gw_push_owner *ops, void *owner, const char *user, const char *dev,
+                     const char *corr, const gw_event_id *cursor, const char *cursor_text)
+{
+    s->ops = ops;
+    s->owner = owner;
+    s->pw = pw_self();
+    gw_list_init(&s->node);
+    gw_list_init(&s->dirty_node);
+    gw_list_init(&s->gnode);
+    snprintf(s->user_id, sizeof s->user_id, "%s", user);
+    snprintf(s->dev, sizeof s->dev, "%s", dev);
+    snprintf(s->corr, sizeof s->corr, "%s", corr);
+    snprintf(s->cursor, sizeof s->cursor, "%s", cursor_text ? cursor_text : "");
+    gw_gauge_add(P.m_subscribers, 1);
+    gw_list_insert_tail(&s->pw->subs, &s->node);
+    group_join(s);
+    s->connected_at_ms = gw_wall_ms();
+    /* The replay and the high-water mark come under the history's lock: an
+     * event appended after it reaches this worker's inbox after now. */
+    if (gw_events_replay(cursor, replay_one, s, &s->hw) == GW_AGAIN) {
+        s->resume = "resync";
+        gw_counter_inc(P.m_resume_resync);
+        return GW_AGAIN;
+    }
+    presence_write(s, 1);
+    if (!gw_timer_active(&s->pw->presence))
+        gw_timer_start(s->pw->loop, &s->pw->presence, GW_MAX(P.presence_ttl_ms / 3, 1));
+    s->resume = !cursor ? "live" : "replayed";
+    gw_counter_inc(cursor ? P.m_resume_replayed : P.m_resume_live);
+    /* Revoked between the lookup and now: the hook's post may have run
+     * before this subscriber was listed. */
+    gw_session now;
+    if (gw_sessions_get(s->dev, &now) && now.status == GW_SESSION_REVOKED) {
+        s->close_cause = cause_revoked;
+        q_clear(s);
+    }
+    mark_dirty(s);
+    return GW_OK;
+}
+
+/* Off the worker's lists (the stream ended). */
+static void sub_stop(sub *s)
+{
+    gw_list_remove(&s->node);
+    group_leave(s);
+    if (s->counted) {
+        s->counted = 0;
+        streams_release(s->dev);
+    }
+    gw_list_remove(&s->dirty_node);
+    q_clear(s);
+    if (s->present)
+        presence_write(s, 0);
+    gw_gauge_add(P.m_subscribers, -1);
+}
+
+int gw_push_ready(void) { return pw_setup() && pw_self() != NULL; }
+
+gw_push_sub *gw_push_subscribe(const gw_push_owner *ops, void *owner, const char *user, const char *dev,
+                               const char *corr, const gw_event_id *cursor, const char *cursor_text,
+                               int *resync)
+{
+    *resync = 0;
+    if (!gw_push_ready())
+        return NULL;
+    if (!streams_take(dev)) {
+        *resync = 2;
+        return NULL;
+    }
+    sub *s = gw_calloc(1, sizeof *s);
+    s->allocated = 1;
+    s->counted = 1;
+    if (sub_start(s, ops, owner, user, dev, corr, cursor, cursor_text) != GW_OK) {
+        *resync = 1;
+        sub_stop(s);
+        gw_free(s);
+        return NULL;
+    }
+    return (gw_push_sub *)s;
+}
+
+void gw_push_sub_kick(gw_push_sub *ps)
+{
+    sub *s = (sub *)ps;
+    if (s->qn || s->close_cause)
+        mark_dirty(s);
+}
+
+const char *gw_push_sub_resume(const gw_push_sub *ps) { return ((const sub *)ps)->resume; }
+uint64_t gw_push_sub_delivered(const gw_push_sub *ps) { return ((const sub *)ps)->delivered; }
+
+void gw_push_unsubscribe(gw_push_sub *ps)
+{
+    sub *s = (sub *)ps;
+    if (!s)
+        return;
+    sub_stop(s);
+    gw_free(s->q);
+    if (s->allocated)
+        gw_free(s);
+}
+
 /* ============================== the WebSocket =============================== */
+
+/* The WebSocket as a subscriber's stream: the shared frames go out as they
+ * are, from one writev. */
+static int ws_writable(void *owner)
+{
+    gw_wsconn *wsc = owner;
+    return wsc->ws.state == GW_WS_OPEN && gw_conn_queued(&wsc->c->conn) == 0;
+}
+
+static int ws_write(void *owner, gw_event *const *ev, size_t n)
+{
+    gw_wsconn *wsc = owner;
+    struct iovec iov[FLUSH_IOV];
+    for (size_t i = 0; i < n; i++) {
+        iov[i].iov_base = ev[i]->frame;
+        iov[i].iov_len = ev[i]->frame_len;
+    }
+    if (gw_conn_writev(&wsc->c->conn, iov, (int)n) != GW_OK) {
+        gw_ws_abort(&wsc->ws, cause_write_error);
+        gw_client_close(wsc->c);
+        return GW_ERR;
+    }
+    return GW_OK;
+}
+
+static void ws_close_with(gw_wsconn *wsc, unsigned code, const char *reason, const char *cause)
+{
+    gw_ws_close(&wsc->ws, code, reason, cause);
+    gw_ws_serve_closing(wsc);
+    gw_client *c = wsc->c;
+    if (gw_conn_flush(&c->conn) == GW_ERR) {
+        gw_ws_abort(&wsc->ws, cause);
+        gw_client_close(c);
+    }
+}
+
+static void ws_end(void *owner, int why)
+{
+    if (why == GW_PUSH_END_OVERFLOW)
+        ws_close_with(owner, 1013, "push stream overflowed", cause_overflow);
+    else
+        ws_close_with(owner, GW_WS_CLOSE_POLICY, "device session is revoked", cause_revoked);
+}
+
+static const gw_push_owner ws_owner = {ws_writable, ws_write, ws_end};
 
 /* A gateway message: {"type":"gateway.X","payload":{...}}. */
 static void send_gateway(sub *s, const char *type, json_t *payload)
@@ -549,7 +702,7 @@ static void send_gateway(sub *s, const char *type, json_t *payload)
     char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (t)
-        gw_ws_send(&s->wsc->ws, GW_WS_OP_TEXT, (const uint8_t *)t, strlen(t));
+        gw_ws_send(&((gw_wsconn *)s->owner)->ws, GW_WS_OP_TEXT, (const uint8_t *)t, strlen(t));
     free(t);
 }
 
@@ -576,18 +729,7 @@ static void app_timer(gw_wsconn *wsc, uint64_t now)
     }
 }
 
-static void app_closed(gw_wsconn *wsc)
-{
-    sub *s = gw_ws_app_data(wsc);
-    gw_list_remove(&s->node);
-    group_leave(s);
-    streams_release(s->dev);
-    gw_list_remove(&s->dirty_node);
-    q_clear(s);
-    if (s->present)
-        presence_write(s, 0);
-    gw_gauge_add(P.m_subscribers, -1);
-}
+static void app_closed(gw_wsconn *wsc) { sub_stop(gw_ws_app_data(wsc)); }
 
 static void app_free(gw_wsconn *wsc)
 {
@@ -618,16 +760,6 @@ static const gw_ws_app push_app = {
     .free = app_free,
 };
 
-/* The replay hands every held event after the cursor: only the
- * subscriber's own (its user, and its session when the event names one)
- * are queued, as live delivery does (review3 F1: a resume with any cursor
- * got every user's events). */
-static void replay_one(gw_event *e, void *arg)
-{
-    sub *s = arg;
-    if (sub_wants(s, e))
-        q_push(s, e);
-}
 
 /* ============================ the subscription ============================== */
 
@@ -709,45 +841,19 @@ static void subscribe(gw_client *c, push_wait *w, const gw_session *sess)
     gw_conn_pause(&c->conn, 0);
     gw_client_kick(c);
     sub *s = gw_ws_app_data(wsc);
-    s->wsc = wsc;
-    s->pw = pw_self();
-    gw_list_init(&s->node);
-    gw_list_init(&s->dirty_node);
-    gw_list_init(&s->gnode);
-    snprintf(s->user_id, sizeof s->user_id, "%s", sess->user_id);
-    snprintf(s->dev, sizeof s->dev, "%s", sess->device_session_id);
-    snprintf(s->cursor, sizeof s->cursor, "%s", w->cursor_text);
-    gw_gauge_add(P.m_subscribers, 1);
-    gw_list_insert_tail(&s->pw->subs, &s->node);
-    group_join(s);
-    s->connected_at_ms = gw_wall_ms();
-    /* The bootstrap first, then what the cursor missed, then live. The
-     * replay and the high-water mark come under the history's lock: an
-     * event appended after it reaches this worker's inbox after now. */
+    s->owner = wsc; /* send_gateway's target */
+    s->counted = 1;  /* the place taken above, given back by sub_stop */
+    /* The bootstrap first, then what the cursor missed, then live. */
     send_gateway(s, "gateway.server_time", json_pack("{s:I}", "server_time_ms", (json_int_t)gw_wall_ms()));
-    int rc = gw_events_replay(w->has_cursor ? &w->cursor : NULL, replay_one, s, &s->hw);
-    if (rc == GW_AGAIN) {
-        s->resume = "resync";
-        gw_counter_inc(P.m_resume_resync);
-        gw_ws_serve_log_open(wsc, (gw_str){NULL, 0}, 0, w->ids.trace); /* the subprotocol is the bearer: not logged */
-        send_gateway(s, "gateway.resync_required", json_pack("{s:s}", "cursor", w->cursor_text));
-        sub_close(s, 4409, "resync required: the cursor is older than the history", cause_resync);
-        return;
-    }
-    presence_write(s, 1);
-    if (!gw_timer_active(&s->pw->presence))
-        gw_timer_start(s->pw->loop, &s->pw->presence, GW_MAX(P.presence_ttl_ms / 3, 1));
-    s->resume = !w->has_cursor ? "live" : "replayed";
-    gw_counter_inc(w->has_cursor ? P.m_resume_replayed : P.m_resume_live);
+    int rc = sub_start(s, &ws_owner, wsc, sess->user_id, sess->device_session_id, w->ids.corr,
+                       w->has_cursor ? &w->cursor : NULL, w->cursor_text);
     gw_ws_serve_log_open(wsc, (gw_str){NULL, 0}, 0, w->ids.trace); /* the subprotocol is the bearer: not logged */
-    /* Revoked between the lookup and now: the hook's post may have run
-     * before this subscriber was listed. */
-    gw_session now;
-    if (gw_sessions_get(s->dev, &now) && now.status == GW_SESSION_REVOKED) {
-        s->close_cause = cause_revoked;
+    if (rc == GW_AGAIN) {
+        send_gateway(s, "gateway.resync_required", json_pack("{s:s}", "cursor", w->cursor_text));
+        s->closing = 1;
         q_clear(s);
+        ws_close_with(wsc, 4409, "resync required: the cursor is older than the history", cause_resync);
     }
-    mark_dirty(s);
 }
 
 static void looked_up(void *ud, int found, const gw_session *sess)

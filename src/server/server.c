@@ -164,9 +164,13 @@ static void accept_resume(gw_timer *t)
         gw_io_update(w->loop, &w->pub_lis, GW_EV_READ);
     if (w->admin_lis.fd >= 0)
         gw_io_update(w->loop, &w->admin_lis, GW_EV_READ);
+    if (w->proto_lis.fd >= 0 && !w->draining)
+        gw_io_update(w->loop, &w->proto_lis, GW_EV_READ);
 }
 
-static void accept_loop(gw_worker *w, gw_io *io, int admin)
+/* admin: 1 for the admin listener; proto: what serves the connection from
+ * accept on (the protocol listener), else the HTTP phase. */
+static void accept_loop(gw_worker *w, gw_io *io, int admin, const gw_client_proto *proto)
 {
     /* Bounded work per wakeup: other connections get their turn. */
     for (int i = 0; i < 64; i++) {
@@ -193,20 +197,29 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin)
             close(fd);
             continue;
         }
-        gw_client_accept(w, fd, &ss, admin, admin ? NULL : w->tls_ctx, &gw_http_proto);
+        if (proto)
+            gw_client_accept(w, fd, &ss, 0, gw_srv.proto_tls_ctx, proto);
+        else
+            gw_client_accept(w, fd, &ss, admin, admin ? NULL : w->tls_ctx, &gw_http_proto);
     }
 }
 
 static void on_accept_public(gw_io *io, uint32_t events)
 {
     GW_UNUSED(events);
-    accept_loop(gw_container_of(io, gw_worker, pub_lis), io, 0);
+    accept_loop(gw_container_of(io, gw_worker, pub_lis), io, 0, NULL);
+}
+
+static void on_accept_proto(gw_io *io, uint32_t events)
+{
+    GW_UNUSED(events);
+    accept_loop(gw_container_of(io, gw_worker, proto_lis), io, 0, gw_srv.proto);
 }
 
 static void on_accept_admin(gw_io *io, uint32_t events)
 {
     GW_UNUSED(events);
-    accept_loop(gw_container_of(io, gw_worker, admin_lis), io, 1);
+    accept_loop(gw_container_of(io, gw_worker, admin_lis), io, 1, NULL);
 }
 
 /* The worker's load for the status page: clients, and its thread's CPU
@@ -269,6 +282,11 @@ static void worker_drain(void *arg)
         gw_io_stop(w->loop, &w->pub_lis);
         close(w->pub_lis.fd);
         w->pub_lis.fd = -1;
+    }
+    if (w->proto_lis.fd >= 0) {
+        gw_io_stop(w->loop, &w->proto_lis);
+        close(w->proto_lis.fd);
+        w->proto_lis.fd = -1;
     }
     schedule_ws_closes(w);
     gw_list *n = w->clients.next;
@@ -357,6 +375,21 @@ static int open_listeners(char *err, size_t errcap)
             return GW_ERR;
         }
     }
+    gw_addr pa = gw_srv.proto_addr;
+    for (int i = 0; gw_srv.proto && pa.set && i < gw_srv.nworkers; i++) {
+        gw_worker *w = &gw_srv.workers[i];
+        /* unix sockets: one socket on worker 0 (no SO_REUSEPORT there) */
+        if (pa.is_unix && i > 0)
+            break;
+        int fd = gw_sock_listen(&pa, !pa.is_unix, 4096, err, errcap);
+        if (fd < 0)
+            return GW_ERR;
+        if (!pa.is_unix && pa.port == 0)
+            pa.port = gw_sock_local_port(fd);
+        w->proto_lis.fd = fd;
+        w->proto_lis.cb = on_accept_proto;
+        gw_io_start(w->loop, &w->proto_lis, GW_EV_READ);
+    }
     if (cfg->admin_addr.set) {
         gw_worker *w = &gw_srv.workers[0];
         int fd = listener_fd("admin", &cfg->admin_addr, 0, 512, err, errcap);
@@ -368,6 +401,13 @@ static int open_listeners(char *err, size_t errcap)
     }
     gw_upgrade_close_unused();
     return GW_OK;
+}
+
+void gw_server_listen_protocol(const gw_addr *a, const gw_client_proto *proto, void *tls_ctx)
+{
+    gw_srv.proto_addr = *a;
+    gw_srv.proto = proto;
+    gw_srv.proto_tls_ctx = tls_ctx;
 }
 
 int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
@@ -401,7 +441,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
             snprintf(err, errcap, "cannot create an event loop: %s", strerror(errno));
             return GW_ERR;
         }
-        w->pub_lis.fd = w->admin_lis.fd = -1;
+        w->pub_lis.fd = w->admin_lis.fd = w->proto_lis.fd = -1;
         w->tls_ctx = gw_srv.tls_ctx ? gw_tls_ctx_ref(gw_srv.tls_ctx) : NULL;
         w->accept_timer.cb = accept_resume;
         w->stats_timer.cb = stats_tick;
@@ -437,6 +477,8 @@ static void server_free(void)
             close(w->pub_lis.fd);
         if (w->admin_lis.fd >= 0)
             close(w->admin_lis.fd);
+        if (w->proto_lis.fd >= 0)
+            close(w->proto_lis.fd);
         gw_loop_free(w->loop); /* runs a TLS swap still posted */
         if (w->tls_ctx)
             gw_tls_ctx_free(w->tls_ctx);

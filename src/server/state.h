@@ -32,6 +32,7 @@ struct gw_worker {
     pthread_t thread;
     gw_io pub_lis;     /* public listener (own SO_REUSEPORT socket, or shared) */
     gw_io admin_lis;   /* admin listener (worker 0 only) */
+    gw_io proto_lis;   /* the protocol listener (gRPC: gw_server_listen_protocol), own SO_REUSEPORT socket */
     gw_timer accept_timer; /* re-enables accepting after EMFILE */
     gw_timer stats_timer;  /* flushes per-connection counters to metrics */
     gw_list clients;
@@ -57,6 +58,11 @@ typedef struct gw_server {
     pthread_mutex_t tls_mu;       /* guards the description below (read by the status page) */
     char tls_serial[80], tls_not_after[40];
     uint64_t tls_loaded_wall_ms;
+    /* A listener whose connections are served by one protocol from accept
+     * on (gRPC), counted with the public ones: gw_server_listen_protocol. */
+    gw_addr proto_addr;
+    const struct gw_client_proto *proto;
+    void *proto_tls_ctx;
     int nworkers;
     gw_worker *workers;
     atomic_int draining;          /* set at SIGTERM: /readyz answers 503 (the listeners serve on for

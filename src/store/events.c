@@ -26,13 +26,16 @@ static struct {
     uint64_t (*now_ms)(void);
     gw_events_hook hook;
     void *hook_arg;
+    gw_events_alt_encoder alt;
     gw_metric *m_malformed, *m_appended;
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 void gw_event_unref(gw_event *e)
 {
-    if (e && atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+    if (e && atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
+        gw_free(e->alt);
         gw_free(e);
+    }
 }
 
 int gw_event_id_parse(const char *s, size_t n, gw_event_id *out)
@@ -106,6 +109,13 @@ gw_event_id gw_events_start_id(void)
     return id;
 }
 
+void gw_events_set_alt_encoder(gw_events_alt_encoder enc)
+{
+    pthread_mutex_lock(&H.mu);
+    H.alt = enc;
+    pthread_mutex_unlock(&H.mu);
+}
+
 void gw_events_set_hook(gw_events_hook fn, void *arg)
 {
     pthread_mutex_lock(&H.mu);
@@ -161,17 +171,17 @@ static gw_event *event_build(gw_event_id id, const char *type, size_t typen, con
     if (o && jt) {
         json_object_set_new(o, "id", json_string(idt));
         json_object_set_new(o, "type", jt);
-        json_object_set_new(o, "payload", p ? p : json_null());
+        json_object_set(o, "payload", p ? p : json_null()); /* p is kept for the second encoding */
         json_object_set_new(o, "created_at_ms", json_integer((json_int_t)id.ms));
     } else {
         json_decref(jt);
-        json_decref(p);
         json_decref(o);
         o = NULL;
     }
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text) {
+        json_decref(p);
         snprintf(why, whycap, "cannot encode the event (type is not UTF-8?)");
         return NULL;
     }
@@ -191,6 +201,12 @@ static gw_event *event_build(gw_event_id id, const char *type, size_t typen, con
     memcpy(e->frame + hn, text, tn);
     e->frame_len = hn + tn;
     free(text);
+    if (H.alt) {
+        char *pt = json_dumps(p ? p : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+        e->alt = H.alt(idt, type, typen, pt ? pt : "null", pt ? strlen(pt) : 4, id.ms, &e->alt_len);
+        free(pt);
+    }
+    json_decref(p);
     return e;
 }
 

@@ -49,6 +49,8 @@ typedef struct gw_event {
     char user_id[GW_SESSION_ID_MAX + 1];
     char device_session_id[GW_SESSION_ID_MAX + 1]; /* "" for every session of the user */
     uint64_t read_mono_ms; /* when this process read it (delivery latency) */
+    uint8_t *alt;          /* the second encoding (the gRPC message), or NULL: gw_events_set_alt_encoder */
+    size_t alt_len;
     size_t frame_len;
     uint8_t frame[];       /* the WebSocket text frame: header + JSON */
 } gw_event;
@@ -92,6 +94,15 @@ gw_event_id gw_events_start_id(void);
 typedef void (*gw_events_hook)(gw_event *e, void *arg);
 /* The fan-out (one; called under the history's lock, in id order). */
 void gw_events_set_hook(gw_events_hook fn, void *arg);
+
+/* A second encoding made once per event at append, beside the WebSocket
+ * frame (the gRPC surface's length-prefixed Event message), shared by every
+ * subscriber of that protocol like the frame. enc returns an allocation
+ * (gw_malloc; freed with the event) and its length, or NULL. Set once at
+ * start, before anything appends. */
+typedef uint8_t *(*gw_events_alt_encoder)(const char *id, const char *type, size_t typen, const char *payload_json,
+                                          size_t payload_len, uint64_t created_at_ms, size_t *len);
+void gw_events_set_alt_encoder(gw_events_alt_encoder enc);
 
 /* Appends an entry read from the stream: n field/value pairs. A malformed
  * entry is logged and counted (never fatal). GW_OK (appended or already

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "core/common.h"
+#include "core/alloc.h"
 #include "store/events.h"
 #include "test.h"
 
@@ -254,6 +255,45 @@ static void test_publish_json(void)
     is_int(gw_event_in_from_json((const uint8_t *)"[]", 2, &in, why, sizeof why), GW_ERR, "not an object");
 }
 
+static int alt_calls;
+static uint8_t *alt_enc(const char *id, const char *type, size_t typen, const char *payload, size_t pn,
+                        uint64_t created_ms, size_t *len)
+{
+    alt_calls++;
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "%s|%.*s|%.*s|%llu", id, (int)typen, type, (int)pn, payload,
+                     (unsigned long long)created_ms);
+    uint8_t *out = gw_malloc((size_t)n);
+    memcpy(out, buf, (size_t)n);
+    *len = (size_t)n;
+    return out;
+}
+
+/* The second encoding (gRPC's): made once per event at append, from the
+ * same fields, freed with the event (ASan). */
+static void test_alt_encoding(void)
+{
+    fake_now = 3000000;
+    gw_events_init(60000, clock_fn, fake_now);
+    gw_events_set_hook(hook, NULL);
+    gw_events_set_alt_encoder(alt_enc);
+    alt_calls = 0;
+    char id[GW_EVENT_ID_MAX];
+    ok(publish("bob", "tick", "{\"a\": [1, 2]}", id) == GW_OK, "publish");
+    ok(publish("bob", "none", NULL, id) == GW_OK, "publish without payload");
+    is_int(alt_calls, 2, "encoded once per event");
+    is_int(nseen, 2, "both seen");
+    const char *want = "3000000-0|tick|{\"a\":[1,2]}|3000000";
+    is_mem(seen[0]->alt, seen[0]->alt_len, want, strlen(want), "fields and compact JSON payload");
+    const char *want2 = "3000000-1|none|null|3000000";
+    is_mem(seen[1]->alt, seen[1]->alt_len, want2, strlen(want2), "no payload is null");
+    gw_events_set_alt_encoder(NULL);
+    ok(publish("bob", "plain", "1", id) == GW_OK && nseen == 3 && seen[2]->alt == NULL, "no encoder: no alt");
+    gw_events_reset();
+    drop_seen();
+    gw_events_set_hook(NULL, NULL);
+}
+
 int main(void)
 {
     TEST_RUN(test_ids);
@@ -263,5 +303,6 @@ int main(void)
     TEST_RUN(test_history_bounds);
     TEST_RUN(test_future_cursor);
     TEST_RUN(test_publish_json);
+    TEST_RUN(test_alt_encoding);
     return test_done();
 }
