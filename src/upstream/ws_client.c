@@ -277,7 +277,11 @@ int gw_wsc_parse_url(const char *url, gw_wsc_target *t, char *err, size_t errcap
     }
     char hp[300];
     snprintf(hp, sizeof hp, v6 ? "[%s]:%lu" : "%s:%lu", host, port);
-    if (gw_parse_addr(hp, &t->addr) != GW_OK) {
+    /* A URL's host is never a unix socket: "http://unix:806/" would read
+     * as the socket "806" through gw_parse_addr's "unix:" form (a control
+     * plane's base_url, a token's upstream could point the gateway at any
+     * socket file; found by fuzz_browser_learn). */
+    if (gw_parse_addr(hp, &t->addr) != GW_OK || t->addr.is_unix) {
         snprintf(err, errcap, "bad host in \"%s\"", url);
         return GW_ERR;
     }

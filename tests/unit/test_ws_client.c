@@ -481,6 +481,9 @@ static void test_url_parse(void)
     is_int(gw_wsc_parse_url("ws://u@h/", &t, err, sizeof err), GW_ERR, "userinfo refused");
     is_int(gw_wsc_parse_url("ws://[::1/", &t, err, sizeof err), GW_ERR, "unterminated v6 refused");
     is_int(gw_wsc_parse_url("unix:relative", &t, err, sizeof err), GW_ERR, "relative unix path refused");
+    /* a host named "unix" is not a socket (found by fuzz_browser_learn) */
+    is_int(gw_wsc_parse_url("http://unix:806/s/abc", &t, err, sizeof err), GW_ERR, "http://unix:PORT refused");
+    is_int(gw_wsc_parse_url("ws://unix:1234/ws", &t, err, sizeof err), GW_ERR, "ws://unix:PORT refused");
     /* A socket path is matched against agent_upstreams as written: no
      * segment may lead the match somewhere else (review of issue 8). */
     static const char *const bad_unix[] = {
