@@ -133,6 +133,7 @@ static int cmd_serve(void)
         }
         return 1;
     }
+    gw_grpc_log_off();
     return gw_server_run();
 }
 

@@ -68,6 +68,7 @@ static const char *const method_names[] = {"unknown", "ExecuteCommand", "Subscri
 
 static struct {
     int enabled;
+    int off_no_key; /* off because the default address had no signer key */
     gw_signer *signer;
     void *tls_ctx;
     uint64_t store_timeout_ms;
@@ -433,10 +434,16 @@ static void sub_end(void *owner, int why)
     gstream *st = owner;
     /* Events not yet taken are dropped with the stream (a resume gets them). */
     gw_buf_release(&st->out);
-    if (why == GW_PUSH_END_OVERFLOW)
+    if (why == GW_PUSH_END_OVERFLOW) {
         stream_end(st, GW_GRPC_RESOURCE_EXHAUSTED, "push stream overflowed");
-    else
+    } else if (why == GW_PUSH_END_CREDENTIALS) {
+        stream_end(st, GW_GRPC_FAILED_PRECONDITION, "device session credentials changed");
+    } else if (why == GW_PUSH_END_RESYNC) {
+        send_gateway_event(st, "gateway.resync_required", "{}");
+        stream_end(st, GW_GRPC_OUT_OF_RANGE, "resync required: the cursor is older than the history");
+    } else {
         stream_end(st, GW_GRPC_FAILED_PRECONDITION, "device session is revoked");
+    }
 }
 
 static const gw_push_owner sub_owner = {sub_writable, sub_write, sub_end};
@@ -1238,6 +1245,20 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 }
 
 int gw_grpc_enabled(void) { return G.enabled; }
+
+void gw_grpc_log_off(void)
+{
+    if (!G.off_no_key)
+        return;
+    gw_log_line *l = gw_log_begin(GW_LOG_WARN, "gRPC off: no response signer key", NULL);
+    if (l) {
+        gw_log_str(l, "hint",
+                   "set GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH (wsgate keygen --out PREFIX) to serve gRPC on "
+                   ":9090, or GATEWAY_AUTHENTICATED_GRPC_ADDR= to turn it off without this line",
+                   0);
+        gw_log_end(l);
+    }
+}
 void *gw_grpc_tls_ctx(void) { return G.tls_ctx; }
 
 int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap)
@@ -1258,14 +1279,7 @@ int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap)
          * default with the key required; failing every default start is
          * worse for an operator than one clear line). */
         G.enabled = 0;
-        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "gRPC off: no response signer key", NULL);
-        if (l) {
-            gw_log_str(l, "hint",
-                       "set GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH (wsgate keygen --out PREFIX) to serve gRPC on "
-                       ":9090, or GATEWAY_AUTHENTICATED_GRPC_ADDR= to turn it off without this line",
-                       0);
-            gw_log_end(l);
-        }
+        G.off_no_key = 1; /* said once the start succeeded (gw_grpc_log_off): a failed start stays one line */
     } else if (G.enabled) {
         snprintf(err, errcap,
                  "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH is required while gRPC is on "

@@ -46,6 +46,7 @@
 
 static const char cause_overflow[] = "overflow";
 static const char cause_revoked[] = "revoked";
+static const char cause_credentials[] = "revoked"; /* the same close cause; its own reason (pointer compared) */
 static const char cause_resync[] = "resync_required";
 static const char cause_write_error[] = "write_error";
 
@@ -163,6 +164,8 @@ struct sub {
     char corr[72];            /* the subscription's correlation id (presence field) */
     int allocated;            /* made by gw_push_subscribe (freed by gw_push_unsubscribe) */
     int counted;              /* holds one of its session's GATEWAY_PUSH_MAX_STREAMS_PER_SESSION places */
+    int replaying;            /* a resume still replaying the history in steps (live events wait for it) */
+    gw_event_id replay_pos;   /* the last event the replay handed */
     gw_list node, dirty_node, gnode;
     pworker *pw;
     ugroup *group;
@@ -235,6 +238,23 @@ static void mark_dirty(sub *s)
     gw_loop_pending(s->pw->loop, &s->pw->flush);
 }
 
+/* One step of a replay in steps: queues the subscriber's own events among
+ * the next GATEWAY_PUSH_QUEUE_LIMIT held after replay_pos. GW_OK (more to
+ * come while s->replaying), or GW_AGAIN when the history no longer holds
+ * replay_pos (resync). */
+static int replay_step(sub *s)
+{
+    gw_event_id pos;
+    int rc = gw_events_replay_some(&s->replay_pos, P.queue_limit, replay_one, s, &pos, &s->hw);
+    if (rc == 1) {
+        s->replay_pos = pos;
+        s->replaying = 1;
+        return GW_OK;
+    }
+    s->replaying = 0;
+    return rc;
+}
+
 /* Writes what s's queue holds while its stream takes it; ends the stream
  * the hub decided to end (overflow, revocation). Runs from the flush task,
  * never while a worker list is being walked. */
@@ -246,14 +266,31 @@ static void sub_flush(sub *s)
         if (!s->closing) {
             s->closing = 1;
             q_clear(s);
-            s->ops->end(s->owner, cause == cause_overflow ? GW_PUSH_END_OVERFLOW : GW_PUSH_END_REVOKED);
+            s->ops->end(s->owner, cause == cause_overflow      ? GW_PUSH_END_OVERFLOW
+                                  : cause == cause_credentials ? GW_PUSH_END_CREDENTIALS
+                                  : cause == cause_resync      ? GW_PUSH_END_RESYNC
+                                                               : GW_PUSH_END_REVOKED);
         }
         return;
     }
     if (s->closing)
         return;
     uint64_t now = gw_mono_ms();
-    while (s->qn && s->ops->writable(s->owner)) {
+    for (;;) {
+        /* A resume replays in steps of at most GATEWAY_PUSH_QUEUE_LIMIT
+         * events, the next once the queue is written (review3 F5: the whole
+         * window sat in one subscriber's queue). */
+        if (!s->qn && s->replaying && s->ops->writable(s->owner)) {
+            if (replay_step(s) == GW_AGAIN) {
+                s->close_cause = cause_resync;
+                sub_flush(s);
+                return;
+            }
+            if (!s->qn)
+                continue; /* a step with none of its events: the next step */
+        }
+        if (!s->qn || !s->ops->writable(s->owner))
+            break;
         gw_event *ev[FLUSH_IOV];
         size_t n = 0;
         while (n < FLUSH_IOV && n < s->qn) {
@@ -372,8 +409,8 @@ static void deliver(pworker *pw, gw_event *e)
     ugroup *g = group_find(pw, e->user_id);
     for (gw_list *it = g ? g->subs.next : NULL; g && it != &g->subs; it = it->next) {
         sub *s = gw_container_of(it, sub, gnode);
-        if (!sub_wants(s, e) || gw_event_id_cmp(e->id, s->hw) <= 0)
-            continue;
+        if (!sub_wants(s, e) || s->replaying || gw_event_id_cmp(e->id, s->hw) <= 0)
+            continue; /* (a replaying subscriber gets it from the history) */
         if (s->closing || s->close_cause) { /* its stream is ending: the resume gets it */
             gw_counter_inc(P.m_drop_closed);
             continue;
@@ -470,6 +507,7 @@ static pworker *pw_self(void)
 typedef struct revoke_msg {
     char dev[GW_SESSION_ID_MAX + 1];
     atomic_int refs; /* workers still to run it */
+    int credentials; /* the bearer or user changed (the session is still active) */
 } revoke_msg;
 
 static void revoke_on_worker(void *arg)
@@ -480,7 +518,7 @@ static void revoke_on_worker(void *arg)
         for (gw_list *it = pw->subs.next; it != &pw->subs; it = it->next) {
             sub *s = gw_container_of(it, sub, node);
             if (!s->closing && strcmp(s->dev, m->dev) == 0) {
-                s->close_cause = cause_revoked;
+                s->close_cause = m->credentials ? cause_credentials : cause_revoked;
                 q_clear(s);
                 mark_dirty(s);
             }
@@ -498,6 +536,7 @@ static void on_revoke(const gw_session *snap, void *arg)
     int n = PW_n;
     revoke_msg *m = gw_calloc(1, sizeof *m);
     snprintf(m->dev, sizeof m->dev, "%s", snap->device_session_id);
+    m->credentials = snap->status != GW_SESSION_REVOKED;
     atomic_init(&m->refs, n);
     for (int i = 0; i < PW_n; i++)
         if (PW[i].loop)
@@ -565,7 +604,14 @@ static int sub_start(sub *s, const gw_push_owner *ops, void *owner, const char *
     s->connected_at_ms = gw_wall_ms();
     /* The replay and the high-water mark come under the history's lock: an
      * event appended after it reaches this worker's inbox after now. */
-    if (gw_events_replay(cursor, replay_one, s, &s->hw) == GW_AGAIN) {
+    int rc = GW_OK;
+    if (!cursor) {
+        rc = gw_events_replay(NULL, replay_one, s, &s->hw); /* live from the history's last id */
+    } else {
+        s->replay_pos = *cursor;
+        rc = replay_step(s);
+    }
+    if (rc == GW_AGAIN) {
         s->resume = "resync";
         gw_counter_inc(P.m_resume_resync);
         return GW_AGAIN;
@@ -630,7 +676,7 @@ gw_push_sub *gw_push_subscribe(const gw_push_owner *ops, void *owner, const char
 void gw_push_sub_kick(gw_push_sub *ps)
 {
     sub *s = (sub *)ps;
-    if (s->qn || s->close_cause)
+    if (s->qn || s->close_cause || s->replaying)
         mark_dirty(s);
 }
 
@@ -685,12 +731,22 @@ static void ws_close_with(gw_wsconn *wsc, unsigned code, const char *reason, con
     }
 }
 
+static void send_gateway(sub *s, const char *type, json_t *payload);
+
 static void ws_end(void *owner, int why)
 {
-    if (why == GW_PUSH_END_OVERFLOW)
-        ws_close_with(owner, 1013, "push stream overflowed", cause_overflow);
-    else
-        ws_close_with(owner, GW_WS_CLOSE_POLICY, "device session is revoked", cause_revoked);
+    gw_wsconn *wsc = owner;
+    if (why == GW_PUSH_END_OVERFLOW) {
+        ws_close_with(wsc, 1013, "push stream overflowed", cause_overflow);
+    } else if (why == GW_PUSH_END_CREDENTIALS) {
+        ws_close_with(wsc, GW_WS_CLOSE_POLICY, "device session credentials changed", cause_revoked);
+    } else if (why == GW_PUSH_END_RESYNC) {
+        sub *s = gw_ws_app_data(wsc);
+        send_gateway(s, "gateway.resync_required", json_pack("{s:s}", "cursor", s->cursor));
+        ws_close_with(wsc, 4409, "resync required: the cursor is older than the history", cause_resync);
+    } else {
+        ws_close_with(wsc, GW_WS_CLOSE_POLICY, "device session is revoked", cause_revoked);
+    }
 }
 
 static const gw_push_owner ws_owner = {ws_writable, ws_write, ws_end};
@@ -709,7 +765,7 @@ static void send_gateway(sub *s, const char *type, json_t *payload)
 static void app_drained(gw_wsconn *wsc)
 {
     sub *s = gw_ws_app_data(wsc);
-    if (s->qn)
+    if (s->qn || s->replaying)
         mark_dirty(s);
 }
 

@@ -25,7 +25,11 @@ void gw_push_init(const gw_config *cfg);
  * through the owner while it takes more. On a worker thread only. */
 typedef struct gw_push_sub gw_push_sub;
 
-enum { GW_PUSH_END_OVERFLOW = 1, GW_PUSH_END_REVOKED };
+/* Why the hub ends a stream: overflow (1013 / RESOURCE_EXHAUSTED), the
+ * session revoked, its bearer or user changed (1008 / FAILED_PRECONDITION),
+ * or the history evicted what a replay in steps had still to send (resync:
+ * 4409 / OUT_OF_RANGE, after gateway.resync_required). */
+enum { GW_PUSH_END_OVERFLOW = 1, GW_PUSH_END_REVOKED, GW_PUSH_END_CREDENTIALS, GW_PUSH_END_RESYNC };
 
 typedef struct gw_push_owner {
     /* 1 while the stream takes more events now (else the owner calls

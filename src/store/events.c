@@ -366,6 +366,38 @@ int gw_events_replay(const gw_event_id *cursor, void (*fn)(gw_event *e, void *ar
     return GW_OK;
 }
 
+int gw_events_replay_some(const gw_event_id *after, size_t max, void (*fn)(gw_event *e, void *arg), void *arg,
+                          gw_event_id *pos, gw_event_id *hw)
+{
+    pthread_mutex_lock(&H.mu);
+    uint64_t now = H.now_ms ? H.now_ms() : gw_wall_ms();
+    evict_locked(now, 0);
+    if (gw_event_id_cmp(*after, H.evicted) < 0 ||
+        (gw_event_id_cmp(*after, H.last) > 0 && after->ms > now + GW_EVENTS_CURSOR_SKEW_MS)) {
+        pthread_mutex_unlock(&H.mu);
+        return GW_AGAIN;
+    }
+    size_t lo = 0, hi = H.n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (gw_event_id_cmp(H.ring[(H.head + mid) % H.cap]->id, *after) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    size_t end = max && H.n - lo > max ? lo + max : H.n;
+    for (size_t i = lo; i < end; i++)
+        fn(H.ring[(H.head + i) % H.cap], arg);
+    if (end < H.n) {
+        *pos = H.ring[(H.head + end - 1) % H.cap]->id;
+        pthread_mutex_unlock(&H.mu);
+        return 1;
+    }
+    *hw = gw_event_id_cmp(*after, H.last) > 0 ? *after : H.last;
+    pthread_mutex_unlock(&H.mu);
+    return GW_OK;
+}
+
 size_t gw_events_count(void)
 {
     pthread_mutex_lock(&H.mu);

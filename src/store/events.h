@@ -120,6 +120,14 @@ int gw_events_append_local(const gw_event_in *in, char id_out[GW_EVENT_ID_MAX]);
  * older than the history (resync required; fn is not called). Runs under
  * the lock, so no append slips between the replay and the live feed. */
 int gw_events_replay(const gw_event_id *cursor, void (*fn)(gw_event *e, void *arg), void *arg, gw_event_id *hw);
+/* A replay in steps (a subscriber's queue holds at most one step): fn gets
+ * the held events after *after, at most max of them (0: all). Returns 1
+ * when more remain (*pos: the last one handed; call again from it), GW_OK
+ * when the history's end was reached (*hw set as gw_events_replay sets it,
+ * under the same lock: live events above it are new), or GW_AGAIN when
+ * *after is older than the history (resync). */
+int gw_events_replay_some(const gw_event_id *after, size_t max, void (*fn)(gw_event *e, void *arg), void *arg,
+                          gw_event_id *pos, gw_event_id *hw);
 
 /* Counts and logs a malformed entry (source "stream" or "admin"). */
 void gw_events_malformed(const char *source, const char *id, const char *why);

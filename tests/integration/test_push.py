@@ -342,6 +342,36 @@ def test_resume_replays_only_the_subscribers_own_events(make_gateway, backend):
     run(body())
 
 
+def test_resume_replays_in_steps_to_a_slow_reader(make_gateway, backend):
+    """A resume larger than GATEWAY_PUSH_QUEUE_LIMIT is replayed in steps of
+    at most the limit, each once the socket took the last (review3 F5: the
+    whole window sat in the subscriber's queue): a reader that does not read
+    for a while is not closed for overflow by a live event published
+    meanwhile, and then gets every event once, in order, the live one last."""
+    g = gateway(make_gateway, backend, GATEWAY_PUSH_QUEUE_LIMIT="16")
+    session(g, "slow1", "sam")
+    big = "x" * 60000
+    first = publish(g, "sam", "big", {"n": 0, "pad": big})
+    ids = [publish(g, "sam", "big", {"n": i, "pad": big}) for i in range(1, 200)]  # 12 MB: more than the sockets hold
+    w = wsraw.WS(g.port, path=f"/ws/events?cursor={first}", protocols=["bearer-slow1"], timeout=30)
+    import time as _t
+    _t.sleep(1.0)  # not reading: the socket fills, the replay waits
+    live = publish(g, "sam", "live", {"n": 200})
+    _t.sleep(0.5)
+    got = []
+    while True:
+        op, payload, _ = w.recv_message(timeout=30)
+        e = json.loads(payload)
+        if e["type"] == "gateway.server_time":
+            continue
+        got.append(e["id"])
+        if e["id"] == live:
+            break
+    assert got == ids + [live], (len(got), got[:3], got[-3:])
+    w.close()
+    assert g.metric("wsgate_push_overflows_total") == 0
+
+
 def test_too_old_cursor_resync(make_gateway, backend):
     g = gateway(make_gateway, backend)
     session(g, "pd1", "dave")
@@ -400,7 +430,7 @@ def test_new_bearer_or_user_ends_the_old_streams(make_gateway, backend):
         old = await subscribe(g, "rot1")
         post_snap(2, "alice", "bearer-rot1-b")
         rc = await ended(old)
-        assert rc.code == 1008, rc
+        assert rc.code == 1008 and rc.reason == "device session credentials changed", rc
         with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
             await connect(g, "rot1")
         assert e.value.status_code == 401
@@ -408,7 +438,7 @@ def test_new_bearer_or_user_ends_the_old_streams(make_gateway, backend):
         assert (await recv_json(new))["type"] == "gateway.server_time"
         post_snap(3, "bob", "bearer-rot1-b")  # moved to another user
         rc = await ended(new)
-        assert rc.code == 1008, rc
+        assert rc.code == 1008 and rc.reason == "device session credentials changed", rc
         again = await websockets.connect(url(g), subprotocols=["bearer-rot1-b"], ping_interval=None)
         assert (await recv_json(again))["type"] == "gateway.server_time"
         post_snap(4, "bob", "bearer-rot1-b")  # nothing the stream depends on changed
