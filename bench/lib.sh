@@ -27,3 +27,13 @@ stop_pid() { # pid: TERM, then KILL after 5 s; reaps it
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
 }
+
+await_idle_up() { # file pid tenths: until loadgen's idle_up line, its exit or the limit
+    local i
+    for i in $(seq "$3"); do
+        grep -q '^idle_up' "$1" && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}

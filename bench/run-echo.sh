@@ -160,11 +160,7 @@ bench_server() { # name port
         --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --connect-timeout 60 \
         --label "$name" >"$TMP/idle.out" 2>>"$TMP/lg.err" &
     LOADGEN_PID=$!
-    for i in $(seq 600); do
-        grep -q '^idle_up' "$TMP/idle.out" && break
-        kill -0 "$LOADGEN_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    await_idle_up "$TMP/idle.out" "$LOADGEN_PID" 600
     sleep 1
     rss1=$(rss_kb "$pid")
     wait "$LOADGEN_PID"; LOADGEN_PID=""

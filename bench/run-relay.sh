@@ -20,6 +20,7 @@
 set -u
 cd "$(dirname "$0")" || exit 2
 . ./lib.sh
+. ./relay_conf.sh
 
 BIN=../build/bench
 WSGATE=${WSGATE_BIN:-../build/wsgate}
@@ -158,63 +159,6 @@ start_upstream() {
     smoke upstream "$UP_PORT" || { cat "$TMP/upstream.log" >&2; exit 2; }
 }
 
-write_nginx_conf() { # port
-    mkdir -p "$TMP/nginx"
-    # nginx opens its default error log before reading the configuration:
-    # -e sends that to our file too.
-    cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-worker_rlimit_nofile $NGINX_CONNS;
-events {
-    # nginx starts dropping connections still reading their request once
-    # fewer than 1/16 of these are free: size it to the descriptor limit.
-    worker_connections $NGINX_CONNS;
-}
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    server {
-        listen 127.0.0.1:$1 backlog=4096;
-        location / {
-            proxy_pass http://127.0.0.1:$UP_PORT;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header Host \$host;
-            proxy_buffering off;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-        }
-    }
-}
-EOF
-}
-
-write_haproxy_conf() { # port
-    cat >"$TMP/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn $MAXCONN
-defaults
-    mode http
-    maxconn $MAXCONN
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    timeout tunnel 1h
-frontend relay
-    bind 127.0.0.1:$1
-    default_backend upstream
-backend upstream
-    server echo 127.0.0.1:$UP_PORT
-EOF
-}
-
 # Starts relay $1 on port $2 pinned to CPU 1 -> RELAY_PID; 1 when it is not
 # available (missing binary, does not start, does not relay).
 start_relay() { # name port
@@ -325,11 +269,7 @@ idle_test() { # name port
         --conns "$IDLE_CONNS" --hold 3 --connect-timeout 60 --label "$name" \
         >"$TMP/idle.out" 2>"$TMP/lg.cur" &
     LOADGEN_PID=$!
-    for i in $(seq 700); do
-        grep -q '^idle_up' "$TMP/idle.out" && break
-        kill -0 "$LOADGEN_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    await_idle_up "$TMP/idle.out" "$LOADGEN_PID" 700
     sleep 1
     rss1=$(rss_kb "$pid")
     wait "$LOADGEN_PID"; LOADGEN_PID=""
