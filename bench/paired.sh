@@ -180,7 +180,7 @@ start_server() { # name port -> PID[name]; 1 when it does not serve
 stop_server() { stop_pid "${PID[$1]}"; unset "PID[$1]"; }
 
 # perf counts, for the server's threads, while the load generator runs.
-EVENTS=raw_syscalls:sys_enter
+EVENTS=task-clock,raw_syscalls:sys_enter
 for e in sendmsg sendto write writev recvfrom recvmsg read readv epoll_wait epoll_pwait io_uring_enter; do
     EVENTS+=",syscalls:sys_enter_$e"
 done
@@ -191,11 +191,12 @@ perf_start() { # pid
     PERF_PID=$!
     sleep 0.15 # attached before the first message
 }
-perf_stop() { # -> SC: "all sends recvs waits" (counts), or "- - - -"
-    SC="- - - -"
+perf_stop() { # -> SC: "all sends recvs waits" (counts), or "- - - -"; TASK_MS: CPU ms, or ""
+    SC="- - - -"; TASK_MS=""
     [ -n "$PERF_PID" ] || return 0
     kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null; PERF_PID=""
-    SC=$(awk -F, '$1 ~ /^[0-9]+$/ {
+    TASK_MS=$(awk -F, '$3 ~ /^task-clock/ && $1 ~ /^[0-9.]+$/ { print $1 }' "$TMP/perf.out")
+    SC=$(awk -F, '$3 ~ /^task-clock/ { next } $1 ~ /^[0-9]+$/ {
             if ($3 ~ /raw_syscalls/) a += $1
             else if ($3 ~ /_(send|write)/) s += $1
             else if ($3 ~ /_(recv|read)/) r += $1
@@ -204,8 +205,9 @@ perf_stop() { # -> SC: "all sends recvs waits" (counts), or "- - - -"
 }
 
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-# CPU: utime+stime from /proc (task-clock would need perf running on both
-# sides anyway; ticks are 10 ms, so a 1 s run at one core resolves to 1%).
+# CPU: perf's task-clock for the server's threads while the run lasts (ns
+# resolution); without perf, utime+stime from /proc (10 ms ticks: a run at
+# half a core is 50 ticks, so +-2 % from the tick alone).
 CLK_TCK=$(getconf CLK_TCK)
 
 # One closed-loop run of $1 -> RUN_CPU (us/msg), RUN_TP (msg/s), RUN_SC (per-message
@@ -224,8 +226,9 @@ one_run() { # name size window [burst]
     [ "$(kv "$LINE" errors)" = 0 ] || { log "   $name: errors in a run: $LINE"; STATUS=1; }
     RUN_TP=$(kv "$LINE" msgs_per_s)
     RUN_P99=$(kv "$LINE" burst_p99_us); RUN_P50=$(kv "$LINE" burst_p50_us)
-    RUN_CPU=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$n" \
-        'BEGIN{ if (n + 0 > 0) printf "%.4f", t / hz * 1e6 / n; else print "?" }')
+    RUN_CPU=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v ms="$TASK_MS" -v n="$n" \
+        'BEGIN{ if (n + 0 <= 0) { print "?"; exit }
+                if (ms != "") printf "%.4f", ms * 1e3 / n; else printf "%.4f", t / hz * 1e6 / n }')
     RUN_SC=$(awk -v s="$SC" -v n="$n" 'BEGIN{ split(s, a, " ");
         if (a[1] == "-" || n + 0 == 0) { print "- - - -"; exit }
         printf "%.3f %.3f %.3f %.3f", a[1] / n, a[2] / n, a[3] / n, a[4] / n }')
@@ -334,7 +337,11 @@ echo
 echo "Paired $KIND benchmark: wsgate (A) against ${REFS[*]} (B), each pinned to CPU 1, one worker;"
 echo "load generator${UP_PORT:+ and the upstream bare_echo} on CPU 0. $CONNS connections, closed loop,"
 echo "each row $PAIRS pairs of ${RUN}s runs (after ${WARM}s warm-up) interleaved A B B A."
-echo "cpu: the server's utime+stime (/proc/PID/stat) over the run / messages echoed in the run;"
+if [ "$SYSCALLS" = 1 ]; then
+    echo "cpu: the server's CPU time (perf task-clock, its threads) over the run / messages echoed in it;"
+else
+    echo "cpu: the server's utime+stime (/proc/PID/stat) over the run / messages echoed in the run;"
+fi
 echo "ratio = A/B inside each pair; median [interquartile range] over the pairs (below 1: wsgate cheaper)."
 echo "sys/msg: system calls per echoed message (perf stat -e raw_syscalls:sys_enter -p PID), and"
 echo "of them sends (send*/write*), receives (recv*/read*) and waits (epoll_wait/pwait, io_uring_enter)."
