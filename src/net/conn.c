@@ -43,7 +43,10 @@ static ssize_t plain_writev(gw_conn *c, const struct iovec *iov, int n)
 {
     struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
     ssize_t r;
-    while ((r = sendmsg(c->io.fd, &mh, MSG_NOSIGNAL)) < 0) {
+    /* One buffer (a corked batch, a queue) goes out with send(2): the kernel
+     * then copies and checks no msghdr and iovec array. */
+    while ((r = n == 1 ? send(c->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+                       : sendmsg(c->io.fd, &mh, MSG_NOSIGNAL)) < 0) {
         ssize_t f = failed(c);
         if (f != 1)
             return f;
