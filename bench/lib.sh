@@ -31,7 +31,7 @@ stop_pid() { # pid: TERM, then KILL after 5 s; reaps it
 await_idle_up() { # file pid tenths: until loadgen's idle_up line, its exit or the limit
     local i
     for i in $(seq "$3"); do
-        grep -q '^idle_up' "$1" && return 0
+        grep -qs '^idle_up' "$1" && return 0
         kill -0 "$2" 2>/dev/null || return 1
         sleep 0.1
     done

@@ -29,10 +29,10 @@ BIN=../build/bench
 WSGATE=${WSGATE_BIN:-../build/wsgate}
 PORT_BASE=${BENCH_PORT_BASE:-18800}
 if [ -n "${BENCH_QUICK:-}" ]; then
-    PAIRS=${BENCH_PAIRS:-4}; RUN=${BENCH_RUN:-0.5}; SIZES=(${BENCH_SIZES:-512}); WINDOWS=(${BENCH_WINDOWS:-1})
+    PAIRS=${BENCH_PAIRS:-4}; RUN=${BENCH_RUN:-0.5}; BURST_PAIRS=${BENCH_BURST_PAIRS:-1}; SIZES=(${BENCH_SIZES:-512}); WINDOWS=(${BENCH_WINDOWS:-1})
     IDLE_CONNS=${BENCH_IDLE_CONNS:-2000}
 else
-    PAIRS=${BENCH_PAIRS:-12}; RUN=${BENCH_RUN:-1}; SIZES=(${BENCH_SIZES:-64 512 4096}); WINDOWS=(${BENCH_WINDOWS:-1 8})
+    PAIRS=${BENCH_PAIRS:-12}; RUN=${BENCH_RUN:-1}; BURST_PAIRS=${BENCH_BURST_PAIRS:-4}; SIZES=(${BENCH_SIZES:-64 512 4096}); WINDOWS=(${BENCH_WINDOWS:-1 8})
     IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 fi
 WARM=${BENCH_WARM:-0.3}
@@ -84,6 +84,17 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((2 * IDLE_CONNS + 300)) ]; th
     log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
 fi
 MAXCONN=$((IDLE_CONNS + 500))
+if [ "$KIND" = relay ] && [ "$NOFILE" != unlimited ]; then
+    # Two descriptors per relayed connection; nginx drops connections once
+    # fewer than 1/16 of its worker_connections are free, and HAProxy wants
+    # 2 x maxconn descriptors: keep both within the limit.
+    lim=$((NOFILE * 15 / 32 - 20))
+    if [ "$MAXCONN" -gt "$lim" ]; then
+        MAXCONN=$lim
+        [ "$IDLE_CONNS" -gt $((MAXCONN - 100)) ] && IDLE_CONNS=$((MAXCONN - 100)) &&
+            log "note: open-file limit $NOFILE; the relays' idle test uses $IDLE_CONNS connections"
+    fi
+fi
 NGINX_CONNS=$((2 * MAXCONN + 2 * MAXCONN / 15))
 [ "$NOFILE" != unlimited ] && [ "$NGINX_CONNS" -gt "$NOFILE" ] && NGINX_CONNS=$NOFILE
 free_port() { local p=$1; while port_busy "$p"; do p=$((p + 1)); done; echo "$p"; }
@@ -136,6 +147,7 @@ start_server() { # name port -> PID[name]; 1 when it does not serve
             # A clean environment: only the variables set here (and the I/O
             # backend, when the caller chose one).
             io=${GATEWAY_IO:-}
+            [ "$name" = base ] && io=${BASE_GATEWAY_IO-$io}
             for v in $(compgen -e | grep '^GATEWAY_'); do unset "$v"; done
             [ -n "$io" ] && export GATEWAY_IO=$io
             export GATEWAY_PUBLIC_HTTP_ADDR=127.0.0.1:$port GATEWAY_WORKERS=1 \
@@ -318,18 +330,20 @@ for size in "${SIZES[@]}"; do
     done
 done
 
-# Bursts: wsgate alone (and the first reference beside it), K messages per
-# connection back-to-back; sends per message should fall as K grows.
-BURST_ROWS=()
+# Bursts: wsgate and the first reference, K messages per connection
+# back-to-back, BURST_PAIRS interleaved pairs per K (medians shown); sends per
+# message should fall as 1/K.
 if [ "${#BURSTS[@]}" -gt 0 ]; then
-    log "== bursts of ${BURSTS[*]} x $BURST_SIZE B"
+    log "== bursts of ${BURSTS[*]} x $BURST_SIZE B, $BURST_PAIRS pairs each"
     for k in "${BURSTS[@]}"; do
-        row=""
-        for name in "${LIVE[@]:0:2}"; do
-            one_run "$name" "$BURST_SIZE" 1 "$k"
-            row+="$name $RUN_TP $RUN_CPU $RUN_SC $RUN_P50 $RUN_P99;"
+        for i in $(seq "$BURST_PAIRS"); do
+            if [ $((i % 2)) = 1 ]; then order=("${LIVE[@]:0:2}"); else order=("${LIVE[1]:-}" "${LIVE[0]}"); fi
+            for name in "${order[@]}"; do
+                [ -n "$name" ] || continue
+                one_run "$name" "$BURST_SIZE" 1 "$k"
+                echo "$RUN_TP $RUN_CPU $RUN_SC $RUN_P50 $RUN_P99" >>"$TMP/burst.$k.$name"
+            done
         done
-        BURST_ROWS+=("$k;$row")
     done
 fi
 
@@ -363,20 +377,21 @@ for size in "${SIZES[@]}"; do
         done
     done
 done
-if [ "${#BURST_ROWS[@]}" -gt 0 ]; then
+if [ "${#BURSTS[@]}" -gt 0 ]; then
     echo
-    echo "Bursts: each connection sends K x $BURST_SIZE B back-to-back, then waits for all K echoes"
-    echo "(one run of ${RUN}s each). snd/msg: the server's send calls per message; p50/p99: burst round trip."
+    echo "Bursts: each connection sends K x $BURST_SIZE B back-to-back, then waits for all K echoes;"
+    echo "medians over $BURST_PAIRS interleaved pairs of ${RUN}s runs. snd/msg: the server's send calls per"
+    echo "message; p50/p99: the burst's round trip (first send to last echo), us."
     printf '%4s | %-8s %9s %8s %8s %8s %8s | %-8s %9s %8s %8s %8s %8s\n' K server msg/s us/msg snd/msg p50us p99us \
         server msg/s us/msg snd/msg p50us p99us
-    for r in "${BURST_ROWS[@]}"; do
-        k=${r%%;*}; rest=${r#*;}
+    for k in "${BURSTS[@]}"; do
         line=$(printf '%4s |' "$k")
-        IFS=';' read -r -a parts <<<"$rest"
-        for p in "${parts[@]}"; do
-            [ -n "$p" ] || continue
-            read -r n tp cpu sall ssnd srcv swt p50 p99 <<<"$p"
-            line+=$(printf ' %-8s %9s %8s %8s %8s %8s |' "$n" "$tp" "$cpu" "$ssnd" "$p50" "$p99")
+        for name in "${LIVE[@]:0:2}"; do
+            f=$TMP/burst.$k.$name
+            [ -s "$f" ] || continue
+            med() { col "$1" <"$f" | quartiles | col 1; }
+            line+=$(printf ' %-8s %9.0f %8.2f %8.3f %8.0f %8.0f |' "$name" "$(med 1)" "$(med 2)" "$(med 4)" \
+                "$(med 7)" "$(med 8)")
         done
         echo "${line%|}"
     done
