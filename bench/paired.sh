@@ -62,27 +62,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-for t in "$BIN/loadgen" "$BIN/bare_echo"; do
-    [ -x "$t" ] || { log "missing $t: run 'make -C bench tools'"; exit 2; }
-done
+require_tools "$BIN"
 if [ "$SYSCALLS" = 1 ] && { [ -z "$PERF" ] || ! "$PERF" stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; }; then
     log "note: perf cannot count system calls here (linux-perf, perf_event_paranoid); CPU only"
     SYSCALLS=0
 fi
 
 # Servers on CPU 1; the load generator (and the relay's upstream) on CPU 0.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-    PIN_SERVER=(taskset -c 1); PIN_LOAD=(taskset -c 0)
-else
-    PIN_SERVER=(); PIN_LOAD=()
-    log "note: fewer than 2 CPUs or no taskset; running unpinned"
-fi
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
-NOFILE=$(ulimit -n)
-if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((2 * IDLE_CONNS + 300)) ]; then
-    IDLE_CONNS=$(((NOFILE - 300) / 2))
-    log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
-fi
+pin_cpus
+raise_nofile 65536 2 300
 MAXCONN=$((IDLE_CONNS + 500))
 if [ "$KIND" = relay ] && [ "$NOFILE" != unlimited ]; then
     # Two descriptors per relayed connection; nginx drops connections once
@@ -97,21 +85,7 @@ if [ "$KIND" = relay ] && [ "$NOFILE" != unlimited ]; then
 fi
 NGINX_CONNS=$((2 * MAXCONN + 2 * MAXCONN / 15))
 [ "$NOFILE" != unlimited ] && [ "$NGINX_CONNS" -gt "$NOFILE" ] && NGINX_CONNS=$NOFILE
-free_port() { local p=$1; while port_busy "$p"; do p=$((p + 1)); done; echo "$p"; }
 
-LINE=""
-loadgen() { # args...: runs it pinned, in this shell's background; result line -> LINE
-    : >"$TMP/lg.out"
-    "${PIN_LOAD[@]}" "$BIN/loadgen" "$@" >"$TMP/lg.out" 2>"$TMP/lg.err" &
-    LOADGEN_PID=$!
-    wait "$LOADGEN_PID"
-    local rc=$?
-    LOADGEN_PID=""
-    LINE=$(grep -m1 '^mode=' "$TMP/lg.out")
-    echo "$LINE" >>"$RESULTS"
-    [ $rc = 0 ] || grep -v 'connections up in' "$TMP/lg.err" | head -n 3 | sed 's/^/     /' >&2
-    return $rc
-}
 
 path_of() { case $1 in wsgate|base) [ "$KIND" = echo ] && echo /probe/ws || echo /;; *) echo /;; esac; }
 
@@ -159,16 +133,8 @@ start_server() { # name port -> PID[name]; 1 when it does not serve
     bare)
         "${PIN_SERVER[@]}" "$BIN/bare_echo" "$port" >"$TMP/$name.log" 2>&1 &
         ;;
-    nginx)
-        [ -x "$NGINX" ] || { log "nginx: $NGINX not found"; return 1; }
-        write_nginx_conf "$port"
-        "${PIN_SERVER[@]}" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
-            -c "$TMP/nginx/nginx.conf" >"$TMP/$name.log" 2>&1 &
-        ;;
-    haproxy)
-        [ -x "$HAPROXY" ] || { log "haproxy: $HAPROXY not found"; return 1; }
-        write_haproxy_conf "$port"
-        "${PIN_SERVER[@]}" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/$name.log" 2>&1 &
+    nginx|haproxy)
+        launch_relay "$name" "$port" || return 1
         ;;
     *) log "unknown server $name"; return 1;;
     esac
@@ -279,15 +245,8 @@ pairs() { # ref size window
 
 idle_test() { # name -> IDLE_B[name]
     local name=$1 pid=${PID[$1]} rss0 rss1 up
-    rss0=$(rss_kb "$pid")
-    "${PIN_LOAD[@]}" "$BIN/loadgen" --mode idle --port "${PORT[$name]}" --path "$(path_of "$name")" \
-        --conns "$IDLE_CONNS" --hold 3 --connect-timeout 60 --label "$name" \
-        >"$TMP/idle.out" 2>"$TMP/lg.err" &
-    LOADGEN_PID=$!
-    await_idle_up "$TMP/idle.out" "$LOADGEN_PID" 700
-    sleep 1
-    rss1=$(rss_kb "$pid")
-    wait "$LOADGEN_PID"; LOADGEN_PID=""
+    idle_rss "$pid" "${PORT[$name]}" "$(path_of "$name")" "$name"
+    rss0=$RSS0 rss1=$RSS1
     up=$(kv "$(grep '^idle_up' "$TMP/idle.out")" up)
     grep '^mode=' "$TMP/idle.out" >>"$RESULTS"
     if [ "$up" != '?' ] && [ "$up" -gt 0 ]; then

@@ -1,6 +1,7 @@
 # relay_conf.sh: nginx and HAProxy as single-process WebSocket relays in front
 # of 127.0.0.1:$UP_PORT (sourced by run-relay.sh and paired.sh). Uses TMP,
-# UP_PORT, NGINX_CONNS (nginx's descriptor and connection limit) and MAXCONN.
+# UP_PORT, NGINX_CONNS (nginx's descriptor and connection limit), MAXCONN,
+# NGINX and HAPROXY (the binaries) and PIN_SERVER (the command prefix).
 
 write_nginx_conf() { # port
     mkdir -p "$TMP/nginx"
@@ -57,4 +58,22 @@ frontend relay
 backend upstream
     server echo 127.0.0.1:$UP_PORT
 EOF
+}
+
+# Starts nginx or HAProxy ($1) on port $2 in the background of this shell ($!
+# is its PID); 1 when its binary is missing.
+launch_relay() { # nginx|haproxy port
+    case $1 in
+    nginx)
+        [ -x "$NGINX" ] || { log "nginx: $NGINX not found"; return 1; }
+        write_nginx_conf "$2"
+        "${PIN_SERVER[@]}" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
+            -c "$TMP/nginx/nginx.conf" >"$TMP/$1.log" 2>&1 &
+        ;;
+    haproxy)
+        [ -x "$HAPROXY" ] || { log "haproxy: $HAPROXY not found"; return 1; }
+        write_haproxy_conf "$2"
+        "${PIN_SERVER[@]}" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/$1.log" 2>&1 &
+        ;;
+    esac
 }

@@ -43,25 +43,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-for t in "$BIN/loadgen" "$BIN/bare_echo"; do
-    [ -x "$t" ] || { log "missing $t: run 'make -C bench tools'"; exit 2; }
-done
+require_tools "$BIN"
 
 # Pinning: server on CPU 1, load generator on CPU 0, when there are 2 CPUs.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-    PIN_SERVER=(taskset -c 1); PIN_LOAD=(taskset -c 0)
-else
-    PIN_SERVER=(); PIN_LOAD=()
-    log "note: fewer than 2 CPUs or no taskset; running unpinned"
-fi
+pin_cpus
 
 # Both the server and the load generator hold IDLE_CONNS sockets.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
-NOFILE=$(ulimit -n)
-if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 200)) ]; then
-    IDLE_CONNS=$((NOFILE - 200))
-    log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
-fi
+raise_nofile 65536 1 200
 
 # Runs the load generator pinned, in the background of this shell (not in a
 # $(...) subshell) so that the trap knows its PID and can stop it. Its

@@ -65,9 +65,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-for t in "$BIN/loadgen" "$BIN/bare_echo"; do
-    [ -x "$t" ] || { log "missing $t: run 'make -C bench tools'"; exit 2; }
-done
+require_tools "$BIN"
 
 # nginx and HAProxy come from Debian; install them when missing (needs root).
 need_pkgs=()
@@ -87,21 +85,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # Pinning: relay on CPU 1; upstream and load generator on CPU 0.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-    PIN_RELAY=(taskset -c 1); PIN_LOAD=(taskset -c 0)
-else
-    PIN_RELAY=(); PIN_LOAD=()
-    log "note: fewer than 2 CPUs or no taskset; running unpinned"
-fi
+pin_cpus
+PIN_RELAY=("${PIN_SERVER[@]}")
 
 # The relay holds 2 descriptors per idle relayed connection; the upstream and
 # the load generator one each. Every process started from here inherits this.
-ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
-NOFILE=$(ulimit -n)
-if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((2 * IDLE_CONNS + 200)) ]; then
-    IDLE_CONNS=$(((NOFILE - 200) / 2))
-    log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
-fi
+raise_nofile 20000 2 200
 # Relayed connections the relays must accept at once: the most any test opens.
 MAXCONN=$IDLE_CONNS
 for c in "${TP_CONNS[@]}" "$RATE_CONNS" "$CONNECT_PAR"; do [ "$c" -gt "$MAXCONN" ] && MAXCONN=$c; done
@@ -109,24 +98,9 @@ MAXCONN=$((MAXCONN + 500))
 NGINX_CONNS=$((2 * MAXCONN + 2 * MAXCONN / 15))
 [ "$NOFILE" != unlimited ] && [ "$NGINX_CONNS" -gt "$NOFILE" ] && NGINX_CONNS=$NOFILE
 
-free_port() { local p=$1; while port_busy "$p"; do p=$((p + 1)); done; echo "$p"; }
 
-# Runs the load generator pinned, in the background of this shell (not in a
-# $(...) subshell) so that the trap knows its PID and can stop it. Its
-# key=value result line is left in LINE and appended to the results file.
-LINE=""
-loadgen() {
-    : >"$TMP/lg.out"
-    "${PIN_LOAD[@]}" "$BIN/loadgen" "$@" >"$TMP/lg.out" 2>"$TMP/lg.cur" &
-    LOADGEN_PID=$!
-    wait "$LOADGEN_PID"
-    local rc=$?
-    LOADGEN_PID=""
-    LINE=$(grep -m1 '^mode=' "$TMP/lg.out")
-    echo "$LINE" >>"$RESULTS"
-    [ $rc = 0 ] || grep -v 'connections up in' "$TMP/lg.cur" | head -n 3 | sed 's/^/     /' >&2
-    return $rc
-}
+# The load generator (lib.sh) keeps its stderr here, for the idle test to show.
+LG_ERR=$TMP/lg.cur
 
 cpu_ticks() { { sed "s/.*) //" "/proc/$1/stat" 2>/dev/null || echo; } | awk '{print $12 + $13}'; }
 
@@ -164,16 +138,8 @@ start_upstream() {
 start_relay() { # name port
     local name=$1 port=$2 i
     case $name in
-    nginx)
-        [ -x "$NGINX" ] || { log "nginx: $NGINX not found"; return 1; }
-        write_nginx_conf "$port"
-        "${PIN_RELAY[@]}" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
-            -c "$TMP/nginx/nginx.conf" >"$TMP/$name.log" 2>&1 &
-        ;;
-    haproxy)
-        [ -x "$HAPROXY" ] || { log "haproxy: $HAPROXY not found"; return 1; }
-        write_haproxy_conf "$port"
-        "${PIN_RELAY[@]}" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/$name.log" 2>&1 &
+    nginx|haproxy)
+        launch_relay "$name" "$port" || return 1
         ;;
     wsgate)
         [ -x "$WSGATE" ] || { log "wsgate: $WSGATE not found (run make at the top level)"; return 1; }
@@ -264,15 +230,8 @@ count_errors() { # name line
 idle_test() { # name port
     local name=$1 port=$2 pid=${PID[$1]} rss0 rss1 line up i
     upstream_alive
-    rss0=$(rss_kb "$pid")
-    "${PIN_LOAD[@]}" "$BIN/loadgen" --mode idle --port "$port" --path "$WS_PATH" \
-        --conns "$IDLE_CONNS" --hold 3 --connect-timeout 60 --label "$name" \
-        >"$TMP/idle.out" 2>"$TMP/lg.cur" &
-    LOADGEN_PID=$!
-    await_idle_up "$TMP/idle.out" "$LOADGEN_PID" 700
-    sleep 1
-    rss1=$(rss_kb "$pid")
-    wait "$LOADGEN_PID"; LOADGEN_PID=""
+    idle_rss "$pid" "$port" "$WS_PATH" "$name"
+    rss0=$RSS0 rss1=$RSS1
     grep -q ' errors=0' "$TMP/idle.out" ||
         grep -v 'connections up in' "$TMP/lg.cur" | head -n 3 | sed 's/^/     /' >&2
     line=$(grep '^idle_up' "$TMP/idle.out")
