@@ -10,6 +10,10 @@
  *               shows up in the latency instead of silently lowering the
  *               offered load (coordinated omission, as in wrk2).
  *   throughput  closed loop: C connections each keep W messages in flight.
+ *               With --burst K instead: each connection sends K messages
+ *               back-to-back (one write), waits for all K echoes, and sends
+ *               the next K; the result line then carries the burst round
+ *               trip (first send to last echo) percentiles.
  *   idle        open N connections, print a line when all are up, hold them,
  *               then close.
  *   connect     connection churn: N connections in total, at most P at a time,
@@ -72,6 +76,7 @@ struct opts {
     size_t size;
     double rate;
     int window;
+    int burst;
     double duration;
     double warmup;
     double hold;
@@ -187,6 +192,7 @@ struct conn {
     /* connect mode: when this connection was started, whether our close
      * frame went out and whether the server's came back */
     uint64_t t_start;
+    uint64_t burst_t0; /* throughput --burst: when the burst in flight left */
     bool closing, got_close;
 };
 
@@ -394,6 +400,16 @@ static void on_message(struct conn *c, uint64_t len, uint64_t t)
         uint64_t sched;
         if (fifo_pop(c, &sched) && sched >= window_start && sched < window_end)
             hist_record(&hist, t > sched ? t - sched : 0);
+    } else if (o.mode == MODE_THROUGHPUT && o.burst > 0) {
+        if (c->recv == c->sent) { /* the whole burst is back */
+            if (c->burst_t0 >= window_start && t < window_end)
+                hist_record(&hist, t > c->burst_t0 ? t - c->burst_t0 : 0);
+            if (sending && t < window_end) {
+                c->burst_t0 = t;
+                for (int k = 0; k < o.burst; k++)
+                    send_message(c);
+            }
+        }
     } else if (o.mode == MODE_THROUGHPUT) {
         if (sending && t < window_end)
             send_message(c);
@@ -823,6 +839,8 @@ static void usage(void)
             "  --size B          message payload bytes (64)\n"
             "  --rate R          rate mode: total messages per second (10000)\n"
             "  --window W        throughput mode: messages in flight per connection (8)\n"
+            "  --burst K         throughput mode: K messages back-to-back per connection,\n"
+            "                    the next K once all are echoed (replaces --window)\n"
             "  --duration S      measured seconds (5); connect: time limit\n"
             "  --warmup S        seconds run before measuring (1)\n"
             "  --hold S          idle mode: seconds to hold connections once up (5)\n"
@@ -857,7 +875,7 @@ static void parse_args(int argc, char **argv)
         {"connect-timeout", required_argument, 0, 'T'},
         {"connect-parallel", required_argument, 0, 'C'},
         {"label", required_argument, 0, 'l'},   {"spin", no_argument, 0, 'S'},
-        {"help", no_argument, 0, '?'},
+        {"burst", required_argument, 0, 'B'},   {"help", no_argument, 0, '?'},
         {0, 0, 0, 0}};
     o = (struct opts){.host = "127.0.0.1", .path = "/", .label = "-", .mode = MODE_RATE,
                       .conns = -1, .size = 64, .rate = 10000, .window = 8, .duration = 5,
@@ -887,6 +905,7 @@ static void parse_args(int argc, char **argv)
         case 's': o.size = (size_t)parse_num(optarg, "size"); break;
         case 'r': o.rate = parse_num(optarg, "rate"); break;
         case 'w': o.window = (int)parse_num(optarg, "window"); break;
+        case 'B': o.burst = (int)parse_num(optarg, "burst"); break;
         case 'd': o.duration = parse_num(optarg, "duration"); break;
         case 'W': o.warmup = parse_num(optarg, "warmup"); break;
         case 'H': o.hold = parse_num(optarg, "hold"); break;
@@ -902,7 +921,7 @@ static void parse_args(int argc, char **argv)
         usage();
     if (o.conns < 0)
         o.conns = o.mode == MODE_IDLE || o.mode == MODE_CONNECT ? 1000 : 50;
-    if (o.conns < 1 || o.conns > 1000000 || o.window < 1 || o.connect_parallel < 1 ||
+    if (o.conns < 1 || o.conns > 1000000 || o.window < 1 || o.burst > 100000 || o.connect_parallel < 1 ||
         o.duration <= 0 || o.duration > 3600 || o.hold > 3600 || o.warmup > 3600 ||
         o.drain > 600 || (o.mode == MODE_RATE && o.rate <= 0) || o.size > (64u << 20))
         usage();
@@ -1033,9 +1052,11 @@ static int run_throughput(void)
     window_start = t0 + (uint64_t)(o.warmup * 1e9);
     window_end = window_start + (uint64_t)(o.duration * 1e9);
     for (int i = 0; i < o.conns; i++)
-        if (conns[i].st == CS_OPEN)
-            for (int w = 0; w < o.window; w++)
+        if (conns[i].st == CS_OPEN) {
+            conns[i].burst_t0 = t0;
+            for (int w = 0; w < (o.burst > 0 ? o.burst : o.window); w++)
                 send_message(&conns[i]);
+        }
     flush_dirty();
     while (now_ns() < window_end && open_count > 0)
         poll_once(window_end);
@@ -1044,8 +1065,12 @@ static int run_throughput(void)
     double rate = (double)st.recv_window / o.duration;
     printf("mode=throughput label=%s size=%zu conns=%d window=%d duration_s=%.2f msgs_per_s=%.0f"
            " echoed=%llu sent=%llu",
-           o.label, o.size, o.conns, o.window, o.duration, rate, (unsigned long long)st.recv,
-           (unsigned long long)st.sent);
+           o.label, o.size, o.conns, o.burst > 0 ? o.burst : o.window, o.duration, rate,
+           (unsigned long long)st.recv, (unsigned long long)st.sent);
+    if (o.burst > 0)
+        printf(" burst=%d bursts=%llu burst_p50_us=%.1f burst_p99_us=%.1f", o.burst,
+               (unsigned long long)hist.total, (double)hist_percentile(&hist, 50) / 1e3,
+               (double)hist_percentile(&hist, 99) / 1e3);
     print_errors();
     printf("\n");
     return total_errors() == 0 ? 0 : 1;

@@ -43,25 +43,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-for t in "$BIN/loadgen" "$BIN/bare_echo"; do
-    [ -x "$t" ] || { log "missing $t: run 'make -C bench tools'"; exit 2; }
-done
+require_tools "$BIN"
 
 # Pinning: server on CPU 1, load generator on CPU 0, when there are 2 CPUs.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-    PIN_SERVER=(taskset -c 1); PIN_LOAD=(taskset -c 0)
-else
-    PIN_SERVER=(); PIN_LOAD=()
-    log "note: fewer than 2 CPUs or no taskset; running unpinned"
-fi
+pin_cpus
 
 # Both the server and the load generator hold IDLE_CONNS sockets.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
-NOFILE=$(ulimit -n)
-if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 200)) ]; then
-    IDLE_CONNS=$((NOFILE - 200))
-    log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
-fi
+raise_nofile 65536 1 200
 
 # Runs the load generator pinned, in the background of this shell (not in a
 # $(...) subshell) so that the trap knows its PID and can stop it. Its
@@ -160,11 +148,7 @@ bench_server() { # name port
         --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --connect-timeout 60 \
         --label "$name" >"$TMP/idle.out" 2>>"$TMP/lg.err" &
     LOADGEN_PID=$!
-    for i in $(seq 600); do
-        grep -q '^idle_up' "$TMP/idle.out" && break
-        kill -0 "$LOADGEN_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    await_idle_up "$TMP/idle.out" "$LOADGEN_PID" 600
     sleep 1
     rss1=$(rss_kb "$pid")
     wait "$LOADGEN_PID"; LOADGEN_PID=""

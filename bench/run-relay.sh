@@ -20,6 +20,7 @@
 set -u
 cd "$(dirname "$0")" || exit 2
 . ./lib.sh
+. ./relay_conf.sh
 
 BIN=../build/bench
 WSGATE=${WSGATE_BIN:-../build/wsgate}
@@ -64,9 +65,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-for t in "$BIN/loadgen" "$BIN/bare_echo"; do
-    [ -x "$t" ] || { log "missing $t: run 'make -C bench tools'"; exit 2; }
-done
+require_tools "$BIN"
 
 # nginx and HAProxy come from Debian; install them when missing (needs root).
 need_pkgs=()
@@ -86,21 +85,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # Pinning: relay on CPU 1; upstream and load generator on CPU 0.
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
-    PIN_RELAY=(taskset -c 1); PIN_LOAD=(taskset -c 0)
-else
-    PIN_RELAY=(); PIN_LOAD=()
-    log "note: fewer than 2 CPUs or no taskset; running unpinned"
-fi
+pin_cpus
+PIN_RELAY=("${PIN_SERVER[@]}")
 
 # The relay holds 2 descriptors per idle relayed connection; the upstream and
 # the load generator one each. Every process started from here inherits this.
-ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
-NOFILE=$(ulimit -n)
-if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((2 * IDLE_CONNS + 200)) ]; then
-    IDLE_CONNS=$(((NOFILE - 200) / 2))
-    log "note: open-file limit $NOFILE; idle test uses $IDLE_CONNS connections"
-fi
+raise_nofile 20000 2 200
 # Relayed connections the relays must accept at once: the most any test opens.
 MAXCONN=$IDLE_CONNS
 for c in "${TP_CONNS[@]}" "$RATE_CONNS" "$CONNECT_PAR"; do [ "$c" -gt "$MAXCONN" ] && MAXCONN=$c; done
@@ -108,24 +98,9 @@ MAXCONN=$((MAXCONN + 500))
 NGINX_CONNS=$((2 * MAXCONN + 2 * MAXCONN / 15))
 [ "$NOFILE" != unlimited ] && [ "$NGINX_CONNS" -gt "$NOFILE" ] && NGINX_CONNS=$NOFILE
 
-free_port() { local p=$1; while port_busy "$p"; do p=$((p + 1)); done; echo "$p"; }
 
-# Runs the load generator pinned, in the background of this shell (not in a
-# $(...) subshell) so that the trap knows its PID and can stop it. Its
-# key=value result line is left in LINE and appended to the results file.
-LINE=""
-loadgen() {
-    : >"$TMP/lg.out"
-    "${PIN_LOAD[@]}" "$BIN/loadgen" "$@" >"$TMP/lg.out" 2>"$TMP/lg.cur" &
-    LOADGEN_PID=$!
-    wait "$LOADGEN_PID"
-    local rc=$?
-    LOADGEN_PID=""
-    LINE=$(grep -m1 '^mode=' "$TMP/lg.out")
-    echo "$LINE" >>"$RESULTS"
-    [ $rc = 0 ] || grep -v 'connections up in' "$TMP/lg.cur" | head -n 3 | sed 's/^/     /' >&2
-    return $rc
-}
+# The load generator (lib.sh) keeps its stderr here, for the idle test to show.
+LG_ERR=$TMP/lg.cur
 
 cpu_ticks() { { sed "s/.*) //" "/proc/$1/stat" 2>/dev/null || echo; } | awk '{print $12 + $13}'; }
 
@@ -158,78 +133,13 @@ start_upstream() {
     smoke upstream "$UP_PORT" || { cat "$TMP/upstream.log" >&2; exit 2; }
 }
 
-write_nginx_conf() { # port
-    mkdir -p "$TMP/nginx"
-    # nginx opens its default error log before reading the configuration:
-    # -e sends that to our file too.
-    cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-worker_rlimit_nofile $NGINX_CONNS;
-events {
-    # nginx starts dropping connections still reading their request once
-    # fewer than 1/16 of these are free: size it to the descriptor limit.
-    worker_connections $NGINX_CONNS;
-}
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    server {
-        listen 127.0.0.1:$1 backlog=4096;
-        location / {
-            proxy_pass http://127.0.0.1:$UP_PORT;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header Host \$host;
-            proxy_buffering off;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-        }
-    }
-}
-EOF
-}
-
-write_haproxy_conf() { # port
-    cat >"$TMP/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn $MAXCONN
-defaults
-    mode http
-    maxconn $MAXCONN
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    timeout tunnel 1h
-frontend relay
-    bind 127.0.0.1:$1
-    default_backend upstream
-backend upstream
-    server echo 127.0.0.1:$UP_PORT
-EOF
-}
-
 # Starts relay $1 on port $2 pinned to CPU 1 -> RELAY_PID; 1 when it is not
 # available (missing binary, does not start, does not relay).
 start_relay() { # name port
     local name=$1 port=$2 i
     case $name in
-    nginx)
-        [ -x "$NGINX" ] || { log "nginx: $NGINX not found"; return 1; }
-        write_nginx_conf "$port"
-        "${PIN_RELAY[@]}" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
-            -c "$TMP/nginx/nginx.conf" >"$TMP/$name.log" 2>&1 &
-        ;;
-    haproxy)
-        [ -x "$HAPROXY" ] || { log "haproxy: $HAPROXY not found"; return 1; }
-        write_haproxy_conf "$port"
-        "${PIN_RELAY[@]}" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/$name.log" 2>&1 &
+    nginx|haproxy)
+        launch_relay "$name" "$port" || return 1
         ;;
     wsgate)
         [ -x "$WSGATE" ] || { log "wsgate: $WSGATE not found (run make at the top level)"; return 1; }
@@ -320,19 +230,8 @@ count_errors() { # name line
 idle_test() { # name port
     local name=$1 port=$2 pid=${PID[$1]} rss0 rss1 line up i
     upstream_alive
-    rss0=$(rss_kb "$pid")
-    "${PIN_LOAD[@]}" "$BIN/loadgen" --mode idle --port "$port" --path "$WS_PATH" \
-        --conns "$IDLE_CONNS" --hold 3 --connect-timeout 60 --label "$name" \
-        >"$TMP/idle.out" 2>"$TMP/lg.cur" &
-    LOADGEN_PID=$!
-    for i in $(seq 700); do
-        grep -q '^idle_up' "$TMP/idle.out" && break
-        kill -0 "$LOADGEN_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    sleep 1
-    rss1=$(rss_kb "$pid")
-    wait "$LOADGEN_PID"; LOADGEN_PID=""
+    idle_rss "$pid" "$port" "$WS_PATH" "$name"
+    rss0=$RSS0 rss1=$RSS1
     grep -q ' errors=0' "$TMP/idle.out" ||
         grep -v 'connections up in' "$TMP/lg.cur" | head -n 3 | sed 's/^/     /' >&2
     line=$(grep '^idle_up' "$TMP/idle.out")

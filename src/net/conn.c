@@ -43,7 +43,10 @@ static ssize_t plain_writev(gw_conn *c, const struct iovec *iov, int n)
 {
     struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
     ssize_t r;
-    while ((r = sendmsg(c->io.fd, &mh, MSG_NOSIGNAL)) < 0) {
+    /* One buffer (a corked batch, a queue) goes out with send(2): the kernel
+     * then copies and checks no msghdr and iovec array. */
+    while ((r = n == 1 ? send(c->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+                       : sendmsg(c->io.fd, &mh, MSG_NOSIGNAL)) < 0) {
         ssize_t f = failed(c);
         if (f != 1)
             return f;
@@ -405,6 +408,43 @@ static stage_slot *slot_of(const gw_conn *c)
     return NULL;
 }
 
+/* Output queue storage. A queue that empties gives its first-size block
+ * (gw_buf's first allocation, a page) to a small per-thread cache, and the
+ * next queue to start takes it from there: a relay, whose every message is
+ * queued on the other leg and sent at the end of the loop pass, then costs no
+ * malloc/free per message (a page is past glibc's per-thread cache, so each
+ * one went through the arena). An idle connection still holds no storage. */
+#define OUT_BLOCK 4096u
+#define OUT_SPARES 16
+static _Thread_local uint8_t *out_spare[OUT_SPARES];
+static _Thread_local int out_nspare;
+
+static gw_buf *out_queue(gw_conn *c)
+{
+    if (!c->out.data && out_nspare > 0) {
+        c->out.data = out_spare[--out_nspare];
+        c->out.cap = OUT_BLOCK;
+        c->out.head = c->out.len = 0;
+    }
+    return &c->out;
+}
+
+/* Drops n bytes from the front of the output queue; an emptied queue's
+ * storage goes back to the cache (or is freed). */
+static void out_consume(gw_conn *c, size_t n)
+{
+    if (n < c->out.len) {
+        gw_buf_consume(&c->out, n);
+        return;
+    }
+    if (c->out.data && c->out.cap == OUT_BLOCK && out_nspare < OUT_SPARES) {
+        out_spare[out_nspare++] = c->out.data;
+        c->out = (gw_buf){0};
+        return;
+    }
+    gw_buf_release(&c->out);
+}
+
 static int queue_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
 {
     for (int i = 0; i < n; i++) {
@@ -432,7 +472,7 @@ static int write_direct(gw_conn *c, const struct iovec *iov, int n, size_t total
     if (r == GW_AGAIN)
         r = 0;
     if ((size_t)r < total) {
-        if (queue_iov(&c->out, iov, n, (size_t)r) != GW_OK) {
+        if (queue_iov(out_queue(c), iov, n, (size_t)r) != GW_OK) {
             c->flags |= GW_CONN_F_ERROR;
             return GW_ERR;
         }
@@ -484,7 +524,7 @@ int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
     if (c->out.len || (c->flags & (GW_CONN_F_HANDSHAKE | GW_CONN_F_DEFER))) {
         /* Bytes already wait (or the connection is deferred): append behind
          * them to keep the order. */
-        if (queue_iov(&c->out, iov, n, 0) != GW_OK) {
+        if (queue_iov(out_queue(c), iov, n, 0) != GW_OK) {
             c->flags |= GW_CONN_F_ERROR;
             return GW_ERR;
         }
@@ -553,7 +593,7 @@ int gw_conn_flush(gw_conn *c)
             gw_conn_update(c);
             return GW_ERR;
         }
-        gw_buf_consume(&c->out, (size_t)r);
+        out_consume(c, (size_t)r);
     }
     gw_conn_update(c);
     return c->out.len ? GW_AGAIN : GW_OK;
@@ -638,6 +678,8 @@ void gw_conn_thread_exit(void)
         gw_buf_release(&slots[i].buf);
         slots[i].owner = NULL;
     }
+    while (out_nspare > 0)
+        gw_free(out_spare[--out_nspare]);
 }
 
 void gw_conn_shutdown(gw_conn *c)
@@ -665,5 +707,5 @@ void gw_conn_close(gw_conn *c)
     }
     c->tp = &gw_transport_plain;
     gw_buf_release(&c->in);
-    gw_buf_release(&c->out);
+    out_consume(c, c->out.len);
 }

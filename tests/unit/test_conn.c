@@ -1,9 +1,10 @@
 /* Unit tests for net/conn: direct writes and queueing, corked batches,
- * deferred (until-sleep) writes, and the rule that a queue waiting for its
+ * deferred (until-sleep) writes, message packing (one send per pass), and the rule that a queue waiting for its
  * write event is drained only by that event. */
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include "loop/loop.h"
 #include "net/conn.h"
 #include "test.h"
+#include "ws/ws_frame.h"
 
 static gw_loop *L;
 
@@ -241,6 +243,150 @@ static void test_paused_watches_reset(void)
     gw_conn_close(&c);
 }
 
+/* A transport that counts the sends it is asked for (each is one system
+ * call of the plain transport) and passes them on. */
+static int sends;
+
+static ssize_t counting_write(gw_conn *c, const uint8_t *p, size_t n)
+{
+    sends++;
+    return gw_transport_plain.write(c, p, n);
+}
+
+static ssize_t counting_writev(gw_conn *c, const struct iovec *iov, int n)
+{
+    sends++;
+    return gw_transport_plain.writev(c, iov, n);
+}
+
+static gw_transport counting;
+
+static void count_sends(gw_conn *c)
+{
+    counting = gw_transport_plain;
+    counting.write = counting_write;
+    counting.writev = counting_writev;
+    c->tp = &counting;
+    sends = 0;
+}
+
+/* Writes frame i (a server text frame "frame NN") through the connection's
+ * sink, as the WebSocket engine does: header and payload as two pieces. */
+static void send_numbered_frame(gw_conn *c, int i)
+{
+    char payload[16];
+    int n = snprintf(payload, sizeof payload, "frame %02d", i % 100);
+    uint8_t hdr[GW_WS_MAX_HEADER];
+    size_t hl = gw_ws_frame_encode_header(hdr, 1, 0, GW_WS_OP_TEXT, (uint64_t)n, NULL);
+    struct iovec iov[2] = {{hdr, hl}, {payload, (size_t)n}};
+    gw_conn_sink.writev(c, iov, 2);
+}
+
+/* The peer's bytes are exactly frames 0..n-1, in order. */
+static int frames_in_order(int fd, int n)
+{
+    uint8_t want[64 * 16], got[64 * 16 + 1];
+    size_t wl = 0;
+    for (int i = 0; i < n; i++) {
+        char text[16];
+        snprintf(text, sizeof text, "frame %02d", i % 100);
+        want[wl] = 0x81;
+        want[wl + 1] = 8;
+        memcpy(want + wl + 2, text, 8);
+        wl += 10;
+    }
+    ssize_t r = read(fd, got, sizeof got);
+    return r == (ssize_t)wl && memcmp(got, want, wl) == 0;
+}
+
+/* Message packing: frames written during one pass of the loop leave in one
+ * send, in order, both for a connection's own read batch (corked: pipelined
+ * echoes) and for a peer written to meanwhile (deferred: a relay's other
+ * leg, whatever number of its messages the pass produced). */
+static void test_one_pass_one_send(void)
+{
+    enum { N = 48 };
+    gw_conn c;
+    int peer;
+    size_t reads;
+    pair(&c, &peer, 0);
+    count_sends(&c);
+    gw_conn_cork(&c);
+    for (int i = 0; i < N; i++)
+        send_numbered_frame(&c, i);
+    is_int(sends, 0, "corked: no send while the batch runs");
+    is_int(gw_conn_uncork(&c), GW_OK, "uncork");
+    is_int(sends, 1, "corked: %d frames left in one send", N);
+    ok(frames_in_order(peer, N), "corked: the peer got frames 0..%d in order", N - 1);
+    gw_conn_close(&c);
+    close(peer);
+
+    gw_conn a, b;
+    int pa, pb;
+    pair(&a, &pa, 0);
+    pair(&b, &pb, 0);
+    count_sends(&a);
+    b.tp = &counting;
+    gw_conn_cork_deferred(&a);
+    gw_conn_cork_deferred(&b);
+    for (int i = 0; i < N; i++) {
+        send_numbered_frame(&a, i);
+        send_numbered_frame(&b, i);
+    }
+    is_int(sends, 0, "deferred: no send before the pass ends");
+    spin();
+    is_int(sends, 2, "deferred: %d frames on each of two connections left in one send each", N);
+    ok(frames_in_order(pa, N), "deferred: a's peer got frames 0..%d in order", N - 1);
+    ok(frames_in_order(pb, N), "deferred: b's peer got frames 0..%d in order", N - 1);
+    is_int(drain(pa, &reads), 0, "nothing more for a");
+
+    /* The next pass packs again (the deferral is per pass, not once). */
+    sends = 0;
+    gw_conn_cork_deferred(&a);
+    for (int i = 0; i < 3; i++)
+        send_numbered_frame(&a, i);
+    spin();
+    is_int(sends, 1, "deferred, next pass: 3 frames in one send");
+    ok(frames_in_order(pa, 3), "deferred, next pass: in order");
+    gw_conn_close(&a);
+    gw_conn_close(&b);
+    close(pa);
+    close(pb);
+}
+
+/* A queue that drains gives its storage to the next queue that starts (a
+ * relay queues every message on the other leg and flushes it at the end of
+ * the pass: without this, each message cost a page's malloc and free), and
+ * a drained connection still holds no storage (idle memory). */
+static void test_drained_queue_storage_reused(void)
+{
+    gw_conn a, b;
+    int pa, pb;
+    size_t reads;
+    pair(&a, &pa, 0);
+    pair(&b, &pb, 0);
+    gw_conn_cork_deferred(&a);
+    gw_conn_write(&a, "0123456789", 10);
+    uint8_t *block = a.out.data;
+    ok(block != NULL, "a deferred write is queued in a block");
+    spin();
+    is_int(drain(pa, &reads), 10, "a's bytes went out at the end of the pass");
+    ok(a.out.data == NULL && a.out.cap == 0, "the drained connection holds no storage");
+    /* Whatever the allocator hands out next is not what b gets. */
+    void *other = malloc(4096);
+    gw_conn_cork_deferred(&b);
+    gw_conn_write(&b, "abcdefghij", 10);
+    ok(b.out.data == block && (void *)block != other, "the next queue reuses the drained block");
+    free(other);
+    spin();
+    is_int(drain(pb, &reads), 10, "b's bytes went out");
+    ok(b.out.data == NULL, "b holds no storage once drained");
+    gw_conn_close(&a);
+    gw_conn_close(&b);
+    close(pa);
+    close(pb);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -251,6 +397,8 @@ int main(void)
     TEST_RUN(test_waiting_queue_left_to_its_event);
     TEST_RUN(test_error_is_sticky);
     TEST_RUN(test_paused_watches_reset);
+    TEST_RUN(test_one_pass_one_send);
+    TEST_RUN(test_drained_queue_storage_reused);
     gw_conn_thread_exit();
     gw_loop_free(L);
     return test_done();
