@@ -22,7 +22,11 @@ cat <<TXT
     echo           ws://$PUB/probe/ws   (subprotocol wsgate.echo.v1, permessage-deflate)
                    /usr/bin/python3 -m websockets ws://$PUB/probe/ws
                    node -e "const W=require('./tests/node/node_modules/ws');const w=new W('ws://$PUB/probe/ws');w.on('open',()=>w.send('hi'));w.on('message',m=>{console.log(String(m));w.close()})"
-  Admin listener   http://$ADM/metrics   (Prometheus)
+  Push events      a demo device session (bearer "demo-bearer", user "demo") is recorded at start:
+    subscribe      node -e "const W=require('./tests/node/node_modules/ws');const w=new W('ws://$PUB/ws/events','demo-bearer');w.on('message',m=>console.log(String(m)))"
+    publish        GATEWAY_ADMIN_HTTP_ADDR=$ADM build/wsgate publish --user demo --type hello --payload '{"n":1}'
+  Admin listener   http://$ADM/status    (live status page)
+                   http://$ADM/metrics   (Prometheus)
   gRPC             $GRPC (h2c; a fresh Ed25519 signer key: http://$ADM/v1/signing-key)
                    grpcurl -plaintext $GRPC list    (server reflection)
 
@@ -41,4 +45,15 @@ export GATEWAY_TERMINAL_DEMO_UPSTREAM="ws://$AGENT/"
 build/wsgate agent --listen "$AGENT" &
 agent_pid=$!
 trap 'kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null; rm -rf "$KEYDIR"' EXIT
+# The demo device session for push, recorded once the admin listener answers.
+(
+    for _ in $(seq 100); do
+        curl -fs "http://$ADM/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    sha=$(printf '%s' demo-bearer | sha256sum | cut -d' ' -f1)
+    curl -fs -X POST "http://$ADM/v1/sessions" -H 'Content-Type: application/json' \
+        -d "{\"device_session_id\":\"demo-device\",\"user_id\":\"demo\",\"status\":\"active\",\"token_sha256\":\"$sha\",\"version\":1}" \
+        >/dev/null || echo "demo: could not record the demo push session" >&2
+) &
 build/wsgate serve
