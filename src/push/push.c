@@ -627,6 +627,9 @@ static int sub_start(sub *s, const gw_push_owner *ops, void *owner, const char *
     if (gw_sessions_get(s->dev, &now) && now.status == GW_SESSION_REVOKED) {
         s->close_cause = cause_revoked;
         q_clear(s);
+    } else if (gw_sessions_get(s->dev, &now) && strcmp(now.user_id, s->user_id) != 0) {
+        s->close_cause = cause_credentials; /* moved to another user since the lookup */
+        q_clear(s);
     }
     mark_dirty(s);
     return GW_OK;
