@@ -381,7 +381,9 @@ static int open_listeners(char *err, size_t errcap)
         /* unix sockets: one socket on worker 0 (no SO_REUSEPORT there) */
         if (pa.is_unix && i > 0)
             break;
-        int fd = gw_sock_listen(&pa, !pa.is_unix, 4096, err, errcap);
+        int fd = inherited_fd("grpc", &gw_srv.proto_addr); /* handed over by the process this one upgrades */
+        if (fd < 0)
+            fd = gw_sock_listen(&pa, !pa.is_unix, 4096, err, errcap);
         if (fd < 0)
             return GW_ERR;
         if (!pa.is_unix && pa.port == 0)

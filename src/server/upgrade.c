@@ -197,12 +197,16 @@ static int send_sockets(int c, const char **why)
         *why = "this process is draining";
         return GW_ERR;
     }
-    handout h = {.list = json_array(), .fds = gw_calloc((size_t)gw_srv.nworkers + 1, sizeof(int))};
+    handout h = {.list = json_array(), .fds = gw_calloc(2 * (size_t)gw_srv.nworkers + 1, sizeof(int))};
     for (int i = 0; i < gw_srv.nworkers; i++)
         if (gw_srv.workers[i].pub_lis.fd >= 0)
             handout_add(&h, "public", &gw_srv.cfg.public_addr, i, gw_srv.workers[i].pub_lis.fd);
     if (gw_srv.workers[0].admin_lis.fd >= 0)
         handout_add(&h, "admin", &gw_srv.cfg.admin_addr, 0, gw_srv.workers[0].admin_lis.fd);
+    /* the protocol listener (gRPC): one SO_REUSEPORT socket per worker */
+    for (int i = 0; i < gw_srv.nworkers; i++)
+        if (gw_srv.workers[i].proto_lis.fd >= 0)
+            handout_add(&h, "grpc", &gw_srv.proto_addr, i, gw_srv.workers[i].proto_lis.fd);
     json_t *j = msg("sockets");
     json_object_set_new(j, "pid", json_integer(getpid()));
     json_object_set_new(j, "version", json_string(GW_VERSION));

@@ -283,3 +283,36 @@ def test_upgrade_of_a_unix_socket_listener(make_gateway, tmp_path):
     assert old.wait(20) == 0, old.stderr()[-3000:]
     assert _unix_healthz(pub) and os.lstat(pub).st_ino == ino  # the same socket file, never re-bound
     assert not [l for l in new.logs() if l.get("msg", "").startswith("upgrade: inherited listener not in")]
+
+
+def test_upgrade_hands_over_the_grpc_listener(make_gateway, tmp_path):
+    """The gRPC listener (one SO_REUSEPORT socket per worker) is handed over
+    like the others: the new process serves HTTP/2 on the very sockets."""
+    r = gw.run_cli(["keygen", "--out", str(tmp_path / "signer")])
+    assert r.returncode == 0, r
+    gport = gw.free_port()
+    env = _env(str(tmp_path / "upgrade.sock"), GATEWAY_AUTHENTICATED_GRPC_ADDR=f"127.0.0.1:{gport}",
+               GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH=str(tmp_path / "signer.key"))
+    old = make_gateway(env=env)
+    grpc_inodes = listen_inodes(gport)
+    assert len(grpc_inodes) == 2, grpc_inodes
+
+    def h2_settings():
+        s = socket.create_connection(("127.0.0.1", gport), timeout=5)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        head = b""
+        while len(head) < 9:
+            chunk = s.recv(9 - len(head))
+            assert chunk, "closed before a frame"
+            head += chunk
+        s.close()
+        return head[3]  # the first frame's type
+    assert h2_settings() == 4  # SETTINGS
+    new = _successor(make_gateway, old, env)
+    new.start()
+    took = new.wait_log(lambda l: l.get("msg") == "upgrade: took over the listeners; the old process drains",
+                        timeout=15)
+    assert took[0]["sockets"] == 5, took  # 2 public + admin + 2 gRPC
+    assert old.wait(20) == 0, old.stderr()[-3000:]
+    assert listen_inodes(gport) == grpc_inodes
+    assert h2_settings() == 4
