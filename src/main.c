@@ -115,7 +115,7 @@ static int cmd_serve(void)
         return 2;
     }
     if (gw_grpc_enabled())
-        gw_server_listen_protocol(&cfg.grpc_addr, &gw_grpc_proto, gw_grpc_tls_ctx());
+        gw_server_listen_protocol(&cfg.grpc_addr, &gw_grpc_proto, gw_grpc_tls_ctx(), gw_grpc_tls_make);
     if (gw_terminal_init(&cfg, err, sizeof err) != GW_OK) {
         gw_log_line *l = gw_log_begin(GW_LOG_ERROR, "invalid configuration", NULL);
         if (l) {

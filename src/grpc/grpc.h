@@ -30,6 +30,9 @@ extern const gw_kind gw_kind_command;
 int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap);
 /* 1 when the gRPC listener is to be opened. */
 int gw_grpc_enabled(void);
+/* A server SSL_CTX for the gRPC listener (ALPN h2) from the certificate
+ * files: at start and on each SIGHUP rotation. */
+void *gw_grpc_tls_make(const char *cert, const char *key, char *err, size_t errcap);
 /* Logs the one warning of a start with gRPC off for want of a signer key
  * (after the start succeeded: a failed start stays one line). */
 void gw_grpc_log_off(void);

@@ -1261,6 +1261,14 @@ void gw_grpc_log_off(void)
 }
 void *gw_grpc_tls_ctx(void) { return G.tls_ctx; }
 
+void *gw_grpc_tls_make(const char *cert, const char *key, char *err, size_t errcap)
+{
+    void *ctx = gw_tls_server_ctx(cert, key, err, errcap);
+    if (ctx)
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    return ctx;
+}
+
 int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap)
 {
     G.enabled = cfg->grpc_addr.set;
@@ -1287,10 +1295,9 @@ int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap)
         return GW_ERR;
     }
     if (G.enabled && cfg->tls_cert_path[0]) {
-        G.tls_ctx = gw_tls_server_ctx(cfg->tls_cert_path, cfg->tls_key_path, err, errcap);
+        G.tls_ctx = gw_grpc_tls_make(cfg->tls_cert_path, cfg->tls_key_path, err, errcap);
         if (!G.tls_ctx)
             return GW_ERR;
-        SSL_CTX_set_alpn_select_cb(G.tls_ctx, alpn_select, NULL);
     }
     static const char help[] = "gRPC calls answered, by status code";
     for (int i = 0; i <= 16; i++) {

@@ -103,6 +103,7 @@ static void tls_describe_current(void)
 typedef struct tls_swap {
     gw_worker *w;
     void *ctx;
+    int proto; /* the protocol listener's context (else the public one's) */
 } tls_swap;
 
 /* On the worker: new handshakes from now on use the new pair; the old
@@ -110,8 +111,9 @@ typedef struct tls_swap {
 static void worker_tls_swap(void *arg)
 {
     tls_swap *ts = arg;
-    void *old = ts->w->tls_ctx;
-    ts->w->tls_ctx = ts->ctx;
+    void **slot = ts->proto ? &ts->w->proto_tls_ctx : &ts->w->tls_ctx;
+    void *old = *slot;
+    *slot = ts->ctx;
     if (old)
         gw_tls_ctx_free(old);
     gw_free(ts);
@@ -125,6 +127,15 @@ static void reload_tls(void)
         return;
     char err[512];
     void *ctx = gw_tls_server_ctx(gw_srv.cfg.tls_cert_path, gw_srv.cfg.tls_key_path, err, sizeof err);
+    /* The protocol listener (gRPC) is rotated with it: one pair, both or neither. */
+    void *pctx = NULL;
+    if (ctx && gw_srv.proto_tls_ctx && gw_srv.proto_tls_make) {
+        pctx = gw_srv.proto_tls_make(gw_srv.cfg.tls_cert_path, gw_srv.cfg.tls_key_path, err, sizeof err);
+        if (!pctx) {
+            gw_tls_ctx_free(ctx);
+            ctx = NULL;
+        }
+    }
     if (!ctx) {
         gw_counter_inc(gw_srv.m_tls_reload_err);
         gw_gauge_set(gw_srv.m_tls_last_ok, 0);
@@ -140,8 +151,18 @@ static void reload_tls(void)
         tls_swap *ts = gw_malloc(sizeof *ts);
         ts->w = &gw_srv.workers[i];
         ts->ctx = gw_tls_ctx_ref(ctx);
+        ts->proto = 0;
         gw_loop_post(gw_srv.workers[i].loop, worker_tls_swap, ts);
+        if (pctx) {
+            tls_swap *tp = gw_malloc(sizeof *tp);
+            tp->w = &gw_srv.workers[i];
+            tp->ctx = gw_tls_ctx_ref(pctx);
+            tp->proto = 1;
+            gw_loop_post(gw_srv.workers[i].loop, worker_tls_swap, tp);
+        }
     }
+    if (pctx)
+        gw_tls_ctx_free(pctx); /* the workers hold theirs */
     gw_tls_ctx_free(gw_srv.tls_cur);
     gw_srv.tls_cur = ctx;
     tls_describe_current();
@@ -198,7 +219,7 @@ static void accept_loop(gw_worker *w, gw_io *io, int admin, const gw_client_prot
             continue;
         }
         if (proto)
-            gw_client_accept(w, fd, &ss, 0, gw_srv.proto_tls_ctx, proto);
+            gw_client_accept(w, fd, &ss, 0, w->proto_tls_ctx, proto);
         else
             gw_client_accept(w, fd, &ss, admin, admin ? NULL : w->tls_ctx, &gw_http_proto);
     }
@@ -405,11 +426,13 @@ static int open_listeners(char *err, size_t errcap)
     return GW_OK;
 }
 
-void gw_server_listen_protocol(const gw_addr *a, const gw_client_proto *proto, void *tls_ctx)
+void gw_server_listen_protocol(const gw_addr *a, const gw_client_proto *proto, void *tls_ctx,
+                               void *(*tls_make)(const char *cert, const char *key, char *err, size_t errcap))
 {
     gw_srv.proto_addr = *a;
     gw_srv.proto = proto;
     gw_srv.proto_tls_ctx = tls_ctx;
+    gw_srv.proto_tls_make = tls_make;
 }
 
 int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
@@ -445,6 +468,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         }
         w->pub_lis.fd = w->admin_lis.fd = w->proto_lis.fd = -1;
         w->tls_ctx = gw_srv.tls_ctx ? gw_tls_ctx_ref(gw_srv.tls_ctx) : NULL;
+        w->proto_tls_ctx = gw_srv.proto_tls_ctx ? gw_tls_ctx_ref(gw_srv.proto_tls_ctx) : NULL;
         w->accept_timer.cb = accept_resume;
         w->stats_timer.cb = stats_tick;
         gw_list_init(&w->clients);
@@ -484,6 +508,8 @@ static void server_free(void)
         gw_loop_free(w->loop); /* runs a TLS swap still posted */
         if (w->tls_ctx)
             gw_tls_ctx_free(w->tls_ctx);
+        if (w->proto_tls_ctx)
+            gw_tls_ctx_free(w->proto_tls_ctx);
     }
     gw_free(gw_srv.workers);
     gw_srv.workers = NULL;

@@ -48,6 +48,7 @@ struct gw_worker {
     uint64_t st_cpu_ns, st_mono_ms;
     void *tls_ctx;         /* this worker's reference to the current SSL_CTX (swapped on SIGHUP by a post;
                             * open connections hold their own through their SSL) */
+    void *proto_tls_ctx;   /* the same for the protocol listener (gRPC: the context with ALPN h2) */
 };
 
 typedef struct gw_server {
@@ -62,7 +63,8 @@ typedef struct gw_server {
      * on (gRPC), counted with the public ones: gw_server_listen_protocol. */
     gw_addr proto_addr;
     const struct gw_client_proto *proto;
-    void *proto_tls_ctx;
+    void *proto_tls_ctx;          /* the protocol listener's SSL_CTX at start (workers hold their own) */
+    void *(*proto_tls_make)(const char *cert, const char *key, char *err, size_t errcap); /* a fresh one (SIGHUP) */
     int nworkers;
     gw_worker *workers;
     atomic_int draining;          /* set at SIGTERM: /readyz answers 503 (the listeners serve on for

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -625,3 +626,41 @@ def test_tls_alpn_h2(make_gateway, key, tls_cert):
         ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost")
     assert "no application protocol" in str(e.value), e.value
     assert g.get("/healthz").status == 200
+
+
+def test_grpc_certificate_rotates_on_sighup(make_gateway, key, tmp_path):
+    """SIGHUP rotates the gRPC listener's certificate with the public one
+    (the same files): a new h2 client sees the new serial; a broken pair
+    leaves both on the old one."""
+    from test_tls import _install, _make_pair
+
+    def grpc_serial(port):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                assert s.selected_alpn_protocol() == "h2"
+                der = s.getpeercert(binary_form=True)
+        r = subprocess.run(["openssl", "x509", "-inform", "der", "-noout", "-serial"], input=der,
+                           capture_output=True, check=True, timeout=20)
+        return r.stdout.decode().strip().split("=", 1)[1].upper()
+    d = str(tmp_path)
+    a, b, c = _make_pair(d, "a", "0xA1A1"), _make_pair(d, "b", "0xB2B2"), _make_pair(d, "c", "0xC3C3")
+    cert, kpath = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+    _install(a[0], cert)
+    _install(a[1], kpath)
+    port = gw.free_port()
+    g = make_gateway(env={"GATEWAY_AUTHENTICATED_GRPC_ADDR": f"127.0.0.1:{port}",
+                          "GATEWAY_RESPONSE_SIGNER_PRIVATE_KEY_PEM_PATH": f"{key}.key"}, tls=(cert, kpath))
+    assert grpc_serial(port) == "A1A1"
+    _install(b[0], cert)
+    _install(b[1], kpath)
+    g.signal(signal.SIGHUP)
+    g.wait_log(lambda l: l.get("msg") == "tls certificate reloaded", timeout=10)
+    gw.wait_until(lambda: grpc_serial(port) == "B2B2", timeout=10, what="the gRPC listener's new serial")
+    _install(c[1], kpath)  # mismatched: refused, B stays on both
+    g.signal(signal.SIGHUP)
+    g.wait_log(lambda l: l.get("msg") == "tls reload refused; keeping the old certificate", timeout=10)
+    assert grpc_serial(port) == "B2B2"
