@@ -2,6 +2,7 @@
  * running process to a new one over GATEWAY_UPGRADE_SOCKET (upgrade.h). */
 #include "server/upgrade.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -15,6 +16,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "net/addr.h"
 
 #include "core/alloc.h"
 #include "core/common.h"
@@ -336,6 +339,41 @@ static int refuse(char *err, size_t errcap, const char *why)
     return GW_ERR;
 }
 
+/* fd is a listening stream socket bound to addr_text (the port, and the
+ * address when it is an IP literal; for unix: the path). */
+static int listener_matches(int fd, const char *addr_text)
+{
+    struct stat st;
+    int acc = 0, type = 0;
+    socklen_t l = sizeof acc, tl = sizeof type;
+    gw_addr want;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &l) != 0 || !acc ||
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM ||
+        gw_parse_addr(addr_text, &want) != GW_OK)
+        return 0;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return 0;
+    if (want.is_unix)
+        return ss.ss_family == AF_UNIX && strcmp(((struct sockaddr_un *)&ss)->sun_path, want.path) == 0;
+    uint16_t port = ss.ss_family == AF_INET    ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+                    : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                               : 0;
+    if (!port || (want.port && port != want.port))
+        return 0;
+    char host[INET6_ADDRSTRLEN] = "";
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof host);
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof host);
+    struct in6_addr tmp6;
+    struct in_addr tmp4;
+    int literal = inet_pton(AF_INET, want.host, &tmp4) == 1 || inet_pton(AF_INET6, want.host, &tmp6) == 1;
+    return !literal || strcmp(host, want.host) == 0;
+}
+
 /* Reads the socket list and the descriptors that follow it. */
 static int receive_sockets(json_t *hdr, char *err, size_t errcap)
 {
@@ -370,6 +408,16 @@ static int receive_sockets(json_t *hdr, char *err, size_t errcap)
         json_decref(m);
         for (size_t i = 0; i < k; i++)
             U.in[U.nin++].fd = fds[i];
+    }
+    /* Each one must be a listening socket bound to the address it is named
+     * by: nothing else is served on (review4 F5). */
+    for (size_t i = 0; i < U.nin; i++) {
+        if (!listener_matches(U.in[i].fd, U.in[i].addr)) {
+            char why[400];
+            snprintf(why, sizeof why, "descriptor %zu (%s %s) is not a listening socket on that address", i,
+                     U.in[i].role, U.in[i].addr);
+            return refuse(err, errcap, why);
+        }
     }
     return GW_OK;
 }
@@ -416,6 +464,17 @@ int gw_upgrade_takeover(const char *path, char *err, size_t errcap)
         snprintf(why, sizeof why, "connect: %s", strerror(e));
         return refuse(err, errcap, why);
     }
+    /* The process behind the socket must be ours (same user): another
+     * user's socket at that path could hand us listeners it keeps a copy of
+     * and share our clients (review4 F5). */
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    if (getsockopt(U.conn, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 || cr.uid != geteuid()) {
+        char why[160];
+        snprintf(why, sizeof why, "the process behind the socket runs as another user (uid %ld)",
+                 cl == sizeof cr ? (long)cr.uid : -1L);
+        return refuse(err, errcap, why);
+    }
     json_t *req = msg("takeover");
     json_object_set_new(req, "pid", json_integer(getpid()));
     if (send_json(U.conn, req, NULL, 0) != GW_OK)
@@ -432,6 +491,10 @@ int gw_upgrade_takeover(const char *path, char *err, size_t errcap)
         return refuse(err, errcap, w2);
     }
     U.old_pid = (int)json_integer_value(json_object_get(hdr, "pid"));
+    if (U.old_pid != (int)cr.pid) {
+        json_decref(hdr);
+        return refuse(err, errcap, "the answer names another process than the one behind the socket");
+    }
     int rc = receive_sockets(hdr, err, errcap);
     json_decref(hdr);
     return rc;

@@ -7,8 +7,11 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
+
+import pytest
 
 import gw
 import wsraw
@@ -316,3 +319,108 @@ def test_upgrade_hands_over_the_grpc_listener(make_gateway, tmp_path):
     assert old.wait(20) == 0, old.stderr()[-3000:]
     assert listen_inodes(gport) == grpc_inodes
     assert h2_settings() == 4
+
+
+def _fake_old(path, handout, uid=None):
+    """A process that answers a takeover on path like an old gateway, handing
+    the sockets made by handout() (a list of (role, addr, fd)); run as uid
+    when given (root only). Returns its pid; it exits after the exchange."""
+    import array
+    import json as _json
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rd)
+            if uid is not None:
+                os.setgid(uid)
+                os.setuid(uid)
+            items = handout()
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            u.bind(path)
+            u.listen(1)
+            os.write(wr, b"1")
+            u.settimeout(20)
+            c, _ = u.accept()
+            c.settimeout(20)
+            c.recv(65536)
+            hdr = {"v": 1, "op": "sockets", "pid": os.getpid(), "version": "fake",
+                   "sockets": [{"role": r, "addr": a, "worker": 0} for r, a, _ in items]}
+            c.sendmsg([_json.dumps(hdr).encode()])
+            c.sendmsg([_json.dumps({"v": 1, "op": "fds", "n": len(items)}).encode()],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd for _, _, fd in items]))])
+            try:
+                c.recv(65536)
+            except OSError:
+                pass
+        finally:
+            os._exit(0)
+    os.close(wr)
+    os.read(rd, 1)
+    os.close(rd)
+    return pid
+
+
+def _start_refused(make_gateway, env, port):
+    g = make_gateway(env=dict(env, GATEWAY_PUBLIC_HTTP_ADDR=f"127.0.0.1:{port}", GATEWAY_ADMIN_HTTP_ADDR=""),
+                     start=False)
+    r = subprocess.run([gw.wsgate_bin(), "serve"], env=g.env, capture_output=True, timeout=30)
+    return r
+
+
+def test_takeover_refuses_a_descriptor_that_is_not_the_listener(make_gateway, tmp_path):
+    """The new process checks what it is handed (review4 F5): a socket that
+    is not listening, or listens on another port, is refused with one line
+    (exit 1), never served on."""
+    path = str(tmp_path / "upgrade.sock")
+    port = gw.free_port()
+
+    def not_listening():
+        a, b = socket.socketpair()
+        return [("public", f"127.0.0.1:{port}", a.detach())]
+
+    def other_port():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        return [("public", f"127.0.0.1:{port}", s.detach())]
+
+    for handout in (not_listening, other_port):
+        if os.path.exists(path):
+            os.unlink(path)
+        pid = _fake_old(path, handout)
+        r = _start_refused(make_gateway, _env(path, GATEWAY_WORKERS="1"), port)
+        os.waitpid(pid, 0)
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 1, r
+        assert len(lines) == 1 and "is not a listening socket on that address" in lines[0], lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the fake old process as another user")
+def test_takeover_refuses_another_users_socket(make_gateway):
+    """A socket at the upgrade path owned by a process of another user is
+    refused (review4 F5: that user could hand us a listener it keeps a copy
+    of and accept a share of our clients)."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="wsgate-upgrade-shared-")  # reachable by the other user (tmp_path is 0700)
+    os.chmod(d, 0o1777)
+    path = os.path.join(d, "upgrade.sock")
+    port = gw.free_port()
+
+    def own_listener():
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(8)
+        return [("public", f"127.0.0.1:{port}", s.detach())]
+    try:
+        pid = _fake_old(path, own_listener, uid=65534)
+        assert os.path.exists(path), "the other user's process did not make its socket"
+        r = _start_refused(make_gateway, _env(path, GATEWAY_WORKERS="1"), port)
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1, r
+    assert len(lines) == 1 and "runs as another user" in lines[0], lines
