@@ -3,7 +3,9 @@
  * relies on: an id that is one safe path segment, a base_url the gateway may
  * dial (gw_blearn_base_url_ok, and gw_wsc_parse_url accepts it as a TCP
  * target), a jwt that is safe to paste into a query, all within the cache's
- * bounds; and the cache takes each one. */
+ * bounds; never another id than the one asked for, never more routes than
+ * the cap; and the cache takes each one. The first byte picks the mode
+ * (create answer or one session's answer) and the cap (1..4). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +19,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static gw_bcache *cache;
 
+typedef struct fz {
+    const char *only_id;
+    int seen;
+} fz;
+
 static void check(void *ud, const char *id, const char *base, const char *jwt)
 {
-    GW_UNUSED(ud);
+    fz *f = ud;
+    f->seen++;
+    if (f->only_id && strcmp(id, f->only_id) != 0)
+        abort();
     if (!gw_blearn_id_ok(id, strlen(id)) || !gw_blearn_base_url_ok(base))
         abort();
     if (!jwt[0] || strlen(jwt) > GW_BROUTE_JWT_MAX || strlen(base) > GW_BROUTE_URL_MAX)
@@ -31,10 +41,10 @@ static void check(void *ud, const char *id, const char *base, const char *jwt)
     char err[256];
     if (gw_wsc_parse_url(base, &t, err, sizeof err) == GW_OK && t.addr.is_unix)
         abort();
-    if (gw_bcache_put(cache, id, base, jwt) > 1)
+    if (gw_bcache_put(cache, id, base, jwt, NULL) > 1)
         abort();
     char b[GW_BROUTE_URL_MAX + 1], j[GW_BROUTE_JWT_MAX + 1];
-    if (!gw_bcache_get(cache, id, strlen(id), b, j) || strcmp(b, base) || strcmp(j, jwt))
+    if (!gw_bcache_get(cache, id, strlen(id), b, j, NULL, NULL) || strcmp(b, base) || strcmp(j, jwt))
         abort();
 }
 
@@ -42,8 +52,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!cache)
         cache = gw_bcache_new(16);
-    int n = gw_blearn_json((const char *)data, size, check, NULL);
-    if (n < -1)
+    if (!size)
+        return 0;
+    fz f = {.only_id = (data[0] & 1) ? "s1" : NULL};
+    int max = 1 + ((data[0] >> 1) & 3);
+    int n = gw_blearn_json((const char *)data + 1, size - 1, f.only_id, max, check, &f);
+    if (n < -1 || n > max || (n >= 0 && n != f.seen))
         abort();
     if (gw_bcache_size(cache) > 16)
         abort();

@@ -3,7 +3,8 @@
  * requests straight to the VM hosting the session, and falls back to the
  * control plane only when that VM says the browser is gone.
  *
- *   /browsers/{id}/{sub}{rest}  with sub allowlisted and a cached route for id:
+ *   /browsers/{id}/{sub}{rest}  with sub allowlisted, a cached route for id and
+ *                               the Authorization that taught the route:
  *       -> {base_url}/{sub}{rest}, Authorization removed, jwt=<route jwt> added
  *          to the query unless it has one (HTTP through the proxy, WebSocket
  *          upgrades through the relay)
@@ -11,7 +12,11 @@
  *
  * Routes are learned from the control plane's 2xx JSON answers (learn.c;
  * bodies up to LEARN_MAX are looked at while they stream on, larger ones
- * pass unlearned) and evicted on its 2xx answer to DELETE /browsers/{id}.
+ * pass unlearned) to the create request (POST to the route's path: any one
+ * session) and to requests whose path names a session (that session only),
+ * at most LEARN_PER_ANSWER per answer, from the top level or one member
+ * down only, so an answer echoing a client's JSON cannot route another
+ * session and one answer cannot flush the cache; and evicted on its 2xx answer to DELETE /browsers/{id}.
  * A direct GET whose (sub, rest) is in the fallback registry and that the VM
  * answers 404 with JSON code "browser_gone" (the body, at most GONE_MAX, is
  * held to look at it), or any direct GET the VM answers 401/403 after the
@@ -25,10 +30,19 @@
  * the hosts its base_url values name. Still, a learned base_url must be
  * http(s) or ws(s) with a host and no userinfo, query or fragment (never
  * unix: or another scheme), and a session id must be one plain path segment;
- * a learned route only ever serves requests for its own session id. */
+ * a learned route only ever serves requests for its own session id.
+ * Session ids are not secrets, and a direct request bypasses the control
+ * plane's authorization while the gateway adds the session's jwt: so a route
+ * is bound to the SHA-256 of the Authorization of the request whose answer
+ * taught it, and only a request presenting the same Authorization (compared
+ * with CRYPTO_memcmp) goes direct; everyone else goes to the control plane
+ * (reason credential_mismatch). A route taught without Authorization never
+ * goes direct. */
 #include "browser/browser.h"
 
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +64,7 @@
 #define CACHE_LIMIT 1000000
 #define SUB_MAX 64
 #define SUFFIX_MAX 256
+#define LEARN_PER_ANSWER 1 /* routes one control-plane answer may teach */
 
 typedef struct bfallback {
     char sub[SUB_MAX + 1];
@@ -78,6 +93,10 @@ typedef struct bsettings {
 } bsettings;
 
 enum { VIA_CP, VIA_DIRECT };
+/* What an answer may teach: nothing, the route of the session it created
+ * (POST to the route's path itself), or the route of the session its
+ * request's path names (/browsers/{id}...), that id only. */
+enum { LEARN_NONE, LEARN_CREATE, LEARN_SESSION };
 
 /* One request's view, for the proxy's hooks (freed by done). */
 typedef struct bx {
@@ -91,6 +110,9 @@ typedef struct bx {
     uint8_t eligible;  /* (sub, rest) in the fallback registry */
     uint8_t jwt_added; /* the gateway put the route's jwt in the query */
     uint8_t is_get, is_head, delete_session;
+    uint8_t learn;    /* LEARN_* */
+    uint8_t has_cred; /* the request had one Authorization: cred is its digest */
+    uint8_t cred[GW_BROUTE_CRED_LEN];
     int learned;
     uint64_t started_ms;
     gw_loop *loop;
@@ -149,7 +171,7 @@ typedef struct learn_ctx {
 static void learn_one(void *ud, const char *id, const char *base_url, const char *jwt)
 {
     learn_ctx *lc = ud;
-    lc->evicted += gw_bcache_put(lc->x->b->cache, id, base_url, jwt);
+    lc->evicted += gw_bcache_put(lc->x->b->cache, id, base_url, jwt, lc->x->has_cred ? lc->x->cred : NULL);
     lc->x->learned++;
     gw_counter_inc(lc->x->b->learned);
     gw_log_line *l = gw_log_begin(GW_LOG_DEBUG, "browser route learned", lc->x->corr);
@@ -157,6 +179,7 @@ static void learn_one(void *ud, const char *id, const char *base_url, const char
         gw_log_str(l, "route", lc->x->route->label, 0);
         gw_log_str(l, "session_id", id, 0);
         gw_log_str(l, "base_url", base_url, 0);
+        gw_log_bool(l, "credential_bound", lc->x->has_cred, 0);
         gw_log_end(l);
     }
 }
@@ -189,7 +212,7 @@ static int hook_head(void *ud, int status, const gw_http_resp *resp, int fallen_
         return GW_PROXY_PASS;
     if (x->delete_session)
         evict(x->route, x->b, x->id, x->b->ev_deleted, x->corr, "deleted");
-    if (!x->is_head && has_json_type(resp)) {
+    if (x->learn != LEARN_NONE && !x->is_head && has_json_type(resp)) {
         *limit = LEARN_MAX;
         return GW_PROXY_TEE;
     }
@@ -240,7 +263,7 @@ static int hook_body(void *ud, int status, const uint8_t *p, size_t n, int falle
         return 0;
     }
     learn_ctx lc = {.x = x};
-    gw_blearn_json((const char *)p, n, learn_one, &lc);
+    gw_blearn_json((const char *)p, n, x->learn == LEARN_CREATE ? NULL : x->id, LEARN_PER_ANSWER, learn_one, &lc);
     if (lc.evicted)
         gw_counter_add(x->b->ev_lru, lc.evicted);
     return 0;
@@ -325,6 +348,32 @@ static char *vm_target(const gw_wsc_target *t, const bpath *bp, const gw_http_re
     return out;
 }
 
+/* The digest of the request's Authorization (SHA-256 of its value) into
+ * out: 1 when it has exactly one, else 0 (none, or several: no credential
+ * to bind a route to or to match one). */
+static int auth_digest(const gw_http_req *req, uint8_t *out)
+{
+    const gw_http_header *auth = NULL;
+    for (size_t i = 0; i < req->num_headers; i++)
+        if (gw_str_ieq(req->headers[i].name, "Authorization")) {
+            if (auth)
+                return 0;
+            auth = &req->headers[i];
+        }
+    if (!auth)
+        return 0;
+    SHA256((const unsigned char *)auth->value.p, auth->value.n, out);
+    return 1;
+}
+
+/* 1 when req is the create request: POST to the route's path itself. */
+static int is_create(const gw_route *r, const gw_http_req *req)
+{
+    size_t pl = strlen(r->path); /* ends in '/' */
+    return gw_str_eq(req->method, "POST") && (req->path.n == pl || req->path.n == pl - 1) &&
+           memcmp(req->path.p, r->path, req->path.n) == 0;
+}
+
 static void answer_unavailable(gw_client *c, gw_http_req *req, const gw_route *r, const gw_req_ids *ids)
 {
     gw_counter_inc(gw_metric_handshake(r, "upstream_unavailable"));
@@ -369,6 +418,8 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
     int id_ok = gw_blearn_id_ok(bp.id.p, bp.id.n);
     const char *reason = "not_session";
     char base[GW_BROUTE_URL_MAX + 1], jwt[GW_BROUTE_JWT_MAX + 1];
+    uint8_t cred[GW_BROUTE_CRED_LEN], route_cred[GW_BROUTE_CRED_LEN];
+    int has_cred = auth_digest(req, cred), route_has_cred = 0;
     gw_upstream vm;
     memset(&vm, 0, sizeof vm);
     int direct = 0;
@@ -377,8 +428,10 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
             reason = "not_allowlisted";
         else if (gw_h1_path_needs_normalizing(bp.rest))
             reason = "not_normalized";
-        else if (!gw_bcache_get(b->cache, bp.id.p, bp.id.n, base, jwt))
+        else if (!gw_bcache_get(b->cache, bp.id.p, bp.id.n, base, jwt, route_cred, &route_has_cred))
             reason = "no_route";
+        else if (!has_cred || !route_has_cred || CRYPTO_memcmp(cred, route_cred, sizeof cred) != 0)
+            reason = "credential_mismatch"; /* not the credential the control plane accepted for it */
         else {
             char err[256];
             if (gw_wsc_parse_url(base, &vm.target, err, sizeof err) != GW_OK || vm.target.addr.is_unix)
@@ -408,9 +461,14 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
         x->loop = c->w->loop;
         x->started_ms = gw_loop_now(c->w->loop);
         snprintf(x->corr, sizeof x->corr, "%s", ids->corr);
-        if (id_ok && !bp.sub.n && gw_str_eq(req->method, "DELETE")) {
-            x->delete_session = 1;
+        x->has_cred = (uint8_t)has_cred;
+        memcpy(x->cred, cred, sizeof cred);
+        if (id_ok) {
+            x->delete_session = !bp.sub.n && gw_str_eq(req->method, "DELETE");
+            x->learn = x->delete_session ? LEARN_NONE : LEARN_SESSION; /* a deleted session stays evicted */
             snprintf(x->id, sizeof x->id, "%.*s", (int)bp.id.n, bp.id.p);
+        } else if (is_create(r, req)) {
+            x->learn = LEARN_CREATE;
         }
         gw_proxy_opts o = {.hooks = {.head = hook_head, .body = hook_body, .done = hook_done, .ud = x}};
         return start_proxy(c, req, r, table, ids, r->upstream, &o, req);
@@ -454,6 +512,9 @@ static int browser_serve(gw_client *c, gw_http_req *req, const gw_route *r, gw_r
         x->is_head = gw_str_eq(req->method, "HEAD");
         x->eligible = (uint8_t)eligible(b, bp.sub, bp.rest);
         x->jwt_added = (uint8_t)added;
+        x->learn = LEARN_SESSION; /* from the fallback's answer: this session only */
+        x->has_cred = (uint8_t)has_cred;
+        memcpy(x->cred, cred, sizeof cred);
         x->loop = c->w->loop;
         x->started_ms = gw_loop_now(c->w->loop);
         snprintf(x->id, sizeof x->id, "%.*s", (int)bp.id.n, bp.id.p);
@@ -605,6 +666,7 @@ static int browser_parse(json_t *o, gw_route *r, const gw_config *cfg, char *err
     /* The request series a dashboard plots exist (at 0) from the start. */
     static const char *const series[][2] = {{"direct", "cached_route"},
                                             {"control_plane", "no_route"},
+                                            {"control_plane", "credential_mismatch"},
                                             {"fallback", "browser_gone"},
                                             {"fallback", "stale_jwt"}};
     for (size_t k = 0; k < sizeof series / sizeof series[0]; k++) {

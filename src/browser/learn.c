@@ -150,13 +150,15 @@ static int from_cdp_url(const char *url, char *base, char *jwt)
     return gw_blearn_base_url_ok(base);
 }
 
-static int learn_object(json_t *o, gw_blearn_fn fn, void *ud)
+static int learn_object(json_t *o, const char *only_id, gw_blearn_fn fn, void *ud)
 {
     json_t *jid = json_object_get(o, "session_id");
     if (!json_is_string(jid))
         return 0;
     const char *id = json_string_value(jid);
     if (!gw_blearn_id_ok(id, json_string_length(jid)) || strlen(id) != json_string_length(jid))
+        return 0;
+    if (only_id && strcmp(id, only_id) != 0)
         return 0;
     char base[GW_BROUTE_URL_MAX + 1], jwt[GW_BROUTE_JWT_MAX + 1];
     json_t *jb = json_object_get(o, "base_url"), *jj = json_object_get(o, "jwt");
@@ -180,39 +182,25 @@ static int learn_object(json_t *o, gw_blearn_fn fn, void *ud)
     return 0;
 }
 
-static int walk(json_t *j, int depth, gw_blearn_fn fn, void *ud)
-{
-    if (depth > GW_BLEARN_MAX_DEPTH)
-        return 0;
-    int n = 0;
-    if (json_is_object(j)) {
-        n += learn_object(j, fn, ud);
-        const char *key;
-        json_t *v;
-        json_object_foreach(j, key, v)
-        {
-            if (json_is_object(v) || json_is_array(v))
-                n += walk(v, depth + 1, fn, ud);
-        }
-    } else if (json_is_array(j)) {
-        size_t i;
-        json_t *v;
-        json_array_foreach(j, i, v)
-        {
-            if (json_is_object(v) || json_is_array(v))
-                n += walk(v, depth + 1, fn, ud);
-        }
-    }
-    return n;
-}
-
-int gw_blearn_json(const char *body, size_t n, gw_blearn_fn fn, void *ud)
+int gw_blearn_json(const char *body, size_t n, const char *only_id, int max, gw_blearn_fn fn, void *ud)
 {
     json_error_t e;
     json_t *root = json_loadb(body, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &e);
     if (!root)
         return -1;
-    int found = walk(root, 0, fn, ud);
+    int found = 0;
+    if (json_is_object(root) && max > 0) {
+        found = learn_object(root, only_id, fn, ud);
+        const char *key;
+        json_t *v;
+        json_object_foreach(root, key, v)
+        {
+            if (found >= max)
+                break;
+            if (json_is_object(v))
+                found += learn_object(v, only_id, fn, ud);
+        }
+    }
     json_decref(root);
     return found;
 }

@@ -17,6 +17,8 @@ typedef struct entry {
     struct entry *hnext; /* hash chain */
     uint32_t hash;
     char *id, *base_url, *jwt;
+    uint8_t cred[GW_BROUTE_CRED_LEN]; /* digest of the credential bound to the route */
+    uint8_t has_cred;
 } entry;
 
 struct gw_bcache {
@@ -120,7 +122,7 @@ size_t gw_bcache_set_cap(gw_bcache *c, size_t cap)
     return ev;
 }
 
-size_t gw_bcache_put(gw_bcache *c, const char *id, const char *base_url, const char *jwt)
+size_t gw_bcache_put(gw_bcache *c, const char *id, const char *base_url, const char *jwt, const uint8_t *cred)
 {
     size_t n = strlen(id);
     if (!n || n > GW_BROUTE_ID_MAX || strlen(base_url) > GW_BROUTE_URL_MAX || strlen(jwt) > GW_BROUTE_JWT_MAX)
@@ -147,13 +149,18 @@ size_t gw_bcache_put(gw_bcache *c, const char *id, const char *base_url, const c
     }
     e->base_url = gw_strdup(base_url);
     e->jwt = gw_strdup(jwt);
+    e->has_cred = cred != NULL;
+    if (cred)
+        memcpy(e->cred, cred, GW_BROUTE_CRED_LEN);
+    else
+        memset(e->cred, 0, GW_BROUTE_CRED_LEN);
     gw_list_insert_tail(&c->lru, &e->lru);
     sync_gauge(c);
     pthread_mutex_unlock(&c->mu);
     return evicted;
 }
 
-int gw_bcache_get(gw_bcache *c, const char *id, size_t n, char *base_url, char *jwt)
+int gw_bcache_get(gw_bcache *c, const char *id, size_t n, char *base_url, char *jwt, uint8_t *cred, int *has_cred)
 {
     if (!n || n > GW_BROUTE_ID_MAX)
         return 0;
@@ -165,6 +172,10 @@ int gw_bcache_get(gw_bcache *c, const char *id, size_t n, char *base_url, char *
         gw_list_insert_tail(&c->lru, &e->lru);
         memcpy(base_url, e->base_url, strlen(e->base_url) + 1);
         memcpy(jwt, e->jwt, strlen(e->jwt) + 1);
+        if (cred)
+            memcpy(cred, e->cred, GW_BROUTE_CRED_LEN);
+        if (has_cred)
+            *has_cred = e->has_cred;
     }
     pthread_mutex_unlock(&c->mu);
     return e != NULL;

@@ -325,12 +325,12 @@ def test_fallback_on_a_keep_alive_connection(env):
     try:
         for path in (f"/browsers/{s1}/telemetry/events", f"/browsers/{s2}/telemetry/events",
                      f"/browsers/{s1}/telemetry/events"):
-            c.send(f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k\r\n\r\n".encode())
+            c.send(f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer user-token\r\n\r\n".encode())
         answers = [json.loads(c.read_response(timeout=10).body) for _ in range(3)]
     finally:
         c.close()
     assert [a["from"] for a in answers] == ["control_plane", "vm", "control_plane"]
-    assert answers[0]["authorization"] == "Bearer k"
+    assert answers[0]["authorization"] == "Bearer user-token"
     assert len(vm_reqs(e, s1)) == 1 and len(vm_reqs(e, s2)) == 1
 
 
@@ -446,7 +446,8 @@ def test_fallback_close_delimited_404_keeps_the_client_connection(env):
     try:
         answers = []
         for _ in range(2):
-            c.send(f"GET /browsers/{s}/telemetry/events HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+            c.send(f"GET /browsers/{s}/telemetry/events HTTP/1.1\r\nHost: gw\r\n"
+                   "Authorization: Bearer user-token\r\n\r\n".encode())
             r = c.read_response(timeout=10)
             assert r.status == 200 and r.header("Connection") != "close", r
             answers.append(json.loads(r.body)["from"])
@@ -568,6 +569,51 @@ def test_jwt_already_in_query(env):
     assert urlsplit(rec["target"]).query == "a=1&jwt=mine&b=2"
 
 
+def test_direct_needs_the_credential_that_taught_the_route(env):
+    """Review 4 F3: a cached route goes direct only for a request whose
+    Authorization is the one the create request had; anyone else (none,
+    another token) goes to the control plane, which decides."""
+    e, s = env, sid()
+    jwt = learn(e, s)  # Authorization: Bearer user-token
+    before = req_metric(e, "control_plane", "credential_mismatch")
+    r = wsraw.http_request(e["g"].port, "GET", f"/browsers/{s}/telemetry/events", timeout=10.0)
+    body = json.loads(r.body)
+    assert body["from"] == "control_plane" and body["authorization"] is None
+    assert "jwt" not in body["target"]
+    line = log_for(e, r.header("X-Correlation-ID"))
+    assert line["route_taken"] == "control_plane" and line["reason"] == "credential_mismatch"
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events", headers={"Authorization": "Bearer mallory"})
+    body = json.loads(r.body)
+    assert body["from"] == "control_plane" and body["authorization"] == "Bearer mallory"
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events", headers={"Authorization": "bearer user-token"})
+    assert json.loads(r.body)["from"] == "control_plane"  # compared as sent
+    assert req_metric(e, "control_plane", "credential_mismatch") == before + 3
+    # the cdp WebSocket: no credential -> the control plane (which refuses it here)
+    ws = e["g"].ws(path=f"/browsers/{s}/cdp", expect_101=False)
+    assert ws.response.status == 404
+    ws.close()
+    assert vm_reqs(e, s) == [] and len(cp_reqs(e, s)) == 4
+    assert req_metric(e, "control_plane", "credential_mismatch") == before + 4
+    # the owner's credential: direct
+    r = call(e["g"], "GET", f"/browsers/{s}/telemetry/events")
+    assert json.loads(r.body)["from"] == "vm"
+    [rec] = vm_reqs(e, s)
+    assert qs(rec) == {"jwt": [jwt]}
+
+
+def test_route_learned_without_credential_never_direct(env):
+    e, s = env, sid()
+    answer = {"session_id": s, "base_url": f"{e['vm'].url}/s/{s}", "jwt": "j"}
+    r = wsraw.http_request(e["g"].port, "POST", "/browsers", body=json.dumps(answer).encode(),
+                           headers={"Content-Type": "application/json"}, timeout=10.0)
+    assert r.status == 201
+    for h in ({}, {"Authorization": "Bearer user-token"}):
+        r = wsraw.http_request(e["g"].port, "GET", f"/browsers/{s}/files/a", headers=h, timeout=10.0)
+        assert json.loads(r.body)["from"] == "control_plane", h
+        assert log_for(e, r.header("X-Correlation-ID"))["reason"] == "credential_mismatch"
+    assert vm_reqs(e, s) == []
+
+
 # ============================================================ WebSocket
 
 def test_cdp_websocket_direct(env):
@@ -599,21 +645,88 @@ def test_websocket_without_route_goes_to_control_plane(env):
 
 # ============================================================ learning and the cache
 
-def test_learn_from_nested_json_and_chunked(env):
-    e, s1, s2 = env, sid(), sid()
-    answer = {"data": {"items": [{"session": {"session_id": s1, "base_url": f"{e['vm'].url}/s/{s1}/",
-                                              "jwt": "a.b+c"}},
-                                 [{"x": {"session_id": s2, "base_url": f"{e['vm'].url}/s/{s2}", "jwt": "t2"}}]]},
-              "session_id": "not-a-route"}
-    e["cp"].script[("GET", "/browsers/list")] = jresp(200, answer, chunked=True)
-    r = call(e["g"], "GET", "/browsers/list")
-    assert r.status == 200 and json.loads(r.body) == answer
-    call(e["g"], "GET", f"/browsers/{s1}/files/x")
-    call(e["g"], "GET", f"/browsers/{s2}/files/x")
+def test_learn_from_create_answer_chunked_top_level_only(env):
+    """A create answer (POST /browsers) teaches its top-level route (here
+    chunked); routes nested deeper, in lists, or a second one are not
+    learned (review 4 F2: this test learned all of them before)."""
+    e, s1, s2, s3 = env, sid(), sid(), sid()
+    answer = {"session_id": s1, "base_url": f"{e['vm'].url}/s/{s1}/", "jwt": "a.b+c",
+              "data": {"items": [{"session": {"session_id": s2, "base_url": f"{e['vm'].url}/s/{s2}", "jwt": "t2"}}]},
+              "other": {"session_id": s3, "base_url": f"{e['vm'].url}/s/{s3}", "jwt": "t3"}}
+    e["cp"].script[("POST", "/browsers")] = jresp(201, answer, chunked=True)
+    try:
+        r = call(e["g"], "POST", "/browsers", body=b"{}", headers={"Content-Type": "application/json"})
+    finally:
+        del e["cp"].script[("POST", "/browsers")]
+    assert r.status == 201 and json.loads(r.body) == answer
+    line = log_for(e, r.header("X-Correlation-ID"))
+    assert line["learned"] == 1
+    for s in (s1, s2, s3):
+        call(e["g"], "GET", f"/browsers/{s}/files/x")
     [r1] = vm_reqs(e, s1)
-    [r2] = vm_reqs(e, s2)
     assert r1["target"] == f"/s/{s1}/files/x?jwt=a.b%2Bc"  # trailing '/' of base_url folded, jwt encoded
-    assert qs(r2) == {"jwt": ["t2"]}
+    assert vm_reqs(e, s2) == [] and vm_reqs(e, s3) == []
+    assert len(cp_reqs(e, s2)) == 1 and len(cp_reqs(e, s3)) == 1
+
+
+def test_learn_from_the_sessions_own_answer(env):
+    """GET /browsers/{id} (an answer about that session) teaches that
+    session's route, never another one named in the same answer."""
+    e, s, other = env, sid(), sid()
+    e["cp"].script[("GET", f"/browsers/{s}")] = jresp(200, {
+        "session_id": s, "base_url": f"{e['vm'].url}/s/{s}", "jwt": "own",
+        "peer": {"session_id": other, "base_url": f"{e['vm'].url}/s/{other}", "jwt": "x"}})
+    assert call(e["g"], "GET", f"/browsers/{s}").status == 200
+    assert json.loads(call(e["g"], "GET", f"/browsers/{s}/files/a").body)["from"] == "vm"
+    assert json.loads(call(e["g"], "GET", f"/browsers/{other}/files/a").body)["from"] == "control_plane"
+    assert vm_reqs(e, other) == []
+
+
+def test_echoed_client_json_cannot_route_another_session(env):
+    """Review 4 F2: a control plane that echoes a client's metadata must not
+    let client A install (or replace) a route for session B: B's requests
+    (with its own jwt and cookie) must never reach A's server."""
+    e, a, b, c = env, sid(), sid(), sid()
+    evil = VM("evil")
+    try:
+        def echo(rec):
+            sess = urlsplit(rec["target"]).path.split("/")[2]
+            return jresp(200, {"session_id": sess, "metadata": json.loads(rec["body"] or b"{}")})
+        learn(e, c)  # victim C already has a route: it must not be replaced
+        fake = lambda victim: {"session_id": victim, "base_url": f"{evil.url}/s/{victim}", "jwt": "attacker"}
+        for labels in ({"x": fake(b)}, fake(b), fake(c), {"x": fake(c)}):
+            e["cp"].script[("POST", f"/browsers/{a}/metadata")] = echo
+            r = call(e["g"], "POST", f"/browsers/{a}/metadata", body=json.dumps(labels).encode(),
+                     headers={"Content-Type": "application/json", "Authorization": "Bearer A-token"})
+            assert r.status == 200 and json.loads(r.body)["metadata"] == labels
+            assert log_for(e, r.header("X-Correlation-ID"))["learned"] == 0
+        for victim in (b, c):
+            r = call(e["g"], "GET", f"/browsers/{victim}/telemetry/events?jwt=VICTIM-SECRET",
+                     headers={"Cookie": "sess=VICTIM-COOKIE"})
+            assert r.status == 200, r
+        assert evil.requests() == []
+        assert json.loads(call(e["g"], "GET", f"/browsers/{b}/files/q").body)["from"] == "control_plane"
+        [rec] = [x for x in vm_reqs(e, c) if "telemetry" in x["target"]]
+        assert qs(rec) == {"jwt": ["VICTIM-SECRET"]}
+    finally:
+        evil.stop()
+
+
+def test_one_answer_cannot_flush_the_cache(env):
+    """A create answer naming many sessions teaches one route at most, so
+    it cannot evict everyone else's (review 4 F2)."""
+    e = env
+    keep = [sid(), sid()]
+    for s in keep:
+        learn(e, s, prefix="/small")
+    ev = e["g"].metric("wsgate_browser_route_evictions_total", route="/small", reason="lru")
+    many = {"session_id": sid(), "base_url": f"{e['vm'].url}/s/x", "jwt": "t"}
+    for i in range(20):
+        many[f"k{i}"] = {"session_id": sid(), "base_url": f"{e['vm'].url}/s/x", "jwt": "t"}
+    learn(e, "ignored", prefix="/small", answer=many)
+    assert e["g"].metric("wsgate_browser_route_evictions_total", route="/small", reason="lru") == ev + 1
+    assert e["g"].metric("wsgate_browser_routes", route="/small") == 2
+    assert json.loads(call(e["g"], "GET", f"/small/{keep[1]}/telemetry/x").body)["from"] == "vm"
 
 
 def test_learn_from_cdp_ws_url(env):
@@ -642,10 +755,10 @@ def test_unsafe_base_urls_not_learned(env):
 def test_non_json_and_non_2xx_not_learned(env):
     e, s = env, sid()
     ans = {"session_id": s, "base_url": f"{e['vm'].url}/s/{s}", "jwt": "t"}
-    e["cp"].script[("GET", "/browsers/text")] = jresp(200, ans, ctype="text/plain")
-    e["cp"].script[("GET", "/browsers/err")] = jresp(500, ans)
-    call(e["g"], "GET", "/browsers/text")
-    call(e["g"], "GET", "/browsers/err")
+    e["cp"].script[("GET", f"/browsers/{s}/text")] = jresp(200, ans, ctype="text/plain")
+    e["cp"].script[("GET", f"/browsers/{s}/err")] = jresp(500, ans)
+    call(e["g"], "GET", f"/browsers/{s}/text")
+    call(e["g"], "GET", f"/browsers/{s}/err")
     r = call(e["g"], "GET", f"/browsers/{s}/files/z")
     assert json.loads(r.body)["from"] == "control_plane"
 
@@ -654,8 +767,8 @@ def test_large_body_passed_unlearned(env):
     e, s = env, sid()
     ans = {"session_id": s, "base_url": f"{e['vm'].url}/s/{s}", "jwt": "t", "pad": "p" * (1100 * 1024)}
     raw = json.dumps(ans).encode()
-    e["cp"].script[("GET", "/browsers/big")] = (200, [("Content-Type", "application/json")], raw, True)
-    r = call(e["g"], "GET", "/browsers/big")
+    e["cp"].script[("GET", f"/browsers/{s}/big")] = (200, [("Content-Type", "application/json")], raw, True)
+    r = call(e["g"], "GET", f"/browsers/{s}/big")
     assert r.status == 200 and hashlib.sha256(r.body).digest() == hashlib.sha256(raw).digest()
     r = call(e["g"], "GET", f"/browsers/{s}/files/z")
     assert json.loads(r.body)["from"] == "control_plane"
@@ -671,9 +784,11 @@ def test_delete_evicts(env):
     assert r.status == 500
     assert json.loads(call(e["g"], "GET", f"/browsers/{s}/files/a").body)["from"] == "vm"  # kept
     before = e["g"].metric("wsgate_browser_route_evictions_total", route="/browsers", reason="deleted")
-    e["cp"].script[("DELETE", f"/browsers/{s}")] = (204, [], b"", False)
+    # the answer names the session's route: deleted all the same, not learned again
+    e["cp"].script[("DELETE", f"/browsers/{s}")] = jresp(200, {"session_id": s, "base_url": f"{e['vm'].url}/s/{s}",
+                                                               "jwt": "j", "status": "deleted"})
     r = call(e["g"], "DELETE", f"/browsers/{s}")
-    assert r.status == 204
+    assert r.status == 200
     assert json.loads(call(e["g"], "GET", f"/browsers/{s}/files/a").body)["from"] == "control_plane"
     assert e["g"].metric("wsgate_browser_route_evictions_total", route="/browsers",
                          reason="deleted") == before + 1
@@ -682,6 +797,8 @@ def test_delete_evicts(env):
 def test_lru_eviction(env):
     e = env
     s1, s2, s3 = sid(), sid(), sid()
+    ev = e["g"].metric("wsgate_browser_route_evictions_total", route="/small", reason="lru")
+    ev += e["g"].metric("wsgate_browser_routes", route="/small")  # routes other tests left: evicted below
     for s in (s1, s2):
         learn(e, s, prefix="/small")
     assert e["g"].metric("wsgate_browser_routes", route="/small") == 2
@@ -689,7 +806,7 @@ def test_lru_eviction(env):
     assert json.loads(call(e["g"], "GET", f"/small/{s1}/telemetry/x").body)["from"] == "vm"
     learn(e, s3, prefix="/small")
     assert e["g"].metric("wsgate_browser_routes", route="/small") == 2
-    assert e["g"].metric("wsgate_browser_route_evictions_total", route="/small", reason="lru") == 1
+    assert e["g"].metric("wsgate_browser_route_evictions_total", route="/small", reason="lru") == ev + 1
     assert json.loads(call(e["g"], "GET", f"/small/{s2}/telemetry/x").body)["from"] == "control_plane"
     assert json.loads(call(e["g"], "GET", f"/small/{s1}/telemetry/x").body)["from"] == "vm"
     assert json.loads(call(e["g"], "GET", f"/small/{s3}/telemetry/x").body)["from"] == "vm"

@@ -27,10 +27,16 @@ static void collect(void *ud, const char *id, const char *base, const char *jwt)
     g->n++;
 }
 
-static int learn(const char *json, got *g)
+static int learn_as(const char *json, const char *only_id, int max, got *g)
 {
     memset(g, 0, sizeof *g);
-    return gw_blearn_json(json, strlen(json), collect, g);
+    return gw_blearn_json(json, strlen(json), only_id, max, collect, g);
+}
+
+/* A create answer, no cap in the way. */
+static int learn(const char *json, got *g)
+{
+    return learn_as(json, NULL, 8, g);
 }
 
 static void test_learn_flat_and_nested(void)
@@ -40,17 +46,25 @@ static void test_learn_flat_and_nested(void)
     is_str(g.id[0], "abc", "id");
     is_str(g.base[0], "http://vm:8080/s/abc", "base");
     is_str(g.jwt[0], "t.k-n", "jwt as is");
+    is_int(learn("{\"session_id\":\"x1\",\"base_url\":\"https://h/\",\"jwt\":\"a+b/c\"}", &g), 1, "flat");
+    is_str(g.base[0], "https://h", "trailing slash folded to the authority");
+    is_str(g.jwt[0], "a%2Bb%2Fc", "jwt percent-encoded");
+    /* Only the top level and its members' values: deeper objects and
+     * arrays (where an answer may echo a client's JSON) are not looked at. */
     is_int(learn("{\"a\":[1,{\"b\":{\"session_id\":\"x1\",\"base_url\":\"https://h/\",\"jwt\":\"a+b/c\"}}],"
                  "\"c\":{\"session_id\":\"x2\",\"base_url\":\"ws://h2:1/p//\",\"jwt\":\"j\"}}",
                  &g),
-           2, "nested in arrays and objects");
-    is_str(g.base[0], "https://h", "trailing slash folded to the authority");
-    is_str(g.jwt[0], "a%2Bb%2Fc", "jwt percent-encoded");
-    is_str(g.base[1], "ws://h2:1/p", "trailing slashes folded");
-    is_int(learn("[[{\"session_id\":\"z\",\"base_url\":\"http://h\",\"jwt\":\"j\","
-                 "\"inner\":{\"session_id\":\"y\",\"base_url\":\"http://h2\",\"jwt\":\"k\"}}]]",
+           1, "a member's value is looked at, an array's items are not");
+    is_str(g.id[0], "x2", "the member's route");
+    is_str(g.base[0], "ws://h2:1/p", "trailing slashes folded");
+    is_int(learn("{\"session_id\":\"z\",\"base_url\":\"http://h\",\"jwt\":\"j\","
+                 "\"inner\":{\"session_id\":\"y\",\"base_url\":\"http://h2\",\"jwt\":\"k\"}}",
                  &g),
            2, "an object that is a route and holds one");
+    is_int(learn("[{\"session_id\":\"z\",\"base_url\":\"http://h\",\"jwt\":\"j\"}]", &g), 0,
+           "a top-level array is not looked at");
+    is_int(learn("{\"meta\":{\"x\":{\"session_id\":\"v\",\"base_url\":\"http://h\",\"jwt\":\"j\"}}}", &g), 0,
+           "two levels down is not looked at");
     is_int(learn("not json", &g), -1, "not JSON");
     is_int(learn("{\"session_id\":\"a\",\"base_url\":\"http://h\"}", &g), 0, "no jwt");
     is_int(learn("{\"session_id\":1,\"base_url\":\"http://h\",\"jwt\":\"j\"}", &g), 0, "id not a string");
@@ -95,6 +109,24 @@ static void test_learn_refuses_unsafe(void)
     is_int(learn(deep, &g), 0, "nested deeper than the bound");
 }
 
+/* Review 4 F2: which session an answer may teach, and how many. */
+static void test_learn_scope_and_cap(void)
+{
+    got g;
+    const char *two = "{\"session_id\":\"a\",\"base_url\":\"http://h\",\"jwt\":\"j\","
+                      "\"other\":{\"session_id\":\"b\",\"base_url\":\"http://evil\",\"jwt\":\"k\"}}";
+    is_int(learn_as(two, "a", 8, &g), 1, "only the named session");
+    is_str(g.id[0], "a", "a");
+    is_int(learn_as(two, "b", 8, &g), 1, "only b, from the member");
+    is_str(g.base[0], "http://evil", "b's");
+    is_int(learn_as(two, "c", 8, &g), 0, "neither is c");
+    is_int(learn_as(two, NULL, 1, &g), 1, "capped at 1");
+    is_str(g.id[0], "a", "the top level first");
+    is_int(learn_as(two, NULL, 0, &g), 0, "cap 0: nothing");
+    is_int(learn_as("{\"session_id\":\"ab\",\"base_url\":\"http://h\",\"jwt\":\"j\"}", "a", 8, &g), 0,
+           "a prefix of the id is not the id");
+}
+
 static void test_learn_cdp_ws_url(void)
 {
     got g;
@@ -135,44 +167,61 @@ static void test_cache_lru(void)
 {
     gw_bcache *c = gw_bcache_new(3);
     char base[GW_BROUTE_URL_MAX + 1], jwt[GW_BROUTE_JWT_MAX + 1];
-    is_int((int)gw_bcache_put(c, "a", "http://a", "ja"), 0, "a");
-    is_int((int)gw_bcache_put(c, "b", "http://b", "jb"), 0, "b");
-    is_int((int)gw_bcache_put(c, "c", "http://c", "jc"), 0, "c");
-    is_int(gw_bcache_get(c, "a", 1, base, jwt), 1, "a found (now most recent)");
+    is_int((int)gw_bcache_put(c, "a", "http://a", "ja", NULL), 0, "a");
+    is_int((int)gw_bcache_put(c, "b", "http://b", "jb", NULL), 0, "b");
+    is_int((int)gw_bcache_put(c, "c", "http://c", "jc", NULL), 0, "c");
+    is_int(gw_bcache_get(c, "a", 1, base, jwt, NULL, NULL), 1, "a found (now most recent)");
     is_str(base, "http://a", "a's base");
     is_str(jwt, "ja", "a's jwt");
-    is_int((int)gw_bcache_put(c, "d", "http://d", "jd"), 1, "d evicts one");
-    is_int(gw_bcache_get(c, "b", 1, base, jwt), 0, "b (least recent) evicted");
-    is_int(gw_bcache_get(c, "a", 1, base, jwt), 1, "a kept");
-    is_int((int)gw_bcache_put(c, "c", "http://c2", "jc2"), 0, "replace c: no eviction");
+    is_int((int)gw_bcache_put(c, "d", "http://d", "jd", NULL), 1, "d evicts one");
+    is_int(gw_bcache_get(c, "b", 1, base, jwt, NULL, NULL), 0, "b (least recent) evicted");
+    is_int(gw_bcache_get(c, "a", 1, base, jwt, NULL, NULL), 1, "a kept");
+    is_int((int)gw_bcache_put(c, "c", "http://c2", "jc2", NULL), 0, "replace c: no eviction");
     is_int((int)gw_bcache_size(c), 3, "size 3");
-    is_int(gw_bcache_get(c, "c", 1, base, jwt), 1, "c");
+    is_int(gw_bcache_get(c, "c", 1, base, jwt, NULL, NULL), 1, "c");
     is_str(base, "http://c2", "replaced value");
     is_int(gw_bcache_evict(c, "c", 1), 1, "evict c");
     is_int(gw_bcache_evict(c, "c", 1), 0, "evict c again");
     is_int((int)gw_bcache_size(c), 2, "size 2");
     is_int((int)gw_bcache_set_cap(c, 1), 1, "shrink evicts the least recent");
-    is_int(gw_bcache_get(c, "d", 1, base, jwt), 0, "d (older) gone");
-    is_int(gw_bcache_get(c, "a", 1, base, jwt), 1, "a stays");
-    is_int(gw_bcache_get(c, "ab", 2, base, jwt), 0, "length is part of the key");
+    is_int(gw_bcache_get(c, "d", 1, base, jwt, NULL, NULL), 0, "d (older) gone");
+    is_int(gw_bcache_get(c, "a", 1, base, jwt, NULL, NULL), 1, "a stays");
+    is_int(gw_bcache_get(c, "ab", 2, base, jwt, NULL, NULL), 0, "length is part of the key");
     char big[GW_BROUTE_JWT_MAX + 2];
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = '\0';
-    is_int((int)gw_bcache_put(c, "z", "http://z", big), 0, "oversized jwt refused");
-    is_int(gw_bcache_get(c, "z", 1, base, jwt), 0, "not stored");
+    is_int((int)gw_bcache_put(c, "z", "http://z", big, NULL), 0, "oversized jwt refused");
+    is_int(gw_bcache_get(c, "z", 1, base, jwt, NULL, NULL), 0, "not stored");
     gw_metric *m = gw_metric_get("test_bcache_size", GW_METRIC_GAUGE, "t", NULL);
     gw_bcache_set_gauge(c, m);
     is_int((int)gw_metric_value(m), 1, "gauge synced");
-    gw_bcache_put(c, "y", "http://y", "j");
+    gw_bcache_put(c, "y", "http://y", "j", NULL);
     is_int((int)gw_metric_value(m), 1, "gauge after put with eviction (cap 1)");
     gw_bcache_set_cap(c, 10);
-    gw_bcache_put(c, "x", "http://x", "j");
+    gw_bcache_put(c, "x", "http://x", "j", NULL);
     is_int((int)gw_metric_value(m), 2, "gauge after growth");
     gw_bcache_free(c);
 }
 
 /* Many keys through a small cache: the size never passes the bound, and the
  * most recent keys are the ones kept. */
+static void test_cache_credential(void)
+{
+    gw_bcache *c = gw_bcache_new(4);
+    char base[GW_BROUTE_URL_MAX + 1], jwt[GW_BROUTE_JWT_MAX + 1];
+    uint8_t cred[GW_BROUTE_CRED_LEN], out[GW_BROUTE_CRED_LEN];
+    memset(cred, 0xab, sizeof cred);
+    int has = -1;
+    gw_bcache_put(c, "a", "http://a", "ja", cred);
+    is_int(gw_bcache_get(c, "a", 1, base, jwt, out, &has), 1, "a");
+    is_int(has, 1, "bound to a credential");
+    is_int(memcmp(out, cred, sizeof cred), 0, "its digest");
+    gw_bcache_put(c, "a", "http://a", "ja", NULL);
+    is_int(gw_bcache_get(c, "a", 1, base, jwt, out, &has), 1, "a replaced");
+    is_int(has, 0, "no credential now");
+    gw_bcache_free(c);
+}
+
 static void test_cache_many(void)
 {
     gw_bcache *c = gw_bcache_new(100);
@@ -180,14 +229,14 @@ static void test_cache_many(void)
     size_t evicted = 0;
     for (int i = 0; i < 5000; i++) {
         snprintf(id, sizeof id, "k%d", i);
-        evicted += gw_bcache_put(c, id, "http://h", id);
+        evicted += gw_bcache_put(c, id, "http://h", id, NULL);
     }
     is_int((int)gw_bcache_size(c), 100, "bounded");
     is_int((int)evicted, 4900, "every extra put evicted one");
     int kept = 0;
     for (int i = 4900; i < 5000; i++) {
         snprintf(id, sizeof id, "k%d", i);
-        kept += gw_bcache_get(c, id, strlen(id), base, jwt) && strcmp(jwt, id) == 0;
+        kept += gw_bcache_get(c, id, strlen(id), base, jwt, NULL, NULL) && strcmp(jwt, id) == 0;
     }
     is_int(kept, 100, "the last 100 kept, values right");
     gw_bcache_free(c);
@@ -206,10 +255,10 @@ static void *worker(void *p)
         snprintf(id, sizeof id, "t%d-%d", a->t, i % 300);
         switch (i % 3) {
         case 0:
-            gw_bcache_put(a->c, id, "http://h", id);
+            gw_bcache_put(a->c, id, "http://h", id, NULL);
             break;
         case 1:
-            if (gw_bcache_get(a->c, id, strlen(id), base, jwt) && strcmp(jwt, id) != 0)
+            if (gw_bcache_get(a->c, id, strlen(id), base, jwt, NULL, NULL) && strcmp(jwt, id) != 0)
                 abort(); /* a torn value */
             break;
         default:
@@ -239,9 +288,11 @@ int main(void)
 {
     TEST_RUN(test_learn_flat_and_nested);
     TEST_RUN(test_learn_refuses_unsafe);
+    TEST_RUN(test_learn_scope_and_cap);
     TEST_RUN(test_learn_cdp_ws_url);
     TEST_RUN(test_query_param);
     TEST_RUN(test_cache_lru);
+    TEST_RUN(test_cache_credential);
     TEST_RUN(test_cache_many);
     TEST_RUN(test_cache_threads);
     gw_metrics_reset();
