@@ -14,7 +14,10 @@
  * GW_GRPC_CONN_BUFFERED, a SubscribeEvents stream's unsent bytes at most
  * SUB_OUT_HIGH (past it the push hub queues, and ends the stream at
  * GATEWAY_PUSH_QUEUE_LIMIT), nghttp2's output asked for only while the
- * connection's queue is under GW_OUT_HIGH, and PING / SETTINGS /
+ * connection's queue is under GW_OUT_HIGH, a stream's unsent answers at
+ * most STREAM_UNSENT_MAX (past it RST_STREAM) and all streams' at most
+ * CONN_UNSENT_MAX per connection (past it GOAWAY), a request not whole
+ * within GATEWAY_HANDSHAKE_TIMEOUT reset, and PING / SETTINGS /
  * RST_STREAM frames rate-limited per connection (past it GOAWAY
  * ENHANCE_YOUR_CALM). */
 #include "grpc/grpc.h"
@@ -50,6 +53,8 @@
 #include "wsgate/v1/edge_gateway.pb-c.h"
 
 #define SUB_OUT_HIGH (64u * 1024)      /* a subscriber stream's unsent bytes before the hub holds events */
+#define STREAM_UNSENT_MAX (256u * 1024) /* a stream holding this much unsent takes no new answer: reset */
+#define CONN_UNSENT_MAX (4u * 1024 * 1024) /* all streams' unsent on a connection: past it GOAWAY */
 #define TRAILER_GRACE_MS 10000u        /* an ended stream whose peer does not take its trailers is reset */
 #define FLOOD_BURST 200.0              /* control frames of one type a connection may send at once */
 #define FLOOD_RATE 20.0                /* and per second after that */
@@ -92,6 +97,7 @@ typedef struct gstream {
     uint64_t deadline_ms;    /* grpc-timeout (0: none) */
     uint64_t wait_ms;        /* the store's answer is due (0: not waiting) */
     uint64_t trailer_by_ms;  /* the trailers must be taken by then (0: not ended) */
+    uint64_t request_by_ms;  /* the whole request must have arrived by then (0: dispatched or ended) */
     gw_timer timer;
     gw_grpc_reader rd;
     uint8_t *msg;            /* the request message (whole) */
@@ -123,6 +129,7 @@ struct h2conn {
     nghttp2_session *s;
     gw_list streams;
     size_t nstreams;
+    size_t ndispatched;      /* streams whose request arrived whole (the idle deadline runs while 0) */
     size_t buffered;         /* request bytes held by its streams */
     gw_task pump;
     int pump_queued;
@@ -168,8 +175,8 @@ static void call_log(gstream *st)
 static void stream_arm(gstream *st)
 {
     uint64_t at = 0;
-    uint64_t cand[3] = {st->deadline_ms, st->wait_ms, st->trailer_by_ms};
-    for (int i = 0; i < 3; i++)
+    uint64_t cand[4] = {st->deadline_ms, st->wait_ms, st->trailer_by_ms, st->request_by_ms};
+    for (int i = 0; i < 4; i++)
         if (cand[i] && (!at || cand[i] < at))
             at = cand[i];
     if (at)
@@ -203,14 +210,17 @@ static void stream_free(gstream *st)
     gw_timer_stop(h->c->w->loop, &st->timer);
     gw_list_remove(&st->node);
     h->nstreams--;
+    if (st->dispatched && !--h->ndispatched) {
+        h->idle_since_ms = gw_loop_now(h->c->w->loop);
+        if (h->c->phase < GW_PHASE_FINISH)
+            gw_client_arm(h->c); /* the idle deadline runs again */
+    }
     h->buffered -= GW_MIN(h->buffered, st->msg_len + gw_grpc_reader_partial(&st->rd));
     gw_grpc_reader_free(&st->rd);
     gw_free(st->msg);
     gw_buf_release(&st->out);
     OPENSSL_cleanse(st->bearer, sizeof st->bearer);
     gw_gauge_add(G.m_streams, -1);
-    if (!h->nstreams)
-        h->idle_since_ms = gw_loop_now(h->c->w->loop);
     gw_free(st);
 }
 
@@ -268,11 +278,56 @@ static void stream_resume(gstream *st)
     pump_later(st->h);
 }
 
-/* Appends one message (packed protobuf) to the stream's output. */
+/* The bytes a connection's streams hold that nghttp2 has not taken. */
+static size_t conn_unsent(const h2conn *h)
+{
+    size_t n = 0;
+    for (const gw_list *it = h->streams.next; it != &h->streams; it = it->next)
+        n += gw_container_of(it, gstream, node)->out.len;
+    return n;
+}
+
+/* Ends a stream at once: logged with `status`, its unsent bytes dropped,
+ * RST_STREAM `code` (trailers may never leave while its window is shut). */
+static void stream_reset(gstream *st, int status, const char *message, uint32_t code)
+{
+    st->request_by_ms = 0;
+    stream_end(st, status, message);
+    gw_buf_release(&st->out);
+    nghttp2_submit_rst_stream(st->h->s, NGHTTP2_FLAG_NONE, st->id, code);
+    pump_later(st->h);
+}
+
+/* Appends one message (packed protobuf) to the stream's output. A stream
+ * whose peer leaves STREAM_UNSENT_MAX untaken gets no more (reset,
+ * ENHANCE_YOUR_CALM, logged RESOURCE_EXHAUSTED); a connection whose
+ * streams hold CONN_UNSENT_MAX gets GOAWAY ENHANCE_YOUR_CALM. GW_ERR: the
+ * stream is ended. */
 static int stream_send(gstream *st, const uint8_t *pb, size_t n)
 {
     uint8_t pfx[GW_GRPC_PREFIX];
     gw_grpc_prefix(pfx, n);
+    h2conn *h = st->h;
+    if (conn_unsent(h) >= CONN_UNSENT_MAX) {
+        gw_counter_inc(G.m_floods);
+        gw_log_line *l = gw_log_begin(GW_LOG_WARN, "grpc connection refused: answers not taken", st->corr);
+        if (l) {
+            gw_log_int(l, "unsent_bytes", (int64_t)conn_unsent(h), 0);
+            gw_log_str(l, "ip", h->c->ip, 0);
+            gw_log_end(l);
+        }
+        stream_reset(st, GW_GRPC_RESOURCE_EXHAUSTED, "the connection holds too many answers not taken",
+                     NGHTTP2_ENHANCE_YOUR_CALM);
+        for (gw_list *it = h->streams.next; it != &h->streams; it = it->next)
+            gw_buf_release(&gw_container_of(it, gstream, node)->out);
+        nghttp2_session_terminate_session(h->s, NGHTTP2_ENHANCE_YOUR_CALM);
+        return GW_ERR;
+    }
+    if (st->out.len >= STREAM_UNSENT_MAX) {
+        stream_reset(st, GW_GRPC_RESOURCE_EXHAUSTED, "answers not taken (stream flow-control window shut)",
+                     NGHTTP2_ENHANCE_YOUR_CALM);
+        return GW_ERR;
+    }
     if (stream_respond(st) != GW_OK || gw_buf_append(&st->out, pfx, sizeof pfx, GW_CONN_OUT_MAX) != GW_OK ||
         gw_buf_append(&st->out, pb, n, GW_CONN_OUT_MAX) != GW_OK)
         return GW_ERR;
@@ -293,6 +348,7 @@ static void stream_end(gstream *st, int status, const char *message)
     stream_release(st);
     st->wait_ms = 0;
     st->deadline_ms = 0;
+    st->request_by_ms = 0;
     st->trailer_by_ms = gw_loop_now(st->h->c->w->loop) + TRAILER_GRACE_MS;
     stream_arm(st);
     if (!st->responding) {
@@ -573,8 +629,9 @@ static void run_exec(gstream *st)
         stream_end(st, GW_GRPC_INVALID_ARGUMENT, "cannot decode ExecuteCommandRequest");
         return;
     }
-    int ok = rq->command && rq->command[0] && id_ok(rq->command, 100, 1) && rq->request_id &&
-             id_ok(rq->request_id, 100, 0);
+    /* "." and ".." would be dot segments of the downstream path. */
+    int ok = rq->command && rq->command[0] && id_ok(rq->command, 100, 1) && strcmp(rq->command, ".") != 0 &&
+             strcmp(rq->command, "..") != 0 && rq->request_id && id_ok(rq->request_id, 100, 0);
     if (ok) {
         snprintf(st->command, sizeof st->command, "%s", rq->command);
         snprintf(st->request_id, sizeof st->request_id, "%s", rq->request_id);
@@ -582,7 +639,8 @@ static void run_exec(gstream *st)
     if (!ok) {
         wsgate__v1__execute_command_request__free_unpacked(rq, NULL);
         stream_end(st, GW_GRPC_INVALID_ARGUMENT,
-                   "command must be 1 to 100 of [A-Za-z0-9._-], request_id at most 100 printable characters");
+                   "command must be 1 to 100 of [A-Za-z0-9._-] and not . or .., request_id at most 100 printable "
+                   "characters");
         return;
     }
     char path[160];
@@ -673,6 +731,9 @@ static void looked_up(void *ud, int found, const gw_session *sess)
 static void dispatch(gstream *st)
 {
     st->dispatched = 1;
+    st->h->ndispatched++;
+    st->request_by_ms = 0;
+    stream_arm(st);
     if (st->ended)
         return;
     if (st->bad) {
@@ -721,6 +782,21 @@ static void dispatch(gstream *st)
     stream_arm(st);
 }
 
+/* A request that has not arrived whole (no END_STREAM) by its deadline:
+ * the stream is reset and what it held is freed. */
+static void request_expired(gstream *st)
+{
+    gw_log_line *l = gw_log_begin(GW_LOG_WARN, "grpc request not complete in time", st->corr);
+    if (l) {
+        gw_log_str(l, "method", method_names[st->method], 0);
+        gw_log_int(l, "timeout_ms", (int64_t)gw_srv.cfg.handshake_timeout_ms, 0);
+        gw_log_str(l, "ip", st->h->c->ip, 0);
+        gw_log_end(l);
+    }
+    stream_reset(st, GW_GRPC_DEADLINE_EXCEEDED, "the request did not arrive whole in time (GATEWAY_HANDSHAKE_TIMEOUT)",
+                 NGHTTP2_CANCEL);
+}
+
 static void stream_timer(gw_timer *t)
 {
     gstream *st = gw_container_of(t, gstream, timer);
@@ -733,6 +809,9 @@ static void stream_timer(gw_timer *t)
             pump_later(st->h);
             return;
         }
+    } else if (st->request_by_ms && now >= st->request_by_ms) {
+        request_expired(st);
+        return;
     } else if (st->deadline_ms && now >= st->deadline_ms) {
         stream_end(st, GW_GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
         return;
@@ -783,11 +862,13 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     st->timer.cb = stream_timer;
     st->rd.max = GW_GRPC_MAX_MESSAGE;
     st->started_ms = gw_loop_now(h->c->w->loop);
+    st->request_by_ms = st->started_ms + gw_srv.cfg.handshake_timeout_ms;
     gw_rand_hex(st->corr, 16); /* unless x-correlation-id / x-request-id names one */
     gw_list_insert_tail(&h->streams, &st->node);
     h->nstreams++;
     gw_gauge_add(G.m_streams, 1);
     nghttp2_session_set_stream_user_data(s, st->id, st);
+    stream_arm(st);
     return 0;
 }
 
@@ -868,6 +949,7 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t 
         if (r == GW_GRPC_MSG_READY && st->method == M_REFLECT) {
             /* Reflection is a bidirectional stream: each request is
              * answered as it arrives. */
+            h->buffered -= GW_MIN(h->buffered, before); /* the partial message is whole: none held */
             uint8_t *ans;
             size_t an;
             if (gw_reflection_answer(m, ml, &ans, &an) != GW_OK) {
@@ -1028,7 +1110,7 @@ static uint64_t g_deadline(gw_client *c)
         return c->phase_ms + gw_srv.cfg.handshake_timeout_ms;
     if (h->draining && !h->shutdown_done)
         return h->drain_at_ms;
-    if (!h->nstreams)
+    if (!h->ndispatched && !h->shutdown_done)
         return h->idle_since_ms + gw_srv.cfg.http_idle_timeout_ms;
     return 0;
 }
@@ -1064,10 +1146,18 @@ static void g_timer(gw_client *c)
     if (h->draining && !h->shutdown_done) {
         if (now >= h->drain_at_ms)
             shutdown_streams(h);
-    } else if (!h->nstreams && now >= h->idle_since_ms + gw_srv.cfg.http_idle_timeout_ms) {
+    } else if (!h->ndispatched && !h->shutdown_done && now >= h->idle_since_ms + gw_srv.cfg.http_idle_timeout_ms) {
+        /* Idle: no stream, or only streams whose request never arrived
+         * whole (those are reset: a client cannot hold the connection
+         * by starting requests it does not finish). */
         nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
                               NGHTTP2_NO_ERROR, NULL, 0);
         h->draining = h->shutdown_done = 1;
+        for (gw_list *it = h->streams.next; it != &h->streams; it = it->next) {
+            gstream *st = gw_container_of(it, gstream, node);
+            if (!st->ended)
+                request_expired(st);
+        }
         pump_later(h);
     }
     gw_client_arm(c);
@@ -1312,7 +1402,7 @@ int gw_grpc_init(const gw_config *cfg, char *err, size_t errcap)
     G.m_streams = gw_metric_get("wsgate_grpc_streams", GW_METRIC_GAUGE, "Open gRPC streams", NULL);
     G.m_conns = gw_metric_get("wsgate_grpc_connections_total", GW_METRIC_COUNTER, "gRPC connections started", NULL);
     G.m_floods = gw_metric_get("wsgate_grpc_floods_total", GW_METRIC_COUNTER,
-                               "gRPC connections ended with ENHANCE_YOUR_CALM (PING, SETTINGS or RST_STREAM flood)",
+                               "gRPC connections ended with ENHANCE_YOUR_CALM (PING, SETTINGS or RST_STREAM flood, answers not taken)",
                                NULL);
     if (G.enabled)
         gw_events_set_alt_encoder(event_pack);

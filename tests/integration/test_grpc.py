@@ -23,6 +23,7 @@ import h2.config
 import h2.errors
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -271,6 +272,24 @@ def test_execute_downstream_failures(make_gateway, key, downstream):
         assert execute(ch, "echo", b"x", sid="gf1").payload == b"ok:x"  # still serving
 
 
+def test_dot_segment_commands_refused(make_gateway, key, downstream):
+    # A catch-all command route with strip_prefix and a base path: "." and
+    # ".." would leave /api/cmd downstream; they are refused before routing.
+    fd, routes = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"routes": [{"path": "/commands/", "kind": "command", "strip_prefix": True,
+                               "upstream": f"http://127.0.0.1:{downstream.port}/api/cmd"}]}, f)
+    g = gateway(make_gateway, key, GATEWAY_ROUTES_FILE=routes)
+    session(g, "gd1", "dora")
+    with channel(g) as ch:
+        for cmd in (".", ".."):
+            code, details = status_of(lambda: execute(ch, cmd, b"x", sid="gd1"))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "not . or .." in details, (cmd, code, details)
+        assert execute(ch, "status", b"x", sid="gd1").downstream_status == 200
+        assert execute(ch, "a..b", b"x", sid="gd1").downstream_status == 200
+    assert [p for p, _, _ in downstream.seen] == ["/api/cmd/status", "/api/cmd/a..b"]
+
+
 def test_oversized_message(make_gateway, key, downstream):
     g = gateway(make_gateway, key, downstream)
     session(g, "go1", "olga")
@@ -475,6 +494,142 @@ def test_streams_that_never_read_stay_bounded(make_gateway, key):
     raw.close()
     gw.wait_until(lambda: g.metric("wsgate_grpc_streams") == 0, what="streams freed with the connection")
     assert ids
+
+
+def test_reflection_answers_not_taken_bounded(make_gateway, key):
+    # No credentials, SETTINGS_INITIAL_WINDOW_SIZE=0: every reflection
+    # answer stays unsent. Each stream is reset (ENHANCE_YOUR_CALM) once it
+    # holds 256 KiB unsent; at 4 MiB held on the connection: GOAWAY
+    # ENHANCE_YOUR_CALM. Gateway memory stays bounded.
+    extra = {}
+    if gw.is_sanitizer_build():  # ASan's quarantine keeps freed memory resident: bound the live memory only
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=1") + ":quarantine_size_mb=1"
+    g = gateway(make_gateway, key, GATEWAY_WORKERS="1", **extra)
+    raw = Raw(g.grpc_port, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    req = rpb.ServerReflectionRequest(file_containing_symbol="wsgate.v1.EdgeGateway").SerializeToString()
+    frame = b"\x00" + len(req).to_bytes(4, "big") + req
+    with channel(g) as ch:
+        f = ch.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                             request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        answer = len(list(f(iter([req]), timeout=5))[0]) + 5
+    before = rss_kib(g.pid)
+    resets, terminated, sent = {}, [], 0
+
+    def take(timeout):
+        raw.s.settimeout(timeout)
+        try:
+            data = raw.s.recv(65536)
+        except socket.timeout:
+            return
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            terminated.append(None)
+            return
+        for e in raw.c.receive_data(data):
+            if isinstance(e, h2.events.StreamReset):
+                resets[e.stream_id] = e.error_code
+            elif isinstance(e, h2.events.ConnectionTerminated):
+                terminated.append(e.error_code)
+        raw.flush()
+
+    def open_stream(n):
+        sid = raw.c.get_next_available_stream_id()
+        raw.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                 (":path", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+                                 ("content-type", "application/grpc"), ("te", "trailers")])
+        raw.c.send_data(sid, frame * n)
+        raw.flush()
+        return sid
+
+    # One stream past 256 KiB unsent: reset, the others untouched.
+    first = open_stream(300 * 1024 // answer + 2)
+    deadline = time.monotonic() + 10
+    while first not in resets and time.monotonic() < deadline:
+        take(1)
+    assert resets == {first: h2.errors.ErrorCodes.ENHANCE_YOUR_CALM}, (resets, terminated)
+    # Streams each under 256 KiB unsent: the connection reaches 4 MiB.
+    for _ in range(60):
+        if terminated:
+            break
+        open_stream(200 * 1024 // answer)
+        sent += 1
+        take(0.05)
+    deadline = time.monotonic() + 10
+    while not terminated and time.monotonic() < deadline:
+        take(1)
+    assert terminated and terminated[0] == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, (terminated, resets)
+    assert 4 * 1024 // 200 <= sent <= 4 * 1024 // 200 + 2, sent  # GOAWAY once 4 MiB are held, not before
+    grown = rss_kib(g.pid) - before
+    assert grown < 24 * 1024, f"RSS grew {grown} KiB"
+    raw.close()
+    gw.wait_until(lambda: g.metric("wsgate_grpc_streams") == 0, what="streams freed")
+    with channel(g) as ch:
+        assert health(ch) == "SERVING"
+
+
+def test_unfinished_requests_time_out(make_gateway, key):
+    # Unauthenticated streams that never send END_STREAM: each is reset
+    # (CANCEL) at GATEWAY_HANDSHAKE_TIMEOUT, and a connection without a
+    # dispatched stream ends at GATEWAY_HTTP_IDLE_TIMEOUT, memory freed.
+    extra = {}
+    if gw.is_sanitizer_build():  # ASan's quarantine keeps freed memory resident: bound the live memory only
+        extra["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=1") + ":quarantine_size_mb=1"
+    g = gateway(make_gateway, key, GATEWAY_WORKERS="1", GATEWAY_HANDSHAKE_TIMEOUT="1s",
+                GATEWAY_HTTP_IDLE_TIMEOUT="3s", **extra)
+    before = rss_kib(g.pid)
+    raws = []
+    for _ in range(4):
+        raw = Raw(g.grpc_port)
+        for _ in range(4):
+            sid = raw.c.get_next_available_stream_id()
+            raw.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                     (":path", EXEC), ("content-type", "application/grpc")])
+            body = b"\x00" + (1024 * 1024).to_bytes(4, "big") + b"A" * (900 * 1024)
+            off = 0
+            while off < len(body):
+                w = min(raw.c.local_flow_control_window(sid), raw.c.max_outbound_frame_size, len(body) - off)
+                if w <= 0:
+                    raw.read(lambda e: isinstance(e, h2.events.WindowUpdated), timeout=5)
+                    raw.events.clear()
+                    continue
+                raw.c.send_data(sid, body[off:off + w])
+                off += w
+                raw.flush()
+        raws.append(raw)
+    t0 = time.monotonic()
+    assert g.metric("wsgate_grpc_streams") >= 1
+    for raw in raws:
+        e = raw.read(lambda e: isinstance(e, h2.events.StreamReset), timeout=10)
+        assert e is not None and e.error_code == h2.errors.ErrorCodes.CANCEL, e
+    gw.wait_until(lambda: g.metric("wsgate_grpc_streams") == 0, timeout=10, what="half-open streams reset")
+    for raw in raws:
+        assert raw.read(lambda e: False, timeout=15) is None  # EOF: the connection was closed
+        raw.close()
+    assert time.monotonic() - t0 < 15
+    grown = rss_kib(g.pid) - before
+    assert grown < 32 * 1024, f"RSS grew {grown} KiB"
+    gw.wait_until(lambda: "grpc request not complete in time" in g.stderr(), what="logged")
+    # A client that keeps starting requests it never finishes cannot hold
+    # the connection past the idle deadline (nothing was ever dispatched).
+    raw = Raw(g.grpc_port)
+    t0 = time.monotonic()
+    closed = False
+    while time.monotonic() - t0 < 12 and not closed:
+        try:
+            raw.request(EXEC, b"\x0a", end=False)
+        except (OSError, h2.exceptions.ProtocolError):
+            break
+        try:
+            closed = raw.read(lambda e: isinstance(e, h2.events.ConnectionTerminated), timeout=0.5) is not None
+        except AssertionError:
+            pass  # nothing yet
+        except h2.exceptions.ProtocolError:
+            closed = True  # GOAWAY then the streams' RST_STREAM in one read: h2 says its connection is closed
+    assert closed and time.monotonic() - t0 < 8, time.monotonic() - t0
+    raw.close()
+    with channel(g) as ch:
+        assert health(ch) == "SERVING"
 
 
 @pytest.mark.parametrize("kind", ["ping", "settings", "reset"])
