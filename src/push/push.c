@@ -33,6 +33,7 @@
 #include "http/ws_handshake.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
+#include "server/admin_wait.h"
 #include "server/http_serve.h"
 #include "server/state.h"
 #include "server/ws_serve.h"
@@ -1046,54 +1047,30 @@ const gw_kind gw_kind_events = {
 /* ============================ POST /v1/events =============================== */
 
 typedef struct pub_wait {
-    gw_client *c;
-    gw_store_op *op;
-    gw_http_req *req;
-    gw_req_ids ids;
+    gw_admin_wait w; /* first */
     gw_event_in ev;
 } pub_wait;
 
-static void pub_free(pub_wait *w)
+static void pub_free(gw_admin_wait *aw)
 {
-    if (w->op)
-        gw_store_cancel(gw_store_current(), w->op);
-    gw_h1_req_clone_free(w->req);
+    pub_wait *w = (pub_wait *)aw;
     gw_event_in_free(&w->ev);
     gw_free(w);
 }
 
-static void pub_abort(gw_client *c, void *data)
-{
-    GW_UNUSED(c);
-    pub_free(data);
-}
-
-static void pub_deadline(gw_client *c, void *data)
-{
-    pub_wait *w = data;
-    gw_client_wait_end(c);
-    gw_http_error_ids(c, 503, "service_unavailable", "the event stream did not answer in time", w->req, NULL,
-                      &w->ids);
-    gw_client_resume(c);
-    pub_free(w);
-}
-
-static const gw_client_wait_ops pub_ops = {pub_deadline, pub_abort};
-
 static void published(void *ud, int rc, const char *id)
 {
     pub_wait *w = ud;
-    gw_client *c = w->c;
-    w->op = NULL;
-    gw_client_wait_end(c);
+    gw_client *c = gw_admin_wait_answered(&w->w);
     if (rc != GW_OK || !id || !id[0]) {
-        gw_http_error_ids(c, 503, "service_unavailable", "the event stream is unavailable", w->req, NULL, &w->ids);
+        gw_http_error_ids(c, 503, "service_unavailable", "the event stream is unavailable", w->w.req, NULL,
+                          &w->w.ids);
     } else {
         gw_counter_inc(P.m_published);
         char body[128];
         int n = snprintf(body, sizeof body, "{\"id\":\"%s\"}", id);
-        gw_http_respond(c, w->req, &w->ids, 201, "application/json", body, (size_t)n, NULL);
-        gw_log_line *l = gw_log_begin(GW_LOG_INFO, "client event published", w->ids.corr);
+        gw_http_respond(c, w->w.req, &w->w.ids, 201, "application/json", body, (size_t)n, NULL);
+        gw_log_line *l = gw_log_begin(GW_LOG_INFO, "client event published", w->w.ids.corr);
         if (l) {
             gw_log_str(l, "entry_id", id, 0);
             gw_log_str(l, "user", w->ev.user_id, 0);
@@ -1103,8 +1080,7 @@ static void published(void *ud, int rc, const char *id)
             gw_log_end(l);
         }
     }
-    gw_client_resume(c);
-    pub_free(w);
+    gw_admin_wait_done(&w->w);
 }
 
 static int post_event(gw_client *c, gw_http_req *req, const uint8_t *body, size_t n, const gw_req_ids *ids)
@@ -1116,67 +1092,37 @@ static int post_event(gw_client *c, gw_http_req *req, const uint8_t *body, size_
         gw_http_error_ids(c, 400, "invalid_event", why, req, NULL, ids);
         return GW_OK;
     }
-    w->c = c;
-    w->req = gw_h1_req_clone(req);
-    w->ids = *ids;
-    uint64_t now = gw_loop_now(c->w->loop);
-    w->op = gw_store_event_publish(gw_store_current(), c->w->loop, &w->ev, published, w);
-    gw_client_wait(c, &pub_ops, w, now + P.store_timeout_ms);
+    w->w.late = "the event stream did not answer in time";
+    w->w.free = pub_free;
+    gw_admin_wait_hold(&w->w, c, req, ids,
+                       gw_store_event_publish(gw_store_current(), c->w->loop, &w->ev, published, w),
+                       P.store_timeout_ms);
     return GW_DONE;
 }
 
 /* ========================= GET /v1/presence/USER ============================ */
 
 typedef struct pres_wait {
-    gw_client *c;
-    gw_store_op *op;
-    gw_http_req *req;
-    gw_req_ids ids;
+    gw_admin_wait w; /* first */
     char user[GW_SESSION_ID_MAX + 1];
 } pres_wait;
 
-static void pres_free(pres_wait *w)
-{
-    if (w->op)
-        gw_store_cancel(gw_store_current(), w->op);
-    gw_h1_req_clone_free(w->req);
-    gw_free(w);
-}
-
-static void pres_abort(gw_client *c, void *data)
-{
-    GW_UNUSED(c);
-    pres_free(data);
-}
-
-static void pres_deadline(gw_client *c, void *data)
-{
-    pres_wait *w = data;
-    gw_client_wait_end(c);
-    gw_http_error_ids(c, 503, "service_unavailable", "the store did not answer in time", w->req, NULL, &w->ids);
-    gw_client_resume(c);
-    pres_free(w);
-}
-
-static const gw_client_wait_ops pres_ops = {pres_deadline, pres_abort};
+static void pres_free(gw_admin_wait *aw) { gw_free(aw); }
 
 static void pres_answer(void *ud, int rc, const char *text)
 {
     pres_wait *w = ud;
-    gw_client *c = w->c;
-    w->op = NULL;
-    gw_client_wait_end(c);
+    gw_client *c = gw_admin_wait_answered(&w->w);
     json_t *conns = rc == GW_OK && text ? json_loads(text, 0, NULL) : NULL;
     json_t *o = conns ? json_pack("{s:s, s:o}", "user_id", w->user, "connections", conns) : NULL;
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (body)
-        gw_http_respond(c, w->req, &w->ids, 200, "application/json", body, strlen(body), NULL);
+        gw_http_respond(c, w->w.req, &w->w.ids, 200, "application/json", body, strlen(body), NULL);
     else
-        gw_http_error_ids(c, 503, "service_unavailable", "the store is unavailable", w->req, NULL, &w->ids);
+        gw_http_error_ids(c, 503, "service_unavailable", "the store is unavailable", w->w.req, NULL, &w->w.ids);
     free(body);
-    gw_client_resume(c);
-    pres_free(w);
+    gw_admin_wait_done(&w->w);
 }
 
 static int get_presence(gw_client *c, gw_http_req *req, const uint8_t *body, size_t n, const gw_req_ids *ids)
@@ -1191,13 +1137,12 @@ static int get_presence(gw_client *c, gw_http_req *req, const uint8_t *body, siz
     }
     pres_wait *w = gw_calloc(1, sizeof *w);
     memcpy(w->user, req->path.p + sizeof pfx - 1, un);
-    w->c = c;
-    w->req = gw_h1_req_clone(req);
-    w->ids = *ids;
+    w->w.late = "the store did not answer in time";
+    w->w.free = pres_free;
     gw_store *st = gw_store_current();
-    uint64_t now = gw_loop_now(c->w->loop);
-    w->op = st->ops->presence_get(st, c->w->loop, w->user, P.presence_ttl_ms, pres_answer, w);
-    gw_client_wait(c, &pres_ops, w, now + P.store_timeout_ms);
+    gw_admin_wait_hold(&w->w, c, req, ids,
+                       st->ops->presence_get(st, c->w->loop, w->user, P.presence_ttl_ms, pres_answer, w),
+                       P.store_timeout_ms);
     return GW_DONE;
 }
 

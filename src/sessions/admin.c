@@ -10,6 +10,7 @@
 #include "core/common.h"
 #include "http/h1_parse.h"
 #include "log/log.h"
+#include "server/admin_wait.h"
 #include "server/client.h"
 #include "server/http_serve.h"
 #include "server/state.h"
@@ -19,47 +20,19 @@
 static uint64_t timeout_ms;
 
 typedef struct pub_wait {
-    gw_client *c;
-    gw_store_op *op;
-    gw_http_req *req; /* copy of the request head */
-    gw_req_ids ids;
+    gw_admin_wait w; /* first */
     gw_session snap;
 } pub_wait;
 
-static void pub_free(pub_wait *w)
-{
-    if (w->op)
-        gw_store_cancel(gw_store_current(), w->op);
-    gw_h1_req_clone_free(w->req);
-    gw_free(w);
-}
-
-static void pub_abort(gw_client *c, void *data)
-{
-    GW_UNUSED(c);
-    pub_free(data);
-}
-
-static void pub_deadline(gw_client *c, void *data)
-{
-    pub_wait *w = data;
-    gw_client_wait_end(c);
-    gw_http_error_ids(c, 503, "service_unavailable", "the session store did not answer in time", w->req, NULL,
-                      &w->ids);
-    gw_client_resume(c);
-    pub_free(w);
-}
-
-static const gw_client_wait_ops pub_ops = {pub_deadline, pub_abort};
+static void pub_free(gw_admin_wait *aw) { gw_free(aw); }
 
 static void published(void *ud, int rc, const char *id)
 {
     pub_wait *w = ud;
-    gw_client *c = w->c;
-    w->op = NULL;
-    gw_client_wait_end(c);
+    gw_client *c = gw_admin_wait_answered(&w->w);
     if (rc != GW_OK) {
-        gw_http_error_ids(c, 503, "service_unavailable", "the session store is unavailable", w->req, NULL, &w->ids);
+        gw_http_error_ids(c, 503, "service_unavailable", "the session store is unavailable", w->w.req, NULL,
+                          &w->w.ids);
     } else {
         json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "device_session_id", w->snap.device_session_id, "version",
                               (json_int_t)w->snap.version, "status", gw_session_status_str(w->snap.status), "id",
@@ -67,11 +40,11 @@ static void published(void *ud, int rc, const char *id)
         char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (body)
-            gw_http_respond(c, w->req, &w->ids, 202, "application/json", body, strlen(body), NULL);
+            gw_http_respond(c, w->w.req, &w->w.ids, 202, "application/json", body, strlen(body), NULL);
         else
-            gw_http_error_ids(c, 500, "internal_error", "cannot encode the answer", w->req, NULL, &w->ids);
+            gw_http_error_ids(c, 500, "internal_error", "cannot encode the answer", w->w.req, NULL, &w->w.ids);
         free(body);
-        gw_log_line *l = gw_log_begin(GW_LOG_INFO, "session snapshot published", w->ids.corr);
+        gw_log_line *l = gw_log_begin(GW_LOG_INFO, "session snapshot published", w->w.ids.corr);
         if (l) {
             gw_log_str(l, "device_session_id", w->snap.device_session_id, 0);
             gw_log_str(l, "user", w->snap.user_id, 0);
@@ -82,8 +55,7 @@ static void published(void *ud, int rc, const char *id)
             gw_log_end(l);
         }
     }
-    gw_client_resume(c);
-    pub_free(w);
+    gw_admin_wait_done(&w->w);
 }
 
 static int post_session(gw_client *c, gw_http_req *req, const uint8_t *body, size_t n, const gw_req_ids *ids)
@@ -95,13 +67,11 @@ static int post_session(gw_client *c, gw_http_req *req, const uint8_t *body, siz
         return GW_OK;
     }
     pub_wait *w = gw_calloc(1, sizeof *w);
-    w->c = c;
-    w->req = gw_h1_req_clone(req);
-    w->ids = *ids;
     w->snap = snap;
-    uint64_t now = gw_loop_now(c->w->loop);
-    w->op = gw_store_session_publish(gw_store_current(), c->w->loop, &snap, published, w);
-    gw_client_wait(c, &pub_ops, w, now + timeout_ms);
+    w->w.late = "the session store did not answer in time";
+    w->w.free = pub_free;
+    gw_admin_wait_hold(&w->w, c, req, ids,
+                       gw_store_session_publish(gw_store_current(), c->w->loop, &w->snap, published, w), timeout_ms);
     return GW_DONE;
 }
 

@@ -81,6 +81,24 @@ def test_store_deadline(make_gateway):
         time.sleep(0.05)
         getattr(c, leave)()
 
+    # The admin APIs that wait for the store (one shared wait): 503 with its
+    # message at the deadline, and a client that leaves while waiting.
+    sess = json.dumps({"device_session_id": "dl-s", "user_id": "u", "status": "active", "version": 1,
+                       "token_sha256": "ab" * 32}).encode()
+    ev = json.dumps({"user_id": "u", "type": "t"}).encode()
+    for path, body, why in (("/v1/sessions", sess, "the session store did not answer in time"),
+                            ("/v1/events", ev, "the event stream did not answer in time")):
+        r = wsraw.http_request(g.admin_port, "POST", path, body=body, headers={"Content-Type": "application/json"})
+        assert r.status == 503 and json.loads(r.body)["message"] == why, (path, r)
+    r = wsraw.http_request(g.admin_port, "GET", "/v1/presence/u")
+    assert r.status == 503 and json.loads(r.body)["message"] == "the store did not answer in time", r
+    for leave in ("close", "reset"):
+        c = wsraw.Conn("127.0.0.1", g.admin_port, timeout=5)
+        c.send(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(sess) + sess)
+        time.sleep(0.05)
+        getattr(c, leave)()
+
     time.sleep(1.8)  # every late answer has come (and was dropped)
     assert g.get("/healthz").status == 200
     assert g.stop() == 0, g.stderr()[-3000:]
