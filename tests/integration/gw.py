@@ -62,7 +62,31 @@ def sanitizer_env():
     return env
 
 
+# Listening ports come from below the kernel's ephemeral range (32768+ by
+# default), so no outgoing connection's local port takes one, and the plain
+# and the sanitizer runs (which run at the same time under `make test`) draw
+# from two halves, so they never pick the same one (a port taken by bind(0)
+# and released could be handed to both: "Address already in use" at start,
+# seen once in several runs).
+_PORT_LO, _PORT_HI = (26384, 32767) if os.environ.get("WSGATE_SAN") == "1" or "/san/" in os.environ.get(
+    "WSGATE_BIN", "") else (20000, 26383)
+_next_port = _PORT_LO + (os.getpid() * 7919) % (_PORT_HI - _PORT_LO + 1)
+
+
 def free_port():
+    global _next_port
+    span = _PORT_HI - _PORT_LO + 1
+    for _ in range(span):
+        port = _next_port
+        _next_port = _PORT_LO + (_next_port - _PORT_LO + 1) % span
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
