@@ -15,9 +15,9 @@ OPT := -O2
 endif
 
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-PKGS := openssl zlib jansson hiredis libnghttp2 libprotobuf-c
+PKGS := openssl zlib jansson hiredis libnghttp2 libprotobuf-c liburing
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis -lnghttp2 -lprotobuf-c)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis -lnghttp2 -lprotobuf-c -luring)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
         -Wformat=2 -Wundef -Wimplicit-fallthrough -Wvla -Wno-missing-field-initializers

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,7 +20,10 @@ typedef struct posted {
     void *arg;
 } posted;
 
+static const gw_backend_ops *default_ops = &gw_backend_epoll;
+
 struct gw_loop {
+    const gw_backend_ops *ops;
     gw_backend *be;
     uint64_t now;
     uint64_t (*clock)(void *arg); /* NULL: gw_mono_ms */
@@ -111,10 +116,30 @@ void gw_loop_post(gw_loop *l, void (*fn)(void *arg), void *arg)
 
 /* ================================ lifecycle ================================= */
 
+int gw_loop_set_backend(const char *name)
+{
+    if (!strcmp(name, gw_backend_epoll.name))
+        default_ops = &gw_backend_epoll;
+    else if (!strcmp(name, gw_backend_uring.name))
+        default_ops = &gw_backend_uring;
+    else
+        return GW_ERR;
+    return GW_OK;
+}
+
+const char *gw_loop_backend_name(void) { return default_ops->name; }
+
 gw_loop *gw_loop_new(void)
 {
+    char err[160];
+    return gw_loop_create(err, sizeof err);
+}
+
+gw_loop *gw_loop_create(char *err, size_t errcap)
+{
     gw_loop *l = gw_calloc(1, sizeof *l);
-    l->be = gw_backend_new();
+    l->ops = default_ops;
+    l->be = l->ops->create(err, errcap);
     if (!l->be) {
         gw_free(l);
         return NULL;
@@ -126,6 +151,7 @@ gw_loop *gw_loop_new(void)
     l->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     l->wake.cb = on_wake;
     if (l->wake.fd < 0 || gw_io_start(l, &l->wake, GW_EV_READ) != GW_OK) {
+        snprintf(err, errcap, "cannot watch the loop's eventfd: %s", strerror(errno));
         gw_loop_free(l);
         return NULL;
     }
@@ -142,7 +168,7 @@ void gw_loop_free(gw_loop *l)
     }
     run_posted(l);
     run_list(&l->deferred); /* frees queued by the last callbacks */
-    gw_backend_free(l->be);
+    l->ops->destroy(l->be);
     gw_free(l->heap);
     pthread_mutex_destroy(&l->mu);
     gw_free(l);
@@ -161,7 +187,7 @@ int gw_io_update(gw_loop *l, gw_io *io, uint32_t events)
 {
     if (io->events == events)
         return GW_OK;
-    if (gw_backend_ctl(l->be, io, io->events, events) != GW_OK)
+    if (l->ops->ctl(l->be, io, io->events, events) != GW_OK)
         return GW_ERR;
     io->events = events;
     return GW_OK;
@@ -170,7 +196,7 @@ int gw_io_update(gw_loop *l, gw_io *io, uint32_t events)
 void gw_io_stop(gw_loop *l, gw_io *io)
 {
     if (io->fd >= 0 && io->events)
-        gw_backend_ctl(l->be, io, io->events, 0);
+        l->ops->ctl(l->be, io, io->events, 0);
     io->events = 0;
 }
 
@@ -311,12 +337,12 @@ void gw_loop_run(gw_loop *l)
             uint64_t when = l->heap[0]->when, now = loop_clock(l);
             timeout = when <= now ? 0 : (int)GW_MIN(when - now, (uint64_t)60000);
         }
-        int n = gw_backend_wait(l->be, timeout);
+        int n = l->ops->wait(l->be, timeout);
         /* The time after the wait, before any callback: an I/O callback that
          * arms a timer after a long idle must count from now. */
         l->now = loop_clock(l);
         if (n > 0)
-            gw_backend_dispatch(l->be, n);
+            l->ops->dispatch(l->be, n);
         run_list(&l->deferred);
         run_timers(l);
         run_list(&l->deferred);

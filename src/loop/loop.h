@@ -1,7 +1,8 @@
 /* loop.h: one event loop per worker thread.
  *
- * Readiness-based (epoll, level-triggered) behind a small backend interface
- * (loop_backend.h) so another backend can replace it. The loop owns:
+ * Readiness-based and level-triggered, behind a small backend interface
+ * (loop_backend.h): epoll by default, io_uring (poll requests through a
+ * ring) when GATEWAY_IO=io_uring. The loop owns:
  *  - fd watchers (gw_io), whose callback gets the ready events;
  *  - timers (gw_timer, a binary min-heap; the owner embeds the struct);
  *  - a "pending" list worked through before each sleep (connections whose
@@ -47,7 +48,14 @@ struct gw_task {
     gw_task_fn fn;
 };
 
+/* The backend of the loops created from now on: "epoll" (default) or
+ * "io_uring" (GATEWAY_IO). GW_ERR for another name. */
+int gw_loop_set_backend(const char *name);
+const char *gw_loop_backend_name(void);
+
 gw_loop *gw_loop_new(void);
+/* As gw_loop_new, with the reason in err when it fails (io_uring refused). */
+gw_loop *gw_loop_create(char *err, size_t errcap);
 void gw_loop_free(gw_loop *l);
 /* Runs until gw_loop_stop(). */
 void gw_loop_run(gw_loop *l);

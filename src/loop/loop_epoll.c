@@ -1,6 +1,8 @@
 /* loop_epoll.c: the epoll backend (level-triggered). The only file that
  * includes <sys/epoll.h>. */
 #include <errno.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -15,17 +17,19 @@ struct gw_backend {
     struct epoll_event events[MAX_EVENTS];
 };
 
-gw_backend *gw_backend_new(void)
+static gw_backend *epoll_create_backend(char *err, size_t errcap)
 {
     int fd = epoll_create1(EPOLL_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
+        snprintf(err, errcap, "epoll_create1: %s", strerror(errno));
         return NULL;
+    }
     gw_backend *b = gw_malloc(sizeof *b);
     b->epfd = fd;
     return b;
 }
 
-void gw_backend_free(gw_backend *b)
+static void epoll_destroy(gw_backend *b)
 {
     if (!b)
         return;
@@ -45,7 +49,7 @@ static uint32_t to_epoll(uint32_t ev)
     return e;
 }
 
-int gw_backend_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new_events)
+static int epoll_backend_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new_events)
 {
     struct epoll_event ev = {.events = to_epoll(new_events), .data.ptr = io};
     int op;
@@ -65,7 +69,7 @@ int gw_backend_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new_e
     return epoll_ctl(b->epfd, op, io->fd, &ev) == 0 ? GW_OK : GW_ERR;
 }
 
-int gw_backend_wait(gw_backend *b, int timeout_ms)
+static int epoll_backend_wait(gw_backend *b, int timeout_ms)
 {
     int n = epoll_wait(b->epfd, b->events, MAX_EVENTS, timeout_ms);
     if (n < 0)
@@ -73,7 +77,7 @@ int gw_backend_wait(gw_backend *b, int timeout_ms)
     return n;
 }
 
-void gw_backend_dispatch(gw_backend *b, int n)
+static void epoll_backend_dispatch(gw_backend *b, int n)
 {
     for (int i = 0; i < n; i++) {
         gw_io *io = b->events[i].data.ptr;
@@ -90,3 +94,12 @@ void gw_backend_dispatch(gw_backend *b, int n)
             io->cb(io, ev);
     }
 }
+
+const gw_backend_ops gw_backend_epoll = {
+    .name = "epoll",
+    .create = epoll_create_backend,
+    .destroy = epoll_destroy,
+    .ctl = epoll_backend_ctl,
+    .wait = epoll_backend_wait,
+    .dispatch = epoll_backend_dispatch,
+};

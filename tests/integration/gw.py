@@ -98,6 +98,10 @@ def base_env():
     """The environment without any GATEWAY_* variable of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(sanitizer_env())
+    # WSGATE_IO runs the whole suite on another I/O backend (make test runs
+    # it on io_uring too); a test may still set GATEWAY_IO itself.
+    if os.environ.get("WSGATE_IO"):
+        env["GATEWAY_IO"] = os.environ["WSGATE_IO"]
     return env
 
 

@@ -1,7 +1,11 @@
 /* Unit tests for loop/: timers (order, re-arm, stop), fd watchers, pending
- * and deferred tasks, cross-thread posts. */
+ * and deferred tasks, cross-thread posts. Every test runs on both backends
+ * (epoll and io_uring); the last ones hold what a backend must keep: level
+ * triggering, interest changes, no stale event for a reused fd number, and a
+ * closed socket really released. */
 #include <pthread.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -211,12 +215,224 @@ static void test_post(void)
     gw_loop_free(L);
 }
 
-int main(void)
+/* ====================== what every backend must keep ====================== */
+
+static gw_timer rp_stop;
+static void stop_loop(gw_timer *t)
 {
+    GW_UNUSED(t);
+    gw_loop_stop(L);
+}
+
+static gw_io lv;
+static int lv_calls;
+
+/* Reads one byte per event: the rest must be reported again (level). */
+static void on_level(gw_io *io, uint32_t ev)
+{
+    char b;
+    ok(ev & GW_EV_READ, "read event");
+    if (read(io->fd, &b, 1) == 1)
+        lv_calls++;
+    if (lv_calls == 5) {
+        gw_io_stop(L, io);
+        gw_loop_stop(L);
+    }
+}
+
+static void test_level_triggered(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    L = gw_loop_new();
+    lv = (gw_io){.fd = sv[0], .cb = on_level};
+    lv_calls = 0;
+    gw_io_start(L, &lv, GW_EV_READ);
+    is_int(write(sv[1], "abcde", 5), 5, "five bytes");
+    rp_stop.cb = stop_loop; /* a guard: the test fails instead of hanging */
+    gw_timer_start(L, &rp_stop, 2000);
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    is_int(lv_calls, 5, "one byte per event, five events: unread bytes are reported again");
+    gw_loop_free(L);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static gw_io chg;
+static gw_timer chg_timer;
+static uint32_t chg_seen;
+
+static void on_chg(gw_io *io, uint32_t ev)
+{
+    chg_seen |= ev;
+    if (ev & GW_EV_WRITE) {
+        gw_io_stop(L, io);
+        gw_loop_stop(L);
+    }
+}
+
+static void chg_add_write(gw_timer *t)
+{
+    GW_UNUSED(t);
+    gw_io_update(L, &chg, GW_EV_READ | GW_EV_WRITE);
+}
+
+/* A watcher waiting to read (nothing comes) that starts wanting to write
+ * hears that the socket is writable. */
+static void test_interest_change(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    L = gw_loop_new();
+    chg = (gw_io){.fd = sv[0], .cb = on_chg};
+    chg_seen = 0;
+    gw_io_start(L, &chg, GW_EV_READ);
+    chg_timer.cb = chg_add_write;
+    gw_timer_start(L, &chg_timer, 20);
+    rp_stop.cb = stop_loop; /* a guard: the test fails instead of hanging */
+    gw_timer_start(L, &rp_stop, 2000);
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    ok(chg_seen & GW_EV_WRITE, "write readiness after the interest grew");
+    ok(!(chg_seen & GW_EV_READ), "no read event: nothing was sent");
+    gw_loop_free(L);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static gw_io ra, rb, rp;
+static int rb_calls, ra_calls, reused_fd;
+static int ra_pair[2], rb_pair[2];
+
+static void on_ra(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(io);
+    GW_UNUSED(ev);
+    ra_calls++;
+}
+
+static void on_rb(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(io);
+    GW_UNUSED(ev);
+    rb_calls++;
+}
+
+/* Reported first in the batch: stops A, closes A's fd and watches a new
+ * socket with nothing to read under the same fd number. A's event of this
+ * batch must not reach the new watcher. */
+static void on_rp(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    char b[8];
+    ok(read(io->fd, b, sizeof b) == 1, "P read its byte");
+    gw_io_stop(L, io);
+    gw_io_stop(L, &ra);
+    int old = ra.fd;
+    close(ra.fd);
+    ra.fd = -1;
+    socketpair(AF_UNIX, SOCK_STREAM, 0, rb_pair);
+    if (rb_pair[0] != old) {
+        /* Put the new socket at the old number. */
+        dup2(rb_pair[0], old);
+        close(rb_pair[0]);
+        rb_pair[0] = old;
+    }
+    reused_fd = rb_pair[0];
+    rb = (gw_io){.fd = rb_pair[0], .cb = on_rb};
+    gw_io_start(L, &rb, GW_EV_READ);
+    gw_timer_start(L, &rp_stop, 50);
+}
+
+static void test_no_stale_event_after_fd_reuse(void)
+{
+    int pp[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, pp);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, ra_pair);
+    L = gw_loop_new();
+    rp_stop.cb = stop_loop;
+    ra_calls = rb_calls = 0;
+    rp = (gw_io){.fd = pp[0], .cb = on_rp};
+    ra = (gw_io){.fd = ra_pair[0], .cb = on_ra};
+    is_int(write(pp[1], "p", 1), 1, "P readable");
+    is_int(write(ra_pair[1], "a", 1), 1, "A readable");
+    int a_fd = ra_pair[0];
+    gw_io_start(L, &rp, GW_EV_READ); /* both ready at once: P first */
+    gw_io_start(L, &ra, GW_EV_READ);
+    gw_loop_run(L);
+    is_int(reused_fd, a_fd, "the new socket has A's old fd number");
+    is_int(ra_calls, 0, "A, stopped in the same batch, hears nothing");
+    is_int(rb_calls, 0, "the new watcher on the reused number hears nothing: its socket is quiet");
+    gw_io_stop(L, &rb);
+    gw_loop_free(L);
+    close(pp[0]);
+    close(pp[1]);
+    close(ra_pair[1]);
+    close(rb_pair[0]);
+    close(rb_pair[1]);
+}
+
+static gw_io cl;
+static gw_timer cl_timer;
+
+static void on_cl(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(io);
+    GW_UNUSED(ev);
+    ok(0, "no event: nothing was sent");
+}
+
+static void cl_close(gw_timer *t)
+{
+    GW_UNUSED(t);
+    gw_io_stop(L, &cl);
+    close(cl.fd);
+    cl.fd = -1;
+    gw_timer_start(L, &rp_stop, 30);
+}
+
+/* A socket watched for reading (its request waiting in the backend), stopped
+ * and closed from a timer, is released while the loop runs on (an io_uring
+ * poll request holds the file until it is removed): the peer reads end of
+ * stream. */
+static void test_stopped_socket_is_released(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    L = gw_loop_new();
+    rp_stop.cb = stop_loop;
+    cl = (gw_io){.fd = sv[0], .cb = on_cl};
+    cl_timer.cb = cl_close;
+    gw_io_start(L, &cl, GW_EV_READ);
+    gw_timer_start(L, &cl_timer, 20);
+    gw_loop_run(L);
+    char b[4];
+    is_int(recv(sv[1], b, sizeof b, MSG_DONTWAIT), 0, "the peer reads end of stream");
+    gw_loop_free(L);
+    close(sv[1]);
+}
+
+static void run_all(const char *backend)
+{
+    printf("# backend %s\n", backend);
+    is_int(gw_loop_set_backend(backend), GW_OK, "backend %s", backend);
+    is_str(gw_loop_backend_name(), backend, "backend in use");
     TEST_RUN(test_timers);
     TEST_RUN(test_io);
     TEST_RUN(test_clock_after_idle);
     TEST_RUN(test_tasks);
     TEST_RUN(test_post);
+    TEST_RUN(test_level_triggered);
+    TEST_RUN(test_interest_change);
+    TEST_RUN(test_no_stale_event_after_fd_reuse);
+    TEST_RUN(test_stopped_socket_is_released);
+}
+
+int main(void)
+{
+    is_int(gw_loop_set_backend("kqueue"), GW_ERR, "an unknown backend is refused");
+    run_all("epoll");
+    run_all("io_uring");
     return test_done();
 }
