@@ -36,6 +36,13 @@ else
     IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 fi
 WARM=${BENCH_WARM:-0.3}
+# Open-loop latency (loadgen --mode rate): a fixed total rate over the
+# connections, RATE_PAIRS interleaved pairs per rate, p50/p99/p99.9 and CPU per
+# message. An empty BENCH_RATES skips it.
+if [ -n "${BENCH_QUICK:-}" ]; then RATE_PAIRS=${BENCH_RATE_PAIRS:-2}; else RATE_PAIRS=${BENCH_RATE_PAIRS:-6}; fi
+if [ "$KIND" = echo ]; then RATES=(${BENCH_RATES-20000 50000 80000}); else RATES=(${BENCH_RATES-10000 25000 40000}); fi
+RATE_SIZE=${BENCH_RATE_SIZE:-512}
+RATE_RUN=${BENCH_RATE_RUN:-2}
 CONNS=${BENCH_CONNS:-100}
 BURSTS=(${BENCH_BURSTS-1 2 4 8 16})
 BURST_SIZE=${BENCH_BURST_SIZE:-512}
@@ -212,6 +219,22 @@ one_run() { # name size window [burst]
         printf "%.3f %.3f %.3f %.3f", a[1] / n, a[2] / n, a[3] / n, a[4] / n }')
 }
 
+# One open-loop run of $1 at $2 msgs/s -> RATE_LINE: "p50 p99 p999 cpu_us_per_msg achieved"
+rate_run() { # name rate
+    local name=$1 c0 c1 n
+    perf_start "${PID[$name]}"
+    c0=$(cpu_ticks "${PID[$name]}")
+    loadgen --mode rate --port "${PORT[$name]}" --path "$(path_of "$name")" --conns "$CONNS" --rate "$2" \
+        --size "$RATE_SIZE" --duration "$RATE_RUN" --warmup "$WARM" --drain 2 --connect-timeout 20 --label "$name-rate"
+    c1=$(cpu_ticks "${PID[$name]}")
+    perf_stop
+    n=$(kv "$LINE" echoed)
+    [ "$(kv "$LINE" errors)" = 0 ] || [ "$(kv "$LINE" errors)" = '?' ] || { log "   $name: errors in a run: $LINE"; STATUS=1; }
+    RATE_LINE="$(kv "$LINE" p50_us) $(kv "$LINE" p99_us) $(kv "$LINE" p999_us) $(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" \
+        -v ms="$TASK_MS" -v n="$n" 'BEGIN{ if (n + 0 <= 0) { print "?"; exit }
+            if (ms != "") printf "%.4f", ms * 1e3 / n; else printf "%.4f", t / hz * 1e6 / n }') $(kv "$LINE" rate_achieved)"
+}
+
 # Median and quartiles of the numbers on stdin -> "median q1 q3"
 quartiles() {
     sort -g | awk '{ v[NR] = $1 } END {
@@ -306,6 +329,23 @@ if [ "${#BURSTS[@]}" -gt 0 ]; then
     done
 fi
 
+# Open-loop latency: wsgate and the first reference at fixed rates, pairs
+# interleaved; the ratio of each percentile and of CPU/msg inside each pair.
+if [ "${#RATES[@]}" -gt 0 ] && [ "${#LIVE[@]}" -ge 2 ]; then
+    log "== open loop at ${RATES[*]} msgs/s x $RATE_SIZE B, $RATE_PAIRS pairs each"
+    for r in "${RATES[@]}"; do
+        : >"$TMP/rate.$r"
+        for i in $(seq "$RATE_PAIRS"); do
+            if [ $((i % 2)) = 1 ]; then order=("${LIVE[0]}" "${LIVE[1]}"); else order=("${LIVE[1]}" "${LIVE[0]}"); fi
+            for name in "${order[@]}"; do
+                rate_run "$name" "$r"
+                if [ "$name" = "${LIVE[0]}" ]; then ra=$RATE_LINE; else rb=$RATE_LINE; fi
+            done
+            echo "$ra $rb" >>"$TMP/rate.$r"
+        done
+    done
+fi
+
 echo
 echo "Paired $KIND benchmark: wsgate (A) against ${REFS[*]} (B), each pinned to CPU 1, one worker;"
 echo "load generator${UP_PORT:+ and the upstream bare_echo} on CPU 0. $CONNS connections, closed loop,"
@@ -353,6 +393,24 @@ if [ "${#BURSTS[@]}" -gt 0 ]; then
                 "$(med 7)" "$(med 8)")
         done
         echo "${line%|}"
+    done
+fi
+if [ "${#RATES[@]}" -gt 0 ] && [ -s "$TMP/rate.${RATES[0]}" ]; then
+    echo
+    echo "Open loop: ${LIVE[0]} (A) and ${LIVE[1]} (B) at a fixed total rate over $CONNS connections, $RATE_SIZE B,"
+    echo "$RATE_PAIRS interleaved pairs of ${RATE_RUN}s runs; latency = send to echo, us (medians over the pairs);"
+    echo "ratio = A/B inside each pair, median [IQR] (below 1: A faster / cheaper)."
+    printf '%8s | %7s %7s %8s %8s | %7s %7s %8s %8s | %-20s | %-20s
+' msgs/s "A p50" "A p99" "A p99.9" "A us/msg" \
+        "B p50" "B p99" "B p99.9" "B us/msg" "p99 ratio [IQR]" "cpu ratio [IQR]"
+    for r in "${RATES[@]}"; do
+        f=$TMP/rate.$r
+        [ -s "$f" ] || continue
+        med() { col "$1" <"$f" | quartiles | col 1; }
+        pr=$(awk '$7 + 0 > 0 { printf "%.4f\n", $2 / $7 }' "$f" | quartiles)
+        cr=$(awk '$9 + 0 > 0 { printf "%.4f\n", $4 / $9 }' "$f" | quartiles)
+        printf '%8s | %7.0f %7.0f %8.0f %8.2f | %7.0f %7.0f %8.0f %8.2f | %5.3f [%5.3f-%5.3f] | %5.3f [%5.3f-%5.3f]\n' \
+            "$r" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 6)" "$(med 7)" "$(med 8)" "$(med 9)" $pr $cr
     done
 fi
 if [ "$IDLE_CONNS" -gt 0 ]; then

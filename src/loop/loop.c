@@ -200,6 +200,16 @@ void gw_io_stop(gw_loop *l, gw_io *io)
     io->events = 0;
 }
 
+int gw_loop_can_recv(const gw_loop *l) { return l->ops->recv_take != NULL; }
+
+ssize_t gw_io_recv_take(gw_loop *l, gw_io *io, uint8_t **p, size_t max, int *more)
+{
+    *more = 0;
+    if (!l->ops->recv_take || !(io->events & GW_EV_RECV))
+        return GW_IO_DIRECT;
+    return l->ops->recv_take(l->be, io, p, max, more);
+}
+
 /* ================================= timers =================================== */
 
 static void heap_swap(gw_loop *l, uint32_t a, uint32_t b)
@@ -335,7 +345,12 @@ void gw_loop_run(gw_loop *l)
             timeout = 0;
         else if (l->nheap) {
             uint64_t when = l->heap[0]->when, now = loop_clock(l);
-            timeout = when <= now ? 0 : (int)GW_MIN(when - now, (uint64_t)60000);
+            /* One more ms: the clock is read in whole ms (truncated), so a
+             * timer armed at 1000.9 for 300 ms is due at 1300; waking at
+             * 1300.0 would fire it 0.9 ms early. Waking past when + 1 never
+             * fires a timer before its time (epoll's timer slack used to hide
+             * this; io_uring's timed wait is exact). */
+            timeout = when <= now ? 0 : (int)GW_MIN(when - now + 1, (uint64_t)60000);
         }
         int n = l->ops->wait(l->be, timeout);
         /* The time after the wait, before any callback: an I/O callback that
@@ -349,4 +364,6 @@ void gw_loop_run(gw_loop *l)
         run_list(&l->pending);
         run_list(&l->deferred);
     }
+    if (l->ops->quiesce)
+        l->ops->quiesce(l->be);
 }

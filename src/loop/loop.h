@@ -13,7 +13,9 @@
 #ifndef GW_LOOP_H
 #define GW_LOOP_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "core/list.h"
 
@@ -23,6 +25,12 @@ typedef struct gw_loop gw_loop;
 #define GW_EV_WRITE 0x2u
 #define GW_EV_ERROR 0x4u /* reported: error or hang-up; as interest alone: watch for nothing else */
 #define GW_EV_EXCLUSIVE 0x80000000u /* with READ on a listen fd shared by workers: wake one */
+/* As interest: the backend may receive for this watcher by completion (a
+ * stream socket read only through gw_io_recv_take; only when
+ * gw_loop_can_recv). It stays in the interest set while the owner pauses
+ * reading (READ off), so bytes already received are kept, not dropped. */
+#define GW_EV_RECV 0x8u
+#define GW_IO_DIRECT (-5) /* gw_io_recv_take: nothing received for you: read the fd yourself */
 
 typedef struct gw_io gw_io;
 typedef void (*gw_io_cb)(gw_io *io, uint32_t events);
@@ -78,6 +86,17 @@ uint64_t gw_mono_ms(void);
 int gw_io_start(gw_loop *l, gw_io *io, uint32_t events);
 int gw_io_update(gw_loop *l, gw_io *io, uint32_t events);
 void gw_io_stop(gw_loop *l, gw_io *io);
+
+/* 1 when l's backend receives by completion (io_uring): GW_EV_RECV is then
+ * honoured. */
+int gw_loop_can_recv(const gw_loop *l);
+/* For a watcher with GW_EV_RECV: the next bytes the backend received for it,
+ * at most max. Returns their count (> 0; *p points at them until the loop
+ * next waits; *more is set when more are queued), 0 at end of stream,
+ * GW_AGAIN (nothing yet, and the fd must not be read: a receive is in
+ * flight), GW_ERR (errno set), or GW_IO_DIRECT (nothing received and nothing
+ * in flight: read the fd yourself). */
+ssize_t gw_io_recv_take(gw_loop *l, gw_io *io, uint8_t **p, size_t max, int *more);
 
 void gw_timer_start(gw_loop *l, gw_timer *t, uint64_t after_ms);
 void gw_timer_start_at(gw_loop *l, gw_timer *t, uint64_t when);

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "loop/loop.h"
 
@@ -29,6 +30,10 @@ typedef struct gw_backend_ops {
     int (*wait)(gw_backend *b, int timeout_ms);
     /* Calls io->cb for each of the n events the last wait returned. */
     void (*dispatch)(gw_backend *b, int n);
+    /* Completion receive (NULL when the backend has none): gw_io_recv_take. */
+    ssize_t (*recv_take)(gw_backend *b, gw_io *io, uint8_t **p, size_t max, int *more);
+    /* The loop stopped: drop every request the kernel holds (optional). */
+    void (*quiesce)(gw_backend *b);
 } gw_backend_ops;
 
 extern const gw_backend_ops gw_backend_epoll;

@@ -1,32 +1,47 @@
 /* loop_uring.c: the io_uring backend (GATEWAY_IO=io_uring). The only file
  * that includes <liburing.h>.
  *
- * Readiness through the ring: each watched fd has at most one one-shot poll
- * request in the ring. Its answer is dispatched like an epoll event, and the
- * request is armed again before the next wait if the watcher still wants
- * events, so the semantics stay level-triggered (a one-shot poll armed on an
- * fd that is already ready answers at once). Interest changes only touch the
- * backend's table; the requests they need go into the submission queue and
- * leave with the wait (one io_uring_enter submits them and waits): no system
- * call per change, where epoll makes one epoll_ctl each.
+ * Two kinds of request per watched fd, each at most once in the ring:
+ *  - a one-shot poll for readiness (writes, listeners, TLS, pipes, anything
+ *    without GW_EV_RECV). Its answer is dispatched like an epoll event and
+ *    the poll is armed again before the next wait while the watcher still
+ *    wants events, so the semantics stay level-triggered (a one-shot poll
+ *    armed on an fd that is already ready answers at once);
+ *  - for a watcher with GW_EV_RECV (a plain stream socket that reads only
+ *    through gw_io_recv_take), a multishot receive with buffers provided by
+ *    the worker's buffer ring: the kernel receives as data arrives, with no
+ *    system call per read; the owner's callback takes the bytes in place.
+ * Interest changes only touch the backend's table; the requests they need go
+ * into the submission queue and leave with the wait (one io_uring_enter
+ * submits and waits).
  *
- * Staleness: a request's user_data is (generation << 32 | fd). Stopping a
- * watcher bumps its slot's generation and queues a removal, so an answer
- * that was already in flight, or that arrives after the fd number was reused,
- * is recognised and dropped. The removal must reach the kernel: a poll
- * request holds a reference to the file, and a closed socket is released
- * only when its requests are gone (at the next wait, in the same loop pass).
+ * Receive order is never broken: while a receive is in the ring the fd is
+ * not read directly (gw_io_recv_take answers GW_AGAIN); a pause cancels the
+ * receive but keeps whatever it still delivers (no byte is dropped), and the
+ * bytes queued are reported again, as a level-triggered event would be, once
+ * reading resumes. When the buffer ring runs dry (ENOBUFS) that fd falls
+ * back to a poll and direct reads until its next readiness event.
+ *
+ * Staleness: a request's user_data is (kind, generation, fd). Dropping a
+ * request bumps the generation of its kind, so an answer already in flight,
+ * or one that arrives after the fd number was reused, is recognised and
+ * dropped (a stale receive's buffer goes back to the ring). The removal must
+ * reach the kernel: a request holds a reference to the file, and a closed
+ * socket is released only when its requests are gone (at the next wait, in
+ * the same loop pass).
  *
  * The ring is created disabled and enabled by the first wait, on the
  * worker's own thread: with IORING_SETUP_SINGLE_ISSUER that thread becomes
  * the only submitter, and IORING_SETUP_DEFER_TASKRUN runs completion work
- * only when it waits (no interrupts of the worker while it runs callbacks). */
+ * only when it waits (no interrupts of the worker while it runs callbacks,
+ * and no buffer is written while a callback reads it). */
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -37,21 +52,47 @@
 #define SQ_ENTRIES 1024u
 #define CQ_ENTRIES 8192u
 #define MAX_EVENTS 256
-#define UD_IGNORE (1ull << 63) /* removals: their answers are not events */
-#define GEN_MASK 0x7fffffffu
+#define NBUFS 256u           /* provided receive buffers per worker (a power of two) */
+#define BUF_SIZE (16u * 1024) /* 4 MiB per worker in all */
+#define BGID 1
+
+/* user_data: bit 63 ignore, bits 62-61 kind, bits 60-32 generation, 31-0 fd */
+#define UD_IGNORE (1ull << 63) /* removals and cancels: their answers are not events */
+#define UD_QUIESCE (UD_IGNORE | 1u)
+#define K_POLL 0ull
+#define K_RECV 1ull
+#define K_SYNTH 2ull /* not a request: queued bytes to report again */
+#define GEN_MASK 0x1fffffffu
+
+typedef struct rxbuf {
+    uint16_t bid;
+    uint32_t len, off;
+} rxbuf;
+
+typedef struct rxq {
+    rxbuf *v;
+    uint32_t head, count, cap;
+    int eof;
+    int err;
+} rxq;
 
 typedef struct slot {
-    gw_io *io;         /* NULL: the fd is not watched */
-    uint32_t gen;      /* bumped when a request is dropped: older answers are stale */
-    uint32_t want;     /* GW_EV_* interest */
+    gw_io *io;           /* NULL: the fd is not watched */
+    rxq *q;              /* bytes received and not yet taken (NULL: none) */
+    uint32_t want;       /* GW_EV_* interest */
+    uint32_t pgen, rgen; /* bumped when a request of that kind is dropped */
     uint32_t armed_mask;
-    uint8_t armed;     /* a poll request with armed_mask is in the ring */
-    uint8_t dirty;     /* on the dirty list: (re)arm before the next wait */
+    uint8_t armed;       /* a poll request with armed_mask is in the ring */
+    uint8_t recv;        /* a multishot receive is in the ring (maybe being cancelled) */
+    uint8_t cancelling;  /* its cancel is queued: it ends soon, its data still counts */
+    uint8_t fallback;    /* the buffer ring ran dry: poll and read directly until the next event */
+    uint8_t dirty;       /* on the dirty list: looked at before the next wait */
 } slot;
 
 typedef struct ev {
     uint64_t ud;
     int32_t res;
+    uint32_t flags;
 } ev;
 
 struct gw_backend {
@@ -61,8 +102,53 @@ struct gw_backend {
     uint32_t nslots;
     int *dirty;
     uint32_t ndirty, capdirty;
+    /* the provided buffer ring */
+    struct io_uring_buf_ring *br;
+    uint8_t *bufs;
+    int br_ok;
+    uint16_t *recycle; /* buffers taken, given back at the next wait */
+    uint32_t nrecycle;
     ev events[MAX_EVENTS];
 };
+
+static uint64_t mk_ud(uint64_t kind, uint32_t gen, int fd)
+{
+    return kind << 61 | (uint64_t)(gen & GEN_MASK) << 32 | (uint32_t)fd;
+}
+
+static void buf_give_back(gw_backend *b, uint16_t bid)
+{
+    io_uring_buf_ring_add(b->br, b->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, bid, io_uring_buf_ring_mask(NBUFS), 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+static int setup_buffers(gw_backend *b)
+{
+    size_t ring_bytes = NBUFS * sizeof(struct io_uring_buf);
+    void *mem = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return GW_ERR;
+    b->br = mem;
+    io_uring_buf_ring_init(b->br);
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uintptr_t)mem;
+    reg.ring_entries = NBUFS;
+    reg.bgid = BGID;
+    if (io_uring_register_buf_ring(&b->ring, &reg, 0) < 0) {
+        munmap(mem, ring_bytes);
+        b->br = NULL;
+        return GW_ERR;
+    }
+    b->bufs = gw_malloc((size_t)NBUFS * BUF_SIZE);
+    b->recycle = gw_malloc(NBUFS * sizeof *b->recycle);
+    for (uint32_t i = 0; i < NBUFS; i++)
+        io_uring_buf_ring_add(b->br, b->bufs + (size_t)i * BUF_SIZE, BUF_SIZE, (uint16_t)i,
+                              io_uring_buf_ring_mask(NBUFS), (int)i);
+    io_uring_buf_ring_advance(b->br, NBUFS);
+    b->br_ok = 1;
+    return GW_OK;
+}
 
 static gw_backend *uring_create(char *err, size_t errcap)
 {
@@ -92,6 +178,9 @@ static gw_backend *uring_create(char *err, size_t errcap)
         gw_free(b);
         return NULL;
     }
+    /* Without a buffer ring (Linux < 5.19) every fd is polled and read
+     * directly. */
+    setup_buffers(b);
     return b;
 }
 
@@ -100,6 +189,15 @@ static void uring_destroy(gw_backend *b)
     if (!b)
         return;
     io_uring_queue_exit(&b->ring);
+    for (uint32_t i = 0; i < b->nslots; i++)
+        if (b->slots[i].q) {
+            gw_free(b->slots[i].q->v);
+            gw_free(b->slots[i].q);
+        }
+    if (b->br)
+        munmap(b->br, NBUFS * sizeof(struct io_uring_buf));
+    gw_free(b->bufs);
+    gw_free(b->recycle);
     gw_free(b->slots);
     gw_free(b->dirty);
     gw_free(b);
@@ -117,22 +215,52 @@ static struct io_uring_sqe *get_sqe(gw_backend *b)
     return sqe;
 }
 
-static uint64_t slot_ud(const slot *s, int fd) { return (uint64_t)(s->gen & GEN_MASK) << 32 | (uint32_t)fd; }
-
-/* Drops s's request from the ring (its answer, if one is already on the way,
- * is stale from now on). */
-static void drop_request(gw_backend *b, slot *s, int fd)
+/* Drops s's poll request (its answer, if already on the way, is stale). */
+static void drop_poll(gw_backend *b, slot *s, int fd)
 {
     if (s->armed) {
         struct io_uring_sqe *sqe = get_sqe(b);
         if (sqe) {
-            io_uring_prep_poll_remove(sqe, slot_ud(s, fd));
+            io_uring_prep_poll_remove(sqe, mk_ud(K_POLL, s->pgen, fd));
             io_uring_sqe_set_data64(sqe, UD_IGNORE);
         }
         s->armed = 0;
     }
-    s->gen++;
+    s->pgen++;
 }
+
+/* Asks s's receive to end. With stale set (the watcher is gone) its answers
+ * are dropped; else what it still delivers is queued. */
+static void cancel_recv(gw_backend *b, slot *s, int fd, int stale)
+{
+    if (s->recv && !s->cancelling) {
+        struct io_uring_sqe *sqe = get_sqe(b);
+        if (sqe) {
+            io_uring_prep_cancel64(sqe, mk_ud(K_RECV, s->rgen, fd), 0);
+            io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        }
+        s->cancelling = 1;
+    }
+    if (stale) {
+        s->rgen++;
+        s->recv = 0;
+        s->cancelling = 0;
+    }
+}
+
+static void q_clear(gw_backend *b, slot *s)
+{
+    rxq *q = s->q;
+    if (!q)
+        return;
+    for (uint32_t i = 0; i < q->count; i++)
+        b->recycle[b->nrecycle++] = q->v[(q->head + i) % q->cap].bid;
+    gw_free(q->v);
+    gw_free(q);
+    s->q = NULL;
+}
+
+static int q_pending(const slot *s) { return s->q && (s->q->count || s->q->eof || s->q->err); }
 
 static void mark_dirty(gw_backend *b, slot *s, int fd)
 {
@@ -179,16 +307,21 @@ static int uring_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new
     slot *s = &b->slots[fd];
     if (!new_events) {
         if (s->io == io) {
-            drop_request(b, s, fd);
+            drop_poll(b, s, fd);
+            cancel_recv(b, s, fd, 1);
+            q_clear(b, s);
             s->io = NULL;
             s->want = 0;
+            s->fallback = 0;
         }
         return GW_OK;
     }
     if (s->io != io) {
         /* A new watcher on this fd number: nothing of the old one may reach it. */
-        if (s->io || s->armed)
-            drop_request(b, s, fd);
+        drop_poll(b, s, fd);
+        cancel_recv(b, s, fd, 1);
+        q_clear(b, s);
+        s->fallback = 0;
         s->io = io;
     }
     s->want = new_events;
@@ -196,35 +329,76 @@ static int uring_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new
     return GW_OK;
 }
 
-/* Arms what changed since the last wait: a watcher with no request, or one
- * whose request watches other events than it wants now. */
-static void flush_dirty(gw_backend *b)
+/* Whether s receives by completion now. */
+static int recv_mode(const gw_backend *b, const slot *s)
 {
-    for (uint32_t i = 0; i < b->ndirty; i++) {
+    return b->br_ok && (s->want & GW_EV_RECV) && !s->fallback;
+}
+
+/* Brings each changed slot's requests in line with what its watcher wants.
+ * Slots with received bytes that their watcher wants to read are reported
+ * again (level-triggered), as synthetic events in events[0..n). Returns n. */
+static int flush_dirty(gw_backend *b)
+{
+    int nsynth = 0;
+    uint32_t i;
+    for (i = 0; i < b->ndirty; i++) {
         int fd = b->dirty[i];
         slot *s = &b->slots[fd];
         s->dirty = 0;
         if (!s->io)
             continue;
-        uint32_t mask = to_poll(s->want);
-        if (s->armed && s->armed_mask == mask)
-            continue;
-        if (s->armed)
-            drop_request(b, s, fd);
-        struct io_uring_sqe *sqe = get_sqe(b);
-        if (!sqe) {
-            /* The kernel took nothing (it failed): keep the rest for the next wait. */
-            s->dirty = 1;
-            memmove(b->dirty, b->dirty + i, (b->ndirty - i) * sizeof *b->dirty);
-            b->ndirty -= i;
-            return;
+        int by_recv = recv_mode(b, s);
+        int want_read = (s->want & GW_EV_READ) != 0;
+        /* the receive */
+        if (by_recv && want_read && !s->recv && !(s->q && (s->q->eof || s->q->err))) {
+            struct io_uring_sqe *sqe = get_sqe(b);
+            if (!sqe)
+                break;
+            io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = BGID;
+            io_uring_sqe_set_data64(sqe, mk_ud(K_RECV, s->rgen, fd));
+            s->recv = 1;
+            s->cancelling = 0;
+        } else if (s->recv && (!want_read || !by_recv)) {
+            cancel_recv(b, s, fd, 0);
         }
-        io_uring_prep_poll_add(sqe, fd, mask);
-        io_uring_sqe_set_data64(sqe, slot_ud(s, fd));
-        s->armed = 1;
-        s->armed_mask = mask;
+        if (want_read && q_pending(s) && nsynth < MAX_EVENTS) {
+            b->events[nsynth].ud = mk_ud(K_SYNTH, s->rgen, fd);
+            b->events[nsynth].res = 0;
+            b->events[nsynth].flags = 0;
+            nsynth++;
+        }
+        /* the poll */
+        uint32_t pw = s->want & (GW_EV_READ | GW_EV_WRITE | GW_EV_ERROR | GW_EV_EXCLUSIVE);
+        if (by_recv && want_read)
+            pw &= ~(uint32_t)GW_EV_READ; /* the receive reports input, errors and the end */
+        int need_poll = (pw & (GW_EV_READ | GW_EV_WRITE | GW_EV_ERROR)) != 0;
+        if (by_recv && want_read && !(pw & GW_EV_WRITE))
+            need_poll = 0;
+        uint32_t mask = to_poll(pw);
+        if (s->armed && (!need_poll || s->armed_mask != mask))
+            drop_poll(b, s, fd);
+        if (need_poll && !s->armed) {
+            struct io_uring_sqe *sqe = get_sqe(b);
+            if (!sqe)
+                break;
+            io_uring_prep_poll_add(sqe, fd, mask);
+            io_uring_sqe_set_data64(sqe, mk_ud(K_POLL, s->pgen, fd));
+            s->armed = 1;
+            s->armed_mask = mask;
+        }
     }
-    b->ndirty = 0;
+    if (i < b->ndirty) {
+        /* The kernel took nothing (it failed): keep the rest for the next wait. */
+        b->slots[b->dirty[i]].dirty = 1;
+        memmove(b->dirty, b->dirty + i, (b->ndirty - i) * sizeof *b->dirty);
+        b->ndirty -= i;
+    } else {
+        b->ndirty = 0;
+    }
+    return nsynth;
 }
 
 static int uring_wait(gw_backend *b, int timeout_ms)
@@ -235,60 +409,241 @@ static int uring_wait(gw_backend *b, int timeout_ms)
             return -1;
         b->enabled = 1;
     }
-    flush_dirty(b);
+    /* Buffers taken since the last wait go back to the kernel now: no
+     * callback reads them any more. */
+    for (uint32_t i = 0; i < b->nrecycle; i++)
+        buf_give_back(b, b->recycle[i]);
+    b->nrecycle = 0;
+    int n = flush_dirty(b);
+    if (n)
+        timeout_ms = 0; /* bytes already here: do not sleep */
     struct io_uring_cqe *cqe;
     struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000, .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
-    int rc = io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, timeout_ms >= 0 ? &ts : NULL, NULL);
-    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+    int rc = io_uring_submit_and_wait_timeout(&b->ring, &cqe, n ? 0 : 1, timeout_ms >= 0 ? &ts : NULL, NULL);
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && !n) {
         errno = -rc;
         return -1;
     }
     /* Copied out and consumed at once: callbacks may queue requests, and
      * the ring's slots are free again before they run. */
-    int n = 0;
-    unsigned head;
+    unsigned head, seen = 0;
     io_uring_for_each_cqe(&b->ring, head, cqe)
     {
         if (n == MAX_EVENTS)
             break;
         b->events[n].ud = cqe->user_data;
         b->events[n].res = cqe->res;
+        b->events[n].flags = cqe->flags;
         n++;
+        seen++;
     }
-    io_uring_cq_advance(&b->ring, (unsigned)n);
+    io_uring_cq_advance(&b->ring, seen);
     return n;
+}
+
+static void q_push(slot *s, uint16_t bid, uint32_t len)
+{
+    if (!s->q)
+        s->q = gw_calloc(1, sizeof *s->q);
+    rxq *q = s->q;
+    if (q->count == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 4;
+        rxbuf *v = gw_malloc(ncap * sizeof *v);
+        for (uint32_t i = 0; i < q->count; i++)
+            v[i] = q->v[(q->head + i) % q->cap];
+        gw_free(q->v);
+        q->v = v;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    q->v[(q->head + q->count) % q->cap] = (rxbuf){.bid = bid, .len = len, .off = 0};
+    q->count++;
+}
+
+/* A receive's answer: queue what it brought, then tell the watcher (when
+ * notify). */
+static void on_recv(gw_backend *b, slot *s, int fd, const ev *e, int notify)
+{
+    int has_buf = (e->flags & IORING_CQE_F_BUFFER) != 0;
+    uint16_t bid = (uint16_t)(e->flags >> IORING_CQE_BUFFER_SHIFT);
+    if (!(e->flags & IORING_CQE_F_MORE)) {
+        /* The receive ended (cancelled, the end of the stream, an error, no
+         * buffer left): armed again before the next wait while wanted. */
+        s->recv = 0;
+        s->cancelling = 0;
+        mark_dirty(b, s, fd);
+    }
+    if (e->res > 0 && has_buf) {
+        q_push(s, bid, (uint32_t)e->res);
+    } else {
+        if (has_buf)
+            b->recycle[b->nrecycle++] = bid;
+        if (e->res == 0) {
+            if (!s->q)
+                s->q = gw_calloc(1, sizeof *s->q);
+            s->q->eof = 1;
+        } else if (e->res == -ENOBUFS) {
+            s->fallback = 1; /* a poll and direct reads until the next event */
+            return;
+        } else if (e->res == -ECANCELED) {
+            return;
+        } else if (e->res < 0) {
+            if (!s->q)
+                s->q = gw_calloc(1, sizeof *s->q);
+            s->q->err = -e->res;
+        }
+    }
+    if (!notify)
+        return;
+    gw_io *io = s->io;
+    if ((s->want & GW_EV_READ) && io->fd >= 0)
+        io->cb(io, GW_EV_READ | (s->q && s->q->err ? GW_EV_ERROR : 0));
+    if (s->io == io && q_pending(s))
+        mark_dirty(b, s, fd); /* left unread: reported again */
+}
+
+/* A receive's answer whatever its generation: its bytes are queued for a
+ * live watcher, else their buffer goes back. */
+static void recv_answer(gw_backend *b, const ev *e, int notify)
+{
+    uint32_t gen = (uint32_t)(e->ud >> 32) & GEN_MASK;
+    int fd = (int)(uint32_t)e->ud;
+    slot *s = (uint32_t)fd < b->nslots ? &b->slots[fd] : NULL;
+    if (!s || !s->io || (s->rgen & GEN_MASK) != gen) {
+        /* stale: its watcher is gone; the bytes have no reader */
+        if (e->flags & IORING_CQE_F_BUFFER)
+            b->recycle[b->nrecycle++] = (uint16_t)(e->flags >> IORING_CQE_BUFFER_SHIFT);
+        return;
+    }
+    on_recv(b, s, fd, e, notify);
 }
 
 static void uring_dispatch(gw_backend *b, int n)
 {
     for (int i = 0; i < n; i++) {
-        uint64_t ud = b->events[i].ud;
+        const ev *e = &b->events[i];
+        uint64_t ud = e->ud;
         if (ud & UD_IGNORE)
             continue;
+        uint64_t kind = (ud >> 61) & 3;
+        uint32_t gen = (uint32_t)(ud >> 32) & GEN_MASK;
         int fd = (int)(uint32_t)ud;
-        if ((uint32_t)fd >= b->nslots)
+        slot *s = (uint32_t)fd < b->nslots ? &b->slots[fd] : NULL;
+        if (kind == K_RECV) {
+            recv_answer(b, e, 1);
             continue;
-        slot *s = &b->slots[fd];
-        if (!s->io || (s->gen & GEN_MASK) != (uint32_t)(ud >> 32))
+        }
+        if (!s || !s->io)
+            continue;
+        gw_io *io = s->io;
+        if (kind == K_SYNTH) {
+            if ((s->rgen & GEN_MASK) != gen || !q_pending(s) || !(s->want & GW_EV_READ) || io->fd < 0)
+                continue;
+            io->cb(io, GW_EV_READ | (s->q->err ? GW_EV_ERROR : 0));
+            if (s->io == io && q_pending(s))
+                mark_dirty(b, s, fd);
+            continue;
+        }
+        if ((s->pgen & GEN_MASK) != gen)
             continue; /* stopped, re-armed or reused since: stale */
         s->armed = 0;
+        s->fallback = 0;      /* after a readiness event the receive is tried again */
         mark_dirty(b, s, fd); /* armed again before the next wait while wanted */
-        int32_t res = b->events[i].res;
-        uint32_t e = 0;
+        int32_t res = e->res;
+        uint32_t m = 0;
         if (res < 0)
-            e = GW_EV_ERROR | GW_EV_READ;
+            m = GW_EV_ERROR | GW_EV_READ;
         else {
             if (res & (POLLIN | POLLRDHUP))
-                e |= GW_EV_READ;
+                m |= GW_EV_READ;
             if (res & POLLOUT)
-                e |= GW_EV_WRITE;
+                m |= GW_EV_WRITE;
             if (res & (POLLERR | POLLHUP))
-                e |= GW_EV_ERROR | GW_EV_READ;
+                m |= GW_EV_ERROR | GW_EV_READ;
         }
-        gw_io *io = s->io;
-        if (e && io->fd >= 0 && io->events)
-            io->cb(io, e);
+        if (m && io->fd >= 0 && io->events)
+            io->cb(io, m);
     }
+}
+
+/* The loop stopped (a worker ends, a test's run returns): every request
+ * leaves the ring, so no file is held by it any more (a listener closed
+ * afterwards, from another thread, is released at once; the ring's own
+ * teardown at exit is asynchronous and would keep it open a while). Bytes
+ * received on the way are kept for their watchers; a next run arms what is
+ * still wanted again. */
+static void uring_quiesce(gw_backend *b)
+{
+    if (!b->enabled)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe)
+        return;
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, UD_QUIESCE);
+    int done = 0;
+    for (int round = 0; round < 100 && done < 2; round++) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = done ? 0 : 20000000};
+        io_uring_submit_and_wait_timeout(&b->ring, &cqe, done ? 0 : 1, &ts, NULL);
+        if (done)
+            done = 2; /* one more reap after the cancel's answer: the last answers of what it ended */
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(&b->ring, head, cqe)
+        {
+            seen++;
+            if (cqe->user_data == UD_QUIESCE) {
+                done = 1;
+                continue;
+            }
+            if (!(cqe->user_data & UD_IGNORE) && ((cqe->user_data >> 61) & 3) == K_RECV) {
+                ev e = {.ud = cqe->user_data, .res = cqe->res, .flags = cqe->flags};
+                recv_answer(b, &e, 0);
+            }
+        }
+        io_uring_cq_advance(&b->ring, seen);
+    }
+    for (uint32_t fd = 0; fd < b->nslots; fd++) {
+        slot *s = &b->slots[fd];
+        if (s->armed || s->recv) {
+            s->armed = s->recv = s->cancelling = 0;
+            s->pgen++;
+            s->rgen++;
+        }
+        if (s->io)
+            mark_dirty(b, s, (int)fd);
+    }
+}
+
+static ssize_t uring_recv_take(gw_backend *b, gw_io *io, uint8_t **p, size_t max, int *more)
+{
+    int fd = io->fd;
+    if (fd < 0 || (uint32_t)fd >= b->nslots || b->slots[fd].io != io)
+        return GW_IO_DIRECT;
+    slot *s = &b->slots[fd];
+    rxq *q = s->q;
+    if (q && q->count) {
+        rxbuf *r = &q->v[q->head];
+        size_t k = GW_MIN(max, (size_t)(r->len - r->off));
+        *p = b->bufs + (size_t)r->bid * BUF_SIZE + r->off;
+        r->off += (uint32_t)k;
+        if (r->off == r->len) {
+            b->recycle[b->nrecycle++] = r->bid;
+            q->head = (q->head + 1) % q->cap;
+            q->count--;
+        }
+        *more = q->count > 0 || q->eof || q->err;
+        return (ssize_t)k;
+    }
+    if (q && q->err) {
+        errno = q->err;
+        return GW_ERR;
+    }
+    if (q && q->eof)
+        return 0;
+    if (s->recv)
+        return GW_AGAIN; /* bytes may be on their way through the ring */
+    return GW_IO_DIRECT;
 }
 
 const gw_backend_ops gw_backend_uring = {
@@ -298,4 +653,6 @@ const gw_backend_ops gw_backend_uring = {
     .ctl = uring_ctl,
     .wait = uring_wait,
     .dispatch = uring_dispatch,
+    .recv_take = uring_recv_take,
+    .quiesce = uring_quiesce,
 };

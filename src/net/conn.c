@@ -333,10 +333,31 @@ ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled)
         p = gw_conn_read_buffer();
         cap = GW_CONN_READ_CHUNK;
     }
-    ssize_t r = gw_conn_read(c, p, cap);
+    ssize_t r = GW_IO_DIRECT;
+    if (c->io.events & GW_EV_RECV) {
+        /* The backend received by completion (io_uring): the bytes wait in
+         * one of its buffers, processed in place when nothing waits in
+         * c->in, else copied behind it. */
+        uint8_t *src;
+        int more;
+        r = gw_io_recv_take(c->loop, &c->io, &src, cap, &more);
+        if (r > 0) {
+            if (own)
+                memcpy(p, src, (size_t)r);
+            else
+                p = src;
+            *filled = more;
+        } else if (r == GW_ERR) {
+            c->err = errno;
+        }
+    }
+    if (r == GW_IO_DIRECT) {
+        r = gw_conn_read(c, p, cap);
+        if (r > 0)
+            *filled = (size_t)r == cap;
+    }
     if (r <= 0)
         return r;
-    *filled = (size_t)r == cap;
     if (own) {
         gw_buf_commit(&c->in, (size_t)r);
         size_t used = rd->rcv(c, gw_buf_head(&c->in), c->in.len);
@@ -366,6 +387,10 @@ void gw_conn_update(gw_conn *c)
             ev |= GW_EV_WRITE;
         if (c->out.len && !(c->flags & GW_CONN_F_ERROR))
             ev |= (c->flags & GW_CONN_F_TLS_WR) ? GW_EV_READ : GW_EV_WRITE;
+        /* A plain socket on a loop that receives by completion: kept while
+         * paused, so the bytes already received stay queued. */
+        if ((c->flags & GW_CONN_F_READING) && c->tp == &gw_transport_plain && gw_loop_can_recv(c->loop))
+            ev |= GW_EV_RECV;
     }
     gw_io_update(c->loop, &c->io, ev);
 }

@@ -454,7 +454,9 @@ static int pw_setup(void)
     if (atomic_load(&pw_ready))
         return 1;
     pthread_mutex_lock(&pw_mu);
-    if (!atomic_load(&pw_ready) && gw_srv.workers && gw_srv.nworkers > 0) {
+    /* Not before every worker's loop exists: the store's reader may fan
+     * out while the server is still creating them. */
+    if (!atomic_load(&pw_ready) && atomic_load(&gw_srv.workers_ready) && gw_srv.nworkers > 0) {
         PW = gw_calloc((size_t)gw_srv.nworkers, sizeof *PW);
         for (int i = 0; i < gw_srv.nworkers; i++) {
             gw_list_init(&PW[i].subs);

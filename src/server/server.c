@@ -481,6 +481,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         gw_list_init(&w->idle);
         gw_timer_start(w->loop, &w->stats_timer, 1000);
     }
+    atomic_store(&gw_srv.workers_ready, 1);
     if (cfg->upgrade_socket[0] && gw_upgrade_takeover(cfg->upgrade_socket, err, errcap) != GW_OK)
         return GW_ERR;
     if (open_listeners(err, errcap) != GW_OK)
@@ -516,6 +517,7 @@ static void server_free(void)
         if (w->proto_tls_ctx)
             gw_tls_ctx_free(w->proto_tls_ctx);
     }
+    atomic_store(&gw_srv.workers_ready, 0);
     gw_free(gw_srv.workers);
     gw_srv.workers = NULL;
     if (gw_srv.tls_ctx)

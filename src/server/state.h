@@ -67,6 +67,8 @@ typedef struct gw_server {
     void *(*proto_tls_make)(const char *cert, const char *key, char *err, size_t errcap); /* a fresh one (SIGHUP) */
     int nworkers;
     gw_worker *workers;
+    atomic_int workers_ready;     /* every worker's loop exists: other threads (the store's reader
+                                   * fanning events out) may post to them */
     atomic_int draining;          /* set at SIGTERM: /readyz answers 503 (the listeners serve on for
                                    * GATEWAY_DRAIN_DELAY; then each worker's draining is set) */
     /* The drain's schedule (monotonic ms), written before the workers are

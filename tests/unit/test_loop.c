@@ -413,6 +413,225 @@ static void test_stopped_socket_is_released(void)
     close(sv[1]);
 }
 
+/* ===================== completion receive (GW_EV_RECV) ===================== */
+
+static gw_io rx;
+static char rx_got[64];
+static size_t rx_n;
+static int rx_direct, rx_eof, rx_take_max;
+static int rx_pause_after; /* pause reading once this many bytes were taken */
+
+/* Takes what was received (reads the fd itself when the backend says so),
+ * rx_take_max bytes at a time. */
+static void rx_drain(gw_io *io)
+{
+    for (;;) {
+        uint8_t *p;
+        int more;
+        ssize_t r = gw_io_recv_take(L, io, &p, (size_t)rx_take_max, &more);
+        if (r == GW_IO_DIRECT) {
+            rx_direct++;
+            r = read(io->fd, rx_got + rx_n, GW_MIN((size_t)rx_take_max, sizeof rx_got - rx_n));
+            if (r < 0)
+                return;
+            p = (uint8_t *)rx_got + rx_n;
+        }
+        if (r == 0) {
+            rx_eof = 1;
+            gw_io_stop(L, io);
+            gw_loop_stop(L);
+            return;
+        }
+        if (r < 0)
+            return; /* GW_AGAIN: on its way */
+        if (p != (uint8_t *)rx_got + rx_n)
+            memcpy(rx_got + rx_n, p, (size_t)r);
+        rx_n += (size_t)r;
+        if (rx_pause_after && rx_n >= (size_t)rx_pause_after) {
+            rx_pause_after = 0;
+            gw_io_update(L, io, GW_EV_RECV); /* paused: nothing more now */
+            return;
+        }
+        if (!more && gw_loop_can_recv(L))
+            return;
+    }
+}
+
+static void on_rx(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    rx_drain(io);
+}
+
+static int rx_peer;
+static gw_timer rx_timer, rx_timer2;
+static size_t rx_n_at_write;
+
+static void rx_resume(gw_timer *t)
+{
+    GW_UNUSED(t);
+    /* nothing new arrives: what was received before the pause must still be
+     * reported */
+    gw_io_update(L, &rx, GW_EV_READ | GW_EV_RECV);
+}
+
+static void rx_more(gw_timer *t)
+{
+    GW_UNUSED(t);
+    rx_n_at_write = rx_n;
+    ok(write(rx_peer, "def", 3) == 3, "peer writes more");
+    close(rx_peer);
+    rx_peer = -1;
+}
+
+/* A stream read through gw_io_recv_take, one byte per take, paused after
+ * two bytes, resumed with nothing new arriving (the third byte, received
+ * before the pause, is reported again), then more and the end of the stream:
+ * every byte arrives once and in order, and on io_uring none is read
+ * directly. */
+static void test_recv_pause_keeps_order(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+    L = gw_loop_new();
+    rx = (gw_io){.fd = sv[0], .cb = on_rx};
+    rx_n = 0;
+    rx_direct = rx_eof = 0;
+    rx_take_max = 1;
+    rx_pause_after = 2;
+    rx_peer = sv[1];
+    rx_timer.cb = rx_resume;
+    rx_timer2.cb = rx_more;
+    rx_n_at_write = 0;
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 3000); /* a guard */
+    gw_io_start(L, &rx, GW_EV_READ | GW_EV_RECV);
+    is_int(write(sv[1], "abc", 3), 3, "peer writes abc");
+    gw_timer_start(L, &rx_timer, 50);
+    gw_timer_start(L, &rx_timer2, 150);
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    is_int(rx_n_at_write, 3, "the byte left over at the pause came after resuming, before anything new");
+    is_mem(rx_got, rx_n, "abcdef", 6, "every byte once, in order, across the pause");
+    ok(rx_eof, "then the end of the stream");
+    if (gw_loop_can_recv(L))
+        is_int(rx_direct, 0, "received by completion: no direct read");
+    else
+        ok(rx_direct > 0, "epoll: read directly");
+    gw_loop_free(L);
+    close(sv[0]);
+}
+
+#define NRX 300
+static gw_io rxs[NRX];
+static int rxs_peer[NRX];
+static char rxs_got[NRX][8];
+static size_t rxs_n[NRX];
+static int rxs_paused, rxs_done, rxs_phase;
+static gw_timer rxs_timer;
+
+static void on_rxs(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    int i = (int)(io - rxs);
+    if (rxs_phase == 0) {
+        /* take nothing: the bytes stay with the backend, holding buffers */
+        gw_io_update(L, io, GW_EV_RECV);
+        rxs_paused++;
+        return;
+    }
+    for (;;) {
+        uint8_t *p;
+        int more;
+        ssize_t r = gw_io_recv_take(L, io, &p, 8, &more);
+        if (r == GW_IO_DIRECT) {
+            r = read(io->fd, rxs_got[i] + rxs_n[i], sizeof rxs_got[i] - rxs_n[i]);
+            p = (uint8_t *)rxs_got[i] + rxs_n[i];
+            if (r < 0)
+                return;
+        }
+        if (r < 0)
+            return;
+        if (r == 0) {
+            gw_io_stop(L, io);
+            if (++rxs_done == NRX)
+                gw_loop_stop(L);
+            return;
+        }
+        if (rxs_n[i] + (size_t)r > sizeof rxs_got[i])
+            r = (ssize_t)(sizeof rxs_got[i] - rxs_n[i]);
+        memmove(rxs_got[i] + rxs_n[i], p, (size_t)r);
+        rxs_n[i] += (size_t)r;
+    }
+}
+
+static void rxs_resume(gw_timer *t)
+{
+    GW_UNUSED(t);
+    rxs_phase = 1;
+    for (int i = 0; i < NRX; i++) {
+        ok(write(rxs_peer[i], "2", 1) == 1, "second byte %d", i);
+        close(rxs_peer[i]);
+        gw_io_update(L, &rxs[i], GW_EV_READ | GW_EV_RECV);
+    }
+}
+
+/* More sockets than the backend has receive buffers (256 on io_uring), each
+ * paused with its first byte unread: the ring runs dry, the sockets past it
+ * fall back to polling and direct reads; once resumed, every socket gets
+ * both its bytes in order and its end of stream. */
+static void test_recv_more_sockets_than_buffers(void)
+{
+    L = gw_loop_new();
+    rxs_paused = rxs_done = rxs_phase = 0;
+    for (int i = 0; i < NRX; i++) {
+        int sv[2];
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+        rxs[i] = (gw_io){.fd = sv[0], .cb = on_rxs};
+        rxs_peer[i] = sv[1];
+        rxs_n[i] = 0;
+        gw_io_start(L, &rxs[i], GW_EV_READ | GW_EV_RECV);
+        ok(write(sv[1], "1", 1) == 1, "first byte %d", i);
+    }
+    rxs_timer.cb = rxs_resume;
+    gw_timer_start(L, &rxs_timer, 100);
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 5000); /* a guard */
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    is_int(rxs_paused, NRX, "every socket paused once");
+    is_int(rxs_done, NRX, "every socket reached its end");
+    int good = 0;
+    for (int i = 0; i < NRX; i++)
+        good += rxs_n[i] == 2 && memcmp(rxs_got[i], "12", 2) == 0;
+    is_int(good, NRX, "every socket got 1 then 2");
+    gw_loop_free(L);
+    for (int i = 0; i < NRX; i++)
+        close(rxs[i].fd);
+}
+
+/* A socket still watched when the loop stops (a worker ends) and closed
+ * afterwards, from outside the loop: released at once (the peer reads end of
+ * stream), not held by a request in the backend until the next wait that
+ * never comes. */
+static void test_closed_after_the_loop_stopped(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+    L = gw_loop_new();
+    gw_io w = {.fd = sv[0], .cb = on_cl};
+    gw_io_start(L, &w, GW_EV_READ);
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 20);
+    gw_loop_run(L);
+    gw_io_stop(L, &w);
+    close(sv[0]);
+    char b[4];
+    is_int(recv(sv[1], b, sizeof b, MSG_DONTWAIT), 0, "the peer reads end of stream");
+    gw_loop_free(L);
+    close(sv[1]);
+}
+
 static void run_all(const char *backend)
 {
     printf("# backend %s\n", backend);
@@ -427,6 +646,9 @@ static void run_all(const char *backend)
     TEST_RUN(test_interest_change);
     TEST_RUN(test_no_stale_event_after_fd_reuse);
     TEST_RUN(test_stopped_socket_is_released);
+    TEST_RUN(test_closed_after_the_loop_stopped);
+    TEST_RUN(test_recv_pause_keeps_order);
+    TEST_RUN(test_recv_more_sockets_than_buffers);
 }
 
 int main(void)
