@@ -387,6 +387,71 @@ static void test_drained_queue_storage_reused(void)
     close(pb);
 }
 
+/* A pass that defers more connections than the old 16-block cache held
+ * (a relay at 100 connections defers up to one leg per event), and 4 KiB
+ * frames (header + payload: more than a page): the next pass takes every
+ * queue's storage from the blocks the last pass drained, none from the
+ * allocator, and a 4 KiB frame sits in one block without growing. */
+static void test_pass_reuses_all_blocks(void)
+{
+    enum { N = 40 };
+    static gw_conn c[N];
+    int peer[N];
+    static uint8_t frame[8 + 4096];
+    uint8_t *seen[N];
+    void *decoy[2 * N] = {0};
+    size_t reads;
+    for (size_t i = 0; i < sizeof frame; i++)
+        frame[i] = (uint8_t)i;
+    for (int i = 0; i < N; i++)
+        pair(&c[i], &peer[i], 0);
+    int reused = 0, whole = 0, drained = 0, held = 0;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++) {
+            gw_conn_cork_deferred(&c[i]);
+            /* Two writes, as a frame's header and payload iovecs would be. */
+            gw_conn_write(&c[i], frame, 8);
+            gw_conn_write(&c[i], frame + 8, 4096);
+        }
+        for (int i = 0; i < N; i++) {
+            if (round > 0) {
+                for (int j = 0; j < N; j++)
+                    if (seen[j] == c[i].out.data) {
+                        reused++;
+                        seen[j] = NULL; /* each drained block serves one queue */
+                        break;
+                    }
+            }
+            whole += c[i].out.len == sizeof frame;
+        }
+        for (int i = 0; i < N; i++)
+            seen[i] = c[i].out.data;
+        for (int i = 0; i < 2 * N; i++)
+            free(decoy[i]);
+        spin();
+        for (int i = 0; i < N; i++) {
+            drained += drain(peer[i], &reads) == sizeof frame;
+            held += c[i].out.data != NULL;
+        }
+        /* Whatever the allocator hands out next is not a drained block: a
+         * queue that gets one got it from the cache. */
+        for (int i = 0; i < N; i++) {
+            decoy[i] = malloc(16 * 1024);
+            decoy[N + i] = malloc(4096);
+        }
+    }
+    for (int i = 0; i < 2 * N; i++)
+        free(decoy[i]);
+    is_int(whole, 3 * N, "every queue holds its whole frame");
+    is_int(drained, 3 * N, "every peer got its frame each pass");
+    is_int(reused, 2 * N, "passes 2 and 3: all %d queues took blocks the pass before drained", N);
+    is_int(held, 0, "a drained connection holds no storage");
+    for (int i = 0; i < N; i++) {
+        gw_conn_close(&c[i]);
+        close(peer[i]);
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -399,6 +464,7 @@ int main(void)
     TEST_RUN(test_paused_watches_reset);
     TEST_RUN(test_one_pass_one_send);
     TEST_RUN(test_drained_queue_storage_reused);
+    TEST_RUN(test_pass_reuses_all_blocks);
     gw_conn_thread_exit();
     gw_loop_free(L);
     return test_done();
