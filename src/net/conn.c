@@ -635,7 +635,44 @@ static int sink_writev(void *io, const struct iovec *iov, int n) { return gw_con
 
 static int sink_paused(void *io) { return (((gw_conn *)io)->flags & GW_CONN_F_PAUSED) != 0; }
 
-const gw_sink gw_conn_sink = {sink_writev, sink_paused, GW_CONN_OUT_MAX};
+/* The buffer a sink_reserve handed out, until its sink_commit. */
+static _Thread_local gw_buf *reserved;
+
+/* Room for n bytes where gw_conn_writev would copy them (the output queue or
+ * the cork stage), so the engine can build a frame there in place; NULL where
+ * it would not copy them (a direct send, a large deferred write) or on
+ * failure: the engine then uses sink_writev, which decides (and fails) as
+ * before. */
+static uint8_t *sink_reserve(void *io, size_t n)
+{
+    gw_conn *c = io;
+    reserved = NULL;
+    if (c->flags & GW_CONN_F_ERROR)
+        return NULL;
+    if ((c->flags & GW_CONN_F_DEFER) && !(c->flags & GW_CONN_F_HANDSHAKE) && !(c->io.events & GW_EV_WRITE) &&
+        n > DEFER_COPY_MAX)
+        return NULL;
+    if (c->out.len || (c->flags & (GW_CONN_F_HANDSHAKE | GW_CONN_F_DEFER))) {
+        if (n == 0 || out_reserve(c, n) != GW_OK)
+            return NULL;
+        reserved = &c->out;
+        return gw_buf_tail(&c->out);
+    }
+    stage_slot *sl = slot_of(c);
+    if (!sl || n == 0 || n > STAGE_COPY_MAX || gw_buf_reserve(&sl->buf, n, GW_CONN_OUT_MAX) != GW_OK)
+        return NULL;
+    reserved = &sl->buf;
+    return gw_buf_tail(&sl->buf);
+}
+
+static void sink_commit(void *io, size_t n)
+{
+    GW_UNUSED(io);
+    reserved->len += (uint32_t)n;
+    reserved = NULL;
+}
+
+const gw_sink gw_conn_sink = {sink_writev, sink_paused, GW_CONN_OUT_MAX, sink_reserve, sink_commit};
 
 int gw_conn_await_connect(gw_conn *c) { return gw_io_update(c->loop, &c->io, GW_EV_WRITE); }
 

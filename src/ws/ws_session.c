@@ -68,31 +68,57 @@ void gw_ws_free(gw_ws *ws)
 
 /* ================================= sending ================================== */
 
+/* A client frame through the sink's writev: the payload is masked into the
+ * thread's scratch (the caller's bytes stay intact). */
+static int send_masked(gw_ws *ws, const uint8_t *hdr, size_t hl, const uint8_t mask[4], const uint8_t *p, size_t n)
+{
+    if (n == 0) {
+        struct iovec iov = {(void *)hdr, hl};
+        return ws->sink->writev(ws->io, &iov, 1);
+    }
+    scratch_out.head = scratch_out.len = 0;
+    if (gw_buf_reserve(&scratch_out, n, ws->sink->max_out) != GW_OK)
+        return GW_ERR;
+    gw_ws_mask_copy(gw_buf_head(&scratch_out), p, n, mask, 0);
+    struct iovec iov[2] = {{(void *)hdr, hl}, {gw_buf_head(&scratch_out), n}};
+    return ws->sink->writev(ws->io, iov, 2);
+}
+
 static int send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)
 {
     uint8_t hdr[GW_WS_MAX_HEADER];
+    if (ws->sink->reserve) {
+        /* Built in place where the sink would copy the frame anyway (the
+         * output queue or the cork stage): header, then the payload copied
+         * once, masked on the way for a client frame. */
+        uint8_t mask[4];
+        if (!ws->is_server)
+            gw_rand_bytes(mask, sizeof mask);
+        size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, ws->is_server ? NULL : mask);
+        uint8_t *out = ws->sink->reserve(ws->io, hl + n);
+        if (out) {
+            memcpy(out, hdr, hl);
+            if (ws->is_server)
+                memcpy(out + hl, p, n);
+            else
+                gw_ws_mask_copy(out + hl, p, n, mask, 0);
+            ws->sink->commit(ws->io, hl + n);
+            return GW_OK;
+        }
+        if (!ws->is_server)
+            return send_masked(ws, hdr, hl, mask, p, n);
+    }
     if (ws->is_server) {
         size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, NULL);
         struct iovec iov[2] = {{hdr, hl}, {(void *)p, n}};
         return ws->sink->writev(ws->io, iov, n ? 2 : 1);
     }
     /* Client frames are masked with a fresh unpredictable key (RFC 6455
-     * section 5.3); the payload is copied so the caller's bytes stay intact. */
+     * section 5.3). */
     uint8_t mask[4];
     gw_rand_bytes(mask, sizeof mask);
     size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, mask);
-    if (n == 0) {
-        struct iovec iov = {hdr, hl};
-        return ws->sink->writev(ws->io, &iov, 1);
-    }
-    scratch_out.head = scratch_out.len = 0;
-    if (gw_buf_append(&scratch_out, p, n, ws->sink->max_out) != GW_OK)
-        return GW_ERR;
-    gw_ws_mask(gw_buf_head(&scratch_out), n, mask, 0);
-    struct iovec iov[2] = {{hdr, hl}, {gw_buf_head(&scratch_out), n}};
-    int rc = ws->sink->writev(ws->io, iov, 2);
-    scratch_out.len = 0;
-    return rc;
+    return send_masked(ws, hdr, hl, mask, p, n);
 }
 
 int gw_ws_send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)

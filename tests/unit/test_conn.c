@@ -14,6 +14,7 @@
 #include "net/conn.h"
 #include "test.h"
 #include "ws/ws_frame.h"
+#include "ws/ws_session.h"
 
 static gw_loop *L;
 
@@ -452,6 +453,82 @@ static void test_pass_reuses_all_blocks(void)
     }
 }
 
+/* Client frames built in place by the WebSocket engine (gw_conn_sink's
+ * reserve/commit): in a deferred queue behind bytes already there, in the
+ * cork stage, and sent directly (no stage: the writev path), every frame is
+ * whole, in order, masked with its own key, and unmasks to the payload. */
+static const gw_ws_handler no_handler;
+
+static int frames_unmask_to(int fd, const uint8_t *pre, size_t npre, int nframes, const uint8_t *payload, size_t n,
+                            uint8_t keys[][4])
+{
+    static uint8_t buf[1 << 16];
+    size_t got = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        ssize_t r = read(fd, buf + got, sizeof buf - got);
+        if (r > 0)
+            got += (size_t)r;
+        else
+            break;
+    }
+    if (got < npre || memcmp(buf, pre, npre) != 0)
+        return 0;
+    size_t off = npre;
+    for (int f = 0; f < nframes; f++) {
+        gw_ws_frame_hdr h;
+        uint16_t cc;
+        int hl = gw_ws_frame_parse_header(buf + off, got - off, &h, &cc);
+        if (hl <= 0 || !h.masked || h.len != n || h.opcode != GW_WS_OP_BINARY || got - off - (size_t)hl < n)
+            return 0;
+        gw_ws_mask(buf + off + (size_t)hl, n, h.mask, 0);
+        if (memcmp(buf + off + (size_t)hl, payload, n) != 0)
+            return 0;
+        memcpy(keys[f], h.mask, 4);
+        off += (size_t)hl + n;
+    }
+    return off == got;
+}
+
+static void test_masked_frames_in_place(void)
+{
+    static uint8_t payload[3000];
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (uint8_t)(i * 13 + 1);
+    static const size_t sizes[] = {0, 1, 5, 64, 125, 126, 3000};
+    for (int mode = 0; mode < 3; mode++) {
+        for (size_t s = 0; s < GW_ARRAY_LEN(sizes); s++) {
+            gw_conn c;
+            int peer;
+            pair(&c, &peer, 0);
+            gw_ws ws;
+            gw_ws_init(&ws, &gw_conn_sink, &c, 0, &no_handler, NULL, 1 << 20);
+            const char *pre = mode == 0 ? "queued-first" : "";
+            if (mode == 0)
+                gw_conn_cork_deferred(&c);
+            else if (mode == 1)
+                gw_conn_cork(&c);
+            if (pre[0])
+                gw_conn_write(&c, pre, strlen(pre));
+            int rc = GW_OK;
+            for (int f = 0; f < 3; f++)
+                rc |= gw_ws_send(&ws, GW_WS_OP_BINARY, payload, sizes[s]);
+            if (mode == 0)
+                spin();
+            else if (mode == 1)
+                gw_conn_uncork(&c);
+            uint8_t keys[3][4];
+            ok(rc == GW_OK && frames_unmask_to(peer, (const uint8_t *)pre, strlen(pre), 3, payload, sizes[s], keys),
+               "mode %d (%s), %zu B: 3 whole masked frames that unmask to the payload", mode,
+               mode == 0 ? "deferred queue" : mode == 1 ? "cork stage" : "direct", sizes[s]);
+            ok(memcmp(keys[0], keys[1], 4) != 0 || memcmp(keys[1], keys[2], 4) != 0,
+               "mode %d, %zu B: a fresh key per frame", mode, sizes[s]);
+            gw_ws_free(&ws);
+            gw_conn_close(&c);
+            close(peer);
+        }
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -465,6 +542,7 @@ int main(void)
     TEST_RUN(test_one_pass_one_send);
     TEST_RUN(test_drained_queue_storage_reused);
     TEST_RUN(test_pass_reuses_all_blocks);
+    TEST_RUN(test_masked_frames_in_place);
     gw_conn_thread_exit();
     gw_loop_free(L);
     return test_done();
