@@ -11,6 +11,7 @@
 #define GW_SINK_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/uio.h>
 
 typedef struct gw_sink {
@@ -21,6 +22,13 @@ typedef struct gw_sink {
     int (*paused)(void *io);
     /* Largest output the sink accepts at once (bounds the engine's scratch). */
     size_t max_out;
+    /* Optional (both or neither): room for n bytes of output where the sink
+     * would copy a writev's bytes anyway, so the engine builds a frame there
+     * in place (header, payload masked on the way: one pass, no scratch),
+     * then commit(io, k) queues the first k <= n of them. NULL: use writev.
+     * Nothing may be written to the sink between the two calls. */
+    uint8_t *(*reserve)(void *io, size_t n);
+    void (*commit)(void *io, size_t n);
 } gw_sink;
 
 #endif

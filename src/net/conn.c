@@ -433,25 +433,68 @@ static stage_slot *slot_of(const gw_conn *c)
     return NULL;
 }
 
-/* Output queue storage. A queue that empties gives its first-size block
- * (gw_buf's first allocation, a page) to a small per-thread cache, and the
- * next queue to start takes it from there: a relay, whose every message is
- * queued on the other leg and sent at the end of the loop pass, then costs no
- * malloc/free per message (a page is past glibc's per-thread cache, so each
- * one went through the arena). An idle connection still holds no storage. */
+/* Output queue storage. A queue that empties gives its block to a small
+ * per-thread cache, and the next queue to start takes it from there: a relay,
+ * whose every message is queued on the other leg and sent at the end of the
+ * loop pass, then costs no malloc/free per message (a page is past glibc's
+ * per-thread cache, so each one went through the arena). Two sizes: a page,
+ * and a large block that holds one frame of up to 16 KiB with its header (a
+ * 4 KiB message no longer grows a page into a fresh 8 KiB block). The cache
+ * holds as many blocks as one loop pass can fill (a pass handles at most
+ * 256 events (loop_epoll.c), each deferring at most one other leg), so a
+ * pass under load allocates nothing. An idle connection still holds no
+ * storage. */
 #define OUT_BLOCK 4096u
-#define OUT_SPARES 16
+#define OUT_BLOCK_LARGE (16u * 1024)
+#define OUT_SPARES 256
+#define OUT_SPARES_LARGE 64
 static _Thread_local uint8_t *out_spare[OUT_SPARES];
-static _Thread_local int out_nspare;
+static _Thread_local uint8_t *out_spare_large[OUT_SPARES_LARGE];
+static _Thread_local int out_nspare, out_nspare_large;
 
-static gw_buf *out_queue(gw_conn *c)
+/* Gives a queue's storage back to the cache (or frees it). */
+static void out_drop(uint8_t *data, uint32_t cap)
 {
-    if (!c->out.data && out_nspare > 0) {
-        c->out.data = out_spare[--out_nspare];
-        c->out.cap = OUT_BLOCK;
-        c->out.head = c->out.len = 0;
+    if (data && cap == OUT_BLOCK && out_nspare < OUT_SPARES)
+        out_spare[out_nspare++] = data;
+    else if (data && cap == OUT_BLOCK_LARGE && out_nspare_large < OUT_SPARES_LARGE)
+        out_spare_large[out_nspare_large++] = data;
+    else
+        gw_free(data);
+}
+
+/* Room for n more bytes in c's output queue; up to a large block's worth
+ * comes from the cache (or is allocated in the cache's sizes, to return to
+ * it). GW_OK, or GW_ERR past GW_CONN_OUT_MAX or without memory. */
+static int out_reserve(gw_conn *c, size_t n)
+{
+    gw_buf *b = &c->out;
+    if (gw_buf_room(b) >= n)
+        return GW_OK;
+    size_t want = (size_t)b->len + n;
+    if (want > OUT_BLOCK_LARGE || (b->data && b->cap >= want))
+        return gw_buf_reserve(b, n, GW_CONN_OUT_MAX); /* beyond the cache's sizes, or compacting */
+    uint8_t *blk;
+    uint32_t cap;
+    if (want <= OUT_BLOCK && out_nspare > 0) {
+        blk = out_spare[--out_nspare];
+        cap = OUT_BLOCK;
+    } else if (out_nspare_large > 0) {
+        blk = out_spare_large[--out_nspare_large];
+        cap = OUT_BLOCK_LARGE;
+    } else {
+        cap = want <= OUT_BLOCK ? OUT_BLOCK : OUT_BLOCK_LARGE;
+        blk = gw_try_malloc(cap);
+        if (!blk)
+            return GW_ERR;
     }
-    return &c->out;
+    if (b->len)
+        memcpy(blk, gw_buf_head(b), b->len);
+    out_drop(b->data, b->cap);
+    b->data = blk;
+    b->cap = cap;
+    b->head = 0;
+    return GW_OK;
 }
 
 /* Drops n bytes from the front of the output queue; an emptied queue's
@@ -462,27 +505,54 @@ static void out_consume(gw_conn *c, size_t n)
         gw_buf_consume(&c->out, n);
         return;
     }
-    if (c->out.data && c->out.cap == OUT_BLOCK && out_nspare < OUT_SPARES) {
-        out_spare[out_nspare++] = c->out.data;
-        c->out = (gw_buf){0};
-        return;
-    }
-    gw_buf_release(&c->out);
+    out_drop(c->out.data, c->out.cap);
+    c->out = (gw_buf){0};
 }
 
-static int queue_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
+static size_t iov_total(const struct iovec *iov, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    return total;
+}
+
+/* Appends iov (less its first skip bytes) to b, which has room for it. */
+static void copy_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
 {
     for (int i = 0; i < n; i++) {
         size_t len = iov[i].iov_len;
-        const uint8_t *p = iov[i].iov_base;
         if (skip >= len) {
             skip -= len;
             continue;
         }
-        if (gw_buf_append(b, p + skip, len - skip, GW_CONN_OUT_MAX) != GW_OK)
-            return GW_ERR;
+        memcpy(gw_buf_tail(b), (const uint8_t *)iov[i].iov_base + skip, len - skip);
+        b->len += (uint32_t)(len - skip);
         skip = 0;
     }
+}
+
+/* Appends iov to the staging buffer b (one reservation for all of it). */
+static int queue_iov(gw_buf *b, const struct iovec *iov, int n, size_t skip)
+{
+    size_t t = iov_total(iov, n) - skip;
+    if (t == 0)
+        return GW_OK;
+    if (gw_buf_reserve(b, t, GW_CONN_OUT_MAX) != GW_OK)
+        return GW_ERR;
+    copy_iov(b, iov, n, skip);
+    return GW_OK;
+}
+
+/* Appends iov (less its first skip bytes) to c's output queue. */
+static int queue_out(gw_conn *c, const struct iovec *iov, int n, size_t skip)
+{
+    size_t t = iov_total(iov, n) - skip;
+    if (t == 0)
+        return GW_OK;
+    if (out_reserve(c, t) != GW_OK)
+        return GW_ERR;
+    copy_iov(&c->out, iov, n, skip);
     return GW_OK;
 }
 
@@ -497,7 +567,7 @@ static int write_direct(gw_conn *c, const struct iovec *iov, int n, size_t total
     if (r == GW_AGAIN)
         r = 0;
     if ((size_t)r < total) {
-        if (queue_iov(out_queue(c), iov, n, (size_t)r) != GW_OK) {
+        if (queue_out(c, iov, n, (size_t)r) != GW_OK) {
             c->flags |= GW_CONN_F_ERROR;
             return GW_ERR;
         }
@@ -542,14 +612,14 @@ int gw_conn_writev(gw_conn *c, const struct iovec *iov, int n)
             gw_buf tmp = c->out;
             c->out = (gw_buf){0};
             int rc = write_direct(c, all, n + k, total + waiting);
-            gw_buf_release(&tmp);
+            out_drop(tmp.data, tmp.cap);
             return rc;
         }
     }
     if (c->out.len || (c->flags & (GW_CONN_F_HANDSHAKE | GW_CONN_F_DEFER))) {
         /* Bytes already wait (or the connection is deferred): append behind
          * them to keep the order. */
-        if (queue_iov(out_queue(c), iov, n, 0) != GW_OK) {
+        if (queue_out(c, iov, n, 0) != GW_OK) {
             c->flags |= GW_CONN_F_ERROR;
             return GW_ERR;
         }
@@ -590,7 +660,44 @@ static int sink_writev(void *io, const struct iovec *iov, int n) { return gw_con
 
 static int sink_paused(void *io) { return (((gw_conn *)io)->flags & GW_CONN_F_PAUSED) != 0; }
 
-const gw_sink gw_conn_sink = {sink_writev, sink_paused, GW_CONN_OUT_MAX};
+/* The buffer a sink_reserve handed out, until its sink_commit. */
+static _Thread_local gw_buf *reserved;
+
+/* Room for n bytes where gw_conn_writev would copy them (the output queue or
+ * the cork stage), so the engine can build a frame there in place; NULL where
+ * it would not copy them (a direct send, a large deferred write) or on
+ * failure: the engine then uses sink_writev, which decides (and fails) as
+ * before. */
+static uint8_t *sink_reserve(void *io, size_t n)
+{
+    gw_conn *c = io;
+    reserved = NULL;
+    if (c->flags & GW_CONN_F_ERROR)
+        return NULL;
+    if ((c->flags & GW_CONN_F_DEFER) && !(c->flags & GW_CONN_F_HANDSHAKE) && !(c->io.events & GW_EV_WRITE) &&
+        n > DEFER_COPY_MAX)
+        return NULL;
+    if (c->out.len || (c->flags & (GW_CONN_F_HANDSHAKE | GW_CONN_F_DEFER))) {
+        if (n == 0 || out_reserve(c, n) != GW_OK)
+            return NULL;
+        reserved = &c->out;
+        return gw_buf_tail(&c->out);
+    }
+    stage_slot *sl = slot_of(c);
+    if (!sl || n == 0 || n > STAGE_COPY_MAX || gw_buf_reserve(&sl->buf, n, GW_CONN_OUT_MAX) != GW_OK)
+        return NULL;
+    reserved = &sl->buf;
+    return gw_buf_tail(&sl->buf);
+}
+
+static void sink_commit(void *io, size_t n)
+{
+    GW_UNUSED(io);
+    reserved->len += (uint32_t)n;
+    reserved = NULL;
+}
+
+const gw_sink gw_conn_sink = {sink_writev, sink_paused, GW_CONN_OUT_MAX, sink_reserve, sink_commit};
 
 int gw_conn_await_connect(gw_conn *c) { return gw_io_update(c->loop, &c->io, GW_EV_WRITE); }
 
@@ -705,6 +812,8 @@ void gw_conn_thread_exit(void)
     }
     while (out_nspare > 0)
         gw_free(out_spare[--out_nspare]);
+    while (out_nspare_large > 0)
+        gw_free(out_spare_large[--out_nspare_large]);
 }
 
 void gw_conn_shutdown(gw_conn *c)

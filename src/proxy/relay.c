@@ -482,7 +482,10 @@ static int relay_keep_paused(gw_wsconn *wsc)
 
 /* ============================== downstream leg ============================== */
 
-static void down_message(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n)
+/* A client's message toward the upstream; key: p is still masked with it
+ * (a binary message: remasked with the upstream leg's fresh key in the one
+ * pass that copies it into the leg's output), NULL: p is plain. */
+static void down_forward(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n, const uint8_t *key)
 {
     relay *rl = gw_ws_app_data(wsc);
     gw_wsc *up = RL_UP(rl);
@@ -492,11 +495,18 @@ static void down_message(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n)
     gw_conn *uc = uws ? uws->io : NULL; /* the upstream session writes to its conn (gw_conn_sink) */
     if (uc)
         gw_conn_cork_deferred(uc);
-    gw_wsc_send(up, opcode, p, n);
+    gw_wsc_send_masked(up, opcode, p, n, key);
     /* What stays queued has write interest, whose event (up_drain) resumes
      * us; a queue already waiting for it is left to it. */
     if (gw_wsc_queued(up) > GW_OUT_HIGH && uc && gw_conn_try_drain(uc) > GW_OUT_HIGH)
         gw_conn_pause(&wsc->c->conn, 1);
+}
+
+static void down_message(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n) { down_forward(wsc, opcode, p, n, NULL); }
+
+static void down_message_masked(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+{
+    down_forward(wsc, opcode, p, n, key);
 }
 
 static void down_peer_close(gw_wsconn *wsc, unsigned code, const uint8_t *reason, size_t n)
@@ -620,6 +630,7 @@ static void relay_free(gw_wsconn *wsc)
 
 static const gw_ws_app relay_app = {
     .message = down_message,
+    .message_masked = down_message_masked,
     .peer_close = down_peer_close,
     .drained = relay_drained,
     .keep_paused = relay_keep_paused,

@@ -32,7 +32,16 @@ static void on_peer_close(gw_ws *ws, unsigned code, const uint8_t *reason, size_
         wsc->app->peer_close(wsc, code, reason, n);
 }
 
-static const gw_ws_handler app_handler = {on_message, NULL, on_peer_close};
+/* For an app that forwards binary messages still masked (the relay). */
+static void on_masked_message(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+{
+    gw_wsconn *wsc = ws->data;
+    wsc->last_msg_ms = gw_loop_now(wsc->c->w->loop);
+    wsc->app->message_masked(wsc, opcode, p, n, key);
+}
+
+static const gw_ws_handler app_handler = {on_message, NULL, on_peer_close, NULL};
+static const gw_ws_handler app_handler_masked = {on_message, NULL, on_peer_close, on_masked_message};
 
 /* Starts the WebSocket phase once the 101 is written: the per-connection
  * state, the session engine with handler h, the "ws open" line, metrics. */
@@ -51,7 +60,8 @@ gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *tab
     wsc->opened_ms = wsc->last_seen_ms = wsc->last_msg_ms = wsc->last_ping_ms = now;
     snprintf(wsc->corr, sizeof wsc->corr, "%s", corr);
     snprintf(wsc->user, sizeof wsc->user, "%s", user && user[0] ? user : "-");
-    gw_ws_init(&wsc->ws, &gw_conn_sink, &c->conn, 1, &app_handler, wsc, gw_srv.cfg.ws_max_message_bytes);
+    gw_ws_init(&wsc->ws, &gw_conn_sink, &c->conn, 1, app->message_masked ? &app_handler_masked : &app_handler, wsc,
+               gw_srv.cfg.ws_max_message_bytes);
     if (pmd && pmd->enabled)
         gw_ws_enable_pmd(&wsc->ws, pmd);
     gw_ws_set_inflate_budget(&wsc->ws, (uint32_t)gw_srv.cfg.ws_max_inflate_ratio);

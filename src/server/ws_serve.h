@@ -24,6 +24,9 @@ typedef struct gw_wsconn gw_wsconn;
 typedef struct gw_ws_app {
     /* A data message from the client (see gw_ws_handler.on_message). */
     void (*message)(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n);
+    /* Optional: a binary message still masked with key (see
+     * gw_ws_handler.on_masked_message), for an app that forwards it. */
+    void (*message_masked)(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
     /* The client sent a valid Close (already answered by the engine). */
     void (*peer_close)(gw_wsconn *wsc, unsigned code, const uint8_t *reason, size_t n);
     /* The client's output queue drained. */

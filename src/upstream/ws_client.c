@@ -1124,9 +1124,14 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
 
 int gw_wsc_send(gw_wsc *c, int opcode, const uint8_t *p, size_t n)
 {
+    return gw_wsc_send_masked(c, opcode, (uint8_t *)p, n, NULL);
+}
+
+int gw_wsc_send_masked(gw_wsc *c, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+{
     if (!c || c->freed || c->state != S_OPEN || c->ws.state != GW_WS_OPEN)
         return GW_ERR;
-    int rc = gw_ws_send(&c->ws, opcode, p, n);
+    int rc = key ? gw_ws_send_masked(&c->ws, opcode, p, n, key) : gw_ws_send(&c->ws, opcode, p, n);
     if (rc != GW_OK && !c->busy)
         after_ws(c);
     return rc;

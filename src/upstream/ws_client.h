@@ -129,6 +129,8 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
  * closing) or the connection is dead/over its output cap (then on_close
  * follows with IO_ERROR). Safe inside callbacks. */
 int gw_wsc_send(gw_wsc *c, int opcode, const uint8_t *p, size_t n);
+/* gw_wsc_send for a payload still masked with key (gw_ws_send_masked). */
+int gw_wsc_send_masked(gw_wsc *c, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
 /* Sends a ping with up to 125 bytes of payload. GW_OK or GW_ERR. */
 int gw_wsc_ping(gw_wsc *c, const uint8_t *p, size_t n);
 /* Starts the close handshake (open) or abandons the attempt (connecting).

@@ -166,6 +166,58 @@ void gw_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
         p[i] ^= key[k + i];
 }
 
+void gw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t n, const uint8_t mask[4],
+                     uint64_t offset)
+{
+    /* As gw_ws_mask, reading src and writing dst in the same pass. */
+    unsigned k = (unsigned)(offset & 3u);
+    uint8_t key[12];
+    memcpy(key, mask, 4);
+    memcpy(key + 4, mask, 4);
+    memcpy(key + 8, mask, 4);
+    uint64_t w;
+    memcpy(&w, key + k, sizeof w);
+    while (n >= 4 * sizeof(uint64_t)) {
+        uint64_t a, b, c, d;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + 8, 8);
+        memcpy(&c, src + 16, 8);
+        memcpy(&d, src + 24, 8);
+        a ^= w;
+        b ^= w;
+        c ^= w;
+        d ^= w;
+        memcpy(dst, &a, 8);
+        memcpy(dst + 8, &b, 8);
+        memcpy(dst + 16, &c, 8);
+        memcpy(dst + 24, &d, 8);
+        src += 32;
+        dst += 32;
+        n -= 32;
+    }
+    while (n >= sizeof(uint64_t)) {
+        uint64_t a;
+        memcpy(&a, src, 8);
+        a ^= w;
+        memcpy(dst, &a, 8);
+        src += 8;
+        dst += 8;
+        n -= 8;
+    }
+    if (n >= 4) {
+        uint32_t a, w4;
+        memcpy(&a, src, 4);
+        memcpy(&w4, key + k, 4);
+        a ^= w4;
+        memcpy(dst, &a, 4);
+        src += 4;
+        dst += 4;
+        n -= 4;
+    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i] ^ key[k + i];
+}
+
 /* ------------------------------------------------------------------ */
 /* Close frames                                                       */
 /* ------------------------------------------------------------------ */

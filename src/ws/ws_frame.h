@@ -60,6 +60,12 @@ int gw_ws_frame_parse_header(const uint8_t *p, size_t n, gw_ws_frame_hdr *h, uin
  * machine word at a time. */
 void gw_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset);
 
+/* dst[i] = src[i] ^ mask[(offset + i) % 4] for i in [0, n), in one pass: a
+ * payload masked on its way into an output buffer. dst and src do not
+ * overlap; either may be at any alignment. */
+void gw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t n, const uint8_t mask[4],
+                     uint64_t offset);
+
 /* Writes a frame header into out (at least GW_WS_MAX_HEADER bytes) and returns
  * its length. mask is NULL for an unmasked (server) frame, else the 4-byte key
  * (client frames); the payload is masked separately with gw_ws_mask(). */

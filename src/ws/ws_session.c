@@ -68,31 +68,66 @@ void gw_ws_free(gw_ws *ws)
 
 /* ================================= sending ================================== */
 
-static int send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)
+/* A client frame through the sink's writev: the payload is masked into the
+ * thread's scratch (the caller's bytes stay intact). */
+static int send_masked(gw_ws *ws, const uint8_t *hdr, size_t hl, const uint8_t mask[4], const uint8_t *p, size_t n)
 {
-    uint8_t hdr[GW_WS_MAX_HEADER];
-    if (ws->is_server) {
-        size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, NULL);
-        struct iovec iov[2] = {{hdr, hl}, {(void *)p, n}};
-        return ws->sink->writev(ws->io, iov, n ? 2 : 1);
-    }
-    /* Client frames are masked with a fresh unpredictable key (RFC 6455
-     * section 5.3); the payload is copied so the caller's bytes stay intact. */
-    uint8_t mask[4];
-    gw_rand_bytes(mask, sizeof mask);
-    size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, mask);
     if (n == 0) {
-        struct iovec iov = {hdr, hl};
+        struct iovec iov = {(void *)hdr, hl};
         return ws->sink->writev(ws->io, &iov, 1);
     }
     scratch_out.head = scratch_out.len = 0;
-    if (gw_buf_append(&scratch_out, p, n, ws->sink->max_out) != GW_OK)
+    if (gw_buf_reserve(&scratch_out, n, ws->sink->max_out) != GW_OK)
         return GW_ERR;
-    gw_ws_mask(gw_buf_head(&scratch_out), n, mask, 0);
-    struct iovec iov[2] = {{hdr, hl}, {gw_buf_head(&scratch_out), n}};
-    int rc = ws->sink->writev(ws->io, iov, 2);
-    scratch_out.len = 0;
-    return rc;
+    gw_ws_mask_copy(gw_buf_head(&scratch_out), p, n, mask, 0);
+    struct iovec iov[2] = {{(void *)hdr, hl}, {gw_buf_head(&scratch_out), n}};
+    return ws->sink->writev(ws->io, iov, 2);
+}
+
+/* A client frame whose payload p is masked with inkey (NULL: plain) goes
+ * out masked with a fresh unpredictable key (RFC 6455 section 5.3): the
+ * payload is XORed once, with inkey ^ the fresh key, on its copy into the
+ * output. */
+static int send_client_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n,
+                             const uint8_t *inkey)
+{
+    uint8_t hdr[GW_WS_MAX_HEADER], mask[4], x[4];
+    gw_rand_bytes(mask, sizeof mask);
+    size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, mask);
+    const uint8_t *k = mask;
+    if (inkey) {
+        for (int i = 0; i < 4; i++)
+            x[i] = (uint8_t)(inkey[i] ^ mask[i]);
+        k = x;
+    }
+    uint8_t *out = ws->sink->reserve ? ws->sink->reserve(ws->io, hl + n) : NULL;
+    if (out) {
+        /* Built in place where the sink would copy the frame anyway (the
+         * output queue or the cork stage). */
+        memcpy(out, hdr, hl);
+        gw_ws_mask_copy(out + hl, p, n, k, 0);
+        ws->sink->commit(ws->io, hl + n);
+        return GW_OK;
+    }
+    return send_masked(ws, hdr, hl, k, p, n);
+}
+
+static int send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)
+{
+    uint8_t hdr[GW_WS_MAX_HEADER];
+    if (!ws->is_server)
+        return send_client_frame(ws, fin, rsv, opcode, p, n, NULL);
+    uint8_t *out = ws->sink->reserve ? ws->sink->reserve(ws->io, GW_WS_MAX_HEADER + n) : NULL;
+    if (out) {
+        /* Header and payload copied once into where the sink keeps them. */
+        size_t hl = gw_ws_frame_encode_header(out, fin, rsv, opcode, n, NULL);
+        memcpy(out + hl, p, n);
+        ws->sink->commit(ws->io, hl + n);
+        return GW_OK;
+    }
+    size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, NULL);
+    struct iovec iov[2] = {{hdr, hl}, {(void *)p, n}};
+    return ws->sink->writev(ws->io, iov, n ? 2 : 1);
 }
 
 int gw_ws_send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)
@@ -119,6 +154,19 @@ int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n)
         return rc;
     }
     return send_frame(ws, 1, 0, opcode, p, n);
+}
+
+int gw_ws_send_masked(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+{
+    if (ws->is_server || ws->pmd) {
+        gw_ws_mask(p, n, key, 0);
+        return gw_ws_send(ws, opcode, p, n);
+    }
+    if (ws->state != GW_WS_OPEN)
+        return GW_ERR;
+    ws->msgs_out++;
+    ws->bytes_out += n;
+    return send_client_frame(ws, 1, 0, opcode, p, n, key);
 }
 
 int gw_ws_ping(gw_ws *ws, const uint8_t *p, size_t n)
@@ -334,6 +382,17 @@ size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n)
             gw_utf8_init(&ws->utf8);
         uint8_t *payload = p + off + hl;
         size_t avail = n - off - (size_t)hl;
+        if (ws->h->on_masked_message && opcode == GW_WS_OP_BINARY && first && h.fin && !compressed && h.masked &&
+            ws->cur_done == 0 && avail >= h.len && ws->state == GW_WS_OPEN) {
+            /* A whole binary message in one frame, for an owner that
+             * forwards it: left masked, remasked once on its way out. */
+            size_t len = (size_t)h.len;
+            off += (size_t)hl + len;
+            ws->msgs_in++;
+            ws->bytes_in += len;
+            ws->h->on_masked_message(ws, opcode, payload, len, h.mask);
+            continue;
+        }
         if (avail < h.len) {
             /* Partial frame: unmask and validate what is here now, so bad
              * UTF-8 fails fast and no byte is processed twice. */

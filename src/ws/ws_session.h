@@ -36,6 +36,15 @@ typedef struct gw_ws_handler {
     /* The peer sent a valid Close (optional): code (1005 when none) and its
      * reason, valid only during the call. The session has already answered. */
     void (*on_peer_close)(gw_ws *ws, unsigned code, const uint8_t *reason, size_t n);
+    /* Optional, for owners that forward messages to another WebSocket (a
+     * relay): a whole binary message that arrived in one uncompressed
+     * frame, handed over still masked with the peer's key (every check of
+     * the protocol is made; a binary payload has none of its own). The owner
+     * forwards it with gw_ws_send_masked, which remasks it in one pass on
+     * its copy into the output, or unmasks it itself (gw_ws_mask). Text,
+     * fragmented, compressed and partially received messages still come
+     * unmasked through on_message. */
+    void (*on_masked_message)(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
 } gw_ws_handler;
 
 enum gw_ws_state {
@@ -118,6 +127,11 @@ size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n);
 /* Sends a whole message (text/binary; compressed when negotiated and worth
  * it). GW_OK or GW_ERR (sink dead or over its output cap). */
 int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n);
+/* gw_ws_send for a payload still masked with key (on_masked_message): a
+ * client session masks it with a fresh key in the same pass as its copy into
+ * the output (XOR with key ^ fresh key); otherwise p is unmasked in place
+ * (it is writable) and sent as gw_ws_send does. */
+int gw_ws_send_masked(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
 /* Sends one raw frame (for relays and fragmented sends); no compression. */
 int gw_ws_send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n);
 int gw_ws_ping(gw_ws *ws, const uint8_t *p, size_t n);

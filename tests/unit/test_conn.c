@@ -14,6 +14,7 @@
 #include "net/conn.h"
 #include "test.h"
 #include "ws/ws_frame.h"
+#include "ws/ws_session.h"
 
 static gw_loop *L;
 
@@ -387,6 +388,147 @@ static void test_drained_queue_storage_reused(void)
     close(pb);
 }
 
+/* A pass that defers more connections than the old 16-block cache held
+ * (a relay at 100 connections defers up to one leg per event), and 4 KiB
+ * frames (header + payload: more than a page): the next pass takes every
+ * queue's storage from the blocks the last pass drained, none from the
+ * allocator, and a 4 KiB frame sits in one block without growing. */
+static void test_pass_reuses_all_blocks(void)
+{
+    enum { N = 40 };
+    static gw_conn c[N];
+    int peer[N];
+    static uint8_t frame[8 + 4096];
+    uint8_t *seen[N];
+    void *decoy[2 * N] = {0};
+    size_t reads;
+    for (size_t i = 0; i < sizeof frame; i++)
+        frame[i] = (uint8_t)i;
+    for (int i = 0; i < N; i++)
+        pair(&c[i], &peer[i], 0);
+    int reused = 0, whole = 0, drained = 0, held = 0;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++) {
+            gw_conn_cork_deferred(&c[i]);
+            /* Two writes, as a frame's header and payload iovecs would be. */
+            gw_conn_write(&c[i], frame, 8);
+            gw_conn_write(&c[i], frame + 8, 4096);
+        }
+        for (int i = 0; i < N; i++) {
+            if (round > 0) {
+                for (int j = 0; j < N; j++)
+                    if (seen[j] == c[i].out.data) {
+                        reused++;
+                        seen[j] = NULL; /* each drained block serves one queue */
+                        break;
+                    }
+            }
+            whole += c[i].out.len == sizeof frame;
+        }
+        for (int i = 0; i < N; i++)
+            seen[i] = c[i].out.data;
+        for (int i = 0; i < 2 * N; i++)
+            free(decoy[i]);
+        spin();
+        for (int i = 0; i < N; i++) {
+            drained += drain(peer[i], &reads) == sizeof frame;
+            held += c[i].out.data != NULL;
+        }
+        /* Whatever the allocator hands out next is not a drained block: a
+         * queue that gets one got it from the cache. */
+        for (int i = 0; i < N; i++) {
+            decoy[i] = malloc(16 * 1024);
+            decoy[N + i] = malloc(4096);
+        }
+    }
+    for (int i = 0; i < 2 * N; i++)
+        free(decoy[i]);
+    is_int(whole, 3 * N, "every queue holds its whole frame");
+    is_int(drained, 3 * N, "every peer got its frame each pass");
+    is_int(reused, 2 * N, "passes 2 and 3: all %d queues took blocks the pass before drained", N);
+    is_int(held, 0, "a drained connection holds no storage");
+    for (int i = 0; i < N; i++) {
+        gw_conn_close(&c[i]);
+        close(peer[i]);
+    }
+}
+
+/* Client frames built in place by the WebSocket engine (gw_conn_sink's
+ * reserve/commit): in a deferred queue behind bytes already there, in the
+ * cork stage, and sent directly (no stage: the writev path), every frame is
+ * whole, in order, masked with its own key, and unmasks to the payload. */
+static const gw_ws_handler no_handler;
+
+static int frames_unmask_to(int fd, const uint8_t *pre, size_t npre, int nframes, const uint8_t *payload, size_t n,
+                            uint8_t keys[][4])
+{
+    static uint8_t buf[1 << 16];
+    size_t got = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        ssize_t r = read(fd, buf + got, sizeof buf - got);
+        if (r > 0)
+            got += (size_t)r;
+        else
+            break;
+    }
+    if (got < npre || memcmp(buf, pre, npre) != 0)
+        return 0;
+    size_t off = npre;
+    for (int f = 0; f < nframes; f++) {
+        gw_ws_frame_hdr h;
+        uint16_t cc;
+        int hl = gw_ws_frame_parse_header(buf + off, got - off, &h, &cc);
+        if (hl <= 0 || !h.masked || h.len != n || h.opcode != GW_WS_OP_BINARY || got - off - (size_t)hl < n)
+            return 0;
+        gw_ws_mask(buf + off + (size_t)hl, n, h.mask, 0);
+        if (memcmp(buf + off + (size_t)hl, payload, n) != 0)
+            return 0;
+        memcpy(keys[f], h.mask, 4);
+        off += (size_t)hl + n;
+    }
+    return off == got;
+}
+
+static void test_masked_frames_in_place(void)
+{
+    static uint8_t payload[3000];
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (uint8_t)(i * 13 + 1);
+    static const size_t sizes[] = {0, 1, 5, 64, 125, 126, 3000};
+    for (int mode = 0; mode < 3; mode++) {
+        for (size_t s = 0; s < GW_ARRAY_LEN(sizes); s++) {
+            gw_conn c;
+            int peer;
+            pair(&c, &peer, 0);
+            gw_ws ws;
+            gw_ws_init(&ws, &gw_conn_sink, &c, 0, &no_handler, NULL, 1 << 20);
+            const char *pre = mode == 0 ? "queued-first" : "";
+            if (mode == 0)
+                gw_conn_cork_deferred(&c);
+            else if (mode == 1)
+                gw_conn_cork(&c);
+            if (pre[0])
+                gw_conn_write(&c, pre, strlen(pre));
+            int rc = GW_OK;
+            for (int f = 0; f < 3; f++)
+                rc |= gw_ws_send(&ws, GW_WS_OP_BINARY, payload, sizes[s]);
+            if (mode == 0)
+                spin();
+            else if (mode == 1)
+                gw_conn_uncork(&c);
+            uint8_t keys[3][4];
+            ok(rc == GW_OK && frames_unmask_to(peer, (const uint8_t *)pre, strlen(pre), 3, payload, sizes[s], keys),
+               "mode %d (%s), %zu B: 3 whole masked frames that unmask to the payload", mode,
+               mode == 0 ? "deferred queue" : mode == 1 ? "cork stage" : "direct", sizes[s]);
+            ok(memcmp(keys[0], keys[1], 4) != 0 || memcmp(keys[1], keys[2], 4) != 0,
+               "mode %d, %zu B: a fresh key per frame", mode, sizes[s]);
+            gw_ws_free(&ws);
+            gw_conn_close(&c);
+            close(peer);
+        }
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -399,6 +541,8 @@ int main(void)
     TEST_RUN(test_paused_watches_reset);
     TEST_RUN(test_one_pass_one_send);
     TEST_RUN(test_drained_queue_storage_reused);
+    TEST_RUN(test_pass_reuses_all_blocks);
+    TEST_RUN(test_masked_frames_in_place);
     gw_conn_thread_exit();
     gw_loop_free(L);
     return test_done();

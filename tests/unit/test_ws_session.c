@@ -476,6 +476,176 @@ static void test_sink_contract(void)
     teardown();
 }
 
+/* A memory sink that also builds frames in place (as gw_conn_sink does
+ * for a queued or corked connection). */
+static uint8_t *mem_reserve(void *io, size_t n)
+{
+    GW_UNUSED(io);
+    sink_calls++;
+    if (sink_fail || gw_buf_reserve(&sunk, n, 1 << 26) != GW_OK)
+        return NULL;
+    return gw_buf_tail(&sunk);
+}
+
+static void mem_commit(void *io, size_t n)
+{
+    GW_UNUSED(io);
+    sunk.len += (uint32_t)n;
+}
+
+static const gw_sink mem_sink_rsv = {mem_writev, mem_paused, 1 << 26, mem_reserve, mem_commit};
+
+static uint8_t masked_got[4096], masked_key[4];
+static size_t masked_len;
+static int masked_calls;
+
+static void on_masked(gw_ws *w, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+{
+    GW_UNUSED(w);
+    masked_calls++;
+    if (opcode == GW_WS_OP_BINARY && n <= sizeof masked_got) {
+        memcpy(masked_got, p, n);
+        masked_len = n;
+        memcpy(masked_key, key, 4);
+    }
+}
+
+static const gw_ws_handler masked_handler = {on_msg, NULL, NULL, on_masked};
+
+static void setup_masked(void)
+{
+    setup(1, 1 << 20);
+    no_echo = 1;
+    masked_calls = 0;
+    masked_len = 0;
+    ws.h = &masked_handler;
+}
+
+/* A forwarding owner (on_masked_message) gets a whole binary message in one
+ * frame still masked, with its key; everything else (text, fragments, a
+ * frame that arrived in pieces) comes unmasked through on_message, and the
+ * protocol's checks hold for masked delivery too. */
+static void test_masked_delivery(void)
+{
+    static const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d}; /* frame()'s */
+    uint8_t plain[300], wire[300];
+    for (size_t i = 0; i < sizeof plain; i++)
+        plain[i] = (uint8_t)(i * 5 + 3);
+    gw_buf in = {0};
+    frame(&in, 1, 0, GW_WS_OP_BINARY, plain, sizeof plain, 1);
+    size_t whole = in.len;
+    /* At every split: one message, masked when it arrived whole, plain when
+     * its frame came in pieces. */
+    int bad = 0, masked_seen = 0, plain_seen = 0;
+    for (size_t split = 0; split <= whole; split += split < 20 ? 1 : 37) {
+        setup_masked();
+        feed_split(&in, split);
+        if (masked_calls == 1 && nmsgs == 0) {
+            memcpy(wire, plain, sizeof plain);
+            gw_ws_mask(wire, sizeof wire, key, 0);
+            bad += masked_len != sizeof plain || memcmp(masked_got, wire, sizeof wire) != 0 ||
+                   memcmp(masked_key, key, 4) != 0;
+            masked_seen++;
+        } else if (masked_calls == 0 && nmsgs == 1) {
+            bad += msg_len[0] != sizeof plain || memcmp(msgs[0], plain, sizeof plain) != 0 || msg_op[0] != 2;
+            plain_seen++;
+        } else {
+            bad++;
+        }
+        teardown();
+    }
+    is_int(bad, 0, "every split: one binary message, masked with its key or plain, bytes exact");
+    ok(masked_seen > 0 && plain_seen > 0, "whole frames came masked (%d), split ones plain (%d)", masked_seen,
+       plain_seen);
+    gw_buf_release(&in);
+
+    /* Text and fragmented binary: unmasked, through on_message. */
+    setup_masked();
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "héllo", 6, 1);
+    frame(&in, 0, 0, GW_WS_OP_BINARY, "ab", 2, 1);
+    frame(&in, 1, 0, GW_WS_OP_CONT, "cd", 2, 1);
+    feed_split(&in, 0);
+    ok(masked_calls == 0 && nmsgs == 2 && msg_len[0] == 6 && memcmp(msgs[0], "héllo", 6) == 0 && msg_op[0] == 1 &&
+           msg_len[1] == 4 && memcmp(msgs[1], "abcd", 4) == 0 && msg_op[1] == 2,
+       "text and a fragmented binary message come unmasked through on_message");
+    gw_buf_release(&in);
+    teardown();
+
+    /* The checks still apply to a frame that would go masked. */
+    setup_masked();
+    frame(&in, 1, 4, GW_WS_OP_BINARY, "x", 1, 1);
+    expect_close("RSV1 without deflate, masked path", &in, 0, 1002, "protocol_error");
+    ok(masked_calls == 0, "a frame with a reserved bit is not delivered");
+    gw_buf_release(&in);
+    teardown();
+    setup_masked();
+    ws.max_msg = 10;
+    frame(&in, 1, 0, GW_WS_OP_BINARY, plain, 11, 1);
+    expect_close("too big, masked path", &in, 0, 1009, "too_large");
+    ok(masked_calls == 0, "an oversized frame is not delivered");
+    gw_buf_release(&in);
+    teardown();
+    setup_masked();
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "x", 1, 0);
+    expect_close("unmasked binary from a client", &in, 0, 1002, "protocol_error");
+    ok(masked_calls == 0, "an unmasked client frame is not delivered");
+    gw_buf_release(&in);
+    teardown();
+    /* After our Close, data is discarded, not delivered. */
+    setup_masked();
+    gw_ws_close(&ws, 1001, "bye", gw_cause_shutdown);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "x", 1, 1);
+    feed_split(&in, 0);
+    ok(masked_calls == 0 && nmsgs == 0, "data after our Close is discarded");
+    gw_buf_release(&in);
+    teardown();
+}
+
+/* gw_ws_send_masked from a client session: the frame carries a fresh key
+ * (not the input's) and unmasks to the plain payload, built in place and
+ * through writev alike; from a server session it goes out plain. */
+static void test_send_masked(void)
+{
+    static const uint8_t inkey[4] = {0xde, 0xad, 0xbe, 0xef};
+    uint8_t plain[200], buf[200], out[300];
+    for (size_t i = 0; i < sizeof plain; i++)
+        plain[i] = (uint8_t)(i ^ 0x55);
+    int bad = 0, same_key = 0, cases = 0;
+    for (int rsv = 0; rsv < 2; rsv++)
+        for (size_t n = 0; n < sizeof plain; n += n < 10 ? 1 : 17) {
+            setup(0, 1 << 20);
+            if (rsv)
+                gw_ws_init(&ws, &mem_sink_rsv, NULL, 0, &handler, NULL, 1 << 20);
+            memcpy(buf, plain, n);
+            gw_ws_mask(buf, n, inkey, 0);
+            bad += gw_ws_send_masked(&ws, GW_WS_OP_BINARY, buf, n, inkey) != GW_OK;
+            size_t got = drain_sink(out, sizeof out);
+            gw_ws_frame_hdr h;
+            uint16_t cc;
+            int hl = gw_ws_frame_parse_header(out, got, &h, &cc);
+            if (hl <= 0 || !h.masked || h.len != n || (size_t)hl + n != got || h.opcode != GW_WS_OP_BINARY) {
+                bad++;
+            } else {
+                gw_ws_mask(out + hl, n, h.mask, 0);
+                bad += memcmp(out + hl, plain, n) != 0;
+                same_key += memcmp(h.mask, inkey, 4) == 0;
+            }
+            bad += ws.msgs_out != 1 || ws.bytes_out != n;
+            cases++;
+            teardown();
+        }
+    is_int(bad, 0, "%d frames (writev and in place): whole, masked, unmask to the payload", cases);
+    is_int(same_key, 0, "no frame reuses the input's key");
+    setup(1, 1 << 20);
+    memcpy(buf, plain, 50);
+    gw_ws_mask(buf, 50, inkey, 0);
+    is_int(gw_ws_send_masked(&ws, GW_WS_OP_BINARY, buf, 50, inkey), GW_OK, "server session send_masked");
+    size_t got = drain_sink(out, sizeof out);
+    ok(got == 52 && out[0] == 0x82 && out[1] == 50 && memcmp(out + 2, plain, 50) == 0,
+       "a server session sends it unmasked");
+    teardown();
+}
+
 int main(void)
 {
     TEST_RUN(test_single_and_splits);
@@ -488,5 +658,7 @@ int main(void)
     TEST_RUN(test_pause_stops_decoding);
     TEST_RUN(test_inflate_budget);
     TEST_RUN(test_sink_contract);
+    TEST_RUN(test_masked_delivery);
+    TEST_RUN(test_send_masked);
     return test_done();
 }
