@@ -13,10 +13,20 @@
 set -u
 timeout_s=${UNIT_TIMEOUT:-300}
 pass=0; fail=0; bad=0; funcs=0; funcs_failed=0
+# A binary whose source says TEST_BOTH_BACKENDS runs twice: on the default
+# I/O backend (epoll) and with WSGATE_IO=io_uring (its main selects it).
+runs=()
 for t in "$@"; do
+    runs+=("$t")
+    grep -q 'TEST_BOTH_BACKENDS' "tests/unit/$(basename "$t").c" 2>/dev/null && runs+=("$t@io_uring")
+done
+for run in "${runs[@]}"; do
+    t=${run%@*}
+    io=""; [ "$run" != "$t" ] && io=${run#*@}
     name=$(basename "$t")
     src="tests/unit/$name.c"
-    out=$(timeout --kill-after=10 "$timeout_s" "$t" 2>&1); rc=$?
+    out=$(WSGATE_IO=$io timeout --kill-after=10 "$timeout_s" "$t" 2>&1); rc=$?
+    [ -n "$io" ] && name="$name[$io]"
     # Failures and diagnostics only (not the "ok" lines, the function
     # headers, or the binary's own closing line: the totals come below).
     printf '%s\n' "$out" | grep -vE '^ok |^# test_\w+$|^[0-9]+ passed, [0-9]+ failed$'
@@ -62,9 +72,9 @@ for t in "$@"; do
     fi
     printf '%-28s %3d functions, %5d checks passed, %d failed\n' "$name:" "$nreg" "${p:-0}" "${f:-0}"
 done
-echo "unit: $# binaries, $funcs test functions ($funcs_failed failed), $pass checks passed, $fail failed"
+echo "unit: ${#runs[@]} binary runs, $funcs test functions ($funcs_failed failed), $pass checks passed, $fail failed"
 [ -n "${SUMMARY_FILE:-}" ] && printf 'tests=%d failed=%d skipped=0 checks=%d checks_failed=%d binaries=%d bad=%d\n' \
-    "$funcs" "$funcs_failed" "$pass" "$fail" "$#" "$bad" > "$SUMMARY_FILE"
+    "$funcs" "$funcs_failed" "$pass" "$fail" "${#runs[@]}" "$bad" > "$SUMMARY_FILE"
 # The plain closing line when run alone (`make unit`); under `make test` the
 # overall one comes from scripts/test-summary.sh.
 [ -z "${SUMMARY_FILE:-}" ] && echo "$((funcs - funcs_failed)) passed, $funcs_failed failed"

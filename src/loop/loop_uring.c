@@ -86,6 +86,9 @@ typedef struct slot {
     uint8_t recv;        /* a multishot receive is in the ring (maybe being cancelled) */
     uint8_t cancelling;  /* its cancel is queued: it ends soon, its data still counts */
     uint8_t fallback;    /* the buffer ring ran dry: poll and read directly until the next event */
+    uint8_t multi;       /* the poll request is multishot (edge: one answer per wake-up) */
+    uint8_t rdhup;       /* the peer shut its side: a one-shot poll without read interest would answer
+                            at once forever (io_uring always reports POLLRDHUP), so it is multishot */
     uint8_t dirty;       /* on the dirty list: looked at before the next wait */
 } slot;
 
@@ -313,6 +316,7 @@ static int uring_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new
             s->io = NULL;
             s->want = 0;
             s->fallback = 0;
+            s->rdhup = 0;
         }
         return GW_OK;
     }
@@ -322,6 +326,7 @@ static int uring_ctl(gw_backend *b, gw_io *io, uint32_t old_events, uint32_t new
         cancel_recv(b, s, fd, 1);
         q_clear(b, s);
         s->fallback = 0;
+        s->rdhup = 0;
         s->io = io;
     }
     s->want = new_events;
@@ -378,16 +383,27 @@ static int flush_dirty(gw_backend *b)
         if (by_recv && want_read && !(pw & GW_EV_WRITE))
             need_poll = 0;
         uint32_t mask = to_poll(pw);
-        if (s->armed && (!need_poll || s->armed_mask != mask))
+        /* io_uring reports POLLRDHUP whatever the mask: without read
+         * interest, a one-shot poll on a half-closed socket would answer
+         * at once each time it is armed. Errors alone (a paused
+         * connection's watch) and any wait without read interest after the
+         * peer's FIN use a multishot poll, which answers once per wake-up:
+         * a reset, write space. */
+        int multi = !(pw & GW_EV_READ) && (!(pw & GW_EV_WRITE) || s->rdhup);
+        if (s->armed && (!need_poll || s->armed_mask != mask || s->multi != multi))
             drop_poll(b, s, fd);
         if (need_poll && !s->armed) {
             struct io_uring_sqe *sqe = get_sqe(b);
             if (!sqe)
                 break;
-            io_uring_prep_poll_add(sqe, fd, mask);
+            if (multi)
+                io_uring_prep_poll_multishot(sqe, fd, mask);
+            else
+                io_uring_prep_poll_add(sqe, fd, mask);
             io_uring_sqe_set_data64(sqe, mk_ud(K_POLL, s->pgen, fd));
             s->armed = 1;
             s->armed_mask = mask;
+            s->multi = (uint8_t)multi;
         }
     }
     if (i < b->ndirty) {
@@ -546,20 +562,26 @@ static void uring_dispatch(gw_backend *b, int n)
         }
         if ((s->pgen & GEN_MASK) != gen)
             continue; /* stopped, re-armed or reused since: stale */
-        s->armed = 0;
-        s->fallback = 0;      /* after a readiness event the receive is tried again */
-        mark_dirty(b, s, fd); /* armed again before the next wait while wanted */
+        if (!s->multi || !(e->flags & IORING_CQE_F_MORE)) {
+            s->armed = 0;
+            mark_dirty(b, s, fd); /* armed again before the next wait while wanted */
+        }
+        s->fallback = 0; /* after a readiness event the receive is tried again */
         int32_t res = e->res;
         uint32_t m = 0;
         if (res < 0)
             m = GW_EV_ERROR | GW_EV_READ;
         else {
-            if (res & (POLLIN | POLLRDHUP))
+            /* Only what was asked for (io_uring adds POLLRDHUP to any mask),
+             * and errors and hang-ups, which are always news. */
+            if ((res & (POLLIN | POLLRDHUP)) && (s->armed_mask & POLLIN))
                 m |= GW_EV_READ;
-            if (res & POLLOUT)
+            if ((res & POLLOUT) && (s->armed_mask & POLLOUT))
                 m |= GW_EV_WRITE;
             if (res & (POLLERR | POLLHUP))
                 m |= GW_EV_ERROR | GW_EV_READ;
+            if (!m && (res & POLLRDHUP))
+                s->rdhup = 1; /* armed as multishot from now on */
         }
         if (m && io->fd >= 0 && io->events)
             io->cb(io, m);

@@ -297,6 +297,20 @@ void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb)
 
 ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
 {
+    if (c->io.events & GW_EV_RECV) {
+        /* Received by completion: copied out (gw_conn_read_into takes the
+         * bytes in place instead). The socket itself is read only when the
+         * backend says nothing was received and nothing is on its way. */
+        uint8_t *src;
+        int more;
+        ssize_t r = gw_io_recv_take(c->loop, &c->io, &src, n, &more);
+        if (r > 0)
+            memcpy(p, src, (size_t)r);
+        else if (r == GW_ERR)
+            c->err = errno;
+        if (r != GW_IO_DIRECT)
+            return r;
+    }
     ssize_t r = c->tp->read(c, p, n);
     if (c->flags & GW_CONN_F_TLS_RW)
         gw_conn_update(c);
@@ -352,7 +366,9 @@ ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled)
         }
     }
     if (r == GW_IO_DIRECT) {
-        r = gw_conn_read(c, p, cap);
+        r = c->tp->read(c, p, cap);
+        if (c->flags & GW_CONN_F_TLS_RW)
+            gw_conn_update(c);
         if (r > 0)
             *filled = (size_t)r == cap;
     }

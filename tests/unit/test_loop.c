@@ -7,6 +7,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/common.h"
@@ -632,6 +633,73 @@ static void test_closed_after_the_loop_stopped(void)
     close(sv[1]);
 }
 
+static gw_io wo;
+static int wo_read_events, wo_write_events;
+
+static void on_wo(gw_io *io, uint32_t ev)
+{
+    if (ev & GW_EV_READ)
+        wo_read_events++;
+    if (ev & GW_EV_WRITE) {
+        wo_write_events++;
+        gw_io_stop(L, io);
+        gw_loop_stop(L);
+    }
+}
+
+static gw_timer wo_timer;
+static int wo_peer;
+static double wo_cpu_ms;
+
+static double thread_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void wo_drain_peer(gw_timer *t)
+{
+    GW_UNUSED(t);
+    wo_cpu_ms = thread_cpu_ms() - wo_cpu_ms;
+    char b[65536];
+    while (read(wo_peer, b, sizeof b) > 0) {
+    }
+}
+
+/* Waiting to write (the send buffer full) while the peer has shut its
+ * side: no read event (none was asked for), no busy loop (the half-close
+ * stays true: io_uring reports it to any poll), and the write event comes
+ * once the peer reads. */
+static void test_write_wait_after_peer_fin(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+    char junk[4096];
+    memset(junk, 'j', sizeof junk);
+    while (write(sv[0], junk, sizeof junk) > 0) {
+    }
+    shutdown(sv[1], SHUT_WR);
+    L = gw_loop_new();
+    wo = (gw_io){.fd = sv[0], .cb = on_wo};
+    wo_read_events = wo_write_events = 0;
+    wo_peer = sv[1];
+    gw_io_start(L, &wo, GW_EV_WRITE);
+    wo_timer.cb = wo_drain_peer;
+    gw_timer_start(L, &wo_timer, 200);
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 3000); /* a guard */
+    wo_cpu_ms = thread_cpu_ms();
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    is_int(wo_read_events, 0, "no read event: only writing was asked for");
+    is_int(wo_write_events, 1, "the write event once the peer read");
+    ok(wo_cpu_ms < 50, "no busy loop while waiting: %.1f ms of CPU in 200 ms", wo_cpu_ms);
+    gw_loop_free(L);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 static void run_all(const char *backend)
 {
     printf("# backend %s\n", backend);
@@ -647,6 +715,7 @@ static void run_all(const char *backend)
     TEST_RUN(test_no_stale_event_after_fd_reuse);
     TEST_RUN(test_stopped_socket_is_released);
     TEST_RUN(test_closed_after_the_loop_stopped);
+    TEST_RUN(test_write_wait_after_peer_fin);
     TEST_RUN(test_recv_pause_keeps_order);
     TEST_RUN(test_recv_more_sockets_than_buffers);
 }
