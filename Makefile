@@ -39,7 +39,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
 
-.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout bench-revoke \
+.PHONY: all wsgate deps unit unit-san integration integration-san integration-io_uring integration-san-io_uring fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout bench-revoke \
         format tools
 
 all: $(B)/wsgate
@@ -105,6 +105,14 @@ integration: $(B)/wsgate
 integration-san:
 	@$(MAKE) --no-print-directory SAN=1 integration
 
+# The same suites on the io_uring backend (GATEWAY_IO=io_uring in every
+# gateway the tests start).
+integration-io_uring: $(B)/wsgate
+	@WSGATE_IO=io_uring WSGATE_BIN=$(abspath $(B)/wsgate) scripts/run-integration.sh
+
+integration-san-io_uring:
+	@$(MAKE) --no-print-directory SAN=1 integration-io_uring
+
 # libFuzzer targets (clang). fuzz-smoke runs each briefly; `make fuzz` longer.
 FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc -Ibuild/gen $(PKG_CFLAGS) -DGW_VERSION='"fuzz"'
 FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
@@ -134,6 +142,7 @@ fuzz: $(FUZZ_BINS)
 # together they take the time of one; their logs are printed one after the
 # other. INTEGRATION_PARALLEL=0 runs them one after the other.
 INTEGRATION_PARALLEL ?= 1
+INTEGRATION_STEPS := integration integration-san integration-io_uring integration-san-io_uring
 TS := build/test-summary
 run_step = SUMMARY_FILE=$(abspath $(TS))/$(1).txt $(MAKE) --no-print-directory $(1); echo $$? > $(TS)/$(1).status
 test: deps
@@ -141,14 +150,12 @@ test: deps
 	@rm -rf $(TS) && mkdir -p $(TS)
 	@$(call run_step,unit); $(call run_step,unit-san); \
 	if [ "$(INTEGRATION_PARALLEL)" = 1 ]; then \
-	    echo "== integration and integration-san, at the same time (logs follow)"; \
-	    ( $(call run_step,integration) ) > $(TS)/integration.log 2>&1 & \
-	    ( $(call run_step,integration-san) ) > $(TS)/integration-san.log 2>&1 & \
+	    echo "== integration, integration-san and both again on io_uring, at the same time (logs follow)"; \
+	    for s in $(INTEGRATION_STEPS); do ( $(call run_step,$$s) ) > $(TS)/$$s.log 2>&1 & done; \
 	    wait; \
-	    echo "== integration"; cat $(TS)/integration.log; \
-	    echo "== integration-san"; cat $(TS)/integration-san.log; \
+	    for s in $(INTEGRATION_STEPS); do echo "== $$s"; cat $(TS)/$$s.log; done; \
 	else \
-	    $(call run_step,integration); $(call run_step,integration-san); \
+	    for s in $(INTEGRATION_STEPS); do $(call run_step,$$s); done; \
 	fi; \
 	$(call run_step,fuzz-smoke); \
 	scripts/test-summary.sh $(TS)

@@ -13,11 +13,11 @@ total=0; failed=0; skipped=0; bad=0
 get() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" "$2"; }
 echo
 echo "== summary"
-for step in unit unit-san integration integration-san fuzz-smoke; do
+for step in unit unit-san integration integration-san integration-io_uring integration-san-io_uring fuzz-smoke; do
     f="$dir/$step.txt"; st="$dir/$step.status"
     status=$(cat "$st" 2>/dev/null || echo "not run")
     if [ ! -f "$f" ]; then
-        printf '%-16s no counts (status: %s)\n' "$step:" "$status"
+        printf '%-25s no counts (status: %s)\n' "$step:" "$status"
         bad=1
         continue
     fi
@@ -27,7 +27,7 @@ for step in unit unit-san integration integration-san fuzz-smoke; do
         integration*) detail="pytest $(get pytest_funcs "$f") test functions as $(get pytest_cases "$f") cases (parametrized), node $(get node_tests "$f") tests" ;;
         fuzz*) detail="$(get tests "$f") targets" ;;
     esac
-    printf '%-16s %4d run, %d failed, %d skipped  (%s; exit %s)\n' "$step:" "$t" "$fl" "$sk" "$detail" "$status"
+    printf '%-25s %4d run, %d failed, %d skipped  (%s; exit %s)\n' "$step:" "$t" "$fl" "$sk" "$detail" "$status"
     total=$((total + t)); failed=$((failed + fl)); skipped=$((skipped + sk))
     [ "$status" = "0" ] || bad=1
 done

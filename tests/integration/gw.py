@@ -68,8 +68,11 @@ def sanitizer_env():
 # from two halves, so they never pick the same one (a port taken by bind(0)
 # and released could be handed to both: "Address already in use" at start,
 # seen once in several runs).
-_PORT_LO, _PORT_HI = (26384, 32767) if os.environ.get("WSGATE_SAN") == "1" or "/san/" in os.environ.get(
-    "WSGATE_BIN", "") else (20000, 26383)
+# The same for the runs on the io_uring backend (WSGATE_IO): four quarters.
+_QUARTER = (2 if os.environ.get("WSGATE_SAN") == "1" or "/san/" in os.environ.get("WSGATE_BIN", "") else 0) + (
+    1 if os.environ.get("WSGATE_IO") else 0)
+_PORT_LO = 20000 + _QUARTER * 3192
+_PORT_HI = _PORT_LO + 3191
 _next_port = _PORT_LO + (os.getpid() * 7919) % (_PORT_HI - _PORT_LO + 1)
 
 

@@ -577,7 +577,7 @@ static void rxs_resume(gw_timer *t)
     }
 }
 
-/* More sockets than the backend has receive buffers (256 on io_uring), each
+/* More sockets than the backend has receive buffers (64 on io_uring), each
  * paused with its first byte unread: the ring runs dry, the sockets past it
  * fall back to polling and direct reads; once resumed, every socket gets
  * both its bytes in order and its end of stream. */
