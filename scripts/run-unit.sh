@@ -13,12 +13,12 @@
 set -u
 timeout_s=${UNIT_TIMEOUT:-300}
 pass=0; fail=0; bad=0; funcs=0; funcs_failed=0
-# A binary whose source says TEST_BOTH_BACKENDS runs twice: on the default
+# A binary whose source includes test_backend.h runs twice: on the default
 # I/O backend (epoll) and with WSGATE_IO=io_uring (its main selects it).
 runs=()
 for t in "$@"; do
     runs+=("$t")
-    grep -q 'TEST_BOTH_BACKENDS' "tests/unit/$(basename "$t").c" 2>/dev/null && runs+=("$t@io_uring")
+    grep -q '#include "test_backend.h"' "tests/unit/$(basename "$t").c" 2>/dev/null && runs+=("$t@io_uring")
 done
 for run in "${runs[@]}"; do
     t=${run%@*}

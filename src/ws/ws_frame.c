@@ -112,64 +112,16 @@ size_t gw_ws_frame_encode_header(uint8_t *out, int fin, int rsv, int opcode, uin
 /* Masking                                                            */
 /* ------------------------------------------------------------------ */
 
-void gw_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
+/* XORs n bytes of src with the mask from phase offset into dst; dst may be
+ * src (each word is loaded before it is stored). The key three times in
+ * memory order: from phase k on, 8 bytes of it are the key for a word, and
+ * XOR with that word is the byte-wise XOR whatever the host byte order.
+ * Words are loaded and stored through memcpy at any alignment (one unaligned
+ * access on x86 and arm64; a per-byte prologue to reach alignment cost more
+ * than it saved on the short frames that dominate). 8 is a multiple of 4, so
+ * the phase is unchanged after whole words. */
+static inline void mask_run(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4], uint64_t offset)
 {
-    unsigned k = (unsigned)(offset & 3u);
-    /* The key three times in memory order: from phase k on, 8 bytes of it
-     * are the key for a word, and XOR with that word is the byte-wise XOR
-     * whatever the host byte order. Words are loaded and stored through
-     * memcpy at any alignment (one unaligned access on x86 and arm64; a
-     * per-byte prologue to reach alignment cost more than it saved on the
-     * short frames that dominate). 8 is a multiple of 4, so the phase is
-     * unchanged after whole words. */
-    uint8_t key[12];
-    memcpy(key, mask, 4);
-    memcpy(key + 4, mask, 4);
-    memcpy(key + 8, mask, 4);
-    uint64_t w;
-    memcpy(&w, key + k, sizeof w);
-    while (n >= 4 * sizeof(uint64_t)) {
-        uint64_t a, b, c, d;
-        memcpy(&a, p, 8);
-        memcpy(&b, p + 8, 8);
-        memcpy(&c, p + 16, 8);
-        memcpy(&d, p + 24, 8);
-        a ^= w;
-        b ^= w;
-        c ^= w;
-        d ^= w;
-        memcpy(p, &a, 8);
-        memcpy(p + 8, &b, 8);
-        memcpy(p + 16, &c, 8);
-        memcpy(p + 24, &d, 8);
-        p += 32;
-        n -= 32;
-    }
-    while (n >= sizeof(uint64_t)) {
-        uint64_t a;
-        memcpy(&a, p, 8);
-        a ^= w;
-        memcpy(p, &a, 8);
-        p += 8;
-        n -= 8;
-    }
-    if (n >= 4) {
-        uint32_t a, w4;
-        memcpy(&a, p, 4);
-        memcpy(&w4, key + k, 4);
-        a ^= w4;
-        memcpy(p, &a, 4);
-        p += 4;
-        n -= 4;
-    }
-    for (size_t i = 0; i < n; i++)
-        p[i] ^= key[k + i];
-}
-
-void gw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t n, const uint8_t mask[4],
-                     uint64_t offset)
-{
-    /* As gw_ws_mask, reading src and writing dst in the same pass. */
     unsigned k = (unsigned)(offset & 3u);
     uint8_t key[12];
     memcpy(key, mask, 4);
@@ -216,6 +168,14 @@ void gw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t 
     }
     for (size_t i = 0; i < n; i++)
         dst[i] = src[i] ^ key[k + i];
+}
+
+void gw_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset) { mask_run(p, p, n, mask, offset); }
+
+void gw_ws_mask_copy(uint8_t *restrict dst, const uint8_t *restrict src, size_t n, const uint8_t mask[4],
+                     uint64_t offset)
+{
+    mask_run(dst, src, n, mask, offset);
 }
 
 /* ------------------------------------------------------------------ */

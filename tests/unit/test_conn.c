@@ -13,6 +13,7 @@
 #include "loop/loop.h"
 #include "net/conn.h"
 #include "test.h"
+#include "test_backend.h"
 #include "ws/ws_frame.h"
 #include "ws/ws_session.h"
 
@@ -530,22 +531,9 @@ static void test_masked_frames_in_place(void)
     }
 }
 
-/* TEST_BOTH_BACKENDS: scripts/run-unit.sh runs this binary a second time with
- * WSGATE_IO=io_uring; every loop it makes then uses that backend. */
-static int select_backend(void)
-{
-    const char *io = getenv("WSGATE_IO");
-    if (io && *io && gw_loop_set_backend(io) != GW_OK) {
-        printf("# WSGATE_IO=%s: no such backend\n", io);
-        return GW_ERR;
-    }
-    printf("# backend %s\n", gw_loop_backend_name());
-    return GW_OK;
-}
-
 int main(void)
 {
-    if (select_backend() != GW_OK)
+    if (test_select_backend() != GW_OK)
         return 2;
     signal(SIGPIPE, SIG_IGN);
     L = gw_loop_new();

@@ -23,6 +23,7 @@
 #include "server/state.h"
 #include "server/ws_serve.h"
 #include "test.h"
+#include "test_backend.h"
 
 static gw_loop *L;
 static gw_worker W;
@@ -331,22 +332,9 @@ static void test_proxy_unavailable(void)
     ok(settle(), "nothing left behind");
 }
 
-/* TEST_BOTH_BACKENDS: scripts/run-unit.sh runs this binary a second time with
- * WSGATE_IO=io_uring; every loop it makes then uses that backend. */
-static int select_backend(void)
-{
-    const char *io = getenv("WSGATE_IO");
-    if (io && *io && gw_loop_set_backend(io) != GW_OK) {
-        printf("# WSGATE_IO=%s: no such backend\n", io);
-        return GW_ERR;
-    }
-    printf("# backend %s\n", gw_loop_backend_name());
-    return GW_OK;
-}
-
 int main(void)
 {
-    if (select_backend() != GW_OK)
+    if (test_select_backend() != GW_OK)
         return 2;
     gw_log_init(GW_LOG_FORMAT_JSON, GW_LOG_ERROR, "test", 2);
     if (setup() != GW_OK) {

@@ -18,6 +18,7 @@
 #include "net/sock.h"
 #include "upstream/ws_client.h"
 #include "test.h"
+#include "test_backend.h"
 #include "ws/pmd.h"
 
 static gw_loop *L;
@@ -1032,24 +1033,11 @@ static void test_wss(void)
     rmdir(dir);
 }
 
-/* TEST_BOTH_BACKENDS: scripts/run-unit.sh runs this binary a second time with
- * WSGATE_IO=io_uring; every loop it makes then uses that backend. */
-static int select_backend(void)
-{
-    const char *io = getenv("WSGATE_IO");
-    if (io && *io && gw_loop_set_backend(io) != GW_OK) {
-        printf("# WSGATE_IO=%s: no such backend\n", io);
-        return GW_ERR;
-    }
-    printf("# backend %s\n", gw_loop_backend_name());
-    return GW_OK;
-}
-
 int main(void)
 {
     /* OpenSSL writes with write(2): a peer gone mid-handshake would raise
      * SIGPIPE (every program using TLS ignores it, as wsgate does). */
-    if (select_backend() != GW_OK)
+    if (test_select_backend() != GW_OK)
         return 2;
     signal(SIGPIPE, SIG_IGN);
     L = gw_loop_new();
