@@ -348,7 +348,7 @@ static int recv_mode(const gw_backend *b, const slot *s)
 static int flush_dirty(gw_backend *b)
 {
     int nsynth = 0;
-    uint32_t i;
+    uint32_t i, kept = 0; /* slots kept on the list for the next wait: b->dirty[0..kept) */
     for (i = 0; i < b->ndirty; i++) {
         int fd = b->dirty[i];
         slot *s = &b->slots[fd];
@@ -371,11 +371,17 @@ static int flush_dirty(gw_backend *b)
         } else if (s->recv && (!want_read || !by_recv)) {
             cancel_recv(b, s, fd, 0);
         }
-        if (want_read && q_pending(s) && nsynth < MAX_EVENTS) {
-            b->events[nsynth].ud = mk_ud(K_SYNTH, s->rgen, fd);
-            b->events[nsynth].res = 0;
-            b->events[nsynth].flags = 0;
-            nsynth++;
+        if (want_read && q_pending(s)) {
+            if (nsynth < MAX_EVENTS) {
+                b->events[nsynth].ud = mk_ud(K_SYNTH, s->rgen, fd);
+                b->events[nsynth].res = 0;
+                b->events[nsynth].flags = 0;
+                nsynth++;
+            } else {
+                /* more reports than one dispatch takes: the next wait's */
+                b->dirty[kept++] = fd;
+                s->dirty = 1;
+            }
         }
         /* the poll */
         uint32_t pw = s->want & (GW_EV_READ | GW_EV_WRITE | GW_EV_ERROR | GW_EV_EXCLUSIVE);
@@ -411,10 +417,10 @@ static int flush_dirty(gw_backend *b)
     if (i < b->ndirty) {
         /* The kernel took nothing (it failed): keep the rest for the next wait. */
         b->slots[b->dirty[i]].dirty = 1;
-        memmove(b->dirty, b->dirty + i, (b->ndirty - i) * sizeof *b->dirty);
-        b->ndirty -= i;
+        memmove(b->dirty + kept, b->dirty + i, (b->ndirty - i) * sizeof *b->dirty);
+        b->ndirty = kept + (b->ndirty - i);
     } else {
-        b->ndirty = 0;
+        b->ndirty = kept;
     }
     return nsynth;
 }

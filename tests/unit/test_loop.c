@@ -700,6 +700,71 @@ static void test_write_wait_after_peer_fin(void)
     close(sv[1]);
 }
 
+#define NEOF 300
+static gw_io eofs[NEOF];
+static int eof_calls[NEOF], eof_done;
+
+/* Hears the end of the stream and pauses the first time (the end stays
+ * unread), stops the watcher the second. */
+static void on_eof(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    int i = (int)(io - eofs);
+    uint8_t *p;
+    int more;
+    char b[8];
+    ssize_t r = gw_io_recv_take(L, io, &p, sizeof b, &more);
+    if (r == GW_IO_DIRECT)
+        r = read(io->fd, b, sizeof b);
+    if (r != 0)
+        return;
+    if (++eof_calls[i] == 1) {
+        gw_io_update(L, io, GW_EV_RECV); /* paused, the end unread */
+        return;
+    }
+    gw_io_stop(L, io);
+    if (++eof_done == NEOF)
+        gw_loop_stop(L);
+}
+
+static gw_timer eof_timer;
+
+static void eof_resume_all(gw_timer *t)
+{
+    GW_UNUSED(t);
+    for (int i = 0; i < NEOF; i++)
+        if (eof_calls[i] == 1)
+            gw_io_update(L, &eofs[i], GW_EV_READ | GW_EV_RECV);
+}
+
+/* More paused connections with their end of stream unread than one
+ * dispatch reports (256), all resumed at once: every one is reported again,
+ * none forgotten. */
+static void test_more_reports_than_one_dispatch(void)
+{
+    L = gw_loop_new();
+    eof_done = 0;
+    for (int i = 0; i < NEOF; i++) {
+        int sv[2];
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+        eofs[i] = (gw_io){.fd = sv[0], .cb = on_eof};
+        eof_calls[i] = 0;
+        close(sv[1]);
+        gw_io_start(L, &eofs[i], GW_EV_READ | GW_EV_RECV);
+    }
+    eof_timer.cb = eof_resume_all;
+    gw_timer_start(L, &eof_timer, 100);
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 3000); /* a guard */
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    gw_timer_stop(L, &eof_timer);
+    is_int(eof_done, NEOF, "every end of stream reported again after the resume");
+    gw_loop_free(L);
+    for (int i = 0; i < NEOF; i++)
+        close(eofs[i].fd);
+}
+
 static void run_all(const char *backend)
 {
     printf("# backend %s\n", backend);
@@ -718,6 +783,7 @@ static void run_all(const char *backend)
     TEST_RUN(test_write_wait_after_peer_fin);
     TEST_RUN(test_recv_pause_keeps_order);
     TEST_RUN(test_recv_more_sockets_than_buffers);
+    TEST_RUN(test_more_reports_than_one_dispatch);
 }
 
 int main(void)
