@@ -353,6 +353,12 @@ void gw_loop_run(gw_loop *l)
             timeout = when <= now ? 0 : (int)GW_MIN(when - now + 1, (uint64_t)60000);
         }
         int n = l->ops->wait(l->be, timeout);
+        if (n < 0) {
+            /* The backend cannot wait (it should not happen): do not spin
+             * at full speed; timers and posted work still run. */
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000000};
+            nanosleep(&ts, NULL);
+        }
         /* The time after the wait, before any callback: an I/O callback that
          * arms a timer after a long idle must count from now. */
         l->now = loop_clock(l);

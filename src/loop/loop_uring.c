@@ -43,6 +43,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -65,7 +66,8 @@
 #define GEN_MASK 0x1fffffffu
 
 typedef struct rxbuf {
-    uint16_t bid;
+    uint8_t *heap; /* a copy (the watcher paused: no ring buffer is held while paused), else NULL */
+    uint16_t bid;  /* the ring buffer, when heap is NULL */
     uint32_t len, off;
 } rxbuf;
 
@@ -90,7 +92,7 @@ typedef struct slot {
     uint8_t rdhup;       /* the peer shut its side: a one-shot poll without read interest would answer
                             at once forever (io_uring always reports POLLRDHUP), so it is multishot */
     uint8_t dirty;       /* on the dirty list: looked at before the next wait */
-    uint32_t seq;        /* the dispatch that last reported its received bytes */
+    uint64_t seq;        /* the dispatch that last reported its received bytes */
 } slot;
 
 typedef struct ev {
@@ -112,7 +114,11 @@ struct gw_backend {
     int br_ok;
     uint16_t *recycle; /* buffers taken, given back at the next wait */
     uint32_t nrecycle;
-    uint32_t seq; /* dispatches so far */
+    uint64_t *lost; /* removals and cancels that found no submission entry: sent at the next wait */
+    uint32_t nlost, caplost;
+    void **dfree; /* copies taken, freed at the next wait */
+    uint32_t ndfree, capdfree;
+    uint64_t seq; /* dispatches so far */
     ev events[MAX_EVENTS];
 };
 
@@ -157,6 +163,15 @@ static int setup_buffers(gw_backend *b)
 
 static gw_backend *uring_create(char *err, size_t errcap)
 {
+    /* Multishot receive with provided buffers (6.0), multishot poll and
+     * cancel-any (5.19) are used without a fallback: refuse older kernels
+     * with the reason rather than fail connections one by one. */
+    struct utsname u;
+    unsigned major = 0, minor = 0;
+    if (uname(&u) == 0 && sscanf(u.release, "%u.%u", &major, &minor) == 2 && (major < 6)) {
+        snprintf(err, errcap, "io_uring: Linux >= 6.0 needed (this kernel: %s); use GATEWAY_IO=epoll", u.release);
+        return NULL;
+    }
     gw_backend *b = gw_calloc(1, sizeof *b);
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
@@ -183,9 +198,12 @@ static gw_backend *uring_create(char *err, size_t errcap)
         gw_free(b);
         return NULL;
     }
-    /* Without a buffer ring (Linux < 5.19) every fd is polled and read
-     * directly. */
-    setup_buffers(b);
+    if (setup_buffers(b) != GW_OK) {
+        snprintf(err, errcap, "io_uring: cannot register the receive buffer ring");
+        io_uring_queue_exit(&b->ring);
+        gw_free(b);
+        return NULL;
+    }
     return b;
 }
 
@@ -203,6 +221,10 @@ static void uring_destroy(gw_backend *b)
         munmap(b->br, NBUFS * sizeof(struct io_uring_buf));
     gw_free(b->bufs);
     gw_free(b->recycle);
+    for (uint32_t i = 0; i < b->ndfree; i++)
+        gw_free(b->dfree[i]);
+    gw_free(b->dfree);
+    gw_free(b->lost);
     gw_free(b->slots);
     gw_free(b->dirty);
     gw_free(b);
@@ -220,15 +242,32 @@ static struct io_uring_sqe *get_sqe(gw_backend *b)
     return sqe;
 }
 
+/* Queues a removal (poll) or cancel (receive) of the request ud. One that
+ * finds no submission entry (the kernel refused a submit) is kept and sent
+ * at the next wait: a request never removed would hold its socket open. */
+static void send_removal(gw_backend *b, uint64_t ud, int poll)
+{
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe) {
+        if (b->nlost == b->caplost) {
+            b->caplost = b->caplost ? b->caplost * 2 : 64;
+            b->lost = gw_realloc(b->lost, b->caplost * sizeof *b->lost);
+        }
+        b->lost[b->nlost++] = ud | (poll ? 0 : UD_IGNORE);
+        return;
+    }
+    if (poll)
+        io_uring_prep_poll_remove(sqe, ud);
+    else
+        io_uring_prep_cancel64(sqe, ud, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+}
+
 /* Drops s's poll request (its answer, if already on the way, is stale). */
 static void drop_poll(gw_backend *b, slot *s, int fd)
 {
     if (s->armed) {
-        struct io_uring_sqe *sqe = get_sqe(b);
-        if (sqe) {
-            io_uring_prep_poll_remove(sqe, mk_ud(K_POLL, s->pgen, fd));
-            io_uring_sqe_set_data64(sqe, UD_IGNORE);
-        }
+        send_removal(b, mk_ud(K_POLL, s->pgen, fd), 1);
         s->armed = 0;
     }
     s->pgen++;
@@ -239,11 +278,7 @@ static void drop_poll(gw_backend *b, slot *s, int fd)
 static void cancel_recv(gw_backend *b, slot *s, int fd, int stale)
 {
     if (s->recv && !s->cancelling) {
-        struct io_uring_sqe *sqe = get_sqe(b);
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, mk_ud(K_RECV, s->rgen, fd), 0);
-            io_uring_sqe_set_data64(sqe, UD_IGNORE);
-        }
+        send_removal(b, mk_ud(K_RECV, s->rgen, fd), 0);
         s->cancelling = 1;
     }
     if (stale) {
@@ -258,12 +293,19 @@ static void q_clear(gw_backend *b, slot *s)
     rxq *q = s->q;
     if (!q)
         return;
-    for (uint32_t i = 0; i < q->count; i++)
-        b->recycle[b->nrecycle++] = q->v[(q->head + i) % q->cap].bid;
+    for (uint32_t i = 0; i < q->count; i++) {
+        rxbuf *r = &q->v[(q->head + i) % q->cap];
+        if (r->heap)
+            gw_free(r->heap);
+        else
+            b->recycle[b->nrecycle++] = r->bid;
+    }
     gw_free(q->v);
     gw_free(q);
     s->q = NULL;
 }
+
+static void q_detach(gw_backend *b, slot *s);
 
 static int q_pending(const slot *s) { return s->q && (s->q->count || s->q->eof || s->q->err); }
 
@@ -347,6 +389,12 @@ static int recv_mode(const gw_backend *b, const slot *s)
  * again (level-triggered), as synthetic events in events[0..n). Returns n. */
 static int flush_dirty(gw_backend *b)
 {
+    uint32_t nlost = b->nlost;
+    b->nlost = 0;
+    for (uint32_t j = 0; j < nlost; j++) {
+        uint64_t ud = b->lost[j];
+        send_removal(b, ud & ~UD_IGNORE, !(ud & UD_IGNORE));
+    }
     int nsynth = 0;
     uint32_t i, kept = 0; /* slots kept on the list for the next wait: b->dirty[0..kept) */
     for (i = 0; i < b->ndirty; i++) {
@@ -371,6 +419,8 @@ static int flush_dirty(gw_backend *b)
         } else if (s->recv && (!want_read || !by_recv)) {
             cancel_recv(b, s, fd, 0);
         }
+        if (!want_read)
+            q_detach(b, s);
         if (want_read && q_pending(s)) {
             if (nsynth < MAX_EVENTS) {
                 b->events[nsynth].ud = mk_ud(K_SYNTH, s->rgen, fd);
@@ -438,6 +488,9 @@ static int uring_wait(gw_backend *b, int timeout_ms)
     for (uint32_t i = 0; i < b->nrecycle; i++)
         buf_give_back(b, b->recycle[i]);
     b->nrecycle = 0;
+    for (uint32_t i = 0; i < b->ndfree; i++)
+        gw_free(b->dfree[i]);
+    b->ndfree = 0;
     int n = flush_dirty(b);
     if (n)
         timeout_ms = 0; /* bytes already here: do not sleep */
@@ -484,6 +537,28 @@ static void q_push(slot *s, uint16_t bid, uint32_t len)
     q->count++;
 }
 
+/* The watcher paused: what it has not taken moves out of the ring's
+ * buffers into copies, so paused connections never hold the buffers the
+ * others receive into (64 paused peers with a byte each would otherwise
+ * push every connection of the worker back to polling). */
+static void q_detach(gw_backend *b, slot *s)
+{
+    rxq *q = s->q;
+    if (!q)
+        return;
+    for (uint32_t i = 0; i < q->count; i++) {
+        rxbuf *r = &q->v[(q->head + i) % q->cap];
+        if (r->heap)
+            continue;
+        uint32_t n = r->len - r->off;
+        r->heap = gw_malloc(n ? n : 1);
+        memcpy(r->heap, b->bufs + (size_t)r->bid * BUF_SIZE + r->off, n);
+        b->recycle[b->nrecycle++] = r->bid;
+        r->len = n;
+        r->off = 0;
+    }
+}
+
 /* A receive's answer: queue what it brought (the watcher hears of it in
  * the second pass of the dispatch, once for all its answers of the batch). */
 static void on_recv(gw_backend *b, slot *s, int fd, const ev *e)
@@ -499,6 +574,8 @@ static void on_recv(gw_backend *b, slot *s, int fd, const ev *e)
     }
     if (e->res > 0 && has_buf) {
         q_push(s, bid, (uint32_t)e->res);
+        if (!(s->want & GW_EV_READ))
+            q_detach(b, s); /* arrived after a pause */
         return;
     }
     if (has_buf)
@@ -563,6 +640,9 @@ static void uring_dispatch(gw_backend *b, int n)
                 continue;
             s->seq = b->seq;
             io->cb(io, GW_EV_READ | (s->q->err ? GW_EV_ERROR : 0));
+            /* the callback may have grown the table (a watcher on a higher
+             * fd): s is looked up again */
+            s = &b->slots[fd];
             if (s->io == io && q_pending(s))
                 mark_dirty(b, s, fd);
             continue;
@@ -610,11 +690,12 @@ static void uring_quiesce(gw_backend *b)
         return;
     io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, UD_QUIESCE);
-    int done = 0;
-    for (int round = 0; round < 100 && done < 2; round++) {
+    int done = 0, live = 1;
+    for (int round = 0; round < 100 && (done < 2 || live); round++) {
         struct io_uring_cqe *cqe;
-        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = done ? 0 : 20000000};
-        io_uring_submit_and_wait_timeout(&b->ring, &cqe, done ? 0 : 1, &ts, NULL);
+        int nap = !done || live; /* something still to come: wait for it (20 ms at most per round) */
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = nap ? 20000000 : 0};
+        io_uring_submit_and_wait_timeout(&b->ring, &cqe, nap ? 1 : 0, &ts, NULL);
         if (done)
             done = 2; /* one more reap after the cancel's answer: the last answers of what it ended */
         unsigned head, seen = 0;
@@ -631,6 +712,10 @@ static void uring_quiesce(gw_backend *b)
             }
         }
         io_uring_cq_advance(&b->ring, seen);
+        /* every receive ends with an answer without F_MORE: wait for all */
+        live = 0;
+        for (uint32_t fd = 0; fd < b->nslots && !live; fd++)
+            live = b->slots[fd].recv;
     }
     for (uint32_t fd = 0; fd < b->nslots; fd++) {
         slot *s = &b->slots[fd];
@@ -654,14 +739,29 @@ static ssize_t uring_recv_take(gw_backend *b, gw_io *io, uint8_t **p, size_t max
     if (q && q->count) {
         rxbuf *r = &q->v[q->head];
         size_t k = GW_MIN(max, (size_t)(r->len - r->off));
-        *p = b->bufs + (size_t)r->bid * BUF_SIZE + r->off;
+        *p = (r->heap ? r->heap : b->bufs + (size_t)r->bid * BUF_SIZE) + r->off;
         r->off += (uint32_t)k;
         if (r->off == r->len) {
-            b->recycle[b->nrecycle++] = r->bid;
+            /* given back (or freed) at the next wait: the caller reads *p until then */
+            if (r->heap) {
+                if (b->ndfree == b->capdfree) {
+                    b->capdfree = b->capdfree ? b->capdfree * 2 : 64;
+                    b->dfree = gw_realloc(b->dfree, b->capdfree * sizeof *b->dfree);
+                }
+                b->dfree[b->ndfree++] = r->heap;
+            } else {
+                b->recycle[b->nrecycle++] = r->bid;
+            }
             q->head = (q->head + 1) % q->cap;
             q->count--;
         }
         *more = q->count > 0 || q->eof || q->err;
+        if (!*more) {
+            /* an idle connection keeps no queue */
+            gw_free(q->v);
+            gw_free(q);
+            s->q = NULL;
+        }
         return (ssize_t)k;
     }
     if (q && q->err) {

@@ -765,6 +765,141 @@ static void test_more_reports_than_one_dispatch(void)
         close(eofs[i].fd);
 }
 
+static gw_io hi_w, hi_new;
+static int hi_calls, hi_fd;
+
+static void on_hi_new(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(io);
+    GW_UNUSED(ev);
+}
+
+/* A read callback that starts watching a much higher fd number (the
+ * backend's table grows under it): then it finishes. */
+static void on_hi(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    uint8_t *p;
+    int more;
+    char b[8];
+    ssize_t r = gw_io_recv_take(L, io, &p, sizeof b, &more);
+    if (r == GW_IO_DIRECT)
+        r = read(io->fd, b, sizeof b);
+    if (r <= 0)
+        return;
+    if (hi_calls++ == 0) {
+        hi_fd = dup2(io->fd, 4000);
+        hi_new = (gw_io){.fd = hi_fd, .cb = on_hi_new};
+        gw_io_start(L, &hi_new, GW_EV_WRITE);
+        /* left unread on purpose: reported again after the table moved */
+        return;
+    }
+    gw_io_stop(L, io);
+    gw_loop_stop(L);
+}
+
+/* The table of watched fds grows inside a read callback: the dispatch
+ * must not touch the old table afterwards (ASan: use after free). */
+static void test_table_grows_in_a_callback(void)
+{
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+    L = gw_loop_new();
+    hi_calls = 0;
+    hi_w = (gw_io){.fd = sv[0], .cb = on_hi};
+    gw_io_start(L, &hi_w, GW_EV_READ | GW_EV_RECV);
+    is_int(write(sv[1], "ab", 2), 2, "peer writes");
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 3000); /* a guard */
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    ok(hi_calls >= 1, "read callbacks ran: %d", hi_calls);
+    gw_io_stop(L, &hi_new);
+    gw_loop_free(L);
+    close(hi_fd);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+#define NPAUSED 80
+static gw_io pz[NPAUSED], act;
+static int pz_peer[NPAUSED], act_peer, act_direct, act_rounds, pz_paused;
+
+static void on_pz(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    gw_io_update(L, io, GW_EV_RECV); /* paused with its byte unread */
+    pz_paused++;
+}
+
+static void on_act(gw_io *io, uint32_t ev)
+{
+    GW_UNUSED(ev);
+    uint8_t *p;
+    int more;
+    char b[8];
+    ssize_t r = gw_io_recv_take(L, io, &p, sizeof b, &more);
+    if (r == GW_IO_DIRECT) {
+        act_direct++;
+        r = read(io->fd, b, sizeof b);
+    }
+    if (r <= 0)
+        return;
+    if (++act_rounds == 50) {
+        gw_io_stop(L, io);
+        gw_loop_stop(L);
+        return;
+    }
+    ok(write(act_peer, "x", 1) == 1, "ping %d", act_rounds);
+}
+
+static gw_timer act_timer;
+static void act_start(gw_timer *t)
+{
+    GW_UNUSED(t);
+    ok(write(act_peer, "x", 1) == 1, "first ping");
+}
+
+/* More paused connections, each with a byte received and unread, than the
+ * backend has receive buffers: a busy connection beside them still
+ * receives by completion (the paused ones hold copies, not buffers). */
+static void test_paused_hold_no_buffers(void)
+{
+    L = gw_loop_new();
+    pz_paused = act_direct = act_rounds = 0;
+    for (int i = 0; i < NPAUSED; i++) {
+        int sv[2];
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+        pz[i] = (gw_io){.fd = sv[0], .cb = on_pz};
+        pz_peer[i] = sv[1];
+        gw_io_start(L, &pz[i], GW_EV_READ | GW_EV_RECV);
+        ok(write(sv[1], "p", 1) == 1, "byte for %d", i);
+    }
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv);
+    act = (gw_io){.fd = sv[0], .cb = on_act};
+    act_peer = sv[1];
+    gw_io_start(L, &act, GW_EV_READ | GW_EV_RECV);
+    act_timer.cb = act_start;
+    gw_timer_start(L, &act_timer, 100);
+    rp_stop.cb = stop_loop;
+    gw_timer_start(L, &rp_stop, 3000); /* a guard */
+    gw_loop_run(L);
+    gw_timer_stop(L, &rp_stop);
+    is_int(pz_paused, NPAUSED, "every other connection paused");
+    is_int(act_rounds, 50, "50 pings answered");
+    if (gw_loop_can_recv(L))
+        ok(act_direct <= 1, "received by completion, not by direct reads: %d of 50 direct", act_direct);
+    for (int i = 0; i < NPAUSED; i++) {
+        gw_io_stop(L, &pz[i]);
+        close(pz[i].fd);
+        close(pz_peer[i]);
+    }
+    gw_loop_free(L);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 static void run_all(const char *backend)
 {
     printf("# backend %s\n", backend);
@@ -784,6 +919,8 @@ static void run_all(const char *backend)
     TEST_RUN(test_recv_pause_keeps_order);
     TEST_RUN(test_recv_more_sockets_than_buffers);
     TEST_RUN(test_more_reports_than_one_dispatch);
+    TEST_RUN(test_table_grows_in_a_callback);
+    TEST_RUN(test_paused_hold_no_buffers);
 }
 
 int main(void)
