@@ -56,6 +56,7 @@
 #define NBUFS 64u            /* provided receive buffers per worker (a power of two) */
 #define BUF_SIZE (64u * 1024) /* 4 MiB per worker in all: one buffer takes a whole read batch (16 KiB ones split 8 x 4 KiB messages over several callbacks and sends: 2.3x the CPU per message) */
 #define BGID 1
+#define QCACHE 64 /* emptied receive queues kept per worker */
 
 /* user_data: bit 63 ignore, bits 62-61 kind, bits 60-32 generation, 31-0 fd */
 #define UD_IGNORE (1ull << 63) /* removals and cancels: their answers are not events */
@@ -119,6 +120,8 @@ struct gw_backend {
     void **dfree; /* copies taken, freed at the next wait */
     uint32_t ndfree, capdfree;
     uint64_t seq; /* dispatches so far */
+    rxq *qcache[QCACHE]; /* emptied queues kept for reuse: no allocation per message */
+    uint32_t nqcache;
     ev events[MAX_EVENTS];
 };
 
@@ -225,6 +228,10 @@ static void uring_destroy(gw_backend *b)
         gw_free(b->dfree[i]);
     gw_free(b->dfree);
     gw_free(b->lost);
+    for (uint32_t i = 0; i < b->nqcache; i++) {
+        gw_free(b->qcache[i]->v);
+        gw_free(b->qcache[i]);
+    }
     gw_free(b->slots);
     gw_free(b->dirty);
     gw_free(b);
@@ -518,10 +525,33 @@ static int uring_wait(gw_backend *b, int timeout_ms)
     return n;
 }
 
-static void q_push(slot *s, uint16_t bid, uint32_t len)
+/* s's queue, made (or taken from the cache) when it has none. */
+static rxq *q_get(gw_backend *b, slot *s)
 {
     if (!s->q)
-        s->q = gw_calloc(1, sizeof *s->q);
+        s->q = b->nqcache ? b->qcache[--b->nqcache] : gw_calloc(1, sizeof *s->q);
+    return s->q;
+}
+
+/* An emptied queue: kept for the next connection that receives (idle
+ * connections hold none), or freed past the cache. */
+static void q_release(gw_backend *b, slot *s)
+{
+    rxq *q = s->q;
+    s->q = NULL;
+    if (b->nqcache < QCACHE) {
+        q->head = q->count = 0;
+        q->eof = q->err = 0;
+        b->qcache[b->nqcache++] = q;
+        return;
+    }
+    gw_free(q->v);
+    gw_free(q);
+}
+
+static void q_push(gw_backend *b, slot *s, uint16_t bid, uint32_t len)
+{
+    q_get(b, s);
     rxq *q = s->q;
     if (q->count == q->cap) {
         uint32_t ncap = q->cap ? q->cap * 2 : 4;
@@ -573,7 +603,7 @@ static void on_recv(gw_backend *b, slot *s, int fd, const ev *e)
         mark_dirty(b, s, fd);
     }
     if (e->res > 0 && has_buf) {
-        q_push(s, bid, (uint32_t)e->res);
+        q_push(b, s, bid, (uint32_t)e->res);
         if (!(s->want & GW_EV_READ))
             q_detach(b, s); /* arrived after a pause */
         return;
@@ -583,8 +613,7 @@ static void on_recv(gw_backend *b, slot *s, int fd, const ev *e)
     if (e->res == -ENOBUFS) {
         s->fallback = 1; /* a poll and direct reads until the next event */
     } else if (e->res == 0 || (e->res < 0 && e->res != -ECANCELED)) {
-        if (!s->q)
-            s->q = gw_calloc(1, sizeof *s->q);
+        q_get(b, s);
         if (e->res == 0)
             s->q->eof = 1;
         else
@@ -756,12 +785,8 @@ static ssize_t uring_recv_take(gw_backend *b, gw_io *io, uint8_t **p, size_t max
             q->count--;
         }
         *more = q->count > 0 || q->eof || q->err;
-        if (!*more) {
-            /* an idle connection keeps no queue */
-            gw_free(q->v);
-            gw_free(q);
-            s->q = NULL;
-        }
+        if (!*more)
+            q_release(b, s); /* an idle connection keeps no queue */
         return (ssize_t)k;
     }
     if (q && q->err) {
