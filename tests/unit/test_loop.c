@@ -927,6 +927,15 @@ int main(void)
 {
     is_int(gw_loop_set_backend("kqueue"), GW_ERR, "an unknown backend is refused");
     run_all("epoll");
-    run_all("io_uring");
+    /* Where the machine refuses io_uring (seccomp, sysctl, old kernel) the
+     * second pass cannot run: said, not failed (make test says it too). */
+    gw_loop_set_backend("io_uring");
+    gw_loop *probe = gw_loop_new();
+    if (probe) {
+        gw_loop_free(probe);
+        run_all("io_uring");
+    } else {
+        printf("# io_uring unavailable on this machine: its pass is skipped\n");
+    }
     return test_done();
 }
