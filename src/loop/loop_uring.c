@@ -295,21 +295,26 @@ static void cancel_recv(gw_backend *b, slot *s, int fd, int stale)
     }
 }
 
+/* The i-th entry from the head of q (a ring over v). */
+static rxbuf *q_at(rxq *q, uint32_t i) { return &q->v[(q->head + i) % q->cap]; }
+
+static void q_release(gw_backend *b, slot *s);
+
+/* The watcher is gone: what it did not take is given back (buffers) or
+ * freed (copies), and the queue goes to the cache. */
 static void q_clear(gw_backend *b, slot *s)
 {
     rxq *q = s->q;
     if (!q)
         return;
     for (uint32_t i = 0; i < q->count; i++) {
-        rxbuf *r = &q->v[(q->head + i) % q->cap];
+        rxbuf *r = q_at(q, i);
         if (r->heap)
             gw_free(r->heap);
         else
             b->recycle[b->nrecycle++] = r->bid;
     }
-    gw_free(q->v);
-    gw_free(q);
-    s->q = NULL;
+    q_release(b, s);
 }
 
 static void q_detach(gw_backend *b, slot *s);
@@ -557,13 +562,13 @@ static void q_push(gw_backend *b, slot *s, uint16_t bid, uint32_t len)
         uint32_t ncap = q->cap ? q->cap * 2 : 4;
         rxbuf *v = gw_malloc(ncap * sizeof *v);
         for (uint32_t i = 0; i < q->count; i++)
-            v[i] = q->v[(q->head + i) % q->cap];
+            v[i] = *q_at(q, i);
         gw_free(q->v);
         q->v = v;
         q->cap = ncap;
         q->head = 0;
     }
-    q->v[(q->head + q->count) % q->cap] = (rxbuf){.bid = bid, .len = len, .off = 0};
+    *q_at(q, q->count) = (rxbuf){.bid = bid, .len = len, .off = 0};
     q->count++;
 }
 
@@ -577,7 +582,7 @@ static void q_detach(gw_backend *b, slot *s)
     if (!q)
         return;
     for (uint32_t i = 0; i < q->count; i++) {
-        rxbuf *r = &q->v[(q->head + i) % q->cap];
+        rxbuf *r = q_at(q, i);
         if (r->heap)
             continue;
         uint32_t n = r->len - r->off;
@@ -766,7 +771,7 @@ static ssize_t uring_recv_take(gw_backend *b, gw_io *io, uint8_t **p, size_t max
     slot *s = &b->slots[fd];
     rxq *q = s->q;
     if (q && q->count) {
-        rxbuf *r = &q->v[q->head];
+        rxbuf *r = q_at(q, 0);
         size_t k = GW_MIN(max, (size_t)(r->len - r->off));
         *p = (r->heap ? r->heap : b->bufs + (size_t)r->bid * BUF_SIZE) + r->off;
         r->off += (uint32_t)k;

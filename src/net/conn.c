@@ -295,26 +295,35 @@ void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb)
     c->tp = &gw_transport_plain;
 }
 
-ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
+/* Up to n bytes the loop's backend already received for c (io_uring: they
+ * wait in one of its buffers, at *src): gw_io_recv_take's answer, with
+ * c->err set on GW_ERR. GW_IO_DIRECT: read the socket itself (epoll, TLS,
+ * or nothing received and nothing on its way). */
+static ssize_t conn_take(gw_conn *c, uint8_t **src, size_t n, int *more)
 {
-    if (c->io.events & GW_EV_RECV) {
-        /* Received by completion: copied out (gw_conn_read_into takes the
-         * bytes in place instead). The socket itself is read only when the
-         * backend says nothing was received and nothing is on its way. */
-        uint8_t *src;
-        int more;
-        ssize_t r = gw_io_recv_take(c->loop, &c->io, &src, n, &more);
-        if (r > 0)
-            memcpy(p, src, (size_t)r);
-        else if (r == GW_ERR)
-            c->err = errno;
-        if (r != GW_IO_DIRECT)
-            return r;
-    }
+    ssize_t r = gw_io_recv_take(c->loop, &c->io, src, n, more);
+    if (r == GW_ERR)
+        c->err = errno;
+    return r;
+}
+
+/* Reads the socket through the transport. */
+static ssize_t conn_read_socket(gw_conn *c, uint8_t *p, size_t n)
+{
     ssize_t r = c->tp->read(c, p, n);
     if (c->flags & GW_CONN_F_TLS_RW)
         gw_conn_update(c);
     return r;
+}
+
+ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
+{
+    uint8_t *src;
+    int more;
+    ssize_t r = conn_take(c, &src, n, &more); /* copied out; gw_conn_read_into takes them in place */
+    if (r > 0)
+        memcpy(p, src, (size_t)r);
+    return r == GW_IO_DIRECT ? conn_read_socket(c, p, n) : r;
 }
 
 size_t gw_conn_pending(gw_conn *c) { return c->tp->pending(c); }
@@ -347,28 +356,20 @@ ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled)
         p = gw_conn_read_buffer();
         cap = GW_CONN_READ_CHUNK;
     }
-    ssize_t r = GW_IO_DIRECT;
-    if (c->io.events & GW_EV_RECV) {
-        /* The backend received by completion (io_uring): the bytes wait in
-         * one of its buffers, processed in place when nothing waits in
-         * c->in, else copied behind it. */
-        uint8_t *src;
-        int more;
-        r = gw_io_recv_take(c->loop, &c->io, &src, cap, &more);
-        if (r > 0) {
-            if (own)
-                memcpy(p, src, (size_t)r);
-            else
-                p = src;
-            *filled = more;
-        } else if (r == GW_ERR) {
-            c->err = errno;
-        }
+    /* Bytes the backend received (io_uring) are processed in place when
+     * nothing waits in c->in, else copied behind it. */
+    uint8_t *src;
+    int more;
+    ssize_t r = conn_take(c, &src, cap, &more);
+    if (r > 0) {
+        if (own)
+            memcpy(p, src, (size_t)r);
+        else
+            p = src;
+        *filled = more;
     }
     if (r == GW_IO_DIRECT) {
-        r = c->tp->read(c, p, cap);
-        if (c->flags & GW_CONN_F_TLS_RW)
-            gw_conn_update(c);
+        r = conn_read_socket(c, p, cap);
         if (r > 0)
             *filled = (size_t)r == cap;
     }
