@@ -400,17 +400,19 @@ if [ "${#RATES[@]}" -gt 0 ] && [ -s "$TMP/rate.${RATES[0]}" ]; then
     echo "Open loop: ${LIVE[0]} (A) and ${LIVE[1]} (B) at a fixed total rate over $CONNS connections, $RATE_SIZE B,"
     echo "$RATE_PAIRS interleaved pairs of ${RATE_RUN}s runs; latency = send to echo, us (medians over the pairs);"
     echo "ratio = A/B inside each pair, median [IQR] (below 1: A faster / cheaper)."
-    printf '%8s | %7s %7s %8s %8s | %7s %7s %8s %8s | %-20s | %-20s
+    printf '%8s | %7s %7s %8s %8s | %7s %7s %8s %8s | %-20s | %-7s | %-20s
 ' msgs/s "A p50" "A p99" "A p99.9" "A us/msg" \
-        "B p50" "B p99" "B p99.9" "B us/msg" "p99 ratio [IQR]" "cpu ratio [IQR]"
+        "B p50" "B p99" "B p99.9" "B us/msg" "p99 ratio [IQR]" "A<B" "cpu ratio [IQR]"
+    echo "(A<B: the pairs in which A's p99 was the lower, of all pairs)"
     for r in "${RATES[@]}"; do
         f=$TMP/rate.$r
         [ -s "$f" ] || continue
         med() { col "$1" <"$f" | quartiles | col 1; }
         pr=$(awk '$7 + 0 > 0 { printf "%.4f\n", $2 / $7 }' "$f" | quartiles)
         cr=$(awk '$9 + 0 > 0 { printf "%.4f\n", $4 / $9 }' "$f" | quartiles)
-        printf '%8s | %7.0f %7.0f %8.0f %8.2f | %7.0f %7.0f %8.0f %8.2f | %5.3f [%5.3f-%5.3f] | %5.3f [%5.3f-%5.3f]\n' \
-            "$r" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 6)" "$(med 7)" "$(med 8)" "$(med 9)" $pr $cr
+        wins=$(awk '$7 + 0 > 0 { n++; if ($2 < $7) w++ } END { printf "%d/%d", w, n }' "$f")
+        printf '%8s | %7.0f %7.0f %8.0f %8.2f | %7.0f %7.0f %8.0f %8.2f | %5.3f [%5.3f-%5.3f] | %-7s | %5.3f [%5.3f-%5.3f]\n' \
+            "$r" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 6)" "$(med 7)" "$(med 8)" "$(med 9)" $pr "$wins" $cr
     done
 fi
 if [ "$IDLE_CONNS" -gt 0 ]; then

@@ -73,8 +73,9 @@ static void up_message(gw_wsc *up, int opcode, uint8_t *p, size_t n);
 static void up_pong(gw_wsc *up, const uint8_t *p, size_t n);
 static void up_drain(gw_wsc *up);
 static void up_close(gw_wsc *up, const gw_wsc_reason *r);
+static void up_run(gw_wsc *up, uint8_t *p, size_t n, size_t count, uint64_t payload);
 
-static const gw_wsc_cbs up_cbs = {up_open, up_message, up_pong, up_drain, up_close};
+static const gw_wsc_cbs up_cbs = {up_open, up_message, up_pong, up_drain, up_close, up_run};
 
 static void pending_abort(gw_client *c);
 static int held_paused(gw_client *c)
@@ -272,6 +273,9 @@ static void up_open(gw_wsc *up, const char *subprotocol, const gw_wsc_response *
     if (p->select_protocol && strncmp(p->select_protocol, "wsgate.", 7) != 0)
         logged = gw_str_make(NULL, 0);
     gw_ws_serve_log_open(wsc, logged, p->pmd.enabled, p->trace);
+    /* The upstream's messages go to the client as they came, unless the
+     * client asked for compression (then each is deflated on its way). */
+    gw_wsc_set_runs(up, !p->pmd.enabled);
     pending_free(p);
     /* Frames the client sent right after its upgrade wait in conn.in. */
     gw_conn_pause(&c->conn, 0);
@@ -419,27 +423,46 @@ static void up_close(gw_wsc *up, const gw_wsc_reason *r)
     gw_ws_serve_closing(wsc);
 }
 
-static void up_message(gw_wsc *up, int opcode, uint8_t *p, size_t n)
+/* The client an upstream message goes to, or NULL: its output corked till
+ * the loop's pass ends (messages of one upstream read batch leave in one
+ * write). */
+static gw_client *up_target(gw_wsc *up)
 {
     relay_leg *leg = gw_wsc_data(up);
     gw_client *c = leg ? leg->c : NULL;
     relay *rl = relay_of(c);
     if (!rl || c->phase != GW_PHASE_WS)
-        return;
-    gw_wsconn *wsc = c->pdata;
+        return NULL;
     rl->up_last_seen_ms = gw_loop_now(c->w->loop);
-    /* Messages of one upstream read batch leave toward the client in one
-     * write, before the loop sleeps. */
     gw_conn_cork_deferred(&c->conn);
-    if (gw_ws_send(&wsc->ws, opcode, p, n) != GW_OK)
-        return;
-    /* Backpressure: stop reading the upstream while the client's queue is
-     * long; relay_drained() resumes it. What stays queued has write
-     * interest, and that event resumes the upstream. */
+    return c;
+}
+
+/* Backpressure: stop reading the upstream while the client's queue is
+ * long; relay_drained() resumes it. What stays queued has write interest,
+ * and that event resumes the upstream. */
+static void up_sent(gw_wsc *up, gw_client *c)
+{
+    relay *rl = relay_of(c);
     if (gw_conn_queued(&c->conn) > GW_OUT_HIGH && !rl->up_paused && gw_conn_try_drain(&c->conn) > GW_OUT_HIGH) {
         rl->up_paused = 1;
         gw_wsc_pause(up, 1);
     }
+}
+
+static void up_message(gw_wsc *up, int opcode, uint8_t *p, size_t n)
+{
+    gw_client *c = up_target(up);
+    if (c && gw_ws_send(&((gw_wsconn *)c->pdata)->ws, opcode, p, n) == GW_OK)
+        up_sent(up, c);
+}
+
+/* Whole upstream messages as they came: the same bytes go to the client. */
+static void up_run(gw_wsc *up, uint8_t *p, size_t n, size_t count, uint64_t payload)
+{
+    gw_client *c = up_target(up);
+    if (c && gw_ws_send_run(&((gw_wsconn *)c->pdata)->ws, p, n, count, payload) == GW_OK)
+        up_sent(up, c);
 }
 
 static void up_pong(gw_wsc *up, const uint8_t *p, size_t n)
@@ -482,31 +505,44 @@ static int relay_keep_paused(gw_wsconn *wsc)
 
 /* ============================== downstream leg ============================== */
 
-/* A client's message toward the upstream; key: p is still masked with it
- * (a binary message: remasked with the upstream leg's fresh key in the one
- * pass that copies it into the leg's output), NULL: p is plain. */
-static void down_forward(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n, const uint8_t *key)
+/* The upstream leg a client message goes to, or NULL: its output corked
+ * till the loop's pass ends. */
+static gw_wsc *down_target(gw_wsconn *wsc)
 {
     relay *rl = gw_ws_app_data(wsc);
     gw_wsc *up = RL_UP(rl);
-    if (!up)
-        return;
+    gw_ws *uws = up ? gw_wsc_ws(up) : NULL;
+    if (uws && uws->io) /* the upstream session writes to its conn (gw_conn_sink) */
+        gw_conn_cork_deferred(uws->io);
+    return up;
+}
+
+/* What stays queued has write interest, whose event (up_drain) resumes us;
+ * a queue already waiting for it is left to it. */
+static void down_sent(gw_wsconn *wsc, gw_wsc *up)
+{
     gw_ws *uws = gw_wsc_ws(up);
-    gw_conn *uc = uws ? uws->io : NULL; /* the upstream session writes to its conn (gw_conn_sink) */
-    if (uc)
-        gw_conn_cork_deferred(uc);
-    gw_wsc_send_masked(up, opcode, p, n, key);
-    /* What stays queued has write interest, whose event (up_drain) resumes
-     * us; a queue already waiting for it is left to it. */
-    if (gw_wsc_queued(up) > GW_OUT_HIGH && uc && gw_conn_try_drain(uc) > GW_OUT_HIGH)
+    if (gw_wsc_queued(up) > GW_OUT_HIGH && uws && uws->io && gw_conn_try_drain(uws->io) > GW_OUT_HIGH)
         gw_conn_pause(&wsc->c->conn, 1);
 }
 
-static void down_message(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n) { down_forward(wsc, opcode, p, n, NULL); }
-
-static void down_message_masked(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+static void down_message(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n)
 {
-    down_forward(wsc, opcode, p, n, key);
+    gw_wsc *up = down_target(wsc);
+    if (up) {
+        gw_wsc_send(up, opcode, p, n);
+        down_sent(wsc, up);
+    }
+}
+
+/* Whole client messages as they came: remasked with fresh keys in place. */
+static void down_run(gw_wsconn *wsc, uint8_t *p, size_t n, size_t count, uint64_t payload)
+{
+    gw_wsc *up = down_target(wsc);
+    if (up) {
+        gw_wsc_send_run(up, p, n, count, payload);
+        down_sent(wsc, up);
+    }
 }
 
 static void down_peer_close(gw_wsconn *wsc, unsigned code, const uint8_t *reason, size_t n)
@@ -630,7 +666,7 @@ static void relay_free(gw_wsconn *wsc)
 
 static const gw_ws_app relay_app = {
     .message = down_message,
-    .message_masked = down_message_masked,
+    .message_run = down_run,
     .peer_close = down_peer_close,
     .drained = relay_drained,
     .keep_paused = relay_keep_paused,

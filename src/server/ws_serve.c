@@ -32,16 +32,16 @@ static void on_peer_close(gw_ws *ws, unsigned code, const uint8_t *reason, size_
         wsc->app->peer_close(wsc, code, reason, n);
 }
 
-/* For an app that forwards binary messages still masked (the relay). */
-static void on_masked_message(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+/* For an app that forwards messages as they came (the relay). */
+static void on_run(gw_ws *ws, uint8_t *p, size_t n, size_t count, uint64_t payload)
 {
     gw_wsconn *wsc = ws->data;
     wsc->last_msg_ms = gw_loop_now(wsc->c->w->loop);
-    wsc->app->message_masked(wsc, opcode, p, n, key);
+    wsc->app->message_run(wsc, p, n, count, payload);
 }
 
 static const gw_ws_handler app_handler = {on_message, NULL, on_peer_close, NULL};
-static const gw_ws_handler app_handler_masked = {on_message, NULL, on_peer_close, on_masked_message};
+static const gw_ws_handler app_handler_runs = {on_message, NULL, on_peer_close, on_run};
 
 /* Starts the WebSocket phase once the 101 is written: the per-connection
  * state, the session engine with handler h, the "ws open" line, metrics. */
@@ -60,8 +60,9 @@ gw_wsconn *gw_ws_serve_open(gw_client *c, const gw_route *r, gw_route_table *tab
     wsc->opened_ms = wsc->last_seen_ms = wsc->last_msg_ms = wsc->last_ping_ms = now;
     snprintf(wsc->corr, sizeof wsc->corr, "%s", corr);
     snprintf(wsc->user, sizeof wsc->user, "%s", user && user[0] ? user : "-");
-    gw_ws_init(&wsc->ws, &gw_conn_sink, &c->conn, 1, app->message_masked ? &app_handler_masked : &app_handler, wsc,
+    gw_ws_init(&wsc->ws, &gw_conn_sink, &c->conn, 1, app->message_run ? &app_handler_runs : &app_handler, wsc,
                gw_srv.cfg.ws_max_message_bytes);
+    gw_ws_set_runs(&wsc->ws, 1);
     if (pmd && pmd->enabled)
         gw_ws_enable_pmd(&wsc->ws, pmd);
     gw_ws_set_inflate_budget(&wsc->ws, (uint32_t)gw_srv.cfg.ws_max_inflate_ratio);

@@ -24,9 +24,10 @@ typedef struct gw_wsconn gw_wsconn;
 typedef struct gw_ws_app {
     /* A data message from the client (see gw_ws_handler.on_message). */
     void (*message)(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n);
-    /* Optional: a binary message still masked with key (see
-     * gw_ws_handler.on_masked_message), for an app that forwards it. */
-    void (*message_masked)(gw_wsconn *wsc, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
+    /* Optional, for an app that forwards messages: whole messages in runs,
+     * as they came (see gw_ws_handler.on_run); with it, the session starts
+     * with runs on. */
+    void (*message_run)(gw_wsconn *wsc, uint8_t *p, size_t n, size_t count, uint64_t payload);
     /* The client sent a valid Close (already answered by the engine). */
     void (*peer_close)(gw_wsconn *wsc, unsigned code, const uint8_t *reason, size_t n);
     /* The client's output queue drained. */

@@ -414,7 +414,14 @@ static void h_pong(gw_ws *ws, const uint8_t *p, size_t n)
         c->cb.on_pong(c, p, n);
 }
 
-static const gw_ws_handler wsc_handler = {h_message, h_pong};
+static void h_run(gw_ws *ws, uint8_t *p, size_t n, size_t count, uint64_t payload)
+{
+    gw_wsc *c = ws->data;
+    if (!c->freed && c->cb.on_run)
+        c->cb.on_run(c, p, n, count, payload);
+}
+
+static const gw_ws_handler wsc_handler = {h_message, h_pong, NULL, h_run};
 
 /* Finds the peer's Close frame among the frames just consumed (server frames
  * are not masked, so the bytes are as sent) and keeps its reason: the
@@ -1124,17 +1131,28 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
 
 int gw_wsc_send(gw_wsc *c, int opcode, const uint8_t *p, size_t n)
 {
-    return gw_wsc_send_masked(c, opcode, (uint8_t *)p, n, NULL);
-}
-
-int gw_wsc_send_masked(gw_wsc *c, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
-{
     if (!c || c->freed || c->state != S_OPEN || c->ws.state != GW_WS_OPEN)
         return GW_ERR;
-    int rc = key ? gw_ws_send_masked(&c->ws, opcode, p, n, key) : gw_ws_send(&c->ws, opcode, p, n);
+    int rc = gw_ws_send(&c->ws, opcode, p, n);
     if (rc != GW_OK && !c->busy)
         after_ws(c);
     return rc;
+}
+
+int gw_wsc_send_run(gw_wsc *c, uint8_t *p, size_t n, size_t count, uint64_t payload)
+{
+    if (!c || c->freed || c->state != S_OPEN || c->ws.state != GW_WS_OPEN)
+        return GW_ERR;
+    int rc = gw_ws_send_run(&c->ws, p, n, count, payload);
+    if (rc != GW_OK && !c->busy)
+        after_ws(c);
+    return rc;
+}
+
+void gw_wsc_set_runs(gw_wsc *c, int on)
+{
+    if (c && c->ws_inited && c->cb.on_run)
+        gw_ws_set_runs(&c->ws, on);
 }
 
 int gw_wsc_ping(gw_wsc *c, const uint8_t *p, size_t n)

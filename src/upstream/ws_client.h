@@ -114,6 +114,9 @@ typedef struct gw_wsc_cbs {
     /* The connection is over (see gw_wsc_end). The owner still calls
      * gw_wsc_free() (it may do so here). */
     void (*on_close)(gw_wsc *c, const gw_wsc_reason *r);
+    /* Optional, for relays: whole messages in runs as they came, once
+     * gw_wsc_set_runs() turned runs on (see gw_ws_handler.on_run). */
+    void (*on_run)(gw_wsc *c, uint8_t *p, size_t n, size_t count, uint64_t payload);
 } gw_wsc_cbs;
 
 /* Starts connecting to url (parsed with gw_wsc_parse_url) or to a target
@@ -129,8 +132,11 @@ gw_wsc *gw_wsc_connect(gw_loop *l, const char *url, const gw_wsc_target *t, cons
  * closing) or the connection is dead/over its output cap (then on_close
  * follows with IO_ERROR). Safe inside callbacks. */
 int gw_wsc_send(gw_wsc *c, int opcode, const uint8_t *p, size_t n);
-/* gw_wsc_send for a payload still masked with key (gw_ws_send_masked). */
-int gw_wsc_send_masked(gw_wsc *c, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
+/* Sends a run a server session handed over (masked client frames: each gets
+ * a fresh key in place; gw_ws_send_run). GW_OK or GW_ERR as gw_wsc_send. */
+int gw_wsc_send_run(gw_wsc *c, uint8_t *p, size_t n, size_t count, uint64_t payload);
+/* Turns delivery in runs to cbs->on_run on or off (an open connection). */
+void gw_wsc_set_runs(gw_wsc *c, int on);
 /* Sends a ping with up to 125 bytes of payload. GW_OK or GW_ERR. */
 int gw_wsc_ping(gw_wsc *c, const uint8_t *p, size_t n);
 /* Starts the close handshake (open) or abandons the attempt (connecting).

@@ -82,6 +82,19 @@ bad:
     return GW_ERR;
 }
 
+int gw_ws_frame_next(uint8_t *p, size_t n, size_t *off, gw_ws_frame_hdr *h, uint8_t **payload)
+{
+    if (*off >= n)
+        return 0;
+    uint16_t code;
+    int hl = gw_ws_frame_parse_header(p + *off, n - *off, h, &code);
+    if (hl < 0 || h->len > n - *off - (size_t)hl)
+        return -1;
+    *payload = p + *off + hl;
+    *off += (size_t)hl + (size_t)h->len;
+    return 1;
+}
+
 size_t gw_ws_frame_encode_header(uint8_t *out, int fin, int rsv, int opcode, uint64_t len, const uint8_t *mask)
 {
     size_t n;

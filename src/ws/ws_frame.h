@@ -55,6 +55,12 @@ typedef struct gw_ws_frame_hdr {
  * left to the caller (they depend on the negotiated extensions and the role). */
 int gw_ws_frame_parse_header(const uint8_t *p, size_t n, gw_ws_frame_hdr *h, uint16_t *close_code);
 
+/* Walks frames laid back to back (a run, gw_ws_handler.on_run): the frame
+ * at *off into h, its payload at *payload (h->len bytes); *off moves past
+ * it. Returns 1 for a frame, 0 at the end, -1 when what is left is not one
+ * whole frame. */
+int gw_ws_frame_next(uint8_t *p, size_t n, size_t *off, gw_ws_frame_hdr *h, uint8_t **payload);
+
 /* XORs p[0..n) with the masking key, in place. offset is the position of p[0]
  * within the frame's payload, so a payload can be unmasked in pieces. Works a
  * machine word at a time. */

@@ -84,39 +84,30 @@ static int send_masked(gw_ws *ws, const uint8_t *hdr, size_t hl, const uint8_t m
     return ws->sink->writev(ws->io, iov, 2);
 }
 
-/* A client frame whose payload p is masked with inkey (NULL: plain) goes
- * out masked with a fresh unpredictable key (RFC 6455 section 5.3): the
- * payload is XORed once, with inkey ^ the fresh key, on its copy into the
- * output. */
-static int send_client_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n,
-                             const uint8_t *inkey)
+/* A client frame goes out masked with a fresh unpredictable key (RFC 6455
+ * section 5.3), masked on its one copy into the output. */
+static int send_client_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)
 {
-    uint8_t hdr[GW_WS_MAX_HEADER], mask[4], x[4];
+    uint8_t hdr[GW_WS_MAX_HEADER], mask[4];
     gw_rand_bytes(mask, sizeof mask);
     size_t hl = gw_ws_frame_encode_header(hdr, fin, rsv, opcode, n, mask);
-    const uint8_t *k = mask;
-    if (inkey) {
-        for (int i = 0; i < 4; i++)
-            x[i] = (uint8_t)(inkey[i] ^ mask[i]);
-        k = x;
-    }
     uint8_t *out = ws->sink->reserve ? ws->sink->reserve(ws->io, hl + n) : NULL;
     if (out) {
         /* Built in place where the sink would copy the frame anyway (the
          * output queue or the cork stage). */
         memcpy(out, hdr, hl);
-        gw_ws_mask_copy(out + hl, p, n, k, 0);
+        gw_ws_mask_copy(out + hl, p, n, mask, 0);
         ws->sink->commit(ws->io, hl + n);
         return GW_OK;
     }
-    return send_masked(ws, hdr, hl, k, p, n);
+    return send_masked(ws, hdr, hl, mask, p, n);
 }
 
 static int send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n)
 {
     uint8_t hdr[GW_WS_MAX_HEADER];
     if (!ws->is_server)
-        return send_client_frame(ws, fin, rsv, opcode, p, n, NULL);
+        return send_client_frame(ws, fin, rsv, opcode, p, n);
     uint8_t *out = ws->sink->reserve ? ws->sink->reserve(ws->io, GW_WS_MAX_HEADER + n) : NULL;
     if (out) {
         /* Header and payload copied once into where the sink keeps them. */
@@ -156,17 +147,41 @@ int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n)
     return send_frame(ws, 1, 0, opcode, p, n);
 }
 
-int gw_ws_send_masked(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+void gw_ws_set_runs(gw_ws *ws, int on) { ws->runs = on && ws->h->on_run; }
+
+/* Gives every frame of a run of masked frames a fresh key: the payload is
+ * XORed once with old key ^ new key, the new key written over the old. */
+static int remask_run(uint8_t *p, size_t n)
 {
-    if (ws->is_server || ws->pmd) {
-        gw_ws_mask(p, n, key, 0);
-        return gw_ws_send(ws, opcode, p, n);
+    size_t off = 0;
+    gw_ws_frame_hdr h;
+    uint8_t *pl;
+    int r;
+    while ((r = gw_ws_frame_next(p, n, &off, &h, &pl)) == 1) {
+        if (!h.masked)
+            return GW_ERR;
+        uint8_t key[4], x[4];
+        gw_rand_bytes(key, sizeof key);
+        for (int i = 0; i < 4; i++)
+            x[i] = (uint8_t)(h.mask[i] ^ key[i]);
+        memcpy(pl - 4, key, 4);
+        gw_ws_mask(pl, (size_t)h.len, x, 0);
     }
-    if (ws->state != GW_WS_OPEN)
+    return r == 0 ? GW_OK : GW_ERR;
+}
+
+int gw_ws_send_run(gw_ws *ws, uint8_t *p, size_t n, size_t count, uint64_t payload)
+{
+    if (ws->state != GW_WS_OPEN || n < 2)
         return GW_ERR;
-    ws->msgs_out++;
-    ws->bytes_out += n;
-    return send_client_frame(ws, 1, 0, opcode, p, n, key);
+    /* Every frame of a run has its sender's role: masked from a client. */
+    int masked = (p[1] & 0x80u) != 0;
+    if (masked != !ws->is_server || (masked && remask_run(p, n) != GW_OK))
+        return GW_ERR;
+    ws->msgs_out += count;
+    ws->bytes_out += payload;
+    struct iovec iov = {p, n};
+    return ws->sink->writev(ws->io, &iov, 1);
 }
 
 int gw_ws_ping(gw_ws *ws, const uint8_t *p, size_t n)
@@ -356,12 +371,62 @@ static int unmask_part(gw_ws *ws, const gw_ws_frame_hdr *h, uint8_t *payload, ui
     return 0;
 }
 
+/* A run is cut at this many bytes, so the owner's backpressure (checked
+ * between runs) holds within one read's worth. */
+#define RUN_MAX (64u * 1024)
+
+/* The longest run of whole, final, uncompressed binary or valid text frames
+ * at the start of p[0..n), handed to on_run. Returns its bytes (0: the
+ * first frame is not one; the frame-by-frame path takes it, and fails it
+ * when it breaks a rule). Nothing is changed in a frame that is not taken. */
+static size_t take_run(gw_ws *ws, uint8_t *p, size_t n)
+{
+    size_t end = 0, count = 0;
+    uint64_t payload = 0;
+    while (end < n && end < RUN_MAX) {
+        gw_ws_frame_hdr h;
+        uint16_t code;
+        int hl = gw_ws_frame_parse_header(p + end, n - end, &h, &code);
+        if (hl < 0 || !h.fin || h.rsv || (h.opcode != GW_WS_OP_BINARY && h.opcode != GW_WS_OP_TEXT) ||
+            h.masked != ws->is_server || h.len > ws->max_msg || h.len > n - end - (size_t)hl)
+            break;
+        uint8_t *pl = p + end + hl;
+        size_t len = (size_t)h.len;
+        if (h.opcode == GW_WS_OP_TEXT) {
+            /* Checked unmasked, left as it came. */
+            if (h.masked)
+                gw_ws_mask(pl, len, h.mask, 0);
+            int valid = gw_utf8_valid(pl, len);
+            if (h.masked)
+                gw_ws_mask(pl, len, h.mask, 0);
+            if (!valid)
+                break;
+        }
+        end += (size_t)hl + len;
+        count++;
+        payload += len;
+    }
+    if (!count)
+        return 0;
+    ws->msgs_in += count;
+    ws->bytes_in += payload;
+    ws->h->on_run(ws, p, end, count, payload);
+    return end;
+}
+
 size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n)
 {
     size_t off = 0;
     /* A paused connection decodes nothing more (backpressure): the check
      * runs before every frame, so a handler's pause takes effect at once. */
     while (off < n && ws->state != GW_WS_CLOSED && !ws->sink->paused(ws->io)) {
+        if (ws->runs && ws->state == GW_WS_OPEN && ws->cur_done == 0 && !ws->msg_opcode) {
+            size_t k = take_run(ws, p + off, n - off);
+            if (k) {
+                off += k;
+                continue;
+            }
+        }
         gw_ws_frame_hdr h;
         uint16_t code = 0;
         int hl = gw_ws_frame_parse_header(p + off, n - off, &h, &code);
@@ -382,17 +447,6 @@ size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n)
             gw_utf8_init(&ws->utf8);
         uint8_t *payload = p + off + hl;
         size_t avail = n - off - (size_t)hl;
-        if (ws->h->on_masked_message && opcode == GW_WS_OP_BINARY && first && h.fin && !compressed && h.masked &&
-            ws->cur_done == 0 && avail >= h.len && ws->state == GW_WS_OPEN) {
-            /* A whole binary message in one frame, for an owner that
-             * forwards it: left masked, remasked once on its way out. */
-            size_t len = (size_t)h.len;
-            off += (size_t)hl + len;
-            ws->msgs_in++;
-            ws->bytes_in += len;
-            ws->h->on_masked_message(ws, opcode, payload, len, h.mask);
-            continue;
-        }
         if (avail < h.len) {
             /* Partial frame: unmask and validate what is here now, so bad
              * UTF-8 fails fast and no byte is processed twice. */

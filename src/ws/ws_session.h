@@ -37,14 +37,17 @@ typedef struct gw_ws_handler {
      * reason, valid only during the call. The session has already answered. */
     void (*on_peer_close)(gw_ws *ws, unsigned code, const uint8_t *reason, size_t n);
     /* Optional, for owners that forward messages to another WebSocket (a
-     * relay): a whole binary message that arrived in one uncompressed
-     * frame, handed over still masked with the peer's key (every check of
-     * the protocol is made; a binary payload has none of its own). The owner
-     * forwards it with gw_ws_send_masked, which remasks it in one pass on
-     * its copy into the output, or unmasks it itself (gw_ws_mask). Text,
-     * fragmented, compressed and partially received messages still come
-     * unmasked through on_message. */
-    void (*on_masked_message)(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
+     * relay), once gw_ws_set_runs() turned runs on: a run of count whole
+     * messages as they came off the wire, p[0..n) being their frames,
+     * headers included, back to back. Each is one final frame, binary or
+     * text (its UTF-8 checked), uncompressed, within max_msg, and every
+     * other check of the protocol is made; frames from a client are still
+     * masked with their keys. payload is their payload bytes in total. The
+     * owner forwards the run whole with gw_ws_send_run (one copy, one
+     * write); p is writable and valid only during the call. Fragmented,
+     * compressed, control and partially received frames still come through
+     * on_message and the other callbacks, in order with the runs. */
+    void (*on_run)(gw_ws *ws, uint8_t *p, size_t n, size_t count, uint64_t payload);
 } gw_ws_handler;
 
 enum gw_ws_state {
@@ -84,6 +87,7 @@ struct gw_ws {
     uint8_t state;           /* enum gw_ws_state */
     uint8_t msg_opcode;      /* opcode of the fragmented message in progress, 0 = none */
     uint8_t msg_compressed;  /* the message in progress has RSV1 */
+    uint8_t runs;            /* whole messages go to h->on_run in runs (gw_ws_set_runs) */
     uint16_t close_sent;     /* code we sent (0: none yet) */
     uint16_t close_rcvd;     /* code the peer sent (0: none; 1005: Close without a code) */
     const char *cause;       /* why the session ended (gw_cause_*), NULL while open */
@@ -99,6 +103,9 @@ struct gw_ws {
 /* Initialises ws writing to sink with context io. max_msg bounds a message
  * (after inflation). */
 void gw_ws_init(gw_ws *ws, const gw_sink *sink, void *io, int is_server, const gw_ws_handler *h, void *data, uint64_t max_msg);
+/* Turns delivery in runs (gw_ws_handler.on_run) on or off; on only takes
+ * with a handler that has on_run. */
+void gw_ws_set_runs(gw_ws *ws, int on);
 /* Enables permessage-deflate with negotiated parameters. */
 void gw_ws_enable_pmd(gw_ws *ws, const gw_pmd_params *p);
 void gw_ws_free(gw_ws *ws);
@@ -127,11 +134,15 @@ size_t gw_ws_feed(gw_ws *ws, uint8_t *p, size_t n);
 /* Sends a whole message (text/binary; compressed when negotiated and worth
  * it). GW_OK or GW_ERR (sink dead or over its output cap). */
 int gw_ws_send(gw_ws *ws, int opcode, const uint8_t *p, size_t n);
-/* gw_ws_send for a payload still masked with key (on_masked_message): a
- * client session masks it with a fresh key in the same pass as its copy into
- * the output (XOR with key ^ fresh key); otherwise p is unmasked in place
- * (it is writable) and sent as gw_ws_send does. */
-int gw_ws_send_masked(gw_ws *ws, int opcode, uint8_t *p, size_t n, const uint8_t key[4]);
+/* Sends a run that a session of the other role handed to its on_run, as it
+ * is: from a client (masked) on a client-role session, each frame gets a
+ * fresh unpredictable key (RFC 6455 section 5.3) and its payload is
+ * remasked in place (XOR with old key ^ new key, one pass); from a server
+ * (unmasked) on a server-role session the bytes go unchanged. One write
+ * into the sink; no compression (the frames say RSV1 = 0). GW_ERR when not
+ * open, when the run's masking does not fit this session's role, or when
+ * the sink is dead or over its cap. */
+int gw_ws_send_run(gw_ws *ws, uint8_t *p, size_t n, size_t count, uint64_t payload);
 /* Sends one raw frame (for relays and fragmented sends); no compression. */
 int gw_ws_send_frame(gw_ws *ws, int fin, int rsv, int opcode, const uint8_t *p, size_t n);
 int gw_ws_ping(gw_ws *ws, const uint8_t *p, size_t n);

@@ -23,12 +23,14 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 
 import pytest
 import websockets
 
 import gw
 import wsraw
+import zlib
 from wsraw import OP_BINARY, OP_CLOSE, OP_TEXT
 
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -484,8 +486,18 @@ def test_raw_deflate_client_plain_upstream(g, ups):
         assert opened(ups["A"], c)["extensions"] == []
         data = b"compressible " * 5000
         w.send_frame(OP_TEXT, wsraw.deflate_message(data), rsv1=True)
-        op, got, _ = w.recv_message(timeout=5)
+        d = zlib.decompressobj(-15)  # the gateway keeps its context (takeover)
+        op, got, frames = w.recv_message(timeout=5, inflate=d)
         assert (op, got) == (OP_TEXT, data)
+        # The upstream's answer reaches the deflate client compressed (the
+        # relay forwards upstream frames as they came only to clients
+        # without compression): a burst of them too.
+        assert frames[0].rsv1 and sum(len(f.payload) for f in frames) < len(data) // 10
+        for i in range(20):
+            w.send_frame(OP_BINARY, b"%02d" % i + b"z" * 3000)
+        for i in range(20):
+            op, got, frames = w.recv_message(timeout=5, inflate=d)
+            assert (op, got) == (OP_BINARY, b"%02d" % i + b"z" * 3000) and frames[0].rsv1, (i, len(got))
 
 
 # ============================================================ close causes (one test each)

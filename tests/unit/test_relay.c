@@ -204,6 +204,75 @@ static void test_relay_round_trip(void)
        W.nlingering);
 }
 
+/* A burst through the relay: many messages sent at once (text and binary,
+ * empty to 70,000 bytes, a ping among them) cross both legs in runs and in
+ * pieces, and come back in order, bytes exact. */
+#define BURST_N 300
+
+typedef struct bres {
+    int got, bad, opened;
+    gw_wsc_reason r;
+} bres;
+
+static size_t burst_size(int i) { return i % 50 == 7 ? 70000 : (size_t)(i * 37) % 300; }
+static int burst_op(int i) { return i % 5 == 0 ? GW_WS_OP_TEXT : GW_WS_OP_BINARY; }
+static uint8_t burst_byte(int i, size_t j) { return (uint8_t)('a' + (i + (int)(j % 26)) % 26); }
+
+static void b_open(gw_wsc *c, const char *sub, const gw_wsc_response *resp)
+{
+    GW_UNUSED(sub);
+    GW_UNUSED(resp);
+    bres *res = gw_wsc_data(c);
+    res->opened = 1;
+    static uint8_t buf[70000];
+    for (int i = 0; i < BURST_N; i++) {
+        size_t n = burst_size(i);
+        for (size_t j = 0; j < n; j++)
+            buf[j] = burst_byte(i, j);
+        gw_wsc_send(c, burst_op(i), buf, n);
+        if (i == BURST_N / 2)
+            gw_wsc_ping(c, (const uint8_t *)"mid", 3);
+    }
+}
+
+static void b_message(gw_wsc *c, int opcode, uint8_t *p, size_t n)
+{
+    bres *res = gw_wsc_data(c);
+    int i = res->got++;
+    int good = i < BURST_N && opcode == burst_op(i) && n == burst_size(i);
+    for (size_t j = 0; good && j < n; j++)
+        good = p[j] == burst_byte(i, j);
+    res->bad += !good;
+    if (res->got == BURST_N)
+        gw_wsc_close(c, 1000, "done");
+}
+
+static void b_close(gw_wsc *c, const gw_wsc_reason *r)
+{
+    bres *res = gw_wsc_data(c);
+    res->r = *r;
+    res->r.resp = NULL;
+    gw_wsc_free(c);
+    gw_loop_stop(L);
+}
+
+static void test_relay_burst(void)
+{
+    static const gw_wsc_cbs bcbs = {b_open, b_message, NULL, NULL, b_close};
+    bres res = {0};
+    char url[128], err[256];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%u/relay", port);
+    gw_wsc_opts o = {.timeout_ms = 5000, .max_msg = 1 << 20};
+    gw_wsc *c = gw_wsc_connect(L, url, NULL, &o, &bcbs, &res, err, sizeof err);
+    ok(c != NULL, "connect: %.100s", c ? "" : err);
+    run(10000);
+    ok(!timed_out && res.opened, "the relayed burst ended");
+    is_int(res.got, BURST_N, "every message came back");
+    is_int(res.bad, 0, "in order, opcode and bytes exact");
+    is_int(res.r.kind, GW_WSC_CLOSED_LOCALLY, "our close completed");
+    ok(settle(), "nothing left behind");
+}
+
 static void test_relay_refused(void)
 {
     wres res = {0};
@@ -342,6 +411,7 @@ int main(void)
         return test_done();
     }
     TEST_RUN(test_relay_round_trip);
+    TEST_RUN(test_relay_burst);
     TEST_RUN(test_relay_refused);
     TEST_RUN(test_relay_unavailable);
     TEST_RUN(test_proxy_exchange);

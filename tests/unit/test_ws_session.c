@@ -495,130 +495,22 @@ static void mem_commit(void *io, size_t n)
 
 static const gw_sink mem_sink_rsv = {mem_writev, mem_paused, 1 << 26, mem_reserve, mem_commit};
 
-static uint8_t masked_got[4096], masked_key[4];
-static size_t masked_len;
-static int masked_calls;
-
-static void on_masked(gw_ws *w, int opcode, uint8_t *p, size_t n, const uint8_t key[4])
+/* A client session's frames, built in place (reserve/commit) and through
+ * writev alike: whole, masked with a fresh key each, unmasking to the
+ * payload. */
+static void test_client_frames_in_place(void)
 {
-    GW_UNUSED(w);
-    masked_calls++;
-    if (opcode == GW_WS_OP_BINARY && n <= sizeof masked_got) {
-        memcpy(masked_got, p, n);
-        masked_len = n;
-        memcpy(masked_key, key, 4);
-    }
-}
-
-static const gw_ws_handler masked_handler = {on_msg, NULL, NULL, on_masked};
-
-static void setup_masked(void)
-{
-    setup(1, 1 << 20);
-    no_echo = 1;
-    masked_calls = 0;
-    masked_len = 0;
-    ws.h = &masked_handler;
-}
-
-/* A forwarding owner (on_masked_message) gets a whole binary message in one
- * frame still masked, with its key; everything else (text, fragments, a
- * frame that arrived in pieces) comes unmasked through on_message, and the
- * protocol's checks hold for masked delivery too. */
-static void test_masked_delivery(void)
-{
-    static const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d}; /* frame()'s */
-    uint8_t plain[300], wire[300];
-    for (size_t i = 0; i < sizeof plain; i++)
-        plain[i] = (uint8_t)(i * 5 + 3);
-    gw_buf in = {0};
-    frame(&in, 1, 0, GW_WS_OP_BINARY, plain, sizeof plain, 1);
-    size_t whole = in.len;
-    /* At every split: one message, masked when it arrived whole, plain when
-     * its frame came in pieces. */
-    int bad = 0, masked_seen = 0, plain_seen = 0;
-    for (size_t split = 0; split <= whole; split += split < 20 ? 1 : 37) {
-        setup_masked();
-        feed_split(&in, split);
-        if (masked_calls == 1 && nmsgs == 0) {
-            memcpy(wire, plain, sizeof plain);
-            gw_ws_mask(wire, sizeof wire, key, 0);
-            bad += masked_len != sizeof plain || memcmp(masked_got, wire, sizeof wire) != 0 ||
-                   memcmp(masked_key, key, 4) != 0;
-            masked_seen++;
-        } else if (masked_calls == 0 && nmsgs == 1) {
-            bad += msg_len[0] != sizeof plain || memcmp(msgs[0], plain, sizeof plain) != 0 || msg_op[0] != 2;
-            plain_seen++;
-        } else {
-            bad++;
-        }
-        teardown();
-    }
-    is_int(bad, 0, "every split: one binary message, masked with its key or plain, bytes exact");
-    ok(masked_seen > 0 && plain_seen > 0, "whole frames came masked (%d), split ones plain (%d)", masked_seen,
-       plain_seen);
-    gw_buf_release(&in);
-
-    /* Text and fragmented binary: unmasked, through on_message. */
-    setup_masked();
-    frame(&in, 1, 0, GW_WS_OP_TEXT, "héllo", 6, 1);
-    frame(&in, 0, 0, GW_WS_OP_BINARY, "ab", 2, 1);
-    frame(&in, 1, 0, GW_WS_OP_CONT, "cd", 2, 1);
-    feed_split(&in, 0);
-    ok(masked_calls == 0 && nmsgs == 2 && msg_len[0] == 6 && memcmp(msgs[0], "héllo", 6) == 0 && msg_op[0] == 1 &&
-           msg_len[1] == 4 && memcmp(msgs[1], "abcd", 4) == 0 && msg_op[1] == 2,
-       "text and a fragmented binary message come unmasked through on_message");
-    gw_buf_release(&in);
-    teardown();
-
-    /* The checks still apply to a frame that would go masked. */
-    setup_masked();
-    frame(&in, 1, 4, GW_WS_OP_BINARY, "x", 1, 1);
-    expect_close("RSV1 without deflate, masked path", &in, 0, 1002, "protocol_error");
-    ok(masked_calls == 0, "a frame with a reserved bit is not delivered");
-    gw_buf_release(&in);
-    teardown();
-    setup_masked();
-    ws.max_msg = 10;
-    frame(&in, 1, 0, GW_WS_OP_BINARY, plain, 11, 1);
-    expect_close("too big, masked path", &in, 0, 1009, "too_large");
-    ok(masked_calls == 0, "an oversized frame is not delivered");
-    gw_buf_release(&in);
-    teardown();
-    setup_masked();
-    frame(&in, 1, 0, GW_WS_OP_BINARY, "x", 1, 0);
-    expect_close("unmasked binary from a client", &in, 0, 1002, "protocol_error");
-    ok(masked_calls == 0, "an unmasked client frame is not delivered");
-    gw_buf_release(&in);
-    teardown();
-    /* After our Close, data is discarded, not delivered. */
-    setup_masked();
-    gw_ws_close(&ws, 1001, "bye", gw_cause_shutdown);
-    frame(&in, 1, 0, GW_WS_OP_BINARY, "x", 1, 1);
-    feed_split(&in, 0);
-    ok(masked_calls == 0 && nmsgs == 0, "data after our Close is discarded");
-    gw_buf_release(&in);
-    teardown();
-}
-
-/* gw_ws_send_masked from a client session: the frame carries a fresh key
- * (not the input's) and unmasks to the plain payload, built in place and
- * through writev alike; from a server session it goes out plain. */
-static void test_send_masked(void)
-{
-    static const uint8_t inkey[4] = {0xde, 0xad, 0xbe, 0xef};
-    uint8_t plain[200], buf[200], out[300];
+    static uint8_t plain[200], out[300];
     for (size_t i = 0; i < sizeof plain; i++)
         plain[i] = (uint8_t)(i ^ 0x55);
-    int bad = 0, same_key = 0, cases = 0;
+    int bad = 0, cases = 0, same_key = 0;
+    uint8_t last_key[4] = {0};
     for (int rsv = 0; rsv < 2; rsv++)
         for (size_t n = 0; n < sizeof plain; n += n < 10 ? 1 : 17) {
             setup(0, 1 << 20);
             if (rsv)
                 gw_ws_init(&ws, &mem_sink_rsv, NULL, 0, &handler, NULL, 1 << 20);
-            memcpy(buf, plain, n);
-            gw_ws_mask(buf, n, inkey, 0);
-            bad += gw_ws_send_masked(&ws, GW_WS_OP_BINARY, buf, n, inkey) != GW_OK;
+            bad += gw_ws_send(&ws, GW_WS_OP_BINARY, plain, n) != GW_OK;
             size_t got = drain_sink(out, sizeof out);
             gw_ws_frame_hdr h;
             uint16_t cc;
@@ -628,22 +520,360 @@ static void test_send_masked(void)
             } else {
                 gw_ws_mask(out + hl, n, h.mask, 0);
                 bad += memcmp(out + hl, plain, n) != 0;
-                same_key += memcmp(h.mask, inkey, 4) == 0;
+                same_key += memcmp(h.mask, last_key, 4) == 0;
+                memcpy(last_key, h.mask, 4);
             }
-            bad += ws.msgs_out != 1 || ws.bytes_out != n;
             cases++;
             teardown();
         }
     is_int(bad, 0, "%d frames (writev and in place): whole, masked, unmask to the payload", cases);
-    is_int(same_key, 0, "no frame reuses the input's key");
-    setup(1, 1 << 20);
-    memcpy(buf, plain, 50);
-    gw_ws_mask(buf, 50, inkey, 0);
-    is_int(gw_ws_send_masked(&ws, GW_WS_OP_BINARY, buf, 50, inkey), GW_OK, "server session send_masked");
-    size_t got = drain_sink(out, sizeof out);
-    ok(got == 52 && out[0] == 0x82 && out[1] == 50 && memcmp(out + 2, plain, 50) == 0,
-       "a server session sends it unmasked");
+    is_int(same_key, 0, "no frame reuses the previous frame's key");
+}
+
+/* Runs (gw_ws_handler.on_run): every delivered message in order, whichever
+ * way it came: seq_* hold them unmasked; events tells the way ("R<count>"
+ * for a run, "M" for on_message). */
+static char events[512];
+static uint8_t seq_data[16][2048];
+static size_t seq_len[16];
+static int seq_op[16], nseq, run_calls, run_pause;
+static size_t run_longest;
+static uint64_t run_payload_sum;
+static gw_buf run_wire; /* the runs' bytes as handed over */
+
+static void seq_add(int opcode, const uint8_t *p, size_t n, const uint8_t *key)
+{
+    if (nseq < 16 && n <= sizeof seq_data[0]) {
+        memcpy(seq_data[nseq], p, n);
+        if (key)
+            gw_ws_mask(seq_data[nseq], n, key, 0);
+        seq_len[nseq] = n;
+        seq_op[nseq] = opcode;
+    }
+    nseq++;
+}
+
+static void on_run_msg(gw_ws *w, int opcode, uint8_t *p, size_t n)
+{
+    GW_UNUSED(w);
+    strcat(events, "M");
+    seq_add(opcode, p, n, NULL);
+}
+
+static void on_run_cb(gw_ws *w, uint8_t *p, size_t n, size_t count, uint64_t payload)
+{
+    GW_UNUSED(w);
+    run_calls++;
+    size_t el = strlen(events);
+    snprintf(events + el, sizeof events - el, "R%zu", count);
+    gw_buf_append(&run_wire, p, n, 1 << 24);
+    if (n > run_longest)
+        run_longest = n;
+    run_payload_sum += payload;
+    /* The run is frames back to back: each one is a message. */
+    size_t off = 0, frames = 0;
+    uint64_t sum = 0;
+    gw_ws_frame_hdr h;
+    uint8_t *pl;
+    int r;
+    while ((r = gw_ws_frame_next(p, n, &off, &h, &pl)) == 1) {
+        seq_add(h.opcode, pl, (size_t)h.len, h.masked ? h.mask : NULL);
+        frames++;
+        sum += h.len;
+    }
+    if (r < 0)
+        strcat(events, "!");
+    if (frames != count || sum != payload)
+        strcat(events, "!");
+    if (run_pause)
+        sink_paused = 1;
+}
+
+static const gw_ws_handler run_handler = {on_run_msg, NULL, NULL, on_run_cb};
+
+static void setup_runs(int is_server)
+{
+    setup(is_server, 1 << 20);
+    ws.h = &run_handler;
+    gw_ws_set_runs(&ws, 1);
+    events[0] = '\0';
+    nseq = run_calls = run_pause = 0;
+    run_longest = 0;
+    run_payload_sum = 0;
+    run_wire.head = run_wire.len = 0;
+}
+
+static void teardown_runs(void)
+{
+    gw_buf_release(&run_wire);
     teardown();
+}
+
+/* A relay's view: whole final binary and text frames come in runs, as they
+ * came off the wire (still masked), in order with everything else (a
+ * fragmented message, a ping), at every split of the input; a frame that
+ * arrived in pieces comes through on_message. */
+static void test_run_delivery(void)
+{
+    static uint8_t b2[300], b3[200];
+    for (size_t i = 0; i < sizeof b2; i++)
+        b2[i] = (uint8_t)(i * 7 + 1);
+    for (size_t i = 0; i < sizeof b3; i++)
+        b3[i] = (uint8_t)(i ^ 0xa5);
+    gw_buf in = {0};
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "abc", 3, 1);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, b2, sizeof b2, 1); /* 16-bit length */
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "h\xc3\xa9llo", 6, 1);
+    size_t first_run = in.len;
+    frame(&in, 1, 0, GW_WS_OP_PING, "pp", 2, 1);
+    frame(&in, 0, 0, GW_WS_OP_BINARY, "ab", 2, 1);
+    frame(&in, 1, 0, GW_WS_OP_CONT, "cd", 2, 1);
+    size_t second_at = in.len;
+    frame(&in, 1, 0, GW_WS_OP_BINARY, b3, sizeof b3, 1);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "", 0, 1);
+    const struct {
+        int op;
+        const void *p;
+        size_t n;
+    } want[] = {{2, "abc", 3}, {2, b2, sizeof b2}, {1, "h\xc3\xa9llo", 6}, {2, "abcd", 4}, {2, b3, sizeof b3}, {2, "", 0}};
+
+    setup_runs(1);
+    size_t left = feed_split(&in, 0);
+    is_str(events, "R3MR2", "whole input: a run of 3, the fragmented message, a run of 2");
+    ok(left == 0 && run_wire.len == first_run + (in.len - second_at) &&
+           memcmp(gw_buf_head(&run_wire), gw_buf_head(&in), first_run) == 0 &&
+           memcmp(gw_buf_head(&run_wire) + first_run, gw_buf_head(&in) + second_at, in.len - second_at) == 0,
+       "the runs are the input's bytes, still masked");
+    ok(ws.msgs_in == 6 && ws.bytes_in == 3 + sizeof b2 + 6 + 4 + sizeof b3 && run_payload_sum == 3 + sizeof b2 + 6 + sizeof b3,
+       "msgs_in %llu, bytes_in %llu counted for runs too", (unsigned long long)ws.msgs_in,
+       (unsigned long long)ws.bytes_in);
+    uint8_t out[64];
+    size_t n = drain_sink(out, sizeof out);
+    ok(n == 4 && out[0] == 0x8a && out[2] == 'p', "the ping between them is answered");
+    teardown_runs();
+
+    int bad = 0, split_runs = 0, split_msgs = 0;
+    for (size_t split = 1; split <= in.len; split++) {
+        setup_runs(1);
+        feed_split(&in, split);
+        int good = nseq == 6 && !strchr(events, '!');
+        for (int i = 0; good && i < 6; i++)
+            good = seq_op[i] == want[i].op && seq_len[i] == want[i].n && memcmp(seq_data[i], want[i].p, want[i].n) == 0;
+        bad += !good;
+        split_runs += run_calls > 0;
+        int ms = 0;
+        for (const char *e = events; *e; e++)
+            ms += *e == 'M';
+        split_msgs += ms > 1; /* more than the fragmented one */
+        teardown_runs();
+    }
+    is_int(bad, 0, "every split: the six messages, in order, bytes exact");
+    ok(split_runs > 0 && split_msgs > 0, "splits delivered runs (%d) and frames in pieces (%d)", split_runs,
+       split_msgs);
+    gw_buf_release(&in);
+
+    /* From a server (client-role session): the frames are plain, and text
+     * is checked all the same. */
+    setup_runs(0);
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "ok", 2, 0);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "\xff", 1, 0);
+    feed_split(&in, 0);
+    ok(!strcmp(events, "R2") && run_wire.len == in.len && memcmp(gw_buf_head(&run_wire), gw_buf_head(&in), in.len) == 0,
+       "server frames come in a run, unchanged");
+    gw_buf_release(&in);
+    teardown_runs();
+
+    /* Runs off, or a handler without on_run: everything through on_message. */
+    setup_runs(1);
+    gw_ws_set_runs(&ws, 0);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "abc", 3, 1);
+    frame(&in, 1, 0, GW_WS_OP_TEXT, "x", 1, 1);
+    feed_split(&in, 0);
+    is_str(events, "MM", "runs off: each message through on_message");
+    teardown_runs();
+    setup_runs(1);
+    ws.h = &handler;
+    gw_ws_set_runs(&ws, 1);
+    no_echo = 1;
+    feed_split(&in, 0);
+    ok(ws.runs == 0 && nmsgs == 2, "a handler without on_run gets no runs");
+    gw_buf_release(&in);
+    teardown_runs();
+}
+
+/* Every rule holds for frames that would go in a run: a bad one ends the
+ * run before it, is not delivered, and fails the session; nothing after it
+ * is delivered. */
+static void test_run_rules(void)
+{
+    static uint8_t big[11];
+    gw_buf in = {0};
+    struct {
+        const char *what;
+        int fin, rsv, op;
+        const void *p;
+        size_t n;
+        int mask;
+        unsigned code;
+        const char *cause;
+    } cases[] = {
+        {"invalid UTF-8 text", 1, 0, GW_WS_OP_TEXT, "a\xff", 2, 1, 1007, "protocol_error"},
+        {"RSV1 without deflate", 1, 4, GW_WS_OP_BINARY, "x", 1, 1, 1002, "protocol_error"},
+        {"too big", 1, 0, GW_WS_OP_BINARY, big, sizeof big, 1, 1009, "too_large"},
+        {"unmasked from a client", 1, 0, GW_WS_OP_BINARY, "x", 1, 0, 1002, "protocol_error"},
+        {"continuation without a start", 1, 0, GW_WS_OP_CONT, "x", 1, 1, 1002, "protocol_error"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        setup_runs(1);
+        ws.max_msg = 10;
+        frame(&in, 1, 0, GW_WS_OP_BINARY, "ok", 2, 1);
+        size_t good_len = in.len;
+        frame(&in, cases[i].fin, cases[i].rsv, cases[i].op, cases[i].p, cases[i].n, cases[i].mask);
+        frame(&in, 1, 0, GW_WS_OP_BINARY, "after", 5, 1);
+        gw_buf copy = {0};
+        gw_buf_append(&copy, gw_buf_head(&in), in.len, 1 << 20);
+        expect_close(cases[i].what, &in, 0, cases[i].code, cases[i].cause);
+        ok(!strcmp(events, "R1") && run_wire.len == good_len && nseq == 1,
+           "%s: the run ends before it (events %.60s)", cases[i].what, events);
+        /* The frame not taken is left as it came (the owner pauses after
+         * the run, so the frame-by-frame path never touches it). */
+        teardown_runs();
+        setup_runs(1);
+        ws.max_msg = 10;
+        run_pause = 1;
+        size_t k = gw_ws_feed(&ws, gw_buf_head(&copy), copy.len);
+        ok(k == good_len && memcmp(gw_buf_head(&copy), gw_buf_head(&in), copy.len) == 0,
+           "%s: the bytes past the run are as they came", cases[i].what);
+        gw_buf_release(&copy);
+        gw_buf_release(&in);
+        teardown_runs();
+    }
+    /* After our Close, data is discarded, not delivered. */
+    setup_runs(1);
+    gw_ws_close(&ws, 1001, "bye", gw_cause_shutdown);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "x", 1, 1);
+    feed_split(&in, 0);
+    ok(run_calls == 0 && nseq == 0, "data after our Close is discarded");
+    gw_buf_release(&in);
+    teardown_runs();
+}
+
+/* A run is cut at 64 KiB so backpressure holds; a pause from the owner in
+ * on_run stops the feed right after that run. */
+static void test_run_limits(void)
+{
+    static uint8_t kb[1000];
+    gw_buf in = {0};
+    for (int i = 0; i < 100; i++)
+        frame(&in, 1, 0, GW_WS_OP_BINARY, kb, sizeof kb, 1);
+    setup_runs(1);
+    feed_split(&in, 0);
+    ok(run_calls >= 2 && nseq == 100 && run_longest <= 64 * 1024 + 1008,
+       "100 KB of frames: %d runs, the longest %zu bytes, 100 messages", run_calls, run_longest);
+    teardown_runs();
+    setup_runs(1);
+    run_pause = 1;
+    size_t used = gw_ws_feed(&ws, gw_buf_head(&in), in.len);
+    ok(run_calls == 1 && used == run_wire.len && used < in.len, "paused in on_run: the feed stops after it");
+    is_int((long long)gw_ws_feed(&ws, gw_buf_head(&in) + used, in.len - used), 0, "a paused feed takes nothing");
+    sink_paused = run_pause = 0;
+    used += gw_ws_feed(&ws, gw_buf_head(&in) + used, in.len - used);
+    ok(used == in.len && nseq == 100, "resumed: the rest is delivered");
+    teardown_runs();
+    gw_buf_release(&in);
+
+    /* With deflate on, a compressed message comes inflated through
+     * on_message; an uncompressed one still in a run. */
+    gw_pmd_params pp = {.enabled = 1, .server_max_window_bits = 15, .client_max_window_bits = 15};
+    setup_runs(1);
+    gw_ws_enable_pmd(&ws, &pp);
+    gw_pmd *client = gw_pmd_new(&pp, 0);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "raw", 3, 1);
+    zframe(&in, client, "squeezed squeezed", 17);
+    frame(&in, 1, 0, GW_WS_OP_BINARY, "raw", 3, 1);
+    feed_split(&in, 0);
+    ok(!strcmp(events, "R1MR1") && nseq == 3 && seq_len[1] == 17 && memcmp(seq_data[1], "squeezed squeezed", 17) == 0,
+       "compressed: inflated through on_message, between runs (events %.60s)", events);
+    gw_pmd_free(client);
+    gw_buf_release(&in);
+    teardown_runs();
+}
+
+/* gw_ws_send_run: a client session gives every frame its own fresh key and
+ * remasks it in place (the payloads unmask to the plain bytes), in one
+ * write; a server session sends a server's run unchanged; a run of the
+ * wrong masking, or on a closing session, is refused with nothing sent. */
+static void test_send_run(void)
+{
+    static const uint8_t inkey[4] = {0x37, 0xfa, 0x21, 0x3d}; /* frame()'s */
+    static uint8_t plain[300];
+    for (size_t i = 0; i < sizeof plain; i++)
+        plain[i] = (uint8_t)(i ^ 0x55);
+    const size_t sizes[] = {0, 1, 5, 125, 126, 300};
+    gw_buf in = {0};
+    uint64_t total = 0;
+    for (size_t i = 0; i < 6; i++) {
+        frame(&in, 1, 0, i == 2 ? GW_WS_OP_TEXT : GW_WS_OP_BINARY, plain, sizes[i], 1);
+        total += sizes[i];
+    }
+    gw_buf copy = {0};
+    gw_buf_append(&copy, gw_buf_head(&in), in.len, 1 << 20);
+    setup(0, 1 << 20);
+    is_int(gw_ws_send_run(&ws, gw_buf_head(&copy), copy.len, 6, total), GW_OK, "client session sends the run");
+    static uint8_t out[2048];
+    size_t got = drain_sink(out, sizeof out);
+    int bad = got != in.len || sink_calls != 1, same_key = 0;
+    uint8_t keys[6][4];
+    size_t off = 0;
+    for (size_t i = 0; i < 6 && !bad; i++) {
+        gw_ws_frame_hdr h, hin;
+        uint16_t cc;
+        int hl = gw_ws_frame_parse_header(out + off, got - off, &h, &cc);
+        gw_ws_frame_parse_header(gw_buf_head(&in) + off, in.len - off, &hin, &cc);
+        if (hl <= 0 || !h.masked || h.len != sizes[i] || h.opcode != hin.opcode || !h.fin ||
+            memcmp(out + off, gw_buf_head(&in) + off, (size_t)hl - 4) != 0) {
+            bad++;
+            break;
+        }
+        gw_ws_mask(out + off + hl, sizes[i], h.mask, 0);
+        bad += memcmp(out + off + hl, plain, sizes[i]) != 0;
+        same_key += memcmp(h.mask, inkey, 4) == 0;
+        memcpy(keys[i], h.mask, 4);
+        off += (size_t)hl + sizes[i];
+    }
+    is_int(bad, 0, "one write; each frame's header kept, payload unmasks to the plain bytes");
+    is_int(same_key, 0, "no frame keeps the client's key");
+    ok(memcmp(keys[0], keys[1], 4) && memcmp(keys[1], keys[2], 4) && memcmp(keys[4], keys[5], 4),
+       "each frame has its own key");
+    ok(ws.msgs_out == 6 && ws.bytes_out == total, "msgs_out and bytes_out count the run");
+    teardown();
+
+    /* A server session: a server's run unchanged; a client's refused. */
+    gw_buf srv = {0};
+    frame(&srv, 1, 0, GW_WS_OP_BINARY, plain, 200, 0);
+    frame(&srv, 1, 0, GW_WS_OP_TEXT, "ok", 2, 0);
+    setup(1, 1 << 20);
+    is_int(gw_ws_send_run(&ws, gw_buf_head(&srv), srv.len, 2, 202), GW_OK, "server session sends a server's run");
+    got = drain_sink(out, sizeof out);
+    ok(got == srv.len && memcmp(out, gw_buf_head(&srv), got) == 0, "unchanged");
+    memcpy(gw_buf_head(&copy), gw_buf_head(&in), in.len);
+    is_int(gw_ws_send_run(&ws, gw_buf_head(&copy), copy.len, 6, total), GW_ERR, "a client's (masked) run refused");
+    is_int((long long)drain_sink(out, sizeof out), 0, "nothing sent");
+    teardown();
+    setup(0, 1 << 20);
+    is_int(gw_ws_send_run(&ws, gw_buf_head(&srv), srv.len, 2, 202), GW_ERR,
+           "a client session refuses an unmasked run");
+    memcpy(gw_buf_head(&copy), gw_buf_head(&in), in.len);
+    is_int(gw_ws_send_run(&ws, gw_buf_head(&copy), copy.len - 1, 6, total), GW_ERR, "a run cut short is refused");
+    is_int((long long)drain_sink(out, sizeof out), 0, "nothing sent");
+    gw_ws_close(&ws, 1000, "", gw_cause_graceful);
+    drain_sink(out, sizeof out);
+    is_int(gw_ws_send_run(&ws, gw_buf_head(&copy), copy.len, 6, total), GW_ERR, "a closing session refuses a run");
+    is_int((long long)drain_sink(out, sizeof out), 0, "nothing sent");
+    teardown();
+    gw_buf_release(&srv);
+    gw_buf_release(&copy);
+    gw_buf_release(&in);
 }
 
 int main(void)
@@ -658,7 +888,10 @@ int main(void)
     TEST_RUN(test_pause_stops_decoding);
     TEST_RUN(test_inflate_budget);
     TEST_RUN(test_sink_contract);
-    TEST_RUN(test_masked_delivery);
-    TEST_RUN(test_send_masked);
+    TEST_RUN(test_client_frames_in_place);
+    TEST_RUN(test_run_delivery);
+    TEST_RUN(test_run_rules);
+    TEST_RUN(test_run_limits);
+    TEST_RUN(test_send_run);
     return test_done();
 }
