@@ -15,9 +15,9 @@ OPT := -O2
 endif
 
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-PKGS := openssl zlib jansson hiredis libnghttp2 libprotobuf-c liburing
+PKGS := openssl zlib jansson hiredis libnghttp2 libprotobuf-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis -lnghttp2 -lprotobuf-c -luring)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lssl -lcrypto -lz -ljansson -lhiredis -lnghttp2 -lprotobuf-c)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
         -Wformat=2 -Wundef -Wimplicit-fallthrough -Wvla -Wno-missing-field-initializers
@@ -39,7 +39,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRCS := $(sort $(wildcard fuzz/fuzz_*.c))
 
-.PHONY: all wsgate deps unit unit-san integration integration-san integration-io_uring integration-san-io_uring fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout bench-revoke \
+.PHONY: all wsgate deps unit unit-san integration integration-san fuzz-smoke fuzz test demo clean bench-echo bench-relay bench-store bench-fanout bench-revoke \
         format tools
 
 all: $(B)/wsgate
@@ -105,19 +105,6 @@ integration: $(B)/wsgate
 integration-san:
 	@$(MAKE) --no-print-directory SAN=1 integration
 
-# The same suites on the io_uring backend (GATEWAY_IO=io_uring in every
-# gateway the tests start).
-integration-io_uring: $(B)/wsgate
-	@if scripts/io_uring-ok.sh; then \
-	    WSGATE_IO=io_uring WSGATE_BIN=$(abspath $(B)/wsgate) scripts/run-integration.sh; \
-	else \
-	    echo "integration-io_uring: SKIPPED (io_uring cannot be used on this machine; see above)"; \
-	    [ -z "$$SUMMARY_FILE" ] || echo "pytest_funcs=0 pytest_cases=0 node_tests=0 tests=0 failed=0 skipped=0 ok=1" > "$$SUMMARY_FILE"; \
-	fi
-
-integration-san-io_uring:
-	@$(MAKE) --no-print-directory SAN=1 integration-io_uring
-
 # libFuzzer targets (clang). fuzz-smoke runs each briefly; `make fuzz` longer.
 FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc -Ibuild/gen $(PKG_CFLAGS) -DGW_VERSION='"fuzz"'
 FUZZ_BINS := $(FUZZ_SRCS:fuzz/%.c=build/fuzz/%)
@@ -147,7 +134,7 @@ fuzz: $(FUZZ_BINS)
 # together they take the time of one; their logs are printed one after the
 # other. INTEGRATION_PARALLEL=0 runs them one after the other.
 INTEGRATION_PARALLEL ?= 1
-INTEGRATION_STEPS := integration integration-san integration-io_uring integration-san-io_uring
+INTEGRATION_STEPS := integration integration-san
 TS := build/test-summary
 run_step = SUMMARY_FILE=$(abspath $(TS))/$(1).txt $(MAKE) --no-print-directory $(1); echo $$? > $(TS)/$(1).status
 test: deps
@@ -155,7 +142,7 @@ test: deps
 	@rm -rf $(TS) && mkdir -p $(TS)
 	@$(call run_step,unit); $(call run_step,unit-san); \
 	if [ "$(INTEGRATION_PARALLEL)" = 1 ]; then \
-	    echo "== integration, integration-san and both again on io_uring, at the same time (logs follow)"; \
+	    echo "== integration and integration-san, at the same time (logs follow)"; \
 	    for s in $(INTEGRATION_STEPS); do ( $(call run_step,$$s) ) > $(TS)/$$s.log 2>&1 & done; \
 	    wait; \
 	    for s in $(INTEGRATION_STEPS); do echo "== $$s"; cat $(TS)/$$s.log; done; \

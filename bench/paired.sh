@@ -125,14 +125,14 @@ start_server() { # name port -> PID[name]; 1 when it does not serve
             routes=$TMP/routes.json
         fi
         (
-            # A clean environment: only the variables set here (and the I/O
-            # backend, when the caller chose one).
-            io=${GATEWAY_IO:-}
-            [ "$name" = base ] && io=${BASE_GATEWAY_IO-$io}
+            # A clean environment: only the variables set here, then the
+            # caller's WSGATE_ENV (BASE_WSGATE_ENV for base), "NAME=value ...".
+            extra=${WSGATE_ENV:-}
+            [ "$name" = base ] && extra=${BASE_WSGATE_ENV-$extra}
             for v in $(compgen -e | grep '^GATEWAY_'); do unset "$v"; done
-            [ -n "$io" ] && export GATEWAY_IO=$io
             export GATEWAY_PUBLIC_HTTP_ADDR=127.0.0.1:$port GATEWAY_WORKERS=1 \
                 GATEWAY_LOG_LEVEL=warn GATEWAY_AUTHENTICATED_GRPC_ADDR= GATEWAY_SHUTDOWN_TIMEOUT=2s
+            for kv in $extra; do export "${kv?}"; done
             [ -n "$routes" ] && export GATEWAY_ROUTES_FILE=$routes
             exec "${PIN_SERVER[@]}" "$bin" serve
         ) >"$TMP/$name.log" 2>&1 &

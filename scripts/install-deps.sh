@@ -15,7 +15,7 @@ PKGS="build-essential pkg-config libssl-dev zlib1g-dev libjansson-dev clang libc
       python3 python3-pytest python3-websockets openssl curl procps util-linux chromium
       prometheus systemd python3-yaml libhiredis-dev redis-server
       libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-grpcio python3-protobuf
-      python3-h2 python3-cryptography liburing-dev"
+      python3-h2 python3-cryptography"
 
 missing=""
 for p in $PKGS; do

@@ -13,23 +13,11 @@
 set -u
 timeout_s=${UNIT_TIMEOUT:-300}
 pass=0; fail=0; bad=0; funcs=0; funcs_failed=0
-# A binary whose source includes test_backend.h runs twice: on the default
-# I/O backend (epoll) and with WSGATE_IO=io_uring (its main selects it).
-# (Not where the machine refuses io_uring: scripts/io_uring-ok.sh says why.)
-uring=1
-scripts/io_uring-ok.sh || { uring=0; echo "unit: the io_uring runs are SKIPPED on this machine"; }
-runs=()
-for t in "$@"; do
-    runs+=("$t")
-    [ $uring = 1 ] && grep -q '#include "test_backend.h"' "tests/unit/$(basename "$t").c" 2>/dev/null && runs+=("$t@io_uring")
-done
-for run in "${runs[@]}"; do
-    t=${run%@*}
-    io=""; [ "$run" != "$t" ] && io=${run#*@}
+runs=("$@")
+for t in "${runs[@]}"; do
     name=$(basename "$t")
     src="tests/unit/$name.c"
-    out=$(WSGATE_IO=$io timeout --kill-after=10 "$timeout_s" "$t" 2>&1); rc=$?
-    [ -n "$io" ] && name="$name[$io]"
+    out=$(timeout --kill-after=10 "$timeout_s" "$t" 2>&1); rc=$?
     # Failures and diagnostics only (not the "ok" lines, the function
     # headers, or the binary's own closing line: the totals come below).
     printf '%s\n' "$out" | grep -vE '^ok |^# test_\w+$|^[0-9]+ passed, [0-9]+ failed$'

@@ -13,7 +13,7 @@ total=0; failed=0; skipped=0; bad=0
 get() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" "$2"; }
 echo
 echo "== summary"
-for step in unit unit-san integration integration-san integration-io_uring integration-san-io_uring fuzz-smoke; do
+for step in unit unit-san integration integration-san fuzz-smoke; do
     f="$dir/$step.txt"; st="$dir/$step.status"
     status=$(cat "$st" 2>/dev/null || echo "not run")
     if [ ! -f "$f" ]; then

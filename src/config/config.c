@@ -380,7 +380,6 @@ static void set_defaults(gw_config *c)
     gw_parse_addr(":8080", &c->public_addr);
     gw_parse_addr(":9090", &c->grpc_addr);
     /* admin_addr stays zeroed: off */
-    snprintf(c->io_backend, sizeof c->io_backend, "epoll");
     snprintf(c->redis_key_prefix, sizeof c->redis_key_prefix, "wsgate:");
     snprintf(c->session_events_stream, sizeof c->session_events_stream, "wsgate:session-events");
     snprintf(c->client_events_stream, sizeof c->client_events_stream, "wsgate:client-events");
@@ -529,11 +528,6 @@ static int load_all(loader *L)
     if (load_uint(L, "GATEWAY_WORKERS", &u, 1, 256))
         return GW_ERR;
     c->workers = (int)u;
-    if (load_str(L, "GATEWAY_IO", c->io_backend, sizeof c->io_backend, 0))
-        return GW_ERR;
-    if (strcmp(c->io_backend, "epoll") && strcmp(c->io_backend, "io_uring")) {
-        return fail(L, "GATEWAY_IO: %s is not an I/O backend (epoll or io_uring)", quote(c->io_backend, q, sizeof q));
-    }
     if (load_uint(L, "GATEWAY_MAX_CONNECTIONS", &c->max_connections, 1, 100000000) ||
         load_uint(L, "GATEWAY_ADMIN_MAX_CONNECTIONS", &c->admin_max_connections, 1, 1000000) ||
         load_duration(L, "GATEWAY_HANDSHAKE_TIMEOUT", &c->handshake_timeout_ms, 1) ||
@@ -651,7 +645,6 @@ const char gw_config_help[] =
     "                                                                        for an agent on TCP (without it an\n"
     "                                                                        agent listens on a unix socket only)\n"
     "  GATEWAY_WORKERS                               (online CPUs)           worker threads, 1 to 256\n"
-    "  GATEWAY_IO                                    epoll                   I/O backend: epoll or io_uring\n"
     "  GATEWAY_MAX_CONNECTIONS                       100000                  public connections per process\n"
     "  GATEWAY_ADMIN_MAX_CONNECTIONS                 128                     admin connections per process (a\n"
     "                                                                        limit of their own)\n"

@@ -45,7 +45,6 @@ typedef struct gw_config {
     char agent_secret[256];       /* GATEWAY_AGENT_SECRET */
     /* Core engine knobs (documented in README; defaults suit a public edge). */
     int workers;                  /* GATEWAY_WORKERS, default: online CPUs */
-    char io_backend[16];          /* GATEWAY_IO: "epoll" (default) or "io_uring" */
     uint64_t max_connections;     /* GATEWAY_MAX_CONNECTIONS, default 100000 (per process, public listener) */
     uint64_t admin_max_connections; /* GATEWAY_ADMIN_MAX_CONNECTIONS, default 128 (admin listener, its own limit) */
     uint64_t handshake_timeout_ms; /* GATEWAY_HANDSHAKE_TIMEOUT, default 10s: request head must arrive by then */

@@ -116,19 +116,6 @@ void gw_loop_post(gw_loop *l, void (*fn)(void *arg), void *arg)
 
 /* ================================ lifecycle ================================= */
 
-int gw_loop_set_backend(const char *name)
-{
-    if (!strcmp(name, gw_backend_epoll.name))
-        default_ops = &gw_backend_epoll;
-    else if (!strcmp(name, gw_backend_uring.name))
-        default_ops = &gw_backend_uring;
-    else
-        return GW_ERR;
-    return GW_OK;
-}
-
-const char *gw_loop_backend_name(void) { return default_ops->name; }
-
 gw_loop *gw_loop_new(void)
 {
     char err[160];
@@ -198,16 +185,6 @@ void gw_io_stop(gw_loop *l, gw_io *io)
     if (io->fd >= 0 && io->events)
         l->ops->ctl(l->be, io, io->events, 0);
     io->events = 0;
-}
-
-int gw_loop_can_recv(const gw_loop *l) { return l->ops->recv_take != NULL; }
-
-ssize_t gw_io_recv_take(gw_loop *l, gw_io *io, uint8_t **p, size_t max, int *more)
-{
-    *more = 0;
-    if (!l->ops->recv_take || !(io->events & GW_EV_RECV))
-        return GW_IO_DIRECT;
-    return l->ops->recv_take(l->be, io, p, max, more);
 }
 
 /* ================================= timers =================================== */
@@ -348,8 +325,8 @@ void gw_loop_run(gw_loop *l)
             /* One more ms: the clock is read in whole ms (truncated), so a
              * timer armed at 1000.9 for 300 ms is due at 1300; waking at
              * 1300.0 would fire it 0.9 ms early. Waking past when + 1 never
-             * fires a timer before its time (epoll's timer slack used to hide
-             * this; io_uring's timed wait is exact). */
+             * fires a timer before its time (epoll's timer slack hides this, an
+             * exact timed wait would not). */
             timeout = when <= now ? 0 : (int)GW_MIN(when - now + 1, (uint64_t)60000);
         }
         int n = l->ops->wait(l->be, timeout);
@@ -370,6 +347,4 @@ void gw_loop_run(gw_loop *l)
         run_list(&l->pending);
         run_list(&l->deferred);
     }
-    if (l->ops->quiesce)
-        l->ops->quiesce(l->be);
 }

@@ -1,8 +1,7 @@
 /* loop.h: one event loop per worker thread.
  *
  * Readiness-based and level-triggered, behind a small backend interface
- * (loop_backend.h): epoll by default, io_uring (poll requests through a
- * ring) when GATEWAY_IO=io_uring. The loop owns:
+ * (loop_backend.h; epoll). The loop owns:
  *  - fd watchers (gw_io), whose callback gets the ready events;
  *  - timers (gw_timer, a binary min-heap; the owner embeds the struct);
  *  - a "pending" list worked through before each sleep (connections whose
@@ -25,12 +24,6 @@ typedef struct gw_loop gw_loop;
 #define GW_EV_WRITE 0x2u
 #define GW_EV_ERROR 0x4u /* reported: error or hang-up; as interest alone: watch for nothing else */
 #define GW_EV_EXCLUSIVE 0x80000000u /* with READ on a listen fd shared by workers: wake one */
-/* As interest: the backend may receive for this watcher by completion (a
- * stream socket read only through gw_io_recv_take; only when
- * gw_loop_can_recv). It stays in the interest set while the owner pauses
- * reading (READ off), so bytes already received are kept, not dropped. */
-#define GW_EV_RECV 0x8u
-#define GW_IO_DIRECT (-5) /* gw_io_recv_take: nothing received for you: read the fd yourself */
 
 typedef struct gw_io gw_io;
 typedef void (*gw_io_cb)(gw_io *io, uint32_t events);
@@ -56,13 +49,8 @@ struct gw_task {
     gw_task_fn fn;
 };
 
-/* The backend of the loops created from now on: "epoll" (default) or
- * "io_uring" (GATEWAY_IO). GW_ERR for another name. */
-int gw_loop_set_backend(const char *name);
-const char *gw_loop_backend_name(void);
-
 gw_loop *gw_loop_new(void);
-/* As gw_loop_new, with the reason in err when it fails (io_uring refused). */
+/* As gw_loop_new, with the reason in err when it fails. */
 gw_loop *gw_loop_create(char *err, size_t errcap);
 void gw_loop_free(gw_loop *l);
 /* Runs until gw_loop_stop(). */
@@ -87,16 +75,6 @@ int gw_io_start(gw_loop *l, gw_io *io, uint32_t events);
 int gw_io_update(gw_loop *l, gw_io *io, uint32_t events);
 void gw_io_stop(gw_loop *l, gw_io *io);
 
-/* 1 when l's backend receives by completion (io_uring): GW_EV_RECV is then
- * honoured. */
-int gw_loop_can_recv(const gw_loop *l);
-/* For a watcher with GW_EV_RECV: the next bytes the backend received for it,
- * at most max. Returns their count (> 0; *p points at them until the loop
- * next waits; *more is set when more are queued), 0 at end of stream,
- * GW_AGAIN (nothing yet, and the fd must not be read: a receive is in
- * flight), GW_ERR (errno set), or GW_IO_DIRECT (nothing received and nothing
- * in flight: read the fd yourself). */
-ssize_t gw_io_recv_take(gw_loop *l, gw_io *io, uint8_t **p, size_t max, int *more);
 
 void gw_timer_start(gw_loop *l, gw_timer *t, uint64_t after_ms);
 void gw_timer_start_at(gw_loop *l, gw_timer *t, uint64_t when);

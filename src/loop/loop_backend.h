@@ -1,7 +1,8 @@
-/* loop_backend.h: what a readiness backend provides to loop.c. Two are
- * compiled in: loop_epoll.c (the default) and loop_uring.c (io_uring, poll
- * requests through the ring); gw_loop_set_backend() picks one for the loops
- * created after it (GATEWAY_IO). */
+/* loop_backend.h: what a readiness backend provides to loop.c: the seam
+ * between the loop (timers, posted work, the pass) and the kernel's
+ * interface. loop_epoll.c is the one compiled in. (An io_uring backend was
+ * built behind this seam, measured and removed: ARCHITECTURE.md, "io_uring:
+ * measured in wsgate, removed".) */
 #ifndef GW_LOOP_BACKEND_H
 #define GW_LOOP_BACKEND_H
 
@@ -15,8 +16,7 @@ typedef struct gw_backend gw_backend;
 
 typedef struct gw_backend_ops {
     const char *name;
-    /* NULL with err set when the backend cannot start (io_uring refused by
-     * the kernel or a seccomp policy). */
+    /* NULL with err set when the backend cannot start. */
     gw_backend *(*create)(char *err, size_t errcap);
     void (*destroy)(gw_backend *b);
     /* old and new are GW_EV_* interest sets; 0 means not registered. A
@@ -30,13 +30,8 @@ typedef struct gw_backend_ops {
     int (*wait)(gw_backend *b, int timeout_ms);
     /* Calls io->cb for each of the n events the last wait returned. */
     void (*dispatch)(gw_backend *b, int n);
-    /* Completion receive (NULL when the backend has none): gw_io_recv_take. */
-    ssize_t (*recv_take)(gw_backend *b, gw_io *io, uint8_t **p, size_t max, int *more);
-    /* The loop stopped: drop every request the kernel holds (optional). */
-    void (*quiesce)(gw_backend *b);
 } gw_backend_ops;
 
 extern const gw_backend_ops gw_backend_epoll;
-extern const gw_backend_ops gw_backend_uring;
 
 #endif

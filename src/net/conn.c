@@ -295,18 +295,6 @@ void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb)
     c->tp = &gw_transport_plain;
 }
 
-/* Up to n bytes the loop's backend already received for c (io_uring: they
- * wait in one of its buffers, at *src): gw_io_recv_take's answer, with
- * c->err set on GW_ERR. GW_IO_DIRECT: read the socket itself (epoll, TLS,
- * or nothing received and nothing on its way). */
-static ssize_t conn_take(gw_conn *c, uint8_t **src, size_t n, int *more)
-{
-    ssize_t r = gw_io_recv_take(c->loop, &c->io, src, n, more);
-    if (r == GW_ERR)
-        c->err = errno;
-    return r;
-}
-
 /* Reads the socket through the transport. */
 static ssize_t conn_read_socket(gw_conn *c, uint8_t *p, size_t n)
 {
@@ -316,15 +304,7 @@ static ssize_t conn_read_socket(gw_conn *c, uint8_t *p, size_t n)
     return r;
 }
 
-ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
-{
-    uint8_t *src;
-    int more;
-    ssize_t r = conn_take(c, &src, n, &more); /* copied out; gw_conn_read_into takes them in place */
-    if (r > 0)
-        memcpy(p, src, (size_t)r);
-    return r == GW_IO_DIRECT ? conn_read_socket(c, p, n) : r;
-}
+ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n) { return conn_read_socket(c, p, n); }
 
 size_t gw_conn_pending(gw_conn *c) { return c->tp->pending(c); }
 
@@ -356,25 +336,10 @@ ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled)
         p = gw_conn_read_buffer();
         cap = GW_CONN_READ_CHUNK;
     }
-    /* Bytes the backend received (io_uring) are processed in place when
-     * nothing waits in c->in, else copied behind it. */
-    uint8_t *src;
-    int more;
-    ssize_t r = conn_take(c, &src, cap, &more);
-    if (r > 0) {
-        if (own)
-            memcpy(p, src, (size_t)r);
-        else
-            p = src;
-        *filled = more;
-    }
-    if (r == GW_IO_DIRECT) {
-        r = conn_read_socket(c, p, cap);
-        if (r > 0)
-            *filled = (size_t)r == cap;
-    }
+    ssize_t r = conn_read_socket(c, p, cap);
     if (r <= 0)
         return r;
+    *filled = (size_t)r == cap;
     if (own) {
         gw_buf_commit(&c->in, (size_t)r);
         size_t used = rd->rcv(c, gw_buf_head(&c->in), c->in.len);
@@ -404,10 +369,6 @@ void gw_conn_update(gw_conn *c)
             ev |= GW_EV_WRITE;
         if (c->out.len && !(c->flags & GW_CONN_F_ERROR))
             ev |= (c->flags & GW_CONN_F_TLS_WR) ? GW_EV_READ : GW_EV_WRITE;
-        /* A plain socket on a loop that receives by completion: kept while
-         * paused, so the bytes already received stay queued. */
-        if ((c->flags & GW_CONN_F_READING) && c->tp == &gw_transport_plain && gw_loop_can_recv(c->loop))
-            ev |= GW_EV_RECV;
     }
     gw_io_update(c->loop, &c->io, ev);
 }

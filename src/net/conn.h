@@ -70,8 +70,8 @@ extern const gw_transport gw_transport_plain;
  * processed in place), else appended to c->in; it hands what waits to the
  * reader's rcv, and keeps the tail rcv did not use in c->in (the only copy
  * on the input side, and only for a head or frame split across reads).
- * This is the seam a completion-based backend (io_uring with provided
- * buffer rings) plugs into: it owns the buffers, the reader sees bytes. */
+ * This is the seam a completion-based backend would plug into (it would own
+ * the buffers; the reader sees bytes). */
 #define GW_CONN_READ_CHUNK (256u * 1024) /* the thread's read buffer */
 #define GW_CONN_FULL (-4)                /* gw_conn_read_into: the input cap was reached */
 

@@ -456,10 +456,6 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
     pthread_mutex_init(&gw_srv.routes_mu, NULL);
     if (gw_server_reload_routes(err, errcap) != GW_OK)
         return GW_ERR;
-    if (gw_loop_set_backend(cfg->io_backend) != GW_OK) {
-        snprintf(err, errcap, "GATEWAY_IO: unknown I/O backend %s", cfg->io_backend);
-        return GW_ERR;
-    }
     gw_srv.nworkers = cfg->workers;
     gw_srv.workers = gw_calloc((size_t)cfg->workers, sizeof(gw_worker));
     for (int i = 0; i < gw_srv.nworkers; i++) {
@@ -468,7 +464,7 @@ int gw_server_start(const gw_config *cfg, char *err, size_t errcap)
         char lerr[200];
         w->loop = gw_loop_create(lerr, sizeof lerr);
         if (!w->loop) {
-            snprintf(err, errcap, "cannot create an event loop (GATEWAY_IO=%s): %s", cfg->io_backend, lerr);
+            snprintf(err, errcap, "cannot create an event loop: %s", lerr);
             return GW_ERR;
         }
         w->pub_lis.fd = w->admin_lis.fd = w->proto_lis.fd = -1;
@@ -581,7 +577,6 @@ int gw_server_run(void)
         gw_log_str(l, "admin", adm, 0);
         gw_log_bool(l, "tls", gw_srv.tls_ctx != NULL, 0);
         gw_log_int(l, "workers", gw_srv.nworkers, 0);
-        gw_log_str(l, "io", gw_loop_backend_name(), 0);
         gw_log_str(l, "version", GW_VERSION, 0);
         gw_log_str(l, "backend", gw_store_current_name(), 0);
         gw_log_end(l);

@@ -68,11 +68,9 @@ def sanitizer_env():
 # from two halves, so they never pick the same one (a port taken by bind(0)
 # and released could be handed to both: "Address already in use" at start,
 # seen once in several runs).
-# The same for the runs on the io_uring backend (WSGATE_IO): four quarters.
-_QUARTER = (2 if os.environ.get("WSGATE_SAN") == "1" or "/san/" in os.environ.get("WSGATE_BIN", "") else 0) + (
-    1 if os.environ.get("WSGATE_IO") else 0)
-_PORT_LO = 20000 + _QUARTER * 3192
-_PORT_HI = _PORT_LO + 3191
+_HALF = 1 if os.environ.get("WSGATE_SAN") == "1" or "/san/" in os.environ.get("WSGATE_BIN", "") else 0
+_PORT_LO = 20000 + _HALF * 6384
+_PORT_HI = _PORT_LO + 6383
 _next_port = _PORT_LO + (os.getpid() * 7919) % (_PORT_HI - _PORT_LO + 1)
 
 
@@ -101,10 +99,6 @@ def base_env():
     """The environment without any GATEWAY_* variable of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(sanitizer_env())
-    # WSGATE_IO runs the whole suite on another I/O backend (make test runs
-    # it on io_uring too); a test may still set GATEWAY_IO itself.
-    if os.environ.get("WSGATE_IO"):
-        env["GATEWAY_IO"] = os.environ["WSGATE_IO"]
     return env
 
 

@@ -49,8 +49,6 @@ export async function startGateway({ env: extra = {}, tls = null } = {}) {
   const stderrPath = join(mkdtempSync(join(tmpdir(), 'wsgate-node-')), 'stderr.log');
   const errFd = openSync(stderrPath, 'a');
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GATEWAY_')));
-  // WSGATE_IO runs the suite on another I/O backend (make test: io_uring too).
-  if (process.env.WSGATE_IO) env.GATEWAY_IO = process.env.WSGATE_IO;
   Object.assign(env, {
     GATEWAY_PUBLIC_HTTP_ADDR: `127.0.0.1:${port}`,
     GATEWAY_ADMIN_HTTP_ADDR: `127.0.0.1:${adminPort}`,

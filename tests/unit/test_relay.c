@@ -23,7 +23,6 @@
 #include "server/state.h"
 #include "server/ws_serve.h"
 #include "test.h"
-#include "test_backend.h"
 
 static gw_loop *L;
 static gw_worker W;
@@ -403,8 +402,6 @@ static void test_proxy_unavailable(void)
 
 int main(void)
 {
-    if (test_select_backend() != GW_OK)
-        return 2;
     gw_log_init(GW_LOG_FORMAT_JSON, GW_LOG_ERROR, "test", 2);
     if (setup() != GW_OK) {
         ok(0, "setup");

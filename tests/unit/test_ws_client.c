@@ -18,7 +18,6 @@
 #include "net/sock.h"
 #include "upstream/ws_client.h"
 #include "test.h"
-#include "test_backend.h"
 #include "ws/pmd.h"
 
 static gw_loop *L;
@@ -1037,8 +1036,6 @@ int main(void)
 {
     /* OpenSSL writes with write(2): a peer gone mid-handshake would raise
      * SIGPIPE (every program using TLS ignores it, as wsgate does). */
-    if (test_select_backend() != GW_OK)
-        return 2;
     signal(SIGPIPE, SIG_IGN);
     L = gw_loop_new();
     TEST_RUN(test_url_parse);
