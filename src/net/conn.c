@@ -638,8 +638,9 @@ static int sink_writev(void *io, const struct iovec *iov, int n) { return gw_con
 
 static int sink_paused(void *io) { return (((gw_conn *)io)->flags & GW_CONN_F_PAUSED) != 0; }
 
-/* The buffer a sink_reserve handed out, until its sink_commit. */
+/* The buffer a sink_reserve handed out, and its size, until its sink_commit. */
 static _Thread_local gw_buf *reserved;
+static _Thread_local size_t reserved_n;
 
 /* Room for n bytes where gw_conn_writev would copy them (the output queue or
  * the cork stage), so the engine can build a frame there in place; NULL where
@@ -659,18 +660,24 @@ static uint8_t *sink_reserve(void *io, size_t n)
         if (n == 0 || out_reserve(c, n) != GW_OK)
             return NULL;
         reserved = &c->out;
+        reserved_n = n;
         return gw_buf_tail(&c->out);
     }
     stage_slot *sl = slot_of(c);
     if (!sl || n == 0 || n > STAGE_COPY_MAX || gw_buf_reserve(&sl->buf, n, GW_CONN_OUT_MAX) != GW_OK)
         return NULL;
     reserved = &sl->buf;
+    reserved_n = n;
     return gw_buf_tail(&sl->buf);
 }
 
 static void sink_commit(void *io, size_t n)
 {
     GW_UNUSED(io);
+    /* More than was reserved, or no reservation: bytes past the buffer's
+     * room would be sent (a bug in an engine, never input): stop here. */
+    if (!reserved || n > reserved_n)
+        abort();
     reserved->len += (uint32_t)n;
     reserved = NULL;
 }
