@@ -20,8 +20,6 @@ typedef struct posted {
     void *arg;
 } posted;
 
-static const gw_backend_ops *default_ops = &gw_backend_epoll;
-
 struct gw_loop {
     const gw_backend_ops *ops;
     gw_backend *be;
@@ -125,7 +123,7 @@ gw_loop *gw_loop_new(void)
 gw_loop *gw_loop_create(char *err, size_t errcap)
 {
     gw_loop *l = gw_calloc(1, sizeof *l);
-    l->ops = default_ops;
+    l->ops = &gw_backend_epoll;
     l->be = l->ops->create(err, errcap);
     if (!l->be) {
         gw_free(l);
