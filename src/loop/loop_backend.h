@@ -15,7 +15,6 @@
 typedef struct gw_backend gw_backend;
 
 typedef struct gw_backend_ops {
-    const char *name;
     /* NULL with err set when the backend cannot start. */
     gw_backend *(*create)(char *err, size_t errcap);
     void (*destroy)(gw_backend *b);

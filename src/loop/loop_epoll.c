@@ -96,7 +96,6 @@ static void epoll_backend_dispatch(gw_backend *b, int n)
 }
 
 const gw_backend_ops gw_backend_epoll = {
-    .name = "epoll",
     .create = epoll_create_backend,
     .destroy = epoll_destroy,
     .ctl = epoll_backend_ctl,

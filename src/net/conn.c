@@ -295,16 +295,13 @@ void gw_conn_init(gw_conn *c, gw_loop *l, int fd, gw_io_cb cb)
     c->tp = &gw_transport_plain;
 }
 
-/* Reads the socket through the transport. */
-static ssize_t conn_read_socket(gw_conn *c, uint8_t *p, size_t n)
+ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n)
 {
     ssize_t r = c->tp->read(c, p, n);
     if (c->flags & GW_CONN_F_TLS_RW)
         gw_conn_update(c);
     return r;
 }
-
-ssize_t gw_conn_read(gw_conn *c, uint8_t *p, size_t n) { return conn_read_socket(c, p, n); }
 
 size_t gw_conn_pending(gw_conn *c) { return c->tp->pending(c); }
 
@@ -336,7 +333,7 @@ ssize_t gw_conn_read_into(gw_conn *c, const gw_conn_reader *rd, int *filled)
         p = gw_conn_read_buffer();
         cap = GW_CONN_READ_CHUNK;
     }
-    ssize_t r = conn_read_socket(c, p, cap);
+    ssize_t r = gw_conn_read(c, p, cap);
     if (r <= 0)
         return r;
     *filled = (size_t)r == cap;

@@ -381,16 +381,15 @@ static int unmask_part(gw_ws *ws, const gw_ws_frame_hdr *h, uint8_t *payload, ui
  * when it breaks a rule). Nothing is changed in a frame that is not taken. */
 static size_t take_run(gw_ws *ws, uint8_t *p, size_t n)
 {
-    size_t end = 0, count = 0;
+    size_t end = 0, next = 0, count = 0;
     uint64_t payload = 0;
-    while (end < n && end < RUN_MAX) {
-        gw_ws_frame_hdr h;
-        uint16_t code;
-        int hl = gw_ws_frame_parse_header(p + end, n - end, &h, &code);
-        if (hl < 0 || !h.fin || h.rsv || (h.opcode != GW_WS_OP_BINARY && h.opcode != GW_WS_OP_TEXT) ||
-            h.masked != ws->is_server || h.len > ws->max_msg || h.len > n - end - (size_t)hl)
+    gw_ws_frame_hdr h;
+    uint8_t *pl;
+    /* Whole frames only (a partial or bad header ends the walk). */
+    while (end < RUN_MAX && gw_ws_frame_next(p, n, &next, &h, &pl) == 1) {
+        if (!h.fin || h.rsv || (h.opcode != GW_WS_OP_BINARY && h.opcode != GW_WS_OP_TEXT) ||
+            h.masked != ws->is_server || h.len > ws->max_msg)
             break;
-        uint8_t *pl = p + end + hl;
         size_t len = (size_t)h.len;
         if (h.opcode == GW_WS_OP_TEXT) {
             /* Checked unmasked, left as it came. */
@@ -402,7 +401,7 @@ static size_t take_run(gw_ws *ws, uint8_t *p, size_t n)
             if (!valid)
                 break;
         }
-        end += (size_t)hl + len;
+        end = next;
         count++;
         payload += len;
     }
